@@ -1,0 +1,67 @@
+"""On-disk cache of LLM responses, safe to share between processes.
+
+One JSON file per entry keeps writers independent: there is no index file to
+lock, and a crash can at worst leave a stray temporary file, never a broken
+entry, because entries appear only through an atomic rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+class ResponseCache:
+    """Content-addressed store mapping a request key to a JSON-serialisable dict."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory).expanduser()
+
+    def __repr__(self) -> str:
+        return f"ResponseCache({str(self.directory)!r})"
+
+    @staticmethod
+    def make_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
+        """Hash of the request; sorted keys and fixed separators make it stable across runs."""
+        canonical = json.dumps(
+            {"model": model, "messages": messages, "params": params},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        # Two-character fan-out keeps directories small on long experiment grids.
+        return self.directory / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """Return the stored value, or None when absent or unreadable (treated as a miss)."""
+        try:
+            with open(self._path(key), encoding="utf-8") as handle:
+                value = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        """Store a value atomically: readers see either the old entry, the new one, or none."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The temporary file must live in the target directory so os.replace is a rename
+        # on one filesystem, which is atomic; a unique name lets writers race safely.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{key[:16]}-", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(value, handle, ensure_ascii=False)
+            os.replace(tmp_name, path)
+        except BaseException:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
+            raise

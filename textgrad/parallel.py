@@ -1,0 +1,43 @@
+"""Run independent LLM calls side by side.
+
+Every call gets its own thread instead of sharing a fixed-size pool: callers
+nest this (a round runs clients concurrently, each client runs its batch
+concurrently), and a bounded pool would deadlock when outer tasks hold every
+worker while waiting for inner ones. The real limit on load is the
+per-endpoint semaphore in ``textgrad.engine``; threads here mostly sleep on I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def run_concurrently(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Run zero-argument callables concurrently and return results in input order.
+
+    All calls are allowed to finish before anything is raised, so no thread is
+    left running behind the caller's back; then the first exception in input
+    order is re-raised.
+    """
+    calls = list(calls)
+    if len(calls) <= 1:
+        # A thread for a single call buys nothing and hides tracebacks.
+        return [call() for call in calls]
+
+    with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="fedtextgrad") as pool:
+        futures = [pool.submit(call) for call in calls]
+        outcomes: list[tuple[bool, object]] = []
+        for future in futures:
+            try:
+                outcomes.append((True, future.result()))
+            except Exception as exc:  # re-raised below, in input order
+                outcomes.append((False, exc))
+
+    for ok, value in outcomes:
+        if not ok:
+            raise value  # type: ignore[misc]
+    return [value for _, value in outcomes]  # type: ignore[misc]

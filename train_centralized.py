@@ -1,0 +1,18 @@
+"""TextGrad baseline: one client holding all training data, no aggregation; a round is an epoch."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from utils.data import TaskData
+from utils.rounds import Client
+from utils.runner import run_module
+
+
+def build_clients(args: argparse.Namespace, data: list[TaskData]) -> list[Client]:
+    return [Client("central", data[0].task, data[0].train)]
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    return run_module(args, build_clients, aggregate=False)

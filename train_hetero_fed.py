@@ -1,0 +1,18 @@
+"""Heterogeneous FedTextGrad: one client per task; the merged prompt has to serve every task."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from utils.data import TaskData
+from utils.rounds import Client
+from utils.runner import run_module
+
+
+def build_clients(args: argparse.Namespace, data: list[TaskData]) -> list[Client]:
+    return [Client(d.task.name, d.task, d.train) for d in data]
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    return run_module(args, build_clients, aggregate=True)

@@ -1,0 +1,24 @@
+"""Homogeneous FedTextGrad: one task's training data split across --homo_split_num clients."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from utils.data import TaskData
+from utils.partition import dirichlet_partition, iid_partition
+from utils.rounds import Client
+from utils.runner import run_module
+
+
+def build_clients(args: argparse.Namespace, data: list[TaskData]) -> list[Client]:
+    task_data = data[0]
+    if args.partition == "dirichlet":
+        shards = dirichlet_partition(task_data.train, args.homo_split_num, args.dirichlet_alpha, args.seed)
+    else:
+        shards = iid_partition(task_data.train, args.homo_split_num, args.seed)
+    return [Client(f"client{i}", task_data.task, shard) for i, shard in enumerate(shards)]
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    return run_module(args, build_clients, aggregate=True)

@@ -1,0 +1,144 @@
+"""The client side: local steps of textual gradient descent on a client's own examples.
+
+Everything a client sends back is a plain record (ClientUpdate) holding prompts and metrics only,
+never examples, so the same code serves in-process simulation and Flower across machines.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import textgrad as tg
+from textgrad.engine import ChatEngine
+from textgrad.parallel import run_concurrently
+
+from .evaluation import evaluate_prompt, score_answer
+from .tasks import Example, TaskSpec, has_format_instruction
+
+PROMPT_ROLE = "system prompt that steers the model's answers to the task's questions"
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """Round settings the server sends to every client."""
+
+    max_steps: int = 3
+    batch_size: int = 3
+    proximal_update: bool = False
+    seed: int = 42
+    answer_max_tokens: int = 512
+    feedback_max_tokens: int = 256
+    optimizer_max_tokens: int = 512
+
+
+@dataclass
+class Engines:
+    test: ChatEngine
+    evaluation: ChatEngine
+    judge: ChatEngine | None = None  # set with --judge llm
+
+
+@dataclass
+class StepResult:
+    step: int
+    batch_accuracy: float
+    new_batch_accuracy: float | None  # None when no new prompt was produced
+    accepted: bool
+    format_failure: str | None  # "no_tags" | "dropped_format_instruction" | None
+    judge_format_failures: int = 0
+
+
+@dataclass
+class ClientUpdate:
+    client_id: str
+    round: int
+    start_prompt: str
+    prompt: str
+    steps: list[StepResult] = field(default_factory=list)
+    error: str | None = None  # set when the client failed; the server aggregates the others
+
+    @property
+    def train_accuracy(self) -> float:
+        """Mean batch accuracy before each step: how well the prompts did on unseen local batches."""
+        return sum(s.batch_accuracy for s in self.steps) / len(self.steps) if self.steps else 0.0
+
+    def to_record(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict) -> ClientUpdate:
+        steps = [StepResult(**s) for s in record.get("steps", [])]
+        return cls(**{**record, "steps": steps})
+
+
+def keep_new_prompt(old_accuracy: float, new_accuracy: float, proximal: bool) -> bool:
+    """Default rule: not worse. Proximal rule: strictly better, or a perfect batch."""
+    if proximal:
+        return new_accuracy > old_accuracy or new_accuracy == 1.0
+    return new_accuracy >= old_accuracy
+
+
+def local_step(prompt_text: str, batch: list[Example], task: TaskSpec, engines: Engines,
+               settings: LocalSettings, step: int = 0) -> tuple[str, StepResult]:
+    """Forward, score, backward, TGD, re-score; returns the prompt to continue from and what happened."""
+    prompt = tg.Variable(prompt_text, PROMPT_ROLE, requires_grad=True)
+    model = tg.BlackboxLLM(engines.test, system_prompt=prompt, max_tokens=settings.answer_max_tokens,
+                           feedback_max_tokens=settings.feedback_max_tokens)
+    questions = [tg.Variable(ex.question, "question the model answers", requires_grad=False) for ex in batch]
+    responses = run_concurrently([lambda q=q: model(q) for q in questions])
+
+    judge_failures = 0
+    losses = []
+    correct = []
+    for ex, response in zip(batch, responses, strict=True):
+        score, judge_failed = score_answer(task, response.value, ex.target, engines.judge)
+        judge_failures += judge_failed
+        correct.append(score)
+        target = tg.Variable(ex.target, "correct answer", requires_grad=False)
+        verdict = "correct" if score else f"incorrect; the expected final answer is {ex.target}"
+        losses.append(tg.StringBasedFunction(lambda response, target, v=verdict: v,
+                                             "Checking the final answer against the reference")(
+            {"response": response, "target": target}, role_description="correctness of the response"))
+    accuracy = sum(correct) / len(correct)
+
+    tg.sum(losses).backward(engines.evaluation)
+    optimizer = tg.TGD([prompt], engine=engines.evaluation, max_tokens=settings.optimizer_max_tokens,
+                       constraints=[f"Keep this sentence word for word as the last line: {task.format_instruction}",
+                                    "Do not include any specific question or its answer."])
+    optimizer.step()
+
+    def result(new_accuracy: float | None, accepted: bool, failure: str | None, judged: int = 0) -> StepResult:
+        return StepResult(step, accuracy, new_accuracy, accepted, failure, judge_failures + judged)
+
+    if not optimizer.updated[0]:
+        return prompt_text, result(None, False, "no_tags")
+    if not has_format_instruction(prompt.value, task):
+        return prompt_text, result(None, False, "dropped_format_instruction")
+    rescored = evaluate_prompt(prompt.value, batch, task, engines.test, max_tokens=settings.answer_max_tokens,
+                               judge=engines.judge)
+    accepted = keep_new_prompt(accuracy, rescored.accuracy, settings.proximal_update)
+    new_prompt = prompt.value if accepted else prompt_text
+    return new_prompt, result(rescored.accuracy, accepted, None, rescored.judge_format_failures)
+
+
+def sample_batch(examples: list[Example], batch_size: int, rng: random.Random) -> list[Example]:
+    return rng.sample(examples, min(batch_size, len(examples)))
+
+
+def train_client(client_id: str, task: TaskSpec, examples: list[Example], start_prompt: str, round_index: int,
+                 engines: Engines, settings: LocalSettings,
+                 on_step: Callable[[], None] | None = None) -> ClientUpdate:
+    """Exactly settings.max_steps local steps from the server's prompt."""
+    # Seeded by (seed, client, round) rather than by a shared stream, so batches do not depend on
+    # which client's thread runs first, nor on whether the run was resumed.
+    rng = random.Random(f"{settings.seed}:{client_id}:{round_index}")
+    update = ClientUpdate(client_id=client_id, round=round_index, start_prompt=start_prompt, prompt=start_prompt)
+    for step in range(settings.max_steps):
+        batch = sample_batch(examples, settings.batch_size, rng)
+        update.prompt, outcome = local_step(update.prompt, batch, task, engines, settings, step)
+        update.steps.append(outcome)
+        if on_step is not None:
+            on_step()
+    return update

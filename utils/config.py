@@ -1,0 +1,211 @@
+"""Command-line flags, YAML configs and their validation: every bad value is caught here, before any
+file is written or any LLM is called."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
+AGGREGATE_METHODS = ("concat", "summarization", "sum_uid")
+ENGINE_PREFIXES = ("local", "ollama-", "vllm-", "sglang-")
+
+
+class UsageError(ValueError):
+    """A bad flag, config or input: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse's own error prints the whole usage block; we promise one line and exit code 2.
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see python main.py --help)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _split_sizes(text: str) -> tuple[int, int, int]:
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST such as 12,20,20, got {text!r}")
+    return tuple(_positive_int(p) for p in parts)  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="main.py",
+        description="FedTextGrad: federated prompt optimization with textual gradients.",
+        epilog="Modules: train_centralized (TextGrad baseline, one client), train_homo_fed (one task split "
+               "across clients), train_hetero_fed (one client per task). Any flag can also be a key in --config.",
+    )
+    add = p.add_argument
+    add("--module", choices=MODULES, help="which experiment to run")
+    add("--config", help="YAML file whose keys are flag names; the command line wins")
+    add("--task", nargs="+", default=["BBH_object_counting"],
+        help="BBH_<subtask>, GSM8K (alias GSM8K_DSPy) or synthetic_{object_counting,word_sorting,"
+             "multistep_arithmetic}; several for train_hetero_fed")
+    add("--evaluation_engine", default="local", help="model for feedback, optimizer, merging, judging")
+    add("--test_engine", default="local", help="model whose system prompt is trained")
+    add("--batch_size", type=_positive_int, default=3)
+    add("--max_epochs", type=_positive_int, default=3, help="rounds (epochs for train_centralized)")
+    add("--max_steps", type=_positive_int, default=3, help="local steps per client per round")
+    add("--seed", type=int, default=42)
+    add("--aggregate_method", choices=AGGREGATE_METHODS, default="summarization")
+    add("--homo_split_num", type=_positive_int, default=3, help="clients of train_homo_fed")
+    add("--proximal_update", action="store_true",
+        help="keep a new prompt only if its batch accuracy is strictly higher (or perfect)")
+    add("--do_not_run_larger_model", action="store_true",
+        help="skip the evaluation engine's own zero-shot test accuracy")
+    add("--comet_mode", choices=("offline", "online", "disabled"), default="offline")
+    add("--comet_project_name", default="fedtextgrad")
+    add("--comet_log_path", default=None, help="offline archive folder (default: <output_dir>/comet)")
+    add("--data_dir", default=None, help="folder with BBH <subtask>.json and/or GSM8K jsonl (or bbh/, gsm8k/)")
+    add("--split_sizes", type=_split_sizes, default=(50, 100, 100), help="TRAIN,VAL,TEST, e.g. 12,20,20")
+    add("--partition", choices=("iid", "dirichlet"), default="iid")
+    add("--dirichlet_alpha", type=_positive_float, default=1.0)
+    add("--clients_per_round", type=_positive_int, default=None, help="default: every client")
+    add("--output_dir", default="logs")
+    add("--run_name", default=None)
+    add("--resume", action="store_true", help="continue --run_name from its last completed round")
+    add("--max_concurrency", type=_positive_int, default=16, help="in-flight requests per endpoint")
+    add("--cache_dir", default=None, help="LLM response cache (default ~/.cache/fedtextgrad)")
+    add("--no_cache", action="store_true")
+    add("--judge", choices=("string", "llm"), default="string", help="llm: an LLM judges free-form answers")
+    add("--max_tokens", type=_positive_int, default=512, help="answer length limit of the test engine")
+    return p
+
+
+def _config_to_argv(parser: argparse.ArgumentParser, path: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """Turn a YAML config into flags, so argparse checks its values exactly as it checks the command line."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist: check the --config path") from None
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" near line {line + 1}" if line is not None else ""
+        raise UsageError(f"config file {path} is not valid YAML{where}: fix its syntax") from None
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must be a mapping of flag names to values")
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    argv: list[str] = []
+    for key, value in data.items():
+        if key in skip:
+            continue
+        action = actions.get(str(key))
+        if action is None or key in ("config", "help"):
+            raise UsageError(f"unknown key {key!r} in {path}: keys are flag names such as task, max_steps "
+                             "(see python main.py --help)")
+        flag = f"--{key}"
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise UsageError(f"key {key!r} in {path} must be true or false")
+            argv += [flag] if value else []
+        elif key == "split_sizes" and isinstance(value, list):
+            argv += [flag, ",".join(map(str, value))]
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first, _ = parser.parse_known_args(argv)
+    config_argv = _config_to_argv(parser, first.config) if first.config else []
+    if first.resume and first.run_name:
+        # A resumed run continues with the settings it was started with; flags given now still win.
+        saved = Path(first.output_dir) / first.run_name / "config.yaml"
+        if saved.is_file():
+            config_argv = _config_to_argv(parser, str(saved), skip=("config", "resume", "run_name", "output_dir"))
+    args = parser.parse_args(config_argv + argv)  # later flags win: the command line beats the file
+    validate_args(args)
+    return args
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    if args.module is None:
+        raise UsageError("no --module given: choose one of " + ", ".join(MODULES))
+    for flag in ("evaluation_engine", "test_engine"):
+        check_engine_name(getattr(args, flag), flag)
+    if args.module == "train_hetero_fed" and len(args.task) < 2:
+        raise UsageError("train_hetero_fed needs two or more --task values (one client per task)")
+    if args.module != "train_hetero_fed" and len(args.task) != 1:
+        raise UsageError(f"{args.module} takes exactly one --task; use train_hetero_fed for several tasks")
+    if len(set(args.task)) != len(args.task):
+        raise UsageError("--task lists a task twice: name each task once")
+    clients = num_clients(args)
+    if args.clients_per_round is not None and args.clients_per_round > clients:
+        raise UsageError(f"--clients_per_round {args.clients_per_round} exceeds the {clients} clients of "
+                         f"this run: lower it or raise --homo_split_num")
+    if args.resume and not args.run_name:
+        raise UsageError("--resume needs --run_name naming the run to continue")
+    if args.resume and not (Path(args.output_dir) / args.run_name / "checkpoint.json").is_file():
+        raise UsageError(f"nothing to resume: {Path(args.output_dir) / args.run_name} has no checkpoint; "
+                         "drop --resume to start the run")
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise UsageError(f"--data_dir {args.data_dir} is not a folder: point it at the folder holding the "
+                         "task files")
+    if args.comet_mode == "online" and not os.environ.get("COMET_API_KEY"):
+        raise UsageError("--comet_mode online needs COMET_API_KEY: export it, or use --comet_mode offline")
+    for flag in ("output_dir", "cache_dir", "comet_log_path"):
+        value = getattr(args, flag)
+        if value is not None and not _writable(Path(value)):
+            raise UsageError(f"--{flag} {value} is not writable: choose a folder you can write to")
+
+
+def check_engine_name(name: str, flag: str = "engine") -> None:
+    for prefix in ENGINE_PREFIXES[1:]:
+        if name.startswith(prefix) and not name[len(prefix):]:
+            raise UsageError(f"--{flag} {name!r} names no model: write it as {prefix}<model>")
+    if not name.strip() or any(c.isspace() for c in name):
+        raise UsageError(f"--{flag} {name!r} is not an engine name: use local, ollama-<model>, vllm-<model>, "
+                         "sglang-<model> or an OpenAI model name")
+
+
+def num_clients(args: argparse.Namespace) -> int:
+    return {"train_centralized": 1, "train_homo_fed": args.homo_split_num}.get(args.module, len(args.task))
+
+
+def _writable(path: Path) -> bool:
+    """True if path is (or could be created as) a writable folder; creates nothing."""
+    path = path.resolve()
+    while not path.exists():
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags as saved to config.yaml; anything that looks like a secret is redacted."""
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
+    for key in config:
+        if any(word in key.lower() for word in ("key", "token", "secret", "password")) and key != "max_tokens":
+            config[key] = "<redacted>"
+    return config

@@ -1,0 +1,294 @@
+"""The server side: the round loop shared by all three training modules.
+
+A round: send the global prompt to the chosen clients -> each runs its local steps -> merge the
+returned prompts -> validate the merge -> keep the best so far -> the merge is the next global prompt.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from textgrad.engine import ChatEngine, all_engine_stats
+from textgrad.parallel import run_concurrently
+
+from .aggregation import aggregate_prompts
+from .client import ClientUpdate, Engines, LocalSettings, train_client
+from .evaluation import evaluate_on_tasks
+from .prompt_stats import measure_prompt
+from .tasks import Example, TaskSpec, ensure_format_instruction
+from .tracking import RunLog
+
+EvalSets = dict[str, tuple[TaskSpec, list[Example]]]
+# (client ids, global prompt, round) -> one update per client id, in the same order. In-process
+# simulation and Flower each provide one.
+TrainRound = Callable[[list[str], str, int], list[ClientUpdate]]
+
+
+class RoundFailed(RuntimeError):
+    """No client of a round returned a prompt; the run stops at its last checkpoint."""
+
+
+@dataclass
+class Client:
+    client_id: str
+    task: TaskSpec
+    examples: list[Example]
+
+
+@dataclass
+class Experiment:
+    module: str
+    tasks: list[TaskSpec]
+    clients: list[Client]
+    val_sets: EvalSets
+    test_sets: EvalSets
+    aggregate_method: str | None  # None: a single client whose prompt is the global prompt
+    rounds: int
+    clients_per_round: int
+    settings: LocalSettings
+    merge_max_tokens: int = 768
+    run_larger_model: bool = True
+
+
+def starting_prompt(tasks: list[TaskSpec]) -> str:
+    return ensure_format_instruction(tasks[0].starting_prompt(), tasks)
+
+
+def select_clients(client_ids: list[str], per_round: int, seed: int, round_index: int) -> list[str]:
+    """A seeded choice per round, returned in client order (the order aggregation sees)."""
+    if per_round >= len(client_ids):
+        return list(client_ids)
+    chosen = set(random.Random(f"{seed}:select:{round_index}").sample(client_ids, per_round))
+    return [c for c in client_ids if c in chosen]
+
+
+def train_in_process(clients: list[Client], engines: Engines, settings: LocalSettings,
+                     on_step: Callable[[], None] | None = None) -> TrainRound:
+    by_id = {c.client_id: c for c in clients}
+
+    def train_one(client: Client, prompt: str, round_index: int) -> ClientUpdate:
+        try:
+            return train_client(client.client_id, client.task, client.examples, prompt, round_index, engines,
+                                settings, on_step=on_step)
+        except Exception as exc:  # one failing client must not stop the round
+            return ClientUpdate(client.client_id, round_index, prompt, prompt, error=f"{type(exc).__name__}: {exc}")
+
+    def train_round(client_ids: list[str], prompt: str, round_index: int) -> list[ClientUpdate]:
+        return run_concurrently([lambda c=by_id[cid]: train_one(c, prompt, round_index) for cid in client_ids])
+
+    return train_round
+
+
+class _Progress:
+    """tqdm bars that never get in the way of logs (stderr, cleared when done)."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def tick(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def llm_totals() -> dict[str, int]:
+    """Every engine counter summed over engines (calls, tokens, cache hits, retries, ...)."""
+    totals: dict[str, int] = {}
+    for stats in all_engine_stats().values():
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0) + value
+    return totals
+
+
+def _delta(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in now.items()}
+
+
+def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bool = False,
+                   train_round: TrainRound | None = None) -> dict[str, Any]:
+    started = time.monotonic()
+    settings = exp.settings
+    client_ids = [c.client_id for c in exp.clients]
+
+    if resume:
+        state = log.load_checkpoint()
+        evaluate = Evaluator(exp, engines, state["eval_judge_failures"])
+        log.event("resume", from_round=state["round"])
+    else:
+        evaluate = Evaluator(exp, engines)
+        state = _zero_shot_state(exp, engines, log, evaluate)
+        state["eval_judge_failures"] = evaluate.judge_failures
+        log.save_checkpoint(state)
+
+    steps_bar: _Progress | None = None
+
+    def tick() -> None:
+        if steps_bar is not None:
+            steps_bar.tick()
+
+    train_round = train_round or train_in_process(exp.clients, engines, settings, on_step=tick)
+    for round_index in tqdm(range(state["round"] + 1, exp.rounds + 1), desc="rounds", initial=state["round"],
+                            total=exp.rounds, dynamic_ncols=True):
+        selected = select_clients(client_ids, exp.clients_per_round, settings.seed, round_index)
+        steps_bar = _Progress(len(selected) * settings.max_steps, f"round {round_index} local steps")
+        llm_before = llm_totals()
+        updates = train_round(selected, state["global_prompt"], round_index)
+        steps_bar.close()
+        summary = _record_round(exp, engines, log, evaluate, round_index, updates, state)
+        # What this round cost, including its retries: in-process counters, so a Flower run's remote
+        # clients report their own in their updates instead.
+        summary["llm"] = _delta(llm_totals(), llm_before)
+        log.event("round", **{k: v for k, v in summary.items() if k != "aggregate"})
+        state["history"].append(summary)
+        state["global_prompt"] = summary["aggregate"]
+        if summary["val"]["mean"] > state["best"]["val"]:
+            state["best"] = {"round": round_index, "val": summary["val"]["mean"], "prompt": summary["aggregate"]}
+        state["round"] = round_index
+        state["eval_judge_failures"] = evaluate.judge_failures
+        state["wall_seconds"] += time.monotonic() - started
+        started = time.monotonic()
+        log.save_checkpoint(state)
+
+    return _finish(exp, engines, log, evaluate, state, started)
+
+
+class Evaluator:
+    """Accuracy of a prompt on validation or test sets; counts the LLM judge's unusable replies."""
+
+    def __init__(self, exp: Experiment, engines: Engines, judge_failures: int = 0) -> None:
+        self.exp, self.engines = exp, engines
+        self.judge_failures = judge_failures
+
+    def __call__(self, prompt: str, sets: EvalSets, engine: ChatEngine | None = None) -> dict[str, float]:
+        scores, judge_failures = evaluate_on_tasks(prompt, sets, engine or self.engines.test,
+                                                   max_tokens=self.exp.settings.answer_max_tokens,
+                                                   judge=self.engines.judge)
+        self.judge_failures += judge_failures
+        return scores
+
+
+def _zero_shot_state(exp: Experiment, engines: Engines, log: RunLog, evaluate: Callable) -> dict[str, Any]:
+    prompt = starting_prompt(exp.tasks)
+    log.save_prompt(0, "global", prompt)
+    calls = [lambda: evaluate(prompt, exp.val_sets), lambda: evaluate(prompt, exp.test_sets)]
+    if exp.run_larger_model:
+        calls.append(lambda: evaluate(prompt, exp.test_sets, engines.evaluation))
+    results = run_concurrently(calls)
+    zero_shot = {"val": results[0], "test": results[1]}
+    larger = results[2] if exp.run_larger_model else None
+    for split, scores in zero_shot.items():
+        log.event("evaluation", round=0, split=split, prompt="starting", engine=engines.test.name, **scores)
+        for task, acc in scores.items():
+            log.metric(f"zero_shot/{split}/{task}", acc, 0)
+    if larger is not None:
+        log.event("evaluation", round=0, split="test", prompt="starting", engine=engines.evaluation.name, **larger)
+    return {
+        "round": 0, "global_prompt": prompt, "starting_prompt": prompt, "zero_shot": zero_shot,
+        "evaluation_engine_zero_shot_test": larger, "best": {"round": 0, "val": zero_shot["val"]["mean"],
+                                                             "prompt": prompt},
+        "history": [], "wall_seconds": 0.0,
+    }
+
+
+def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, round_index: int,
+                  updates: list[ClientUpdate], state: dict[str, Any]) -> dict[str, Any]:
+    settings = exp.settings
+    for update in updates:
+        for s in update.steps:
+            global_step = (round_index - 1) * settings.max_steps + s.step + 1
+            log.event("step", round=round_index, client=update.client_id, **vars(s))
+            log.metric(f"train/{update.client_id}/batch_accuracy", s.batch_accuracy, global_step)
+        if update.error:
+            log.event("client_failed", round=round_index, client=update.client_id, error=update.error)
+        else:
+            log.save_prompt(round_index, f"client_{update.client_id}", update.prompt)
+            log.event("client_update", round=round_index, client=update.client_id,
+                      train_accuracy=update.train_accuracy, **measure_prompt(update.prompt, engines.test))
+            log.metric(f"train/{update.client_id}/round_accuracy", update.train_accuracy, round_index)
+    returned = [u for u in updates if not u.error]
+    if not returned:
+        raise RoundFailed(f"every client failed in round {round_index} ({updates[0].error}); fix the cause and "
+                          f"continue with --resume")
+
+    if exp.aggregate_method is None:
+        aggregate_prompt, merge_failure, format_appended = returned[0].prompt, False, False
+    else:
+        merged = aggregate_prompts([u.prompt for u in returned], exp.aggregate_method, exp.tasks,
+                                   engines.evaluation, max_tokens=exp.merge_max_tokens)
+        aggregate_prompt, merge_failure, format_appended = (merged.prompt, merged.format_failure,
+                                                            merged.format_line_appended)
+    log.save_prompt(round_index, "global", aggregate_prompt)
+    length = measure_prompt(aggregate_prompt, engines.test)
+    log.event("aggregate", round=round_index, method=exp.aggregate_method or "none", clients=[u.client_id for u in
+              returned], format_failure=merge_failure, format_line_appended=format_appended, **length)
+
+    val = evaluate(aggregate_prompt, exp.val_sets)
+    log.event("evaluation", round=round_index, split="val", prompt="global", engine=engines.test.name, **val)
+    for task, acc in val.items():
+        log.metric(f"val/{task}", acc, round_index)
+    log.metric("aggregate/tokens", length["tokens"], round_index)
+    summary = {
+        "round": round_index, "val": val, "aggregate": aggregate_prompt,
+        "aggregate_chars": length["chars"], "aggregate_tokens": length["tokens"],
+        "clients": [u.client_id for u in updates], "failed_clients": [u.client_id for u in updates if u.error],
+        "client_train_accuracy": {u.client_id: u.train_accuracy for u in returned},
+        "aggregate_uid": length.get("uid"),
+        "client_prompt_tokens": {u.client_id: measure_prompt(u.prompt)["tokens"] for u in returned},
+        "client_prompt_chars": {u.client_id: len(u.prompt) for u in returned},
+        "steps": len([s for u in updates for s in u.steps]),
+        "accepted_steps": len([s for u in updates for s in u.steps if s.accepted]),
+        "optimizer_format_failures": len([s for u in updates for s in u.steps if s.format_failure == "no_tags"]),
+        "dropped_format_instruction": len([s for u in updates for s in u.steps
+                                           if s.format_failure == "dropped_format_instruction"]),
+        "judge_format_failures": sum(s.judge_format_failures for u in updates for s in u.steps),
+        "aggregation_format_failure": merge_failure,
+    }
+    return summary
+
+
+def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, state: dict[str, Any],
+            started: float) -> dict[str, Any]:
+    last, best = state["global_prompt"], state["best"]["prompt"]
+    last_test, best_test = run_concurrently([lambda: evaluate(last, exp.test_sets),
+                                             lambda: evaluate(best, exp.test_sets)])
+    for label, scores in (("last", last_test), ("best", best_test)):
+        log.event("evaluation", round=state["round"], split="test", prompt=label, engine=engines.test.name,
+                  **scores)
+        for task, acc in scores.items():
+            log.metric(f"final_test_{label}/{task}", acc, state["round"])
+    history = state["history"]
+    results = {
+        "module": exp.module,
+        "tasks": [t.name for t in exp.tasks],
+        "aggregate_method": exp.aggregate_method,
+        "rounds_completed": state["round"],
+        "clients": [c.client_id for c in exp.clients],
+        "settings": vars(exp.settings),
+        "zero_shot": state["zero_shot"],
+        "evaluation_engine_zero_shot_test": state["evaluation_engine_zero_shot_test"],
+        "rounds": [{k: v for k, v in r.items() if k != "aggregate"} for r in history],
+        "best": state["best"],
+        "final_prompt": last,
+        "final_test": {"last": last_test, "best": best_test},
+        "steps": {"total": sum(r["steps"] for r in history), "accepted": sum(r["accepted_steps"] for r in history)},
+        "format_failures": {
+            "optimizer_no_tags": sum(r["optimizer_format_failures"] for r in history),
+            "dropped_format_instruction": sum(r["dropped_format_instruction"] for r in history),
+            "aggregation": sum(bool(r["aggregation_format_failure"]) for r in history),
+            "judge": sum(r["judge_format_failures"] for r in history) + evaluate.judge_failures,
+        },
+        "llm": {**llm_totals(), "by_engine": all_engine_stats()},
+        "wall_seconds": round(state["wall_seconds"] + time.monotonic() - started, 3),
+    }
+    log.write_results(results)
+    log.event("finished", wall_seconds=results["wall_seconds"], llm_calls=results["llm"]["calls"])
+    for task, acc in results["final_test"]["best"].items():
+        log.metric(f"final/best_test/{task}", acc, state["round"])
+    return results

@@ -1,0 +1,109 @@
+"""What the three training modules share around the round loop: data, engines, the run folder, the summary."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from textgrad.engine import configure, get_engine
+
+from .client import Engines, LocalSettings
+from .config import UsageError, resolved_config
+from .data import TaskData, load_task_data
+from .plots import plot_run
+from .rounds import Client, Experiment, run_experiment
+from .tasks import resolve_task
+from .tracking import open_run_log
+
+BuildClients = Callable[[argparse.Namespace, list[TaskData]], list[Client]]
+
+
+def default_run_name(args: argparse.Namespace) -> str:
+    method = args.aggregate_method if args.module != "train_centralized" else "central"
+    return f"{args.module}-{'+'.join(args.task)}-{method}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def load_data(args: argparse.Namespace) -> list[TaskData]:
+    return [load_task_data(resolve_task(name), args.data_dir, tuple(args.split_sizes), args.seed)
+            for name in args.task]
+
+
+def make_engines(args: argparse.Namespace) -> Engines:
+    configure(cache_dir=args.cache_dir, use_cache=not args.no_cache, max_concurrency=args.max_concurrency)
+    test = get_engine(args.test_engine)
+    evaluation = get_engine(args.evaluation_engine)
+    for engine in dict.fromkeys([test, evaluation]):
+        engine.check_available()
+    return Engines(test=test, evaluation=evaluation, judge=evaluation if args.judge == "llm" else None)
+
+
+def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate: bool) -> dict[str, Any]:
+    """Everything is checked (data, clients, engines, run folder) before the first file is written."""
+    data = load_data(args)
+    try:
+        clients = build_clients(args, data)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    args.run_name = args.run_name or default_run_name(args)
+    run_dir = Path(args.output_dir) / args.run_name
+    if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"{run_dir} already holds a run: pass --resume to continue it or pick another --run_name")
+    engines = make_engines(args)
+
+    experiment = Experiment(
+        module=args.module,
+        tasks=[d.task for d in data],
+        clients=clients,
+        val_sets={d.task.name: (d.task, d.val) for d in data},
+        test_sets={d.task.name: (d.task, d.test) for d in data},
+        aggregate_method=args.aggregate_method if aggregate else None,
+        rounds=args.max_epochs,
+        clients_per_round=args.clients_per_round or len(clients),
+        settings=LocalSettings(max_steps=args.max_steps, batch_size=args.batch_size,
+                               proximal_update=args.proximal_update, seed=args.seed,
+                               answer_max_tokens=args.max_tokens),
+        run_larger_model=not args.do_not_run_larger_model and args.evaluation_engine != args.test_engine,
+    )
+    comet_path = Path(args.comet_log_path) if args.comet_log_path else Path(args.output_dir) / "comet"
+    log = open_run_log(run_dir, args.comet_mode, args.comet_project_name, comet_path)
+    try:
+        if not args.resume:
+            log.write_config(resolved_config(args))
+        results = run_experiment(experiment, engines, log, resume=args.resume)
+        plot_run(results, run_dir / "plots")
+    finally:
+        log.comet.end()
+    print_summary(results, run_dir)
+    return results
+
+
+def _fmt(scores: dict[str, float] | None) -> str:
+    if not scores:
+        return "-"
+    if len(scores) == 2:  # one task and its mean
+        return f"{scores['mean']:.3f}"
+    return f"{scores['mean']:.3f} (" + ", ".join(f"{k}={v:.3f}" for k, v in scores.items() if k != "mean") + ")"
+
+
+def print_summary(results: dict[str, Any], run_dir: Path) -> None:
+    llm = results["llm"]
+    ff = results["format_failures"]
+    lines = [
+        f"== {results['module']} on {', '.join(results['tasks'])} "
+        f"({results['aggregate_method'] or 'no aggregation'}), {results['rounds_completed']} rounds ==",
+        f"zero-shot      val {_fmt(results['zero_shot']['val'])}   test {_fmt(results['zero_shot']['test'])}",
+        *[f"round {r['round']:<3}      val {_fmt(r['val'])}   aggregate {r['aggregate_tokens']} tokens, "
+          f"{r['accepted_steps']}/{r['steps']} steps kept" for r in results["rounds"]],
+        f"best (round {results['best']['round']})  val {results['best']['val']:.3f}",
+        f"final test     last {_fmt(results['final_test']['last'])}   best {_fmt(results['final_test']['best'])}",
+        f"LLM            {llm['calls']} calls, {llm['prompt_tokens']}+{llm['completion_tokens']} tokens, "
+        f"cache {llm['cache_hits']} hits / {llm['cache_misses']} misses, {llm['retries']} retries",
+        f"format fails   optimizer {ff['optimizer_no_tags']}, dropped format line "
+        f"{ff['dropped_format_instruction']}, merge {ff['aggregation']}, judge {ff['judge']}",
+        f"wall time      {results['wall_seconds']:.1f} s",
+        f"outputs        {run_dir}",
+    ]
+    print("\n".join(lines), flush=True)

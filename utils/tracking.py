@@ -1,0 +1,111 @@
+"""Everything a run records: config.yaml, events.jsonl, prompts/, checkpoint.json, results.json, comet_ml.
+
+comet_ml gets the same parameters, metrics and prompt texts as the local files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .files import write_json_atomic, write_text_atomic
+
+CHECKPOINT = "checkpoint.json"
+
+
+class CometSink:
+    """A thin wrapper so the rest of the code never checks which comet mode is on."""
+
+    def __init__(self, mode: str, project: str, log_path: Path, run_name: str) -> None:
+        self.experiment = None
+        if mode == "disabled":
+            return
+        import comet_ml  # slow to import: only when used
+
+        if mode == "offline":
+            log_path.mkdir(parents=True, exist_ok=True)
+            self.experiment = comet_ml.OfflineExperiment(
+                project_name=project, offline_directory=str(log_path), display_summary_level=0,
+                auto_output_logging=False, log_env_details=False, log_git_metadata=False,
+                log_git_patch=False, log_env_gpu=False, log_env_host=False, log_code=False,
+            )
+        else:
+            self.experiment = comet_ml.Experiment(
+                api_key=os.environ["COMET_API_KEY"], project_name=project, display_summary_level=0,
+                auto_output_logging=False, log_code=False, log_git_metadata=False, log_git_patch=False,
+            )
+        self.experiment.set_name(run_name)
+
+    def parameters(self, params: dict[str, Any]) -> None:
+        if self.experiment is not None:
+            self.experiment.log_parameters(params)
+
+    def metric(self, name: str, value: float, step: int) -> None:
+        if self.experiment is not None:
+            self.experiment.log_metric(name, value, step=step)
+
+    def text(self, text: str, step: int, metadata: dict[str, Any]) -> None:
+        if self.experiment is not None:
+            self.experiment.log_text(text, step=step, metadata=metadata)
+
+    def end(self) -> None:
+        if self.experiment is not None:
+            self.experiment.end()
+            self.experiment = None
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, comet: CometSink) -> None:
+        self.run_dir = run_dir
+        self.comet = comet
+        self.events_path = run_dir / "events.jsonl"
+        self._lock = threading.Lock()
+
+    # -- files ---------------------------------------------------------------------------
+    def write_config(self, config: dict[str, Any]) -> None:
+        write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=True))
+        self.comet.parameters(config)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        # One line per write under a lock: lines from concurrent clients never interleave.
+        line = json.dumps({"type": kind, **fields}, ensure_ascii=False) + "\n"
+        with self._lock, open(self.events_path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+
+    def events_size(self) -> int:
+        return self.events_path.stat().st_size if self.events_path.exists() else 0
+
+    def truncate_events(self, size: int) -> None:
+        """On resume, drop events of the round that was interrupted: it is recomputed."""
+        if self.events_path.exists() and self.events_path.stat().st_size > size:
+            with open(self.events_path, "r+b") as fh:
+                fh.truncate(size)
+
+    def save_prompt(self, round_index: int, name: str, text: str) -> None:
+        write_text_atomic(self.run_dir / "prompts" / f"round_{round_index:03d}" / f"{name}.txt", text + "\n")
+        self.comet.text(text, step=round_index, metadata={"round": round_index, "prompt": name})
+
+    def metric(self, name: str, value: float, step: int) -> None:
+        self.comet.metric(name, value, step)
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        write_json_atomic(self.run_dir / CHECKPOINT, {**state, "events_size": self.events_size()})
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        state = json.loads((self.run_dir / CHECKPOINT).read_text(encoding="utf-8"))
+        self.truncate_events(state["events_size"])
+        return state
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        write_json_atomic(self.run_dir / "results.json", results)
+
+
+def open_run_log(run_dir: Path, comet_mode: str, comet_project: str, comet_log_path: Path) -> RunLog:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return RunLog(run_dir, CometSink(comet_mode, comet_project, comet_log_path, run_dir.name))
