@@ -100,7 +100,8 @@ class _Progress:
 
 def llm_totals() -> dict[str, int]:
     """Every engine counter summed over engines (calls, tokens, cache hits, retries, ...)."""
-    totals: dict[str, int] = {}
+    totals = dict.fromkeys(("calls", "prompt_tokens", "completion_tokens", "cache_hits", "cache_misses",
+                            "retries"), 0)
     for stats in all_engine_stats().values():
         for key, value in stats.items():
             totals[key] = totals.get(key, 0) + value
