@@ -149,6 +149,15 @@ def test_no_cache_always_calls(monkeypatch: pytest.MonkeyPatch, fake_server) -> 
     engine.generate("same")
     assert fake_server.chat_count == 2
     assert engine.stats.calls == 2 and engine.stats.cache_hits == 0
+    assert all_engine_stats()["vllm-m"]["calls"] >= 2
+
+
+def test_default_cache_dir_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    configure(cache_dir=None)
+    monkeypatch.setenv("FEDTEXTGRAD_CACHE_DIR", str(tmp_path / "from-env"))
+    assert engine_module.default_cache_dir() == str((tmp_path / "from-env").resolve())
+    monkeypatch.delenv("FEDTEXTGRAD_CACHE_DIR")
+    assert engine_module.default_cache_dir() == str((Path.home() / ".cache" / "fedtextgrad").resolve())
 
 
 def test_none_content_and_missing_usage(monkeypatch: pytest.MonkeyPatch, fake_server) -> None:

@@ -18,15 +18,34 @@ from textgrad.engine import EngineError, get_engine
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Started in a child interpreter so the test can watch what happens when that process ends.
+# "thread" starts the server from a worker thread, as a first LLM call inside
+# run_concurrently would: then only the signal handlers (installed from the main
+# thread) can stop it on SIGTERM, since the parent-death signal is not armed there.
 CHILD_SCRIPT = """
-import sys, time
+import sys, threading, time
 from textgrad import local_server
-local_server.ensure_local_server()
+mode = sys.argv[1]
+if mode == "thread":
+    local_server.install_signal_handlers()
+    worker = threading.Thread(target=local_server.ensure_local_server)
+    worker.start()
+    worker.join()
+else:
+    local_server.ensure_local_server()
 info = local_server.local_server_info()
 print(info["pid"], info["base_url"].split(":")[-1].split("/")[0], flush=True)
-if sys.argv[1] == "wait":
+if mode != "exit":
     time.sleep(120)
 """
+
+# ending -> (child mode, signal sent, expected return code of the child)
+ENDINGS = {
+    "exit": ("exit", None, 0),
+    "sigint": ("main", signal.SIGINT, -signal.SIGINT),
+    "sigterm": ("main", signal.SIGTERM, -signal.SIGTERM),
+    "sigterm-from-thread": ("thread", signal.SIGTERM, -signal.SIGTERM),
+    "sigkill": ("main", signal.SIGKILL, -signal.SIGKILL),
+}
 
 
 def _port_open(port: int) -> bool:
@@ -97,12 +116,13 @@ def test_one_server_per_process(local_engine_url: str) -> None:
     assert local_server.local_server_info()["pid"] == info["pid"]
 
 
-@pytest.mark.parametrize("ending", ["exit", "sigint", "sigterm"])
+@pytest.mark.parametrize("ending", list(ENDINGS))
 def test_server_stops_with_its_process(ending: str) -> None:
+    mode, signum, expected_code = ENDINGS[ending]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     env.pop("LOCAL_BASE_URL", None)
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD_SCRIPT, "exit" if ending == "exit" else "wait"],
+        [sys.executable, "-c", CHILD_SCRIPT, mode],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -110,16 +130,15 @@ def test_server_stops_with_its_process(ending: str) -> None:
         line = child.stdout.readline()
         assert line, f"child failed: {child.stderr.read() if child.stderr else ''}"
         server_pid, port = (int(part) for part in line.split())
-        if ending != "exit":
+        if signum is not None:
             assert _port_open(port) and not _process_gone(server_pid)
-            child.send_signal(signal.SIGINT if ending == "sigint" else signal.SIGTERM)
+            child.send_signal(signum)
         child.wait(timeout=30)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
 
-    expected = {"exit": 0, "sigint": -signal.SIGINT, "sigterm": -signal.SIGTERM}[ending]
-    assert child.returncode == expected
+    assert child.returncode == expected_code
     assert _wait_until(lambda: _process_gone(server_pid), timeout=10)
     assert not _port_open(port)

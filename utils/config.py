@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no_cache", action="store_true")
     add("--judge", choices=("string", "llm"), default="string", help="llm: an LLM judges free-form answers")
     add("--max_tokens", type=_positive_int, default=512, help="answer length limit of the test engine")
+    # Tiny local models ramble until the limit, so each call kind has its own cap.
+    add("--feedback_max_tokens", type=_positive_int, default=256, help="length limit of each feedback call")
+    add("--optimizer_max_tokens", type=_positive_int, default=512, help="length limit of each optimizer call")
+    add("--merge_max_tokens", type=_positive_int, default=768, help="length limit of each merge call")
     return p
 
 

@@ -32,7 +32,9 @@ def load_data(args: argparse.Namespace) -> list[TaskData]:
 
 
 def make_engines(args: argparse.Namespace) -> Engines:
-    configure(cache_dir=args.cache_dir, use_cache=not args.no_cache, max_concurrency=args.max_concurrency)
+    configure(use_cache=not args.no_cache, max_concurrency=args.max_concurrency)
+    if args.cache_dir is not None:  # otherwise keep the process default (or a caller's choice)
+        configure(cache_dir=args.cache_dir)
     test = get_engine(args.test_engine)
     evaluation = get_engine(args.evaluation_engine)
     for engine in dict.fromkeys([test, evaluation]):
@@ -64,7 +66,9 @@ def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate:
         clients_per_round=args.clients_per_round or len(clients),
         settings=LocalSettings(max_steps=args.max_steps, batch_size=args.batch_size,
                                proximal_update=args.proximal_update, seed=args.seed,
-                               answer_max_tokens=args.max_tokens),
+                               answer_max_tokens=args.max_tokens, feedback_max_tokens=args.feedback_max_tokens,
+                               optimizer_max_tokens=args.optimizer_max_tokens),
+        merge_max_tokens=args.merge_max_tokens,
         run_larger_model=not args.do_not_run_larger_model and args.evaluation_engine != args.test_engine,
     )
     comet_path = Path(args.comet_log_path) if args.comet_log_path else Path(args.output_dir) / "comet"

@@ -25,19 +25,23 @@ class CometSink:
         self.experiment = None
         if mode == "disabled":
             return
+        # comet_ml reports its own crashes to a remote service by default; a research run should not.
+        os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
         import comet_ml  # slow to import: only when used
 
         if mode == "offline":
             log_path.mkdir(parents=True, exist_ok=True)
             self.experiment = comet_ml.OfflineExperiment(
                 project_name=project, offline_directory=str(log_path), display_summary_level=0,
-                auto_output_logging=False, log_env_details=False, log_git_metadata=False,
+                auto_output_logging=False, auto_param_logging=False, auto_metric_logging=False,
+                log_env_details=False, log_git_metadata=False,
                 log_git_patch=False, log_env_gpu=False, log_env_host=False, log_code=False,
             )
         else:
             self.experiment = comet_ml.Experiment(
                 api_key=os.environ["COMET_API_KEY"], project_name=project, display_summary_level=0,
-                auto_output_logging=False, log_code=False, log_git_metadata=False, log_git_patch=False,
+                auto_output_logging=False, auto_param_logging=False, auto_metric_logging=False,
+                log_code=False, log_git_metadata=False, log_git_patch=False,
             )
         self.experiment.set_name(run_name)
 

@@ -1,0 +1,1 @@
+"""Benchmarks and the deterministic OpenAI-compatible latency server they (and the tests) run against."""
