@@ -1,0 +1,106 @@
+"""Uniform Information Density (UID) measures of a prompt, from the serving model's log-probabilities.
+
+The surprisal of a token is -log p(token | the tokens before it), in nats (natural log, as the servers
+return it). UID asks for information spread evenly over a text, so the measures are the mean, the
+variance and the maximum surprisal over the prompt's tokens. The first token has no conditional
+log-probability and is skipped.
+
+The log-probabilities come from an OpenAI-compatible /completions request that echoes the prompt
+(echo=True, logprobs, max_tokens=1): the embedded llama.cpp server (engine `local`, llama-cpp-python)
+and vLLM (`vllm-<model>`) answer it. Other engines give None ("not available"), and so does any
+failure: a measurement never stops a run. These requests are not counted as LLM calls of the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from textgrad.engine import ChatEngine
+
+from .gguf_vocab import bos_token
+
+logger = logging.getLogger(__name__)
+
+UNIT = "nats"
+
+
+def surprisal_stats(surprisals: list[float]) -> dict[str, float | int] | None:
+    """mean, (population) variance, max and count of per-token surprisals; None for no tokens."""
+    values = [float(s) for s in surprisals]
+    if not values or not all(math.isfinite(v) for v in values):
+        return None
+    mean = sum(values) / len(values)
+    variance = sum((v - mean) ** 2 for v in values) / len(values)
+    return {"mean": mean, "variance": variance, "max": max(values), "tokens": len(values)}
+
+
+def uid_measures(text: str, engine: Any) -> dict[str, float | int] | None:
+    """{"mean", "variance", "max", "tokens"} of per-token surprisal (nats) of `text` under `engine`'s
+    model, or None where the engine gives no log-probabilities. Never raises."""
+    try:
+        if not text.strip() or not isinstance(engine, ChatEngine):
+            return None
+        if engine.name == "local":
+            surprisals = _llamacpp_surprisals(text, engine)
+        elif engine.name.startswith("vllm-"):
+            surprisals = _echo_surprisals(engine, text, os.environ.get("VLLM_API_KEY") or "EMPTY")[0]
+        else:
+            return None
+        return surprisal_stats(surprisals) if surprisals is not None else None
+    except Exception as exc:  # noqa: BLE001 - a measurement must never stop a run
+        logger.warning("UID measures not available from %s: %s", getattr(engine, "name", engine), exc)
+        return None
+
+
+def _echo_surprisals(engine: ChatEngine, prompt: str, api_key: str) -> tuple[list[float], list[str]]:
+    """Surprisals of the echoed prompt tokens that carry a log-probability, and the token strings."""
+    url = engine.base_url
+    loopback = httpx.URL(url).host in ("127.0.0.1", "localhost", "::1")
+    with httpx.Client(trust_env=not loopback, timeout=engine.request_timeout) as client:
+        response = client.post(f"{url}/completions", headers={"Authorization": f"Bearer {api_key}"}, json={
+            "model": engine.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0,
+            "echo": True, "logprobs": 1,
+        })
+    response.raise_for_status()
+    body = response.json()
+    logprobs = body["choices"][0]["logprobs"]
+    # The arrays cover the prompt and then the generated token(s): drop the generated ones.
+    generated = int((body.get("usage") or {}).get("completion_tokens") or 0)
+    values, tokens = logprobs["token_logprobs"], logprobs["tokens"]
+    end = len(values) - generated
+    kept = [(-float(v), t) for v, t in zip(values[:end], tokens[:end], strict=True) if v is not None]
+    return [s for s, _ in kept], [t for v, t in zip(values[:end], tokens[:end], strict=True) if v is not None]
+
+
+def _llamacpp_surprisals(text: str, engine: ChatEngine) -> list[float] | None:
+    # llama-cpp-python pairs echoed token i with the log-probabilities computed *after* token i unless
+    # the prompt starts with the model's BOS token (which it then strips). So the BOS is put in front
+    # explicitly for models that do not add it themselves; that requires knowing which model is served.
+    model_path = _served_model_path(engine)
+    bos = bos_token(model_path) if model_path else None
+    if bos is None:
+        return None
+    prefix = "" if bos.added_by_model else bos.text
+    surprisals, tokens = _echo_surprisals(engine, prefix + text, os.environ.get("LOCAL_API_KEY") or "local")
+    if "".join(tokens) != text[len(text) - len("".join(tokens)):]:
+        return None  # the BOS was not recognised: the values would be misaligned
+    return surprisals
+
+
+def _served_model_path(engine: ChatEngine) -> str | None:
+    """The GGUF file behind the `local` engine: the embedded server's, or for LOCAL_BASE_URL the one
+    LOCAL_MODEL_PATH / the packaged model names, if the server reports that model (our alias is the
+    file's stem, as scripts/llamacpp_serve.sh and the embedded server set it)."""
+    from textgrad.local_server import find_packaged_model, local_server_info
+
+    info = local_server_info()
+    if info is not None and info["base_url"] == engine.base_url:
+        return str(info["model_path"])
+    path = find_packaged_model()
+    return path if engine.model in (Path(path).stem, path) else None
