@@ -227,3 +227,18 @@ def test_prompt_texts_carry_no_training_examples(tmp_path):
         record = json.dumps(update.to_record())
         assert not any(q in record for q in questions)
     assert re.search(r"round_001", str(list((tmp_path / "run" / "prompts").iterdir())))
+
+
+def test_llm_totals_count_only_this_runs_calls_across_runs_and_resume(tmp_path, fake_server, monkeypatch):
+    from textgrad.engine import get_engine
+
+    monkeypatch.setenv("VLLM_BASE_URL", fake_server.base_url)
+    engine = get_engine("vllm-fake-model")
+    first = run(tmp_path / "a", make_experiment([COUNTING], homo_clients(), rounds=1), engine)
+    assert first["llm"]["calls"] == fake_server.chat_count > 0
+    before = fake_server.chat_count
+    second = run(tmp_path / "b", make_experiment([COUNTING], homo_clients(), rounds=2, max_steps=1), engine)
+    assert second["llm"]["calls"] + second["llm"]["cache_hits"] > 0
+    assert second["llm"]["calls"] == fake_server.chat_count - before
+    rounds_sum = sum(r["llm"]["calls"] for r in second["rounds"])
+    assert 0 < rounds_sum <= second["llm"]["calls"]

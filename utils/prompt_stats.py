@@ -1,9 +1,13 @@
-"""Lengths of prompts, recorded for every client prompt and aggregate."""
+"""Lengths and UID measures of prompts, recorded for every client prompt and aggregate."""
 
 from __future__ import annotations
 
 import math
+import os
+import threading
 from typing import Any
+
+from .uid import uid_measures
 
 
 def estimate_tokens(text: str) -> int:
@@ -12,7 +16,28 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
+# (engine name, text) -> UID measures: a prompt returned unchanged by several clients, or kept over
+# rounds, is measured once per process (each measurement is a full pass of the prompt on the server).
+_uid_cache: dict[tuple[str, str], dict[str, Any] | None] = {}
+_uid_lock = threading.Lock()
+
+
+def cached_uid(text: str, engine: Any) -> dict[str, Any] | None:
+    if os.environ.get("FEDTEXTGRAD_UID", "1").lower() in ("0", "off", "false", "no"):
+        return None
+    key = (str(getattr(engine, "name", id(engine))), text)
+    with _uid_lock:
+        if key in _uid_cache:
+            return _uid_cache[key]
+    measures = uid_measures(text, engine)
+    with _uid_lock:
+        _uid_cache[key] = measures
+    return measures
+
+
 def measure_prompt(text: str, engine: Any = None) -> dict[str, Any]:
     """Length in characters and tokens; with an engine, also the UID measures of the text
-    (mean/variance/max per-token surprisal) where that engine exposes log-probabilities, else None."""
-    return {"chars": len(text), "tokens": estimate_tokens(text), "uid": None}
+    (mean/variance/max per-token surprisal in nats, see utils.uid) where that engine exposes
+    log-probabilities, else None."""
+    uid = cached_uid(text, engine) if engine is not None else None
+    return {"chars": len(text), "tokens": estimate_tokens(text), "uid": uid}

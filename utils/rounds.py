@@ -112,12 +112,19 @@ def _delta(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in now.items()}
 
 
+def _add(total: dict[str, int], delta: dict[str, int]) -> dict[str, int]:
+    return {k: total.get(k, 0) + delta.get(k, 0) for k in {*total, *delta}}
+
+
 def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bool = False,
                    train_round: TrainRound | None = None) -> dict[str, Any]:
     started = time.monotonic()
     settings = exp.settings
     client_ids = [c.client_id for c in exp.clients]
 
+    # The run's LLM cost is accumulated in the checkpoint, phase by phase: engine counters are
+    # per process, and a process may host several runs (tests, a Flower server) or half of one.
+    llm_mark = llm_totals()
     if resume:
         state = log.load_checkpoint()
         evaluate = Evaluator(exp, engines, state["eval_judge_failures"])
@@ -126,6 +133,7 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
         evaluate = Evaluator(exp, engines)
         state = _zero_shot_state(exp, engines, log, evaluate)
         state["eval_judge_failures"] = evaluate.judge_failures
+        state["llm"], llm_mark = _delta(llm_totals(), llm_mark), llm_totals()
         log.save_checkpoint(state)
 
     steps_bar: _Progress | None = None
@@ -139,13 +147,13 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
                             total=exp.rounds, dynamic_ncols=True):
         selected = select_clients(client_ids, exp.clients_per_round, settings.seed, round_index)
         steps_bar = _Progress(len(selected) * settings.max_steps, f"round {round_index} local steps")
-        llm_before = llm_totals()
         updates = train_round(selected, state["global_prompt"], round_index)
         steps_bar.close()
         summary = _record_round(exp, engines, log, evaluate, round_index, updates, state)
         # What this round cost, including its retries: in-process counters, so a Flower run's remote
         # clients report their own in their updates instead.
-        summary["llm"] = _delta(llm_totals(), llm_before)
+        summary["llm"], llm_mark = _delta(llm_totals(), llm_mark), llm_totals()
+        state["llm"] = _add(state["llm"], summary["llm"])
         log.event("round", **{k: v for k, v in summary.items() if k != "aggregate"})
         state["history"].append(summary)
         state["global_prompt"] = summary["aggregate"]
@@ -157,7 +165,7 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
         started = time.monotonic()
         log.save_checkpoint(state)
 
-    return _finish(exp, engines, log, evaluate, state, started)
+    return _finish(exp, engines, log, evaluate, state, started, llm_mark)
 
 
 class Evaluator:
@@ -235,6 +243,9 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
     for task, acc in val.items():
         log.metric(f"val/{task}", acc, round_index)
     log.metric("aggregate/tokens", length["tokens"], round_index)
+    for stat in ("mean", "variance", "max"):
+        if length["uid"]:
+            log.metric(f"aggregate/uid_{stat}", length["uid"][stat], round_index)
     summary = {
         "round": round_index, "val": val, "aggregate": aggregate_prompt,
         "aggregate_chars": length["chars"], "aggregate_tokens": length["tokens"],
@@ -255,7 +266,7 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
 
 
 def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, state: dict[str, Any],
-            started: float) -> dict[str, Any]:
+            started: float, llm_mark: dict[str, int]) -> dict[str, Any]:
     last, best = state["global_prompt"], state["best"]["prompt"]
     last_test, best_test = run_concurrently([lambda: evaluate(last, exp.test_sets),
                                              lambda: evaluate(best, exp.test_sets)])
@@ -285,7 +296,8 @@ def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator,
             "aggregation": sum(bool(r["aggregation_format_failure"]) for r in history),
             "judge": sum(r["judge_format_failures"] for r in history) + evaluate.judge_failures,
         },
-        "llm": {**llm_totals(), "by_engine": all_engine_stats()},
+        "llm": {**_add(state["llm"], _delta(llm_totals(), llm_mark)),
+                "by_engine_this_process": all_engine_stats()},
         "wall_seconds": round(state["wall_seconds"] + time.monotonic() - started, 3),
     }
     log.write_results(results)

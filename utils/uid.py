@@ -49,7 +49,8 @@ def uid_measures(text: str, engine: Any) -> dict[str, float | int] | None:
         if engine.name == "local":
             surprisals = _llamacpp_surprisals(text, engine)
         elif engine.name.startswith("vllm-"):
-            surprisals = _echo_surprisals(engine, text, os.environ.get("VLLM_API_KEY") or "EMPTY")[0]
+            pairs = _echo_logprobs(engine, text, os.environ.get("VLLM_API_KEY") or "EMPTY")
+            surprisals = [-value for _, value in pairs]
         else:
             return None
         return surprisal_stats(surprisals) if surprisals is not None else None
@@ -58,8 +59,8 @@ def uid_measures(text: str, engine: Any) -> dict[str, float | int] | None:
         return None
 
 
-def _echo_surprisals(engine: ChatEngine, prompt: str, api_key: str) -> tuple[list[float], list[str]]:
-    """Surprisals of the echoed prompt tokens that carry a log-probability, and the token strings."""
+def _echo_logprobs(engine: ChatEngine, prompt: str, api_key: str) -> list[tuple[str, float]]:
+    """(token, log-probability) of every echoed prompt token that has one (not the first)."""
     url = engine.base_url
     loopback = httpx.URL(url).host in ("127.0.0.1", "localhost", "::1")
     with httpx.Client(trust_env=not loopback, timeout=engine.request_timeout) as client:
@@ -72,10 +73,8 @@ def _echo_surprisals(engine: ChatEngine, prompt: str, api_key: str) -> tuple[lis
     logprobs = body["choices"][0]["logprobs"]
     # The arrays cover the prompt and then the generated token(s): drop the generated ones.
     generated = int((body.get("usage") or {}).get("completion_tokens") or 0)
-    values, tokens = logprobs["token_logprobs"], logprobs["tokens"]
-    end = len(values) - generated
-    kept = [(-float(v), t) for v, t in zip(values[:end], tokens[:end], strict=True) if v is not None]
-    return [s for s, _ in kept], [t for v, t in zip(values[:end], tokens[:end], strict=True) if v is not None]
+    pairs = list(zip(logprobs["tokens"], logprobs["token_logprobs"], strict=True))
+    return [(token, float(value)) for token, value in pairs[:len(pairs) - generated] if value is not None]
 
 
 def _llamacpp_surprisals(text: str, engine: ChatEngine) -> list[float] | None:
@@ -87,10 +86,10 @@ def _llamacpp_surprisals(text: str, engine: ChatEngine) -> list[float] | None:
     if bos is None:
         return None
     prefix = "" if bos.added_by_model else bos.text
-    surprisals, tokens = _echo_surprisals(engine, prefix + text, os.environ.get("LOCAL_API_KEY") or "local")
-    if "".join(tokens) != text[len(text) - len("".join(tokens)):]:
-        return None  # the BOS was not recognised: the values would be misaligned
-    return surprisals
+    pairs = _echo_logprobs(engine, prefix + text, os.environ.get("LOCAL_API_KEY") or "local")
+    if not text.endswith("".join(token for token, _ in pairs)):
+        return None  # the BOS was not recognised as such: the values would be misaligned
+    return [-value for _, value in pairs]
 
 
 def _served_model_path(engine: ChatEngine) -> str | None:
