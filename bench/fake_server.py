@@ -63,8 +63,7 @@ class FakeServer:
         self._connections: set[socket.socket] = set()
         self._prompts_kept = prompts_kept
         self._reset_counters()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
-        self._httpd.daemon_threads = True
+        self._httpd = _Listener(("127.0.0.1", port), _make_handler(self))
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -276,9 +275,19 @@ class FakeServer:
         return stats
 
 
+class _Listener(ThreadingHTTPServer):
+    daemon_threads = True
+    # The default backlog of 5 drops connection attempts of a burst of clients, and the kernel retries
+    # them only after a second: a latency that no real LLM server adds.
+    request_queue_size = 256
+
+
 def _make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as real servers: no reconnect per request
+        # Headers and body go out in separate writes; with Nagle's algorithm on, the body waits for the
+        # client's delayed ACK (40 ms on Linux). Real servers set TCP_NODELAY too.
+        disable_nagle_algorithm = True
 
         def setup(self) -> None:
             super().setup()

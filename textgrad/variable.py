@@ -88,6 +88,6 @@ def _levels_from(root: Variable) -> list[list[Variable]]:
         for parent in node.predecessors:
             depth[id(parent)] = max(depth.get(id(parent), 0), depth[id(node)] + 1)
     levels: list[list[Variable]] = [[] for _ in range(max(depth.values()) + 1)]
-    for node in reversed(order):
+    for node in order:  # discovery order within a level: example 1's feedback comes first
         levels[depth[id(node)]].append(node)
     return levels

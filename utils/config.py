@@ -116,6 +116,12 @@ def _config_to_argv(parser: argparse.ArgumentParser, path: str, skip: tuple[str,
         return []
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must be a mapping of flag names to values")
+    return mapping_to_argv(parser, data, path, skip)
+
+
+def mapping_to_argv(parser: argparse.ArgumentParser, data: dict[str, Any], path: str,
+                    skip: tuple[str, ...] = ()) -> list[str]:
+    """Flag names -> values (from YAML, or a Flower run config named by `path`) as command-line flags."""
     actions = {a.dest: a for a in parser._actions if a.option_strings}
     argv: list[str] = []
     for key, value in data.items():

@@ -14,9 +14,9 @@ from .client import Engines, LocalSettings
 from .config import UsageError, resolved_config
 from .data import TaskData, load_task_data
 from .plots import plot_run
-from .rounds import Client, Experiment, run_experiment
+from .rounds import Client, Experiment, TrainRound, run_experiment
 from .tasks import resolve_task
-from .tracking import open_run_log
+from .tracking import RunLog, open_run_log
 
 BuildClients = Callable[[argparse.Namespace, list[TaskData]], list[Client]]
 
@@ -42,8 +42,11 @@ def make_engines(args: argparse.Namespace) -> Engines:
     return Engines(test=test, evaluation=evaluation, judge=evaluation if args.judge == "llm" else None)
 
 
-def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate: bool) -> dict[str, Any]:
-    """Everything is checked (data, clients, engines, run folder) before the first file is written."""
+def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate: bool,
+               make_train_round: Callable[[Experiment, Engines, RunLog], TrainRound] | None = None) -> dict[str, Any]:
+    """Everything is checked (data, clients, engines, run folder) before the first file is written.
+
+    make_train_round swaps the in-process clients for a transport (Flower)."""
     data = load_data(args)
     try:
         clients = build_clients(args, data)
@@ -76,7 +79,8 @@ def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate:
     try:
         if not args.resume:
             log.write_config(resolved_config(args))
-        results = run_experiment(experiment, engines, log, resume=args.resume)
+        train_round = make_train_round(experiment, engines, log) if make_train_round else None
+        results = run_experiment(experiment, engines, log, resume=args.resume, train_round=train_round)
         plot_run(results, run_dir / "plots")
     finally:
         log.comet.end()

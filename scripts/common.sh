@@ -1,0 +1,172 @@
+# Sourced by the experiment launchers in scripts/: settings from the environment, --help and
+# --dry-run, one `python main.py` run per grid cell, then the results table (utils.report).
+# Written for bash 3.2 too (macOS): no associative arrays, empty arrays expanded with ${a[@]+...}.
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python}"
+TEST_ENGINE="${FEDTEXTGRAD_TEST_ENGINE:-local}"
+EVAL_ENGINE="${FEDTEXTGRAD_EVAL_ENGINE:-local}"
+SEEDS="${SEEDS:-42}"
+PAPER_TASKS="BBH_object_counting BBH_multistep_arithmetic_two GSM8K"
+HETERO_TASKS="${HETERO_TASKS:-$PAPER_TASKS}"
+
+abs_path() {
+    case "$1" in
+        /*) printf '%s\n' "$1" ;;
+        *) printf '%s\n' "$PWD/$1" ;;
+    esac
+}
+
+OUTPUT_DIR="$(abs_path "${FEDTEXTGRAD_OUTPUT_DIR:-logs}")"
+if [[ -n "${FEDTEXTGRAD_DATA_DIR:-}" ]]; then
+    DATA_DIR="$(abs_path "$FEDTEXTGRAD_DATA_DIR")"
+elif [[ -d "$REPO_ROOT/../shared/data" ]]; then
+    DATA_DIR="$(cd "$REPO_ROOT/../shared/data" && pwd)"
+else
+    DATA_DIR=""  # main.py then falls back to the Hugging Face hub
+fi
+
+DRY_RUN=0
+EXTRA_ARGS=()
+FAILED=()
+
+COMMON_HELP="Options:
+  --dry-run     print the commands, run nothing
+  -h, --help    this text
+  other arguments are passed on to every python main.py run (they win over the script's flags)
+
+Environment:
+  FEDTEXTGRAD_TEST_ENGINE   model whose prompt is trained (default local: embedded llama.cpp server)
+  FEDTEXTGRAD_EVAL_ENGINE   model for feedback, optimizer and merging (default local)
+  FEDTEXTGRAD_DATA_DIR      task data (default ../shared/data next to the repo if present, else the hub)
+  FEDTEXTGRAD_OUTPUT_DIR    where runs go (default logs); each script writes one sub-folder
+  SEEDS                     space-separated seeds (default \"42\")
+  FEDTEXTGRAD_SPLIT_SIZES   TRAIN,VAL,TEST for small runs, e.g. 3,3,3 (default: the paper's 50,100,100)
+  FEDTEXTGRAD_ROUNDS        rounds per run (default 3)
+  PYTHON                    interpreter (default python)
+A run whose folder already has results.json is skipped; one with only a checkpoint is resumed."
+
+# parse_args USAGE "$@": handles --help and --dry-run, keeps everything else for main.py.
+parse_args() {
+    local usage="$1"
+    shift
+    while (($#)); do
+        case "$1" in
+            --dry-run) DRY_RUN=1 ;;
+            -h | --help)
+                printf '%s\n\n%s\n' "$usage" "$COMMON_HELP"
+                exit 0
+                ;;
+            --)
+                shift
+                EXTRA_ARGS+=("$@")
+                break
+                ;;
+            *) EXTRA_ARGS+=("$1") ;;
+        esac
+        shift
+    done
+}
+
+die() {
+    echo "error: $*" >&2
+    exit 2
+}
+
+print_cmd() {
+    local out="" word
+    for word in "$@"; do
+        out+="$(printf '%q' "$word") "
+    done
+    printf '%s\n' "${out% }"
+}
+
+# setting_args SETTING TASK: the flags that pick the module, its paper config and its task(s).
+setting_args() {
+    case "$1" in
+        central) SETTING_ARGS=(--config "$REPO_ROOT/configs/paper_centralized.yaml" --module train_centralized --task "$2") ;;
+        homo) SETTING_ARGS=(--config "$REPO_ROOT/configs/paper_homo_fed.yaml" --module train_homo_fed --task "$2") ;;
+        hetero)
+            # shellcheck disable=SC2206  # the task list is meant to split on spaces
+            SETTING_ARGS=(--config "$REPO_ROOT/configs/paper_hetero_fed.yaml" --module train_hetero_fed --task $HETERO_TASKS)
+            ;;
+        *) die "unknown SETTING '$1': use homo or hetero" ;;
+    esac
+}
+
+# run_cell GROUP RUN_NAME MAIN_ARGS...: one python main.py run into OUTPUT_DIR/GROUP/RUN_NAME.
+run_cell() {
+    local group="$1" name="$2"
+    shift 2
+    local out="$OUTPUT_DIR/$group"
+    local cmd=("$PYTHON" "$REPO_ROOT/main.py" "$@" --test_engine "$TEST_ENGINE" --evaluation_engine "$EVAL_ENGINE"
+        --output_dir "$out" --run_name "$name")
+    [[ -z "$DATA_DIR" ]] || cmd+=(--data_dir "$DATA_DIR")
+    [[ -z "${FEDTEXTGRAD_SPLIT_SIZES:-}" ]] || cmd+=(--split_sizes "$FEDTEXTGRAD_SPLIT_SIZES")
+    [[ -z "${FEDTEXTGRAD_ROUNDS:-}" ]] || cmd+=(--max_epochs "$FEDTEXTGRAD_ROUNDS")
+    cmd+=(${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
+    if [[ -f "$out/$name/results.json" ]]; then
+        echo "# done already, skipped: $out/$name"
+        return 0
+    fi
+    [[ ! -f "$out/$name/checkpoint.json" ]] || cmd+=(--resume)
+    if ((DRY_RUN)); then
+        print_cmd "${cmd[@]}"
+        return 0
+    fi
+    echo "+ $(print_cmd "${cmd[@]}")" >&2
+    local status=0
+    "${cmd[@]}" || status=$?
+    if ((status == 2 || status >= 128)); then
+        # Bad flags, missing data or an unreachable engine hit every cell alike; Ctrl-C means stop.
+        echo "stopped: the run above exited with code $status" >&2
+        exit "$status"
+    fi
+    ((status == 0)) || FAILED+=("$out/$name (exit $status)")
+}
+
+# run_grid GROUP SETTING "TASKS" "METHODS" FLAG "VALUES": one run per task x method x value x seed.
+# METHODS "-" means no aggregation flag (centralized); FLAG "" means no swept flag.
+run_grid() {
+    local group="$1" setting="$2" tasks="$3" methods="$4" flag="$5" values="$6"
+    local task method value seed name
+    [[ "$setting" != hetero ]] || tasks="hetero"
+    [[ -n "$flag" ]] || values="-"
+    for task in $tasks; do
+        setting_args "$setting" "$task"
+        for method in $methods; do
+            for value in $values; do
+                for seed in $SEEDS; do
+                    local args=("${SETTING_ARGS[@]}" --seed "$seed")
+                    name="$task"
+                    if [[ "$method" != "-" ]]; then
+                        args+=(--aggregate_method "$method")
+                        name+="-$method"
+                    fi
+                    if [[ -n "$flag" ]]; then
+                        args+=("$flag" "$value")
+                        name+="-${flag#--}$value"
+                    fi
+                    run_cell "$group" "$name-seed$seed" "${args[@]}"
+                done
+            done
+        done
+    done
+}
+
+# finish GROUP: tabulate the group's runs (report.md + PNGs), list failures, set the exit code.
+finish() {
+    local dir="$OUTPUT_DIR/$1"
+    local cmd=(env "PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m utils.report "$dir" --out "$dir/report")
+    if ((DRY_RUN)); then
+        print_cmd "${cmd[@]}"
+        return 0
+    fi
+    echo "+ $(print_cmd "${cmd[@]}")" >&2
+    "${cmd[@]}" || echo "warning: no report (see the message above)" >&2
+    if ((${#FAILED[@]})); then
+        printf 'failed runs:\n' >&2
+        printf '  %s\n' "${FAILED[@]}" >&2
+        exit 1
+    fi
+}
