@@ -1,31 +1,53 @@
-"""FedTextGrad command line: python main.py --module {train_centralized,train_homo_fed,train_hetero_fed} ..."""
+"""FedTextGrad command line: python main.py --module {train_centralized,train_homo_fed,train_hetero_fed} ...
+
+Exit codes: 0 done; 2 bad input or an unreachable LLM endpoint at start (nothing was written);
+1 the run stopped mid-way (the endpoint failed a round twice, or every client failed) and can continue
+with --resume; 130 interrupted (Ctrl-C), also resumable.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
-from textgrad.engine import EngineError
 from utils.config import UsageError, parse_args
 from utils.data import DataError
-from utils.rounds import RoundFailed
 from utils.tasks import TaskError
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+    except UsageError as exc:
+        return _fail(exc, 2)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported only once the flags are known good: the LLM client libraries take a second or more to load,
+    # and a typo deserves an instant answer.
+    from textgrad.engine import EngineError
+    from utils.rounds import RoundFailed
+
+    try:
         importlib.import_module(args.module).main(args)
     except (UsageError, TaskError, DataError, EngineError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        # EngineError reaches here only from the start-up checks: the round loop turns one mid-run into
+        # RunStopped (a RoundFailed).
+        return _fail(exc, 2)
     except RoundFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(exc, 1)
     except KeyboardInterrupt:
-        print("\ninterrupted: continue later with --resume --run_name <the run's name>", file=sys.stderr)
+        hint = f": continue with python main.py --resume --run_name {args.run_name} --output_dir {args.output_dir}"
+        print("\ninterrupted" + (hint if args.run_name else ""), file=sys.stderr)
         return 130
     return 0
+
+
+def _fail(exc: BaseException, code: int) -> int:
+    print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
+    return code
 
 
 if __name__ == "__main__":

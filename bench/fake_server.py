@@ -7,8 +7,9 @@ RNG, and `max_context` makes it refuse over-long requests the way llama.cpp does
 
     python bench/fake_server.py --port 8011 --latency 0.3 --slots 16 [--rate_500 0.2 ...]
 
-Besides the OpenAI routes it serves GET /stats and POST /stats/reset, so a benchmark can run it
-in a separate process and still read its counters.
+Besides the OpenAI routes it serves llama.cpp's GET /props and POST /tokenize (by the same count
+of tokens it applies to `max_context`), and GET /stats and POST /stats/reset, so a benchmark can
+run it in a separate process and still read its counters.
 """
 
 from __future__ import annotations
@@ -341,6 +342,9 @@ def _make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 request = json.loads(raw or b"{}")
             except ValueError:
                 self._send(400, {"error": {"message": "the body is not JSON", "code": 400}})
+                return
+            if route == "/tokenize":  # llama.cpp's route: {"content"} -> {"tokens"}, by the server's own count
+                self._send(200, {"tokens": list(range(estimate_tokens(str(request.get("content") or ""))))})
                 return
             if route not in ("/v1/chat/completions", "/v1/completions"):
                 self._send(404, {"error": {"message": f"no route {self.path}"}})

@@ -44,7 +44,8 @@ def dependent_calls(max_steps: int) -> tuple[int, str]:
 # ---------------------------------------------------------------- one measured run (child process)
 
 
-def build_experiment(clients: int, steps: int, batch: int, val: int, test: int, seed: int) -> Any:
+def build_experiment(clients: int, steps: int, batch: int, val: int, test: int, seed: int, rounds: int = 1) -> Any:
+    """A homogeneous synthetic-counting experiment with summarization, as train_homo_fed builds it."""
     from utils.client import LocalSettings
     from utils.data import load_task_data
     from utils.partition import iid_partition
@@ -57,7 +58,7 @@ def build_experiment(clients: int, steps: int, batch: int, val: int, test: int, 
         module="train_homo_fed", tasks=[data.task],
         clients=[Client(f"client{i}", data.task, shard) for i, shard in enumerate(shards)],
         val_sets={data.task.name: (data.task, data.val)}, test_sets={data.task.name: (data.task, data.test)},
-        aggregate_method="summarization", rounds=1, clients_per_round=clients,
+        aggregate_method="summarization", rounds=rounds, clients_per_round=clients,
         settings=LocalSettings(max_steps=steps, batch_size=batch, seed=seed), run_larger_model=False,
     )
 
@@ -121,9 +122,10 @@ def run_in_child(case: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit(f"benchmark run failed:\n{child.stderr[-3000:]}")
     result = json.loads(child.stdout.strip().splitlines()[-1])
     stats = server_call(case["base_url"], "/stats")
-    result["calls"] = stats["requests"]
+    # Log-probability requests (UID measures of prompts) are model calls too.
+    result["calls"] = stats["requests"] + stats["logprob_requests"]
     result["peak_in_flight"] = stats["peak_in_flight"]
-    result["calls_by_kind"] = stats["requests_by_kind"]
+    result["calls_by_kind"] = {**stats["requests_by_kind"], "logprobs": stats["logprob_requests"]}
     return result
 
 

@@ -170,3 +170,54 @@ finish() {
         exit 1
     fi
 }
+
+# sweep NAME FLAG "DEFAULT_VALUES" "DEFAULT_METHODS" DESCRIPTION "$@": an ablation over one flag in
+# the homogeneous (SETTING=homo, default) or heterogeneous (SETTING=hetero) setting.
+sweep() {
+    local name="$1" flag="$2" values="$3" methods="$4" what="$5"
+    shift 5
+    local setting="${SETTING:-homo}"
+    parse_args "Usage: scripts/sweep_$name.sh [--dry-run] [main.py flags...]
+Ablation over $what: one run per value x task x aggregation method x seed.
+  GRID      values (default \"$values\")
+  SETTING   homo (default: one task split over clients) or hetero (one client per task)
+  TASKS     tasks of SETTING=homo, one sweep each (default \"BBH_object_counting\")
+  HETERO_TASKS  tasks of SETTING=hetero (default \"$PAPER_TASKS\")
+  METHODS   aggregation methods (default \"$methods\")
+Runs go to \$FEDTEXTGRAD_OUTPUT_DIR/sweep_${name}_<setting>/, then the table and plots to .../report/." "$@"
+    [[ "$setting" == homo || "$setting" == hetero ]] || die "SETTING must be homo or hetero, not '$setting'"
+    local group="sweep_${name}_$setting"
+    run_grid "$group" "$setting" "${TASKS:-BBH_object_counting}" "${METHODS:-$methods}" "$flag" "${GRID:-$values}"
+    finish "$group"
+}
+
+# Server launchers: SERVE_HOST/SERVE_PORT pick the address. print_exports tells the user what to set
+# so that main.py (and every script here) talks to the server.
+SERVE_HOST="${SERVE_HOST:-127.0.0.1}"
+
+server_url() {
+    local host="$SERVE_HOST"
+    [[ "$host" != "0.0.0.0" ]] || host="127.0.0.1"  # listening everywhere; connect locally
+    printf 'http://%s:%s/v1\n' "$host" "$1"
+}
+
+# print_exports URL_VARIABLE URL ENGINE_NAME
+print_exports() {
+    echo "# In the shell that runs the experiments:"
+    echo "export $1=$2"
+    echo "export FEDTEXTGRAD_TEST_ENGINE=$3 FEDTEXTGRAD_EVAL_ENGINE=$3"
+}
+
+# serve "$@": print the server command (dry run) or replace this shell with it.
+serve() {
+    if ((DRY_RUN)); then
+        print_cmd "$@"
+        return 0
+    fi
+    echo "+ $(print_cmd "$@")" >&2
+    exec "$@"
+}
+
+SERVER_HELP="Environment:
+  SERVE_HOST   address to listen on (default 127.0.0.1; 0.0.0.0 to serve other machines)
+Options: --dry-run prints the commands; -h/--help; other arguments go to the server itself."

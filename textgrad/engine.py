@@ -8,6 +8,8 @@ variables (see ``_route``).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -16,6 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,9 @@ from typing import Any
 import httpx
 import openai
 
+from textgrad import context
 from textgrad.cache import ResponseCache
+from textgrad.slots import EndpointSlots
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +43,25 @@ BACKOFF_CAP_S = 8.0
 # A server that refuses connections is down, not busy: stop retrying well inside 30 s.
 CONNECTION_RETRY_BUDGET_S = 20.0
 CHECK_TIMEOUT_S = 10.0
+# The engine lowers max_tokens to fit the window, but not below this: a shorter reply is rarely usable.
+MIN_REPLY_TOKENS = 16
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 
 
 class EngineError(RuntimeError):
     """A failure the user can fix (server down, key missing or rejected); one line, no key in it."""
+
+
+class ContextOverflowError(EngineError):
+    """A request too long for the model's context window: rejected by the server or known not to fit.
+
+    Never retried unchanged: callers shorten the request once (textgrad.budget) or skip the item.
+    """
+
+    def __init__(self, message: str, *, window: int | None = None, prompt_tokens: int | None = None) -> None:
+        super().__init__(message)
+        self.window = window
+        self.prompt_tokens = prompt_tokens
 
 
 # ---------------------------------------------------------------- statistics
@@ -59,12 +78,21 @@ class EngineStats:
     cache_misses: int = 0
     retries: int = 0
     failures: int = 0
+    context_overflows: int = 0  # overflow replies from the server (HTTP 400 naming the context)
+    context_shortened: int = 0  # requests cut down to fit the window before they were sent
+    context_skipped: int = 0    # calls given up because not even the shortest version fits
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     _COUNTERS = ("calls", "prompt_tokens", "completion_tokens", "cache_hits",
-                 "cache_misses", "retries", "failures")
+                 "cache_misses", "retries", "failures", "context_overflows", "context_shortened",
+                 "context_skipped")
 
     def add(self, **deltas: int) -> None:
+        self._bump(deltas)
+        for meter in _meters.get():
+            meter._bump(deltas)
+
+    def _bump(self, deltas: dict[str, int]) -> None:
         with self._lock:
             for name, delta in deltas.items():
                 setattr(self, name, getattr(self, name) + delta)
@@ -72,6 +100,23 @@ class EngineStats:
     def as_dict(self) -> dict[str, int]:
         with self._lock:
             return {name: getattr(self, name) for name in self._COUNTERS}
+
+
+# The meters of the current context (see metered()): every counter update also lands in each of them.
+_meters: contextvars.ContextVar[tuple[EngineStats, ...]] = contextvars.ContextVar("fedtextgrad_meters",
+                                                                                  default=())
+
+
+@contextlib.contextmanager
+def metered() -> Iterator[EngineStats]:
+    """Counters of the calls made inside the block, by any engine, also from the threads it starts
+    through textgrad.parallel: the cost of one phase of a run while other phases run beside it."""
+    meter = EngineStats()
+    token = _meters.set((*_meters.get(), meter))
+    try:
+        yield meter
+    finally:
+        _meters.reset(token)
 
 
 # ---------------------------------------------------------------- process-wide settings
@@ -83,6 +128,7 @@ class _Settings:
     use_cache: bool = True
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
+    max_context: int | None = None  # None: ask the server, else a default per kind of engine
 
 
 _settings = _Settings()
@@ -95,6 +141,7 @@ def configure(
     use_cache: bool = _UNSET,
     max_concurrency: int = _UNSET,
     request_timeout: float = _UNSET,
+    max_context: int | None = _UNSET,
 ) -> None:
     """Set the defaults that get_engine uses for arguments left as None.
 
@@ -113,6 +160,10 @@ def configure(
         if float(request_timeout) <= 0:
             raise ValueError("request_timeout must be positive")
         _settings.request_timeout = float(request_timeout)
+    if max_context is not _UNSET:
+        if max_context is not None and int(max_context) < context.MIN_PLAUSIBLE_WINDOW:
+            raise ValueError(f"max_context must be at least {context.MIN_PLAUSIBLE_WINDOW} tokens")
+        _settings.max_context = None if max_context is None else int(max_context)
 
 
 def default_cache_dir() -> str:
@@ -189,20 +240,20 @@ def _fetch_models(base_url: str, api_key: str, timeout: float) -> list[str]:
 
 # ---------------------------------------------------------------- per-endpoint cap
 
-_semaphores: dict[str, threading.BoundedSemaphore] = {}
+_semaphores: dict[str, EndpointSlots] = {}
 _semaphores_lock = threading.Lock()
 
 
-def _endpoint_semaphore(base_url: str, size: int) -> threading.BoundedSemaphore:
+def _endpoint_semaphore(base_url: str, size: int) -> EndpointSlots:
     # Shared by every engine on the URL: a vLLM server used as both test and evaluation
     # engine must see at most `size` requests from us, not `size` per engine.
     with _semaphores_lock:
         semaphore = _semaphores.get(base_url)
         if semaphore is None:
-            semaphore = _semaphores[base_url] = threading.BoundedSemaphore(size)
-        elif getattr(semaphore, "_initial_value", size) != size:
+            semaphore = _semaphores[base_url] = EndpointSlots(size)
+        elif semaphore.size != size:
             logger.warning("endpoint %s already capped at %s concurrent requests; keeping that cap",
-                           base_url, getattr(semaphore, "_initial_value", "?"))
+                           base_url, semaphore.size)
         return semaphore
 
 
@@ -233,7 +284,7 @@ class ChatEngine:
     """
 
     def __init__(self, name: str, route: _Route, *, cache: ResponseCache | None,
-                 max_concurrency: int, request_timeout: float) -> None:
+                 max_concurrency: int, request_timeout: float, max_context: int | None = None) -> None:
         self.name = name
         self.env_var = route.env_var
         self.stats = EngineStats()
@@ -244,8 +295,9 @@ class ChatEngine:
         self._model = route.model
         self._base_url = route.base_url
         self._client: openai.OpenAI | None = None
-        self._semaphore: threading.BoundedSemaphore | None = None
+        self._semaphore: EndpointSlots | None = None
         self._setup_lock = threading.Lock()
+        self.context = context.EngineContext(route.kind, route.model or name, max_context, self._connection)
 
     def __repr__(self) -> str:
         # Deliberately without the key (and without forcing the lazy set-up).
@@ -286,6 +338,72 @@ class ChatEngine:
             )
             self._semaphore = _endpoint_semaphore(self._base_url, self.max_concurrency)
             return self._client
+
+    def request_slot(self) -> EndpointSlots:
+        """The endpoint's concurrency cap, to hold around requests made outside chat() (log-probabilities)."""
+        self._ensure_ready()
+        assert self._semaphore is not None
+        return self._semaphore
+
+    def _connection(self) -> tuple[str, str, str, str | None]:
+        """(base URL, model, key, GGUF path if this is the embedded server) for EngineContext."""
+        self._ensure_ready()
+        embedded = None
+        if self._route.kind == "local" and self._route.base_url is None:
+            from textgrad import local_server
+
+            info = local_server.local_server_info()
+            embedded = str(info["model_path"]) if info else None
+        return self.base_url, self.model, self._route.api_key, embedded
+
+    # -- the context window ---------------------------------------------------------
+
+    @property
+    def context_window(self) -> int:
+        """Tokens a request may use, prompt and reply together (see textgrad.context.EngineContext)."""
+        return self.context.window
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of text by the server's tokenizer where it offers one, else a conservative estimate."""
+        return self.context.count(text)
+
+    def estimate_tokens(self, text: str) -> int:
+        """A cheap upper bound of count_tokens (no request to the server)."""
+        return self.context.estimate(text)
+
+    def _fit_reply(self, messages: list[dict[str, Any]], max_tokens: int) -> int:
+        """max_tokens lowered so that prompt + reply fit the window; ContextOverflowError if nothing fits.
+
+        Requests built by textgrad.budget already fit; this guards every other caller.
+        """
+        window = self.context_window
+        if self.context.was_rejected(messages, max_tokens):
+            raise ContextOverflowError(f"{self.name}: this exact request was already rejected as too long for "
+                                       f"the {window}-token context window", window=window)
+        prompt_tokens = self.context.messages(messages)
+        if prompt_tokens + max_tokens <= window:
+            return max_tokens
+        prompt_tokens = self.context.messages(messages, exact=True)
+        room = window - prompt_tokens
+        if room >= max_tokens:
+            return max_tokens
+        if room >= min(max_tokens, MIN_REPLY_TOKENS):
+            self.stats.add(context_shortened=1)
+            return room
+        raise ContextOverflowError(f"{self.name}: a prompt of {prompt_tokens} tokens leaves no room for a reply in "
+                                   f"the {window}-token context window", window=window, prompt_tokens=prompt_tokens)
+
+    def _overflow(self, exc: openai.APIStatusError, messages: list[dict[str, Any]],
+                  max_tokens: int) -> ContextOverflowError:
+        self.stats.add(context_overflows=1)
+        stated_window, prompt_tokens = self.context.rejected(messages, max_tokens, exc.body)
+        window = stated_window or self.context_window
+        logger.info("%s: the server rejected a request of ~%d prompt + %d reply tokens for its context (%s)",
+                    self.name, prompt_tokens, max_tokens, f"window {stated_window}" if stated_window else
+                    "window not stated")
+        return ContextOverflowError(f"{self.name}: {prompt_tokens} prompt tokens + {max_tokens} reply tokens exceed "
+                                    f"the {window}-token context window", window=window,
+                                    prompt_tokens=prompt_tokens)
 
     def _discover_model(self) -> str:
         assert self._base_url is not None
@@ -343,6 +461,7 @@ class ChatEngine:
         """Send a chat and return the reply text ("" when the model says nothing)."""
         self._ensure_ready()
         messages = _normalise_messages(messages)
+        max_tokens = self._fit_reply(messages, int(max_tokens))
         key = None
         if self.cache is not None:
             # Looked up before the semaphore: a hit must never wait behind real requests.
@@ -356,6 +475,7 @@ class ChatEngine:
 
         text, prompt_tokens, completion_tokens = self._request(messages, temperature, max_tokens)
         self.stats.add(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        self.context.answered(prompt_tokens, max_tokens)
         if self.cache is not None and key is not None:
             try:
                 self.cache.put(key, {"model": self.model, "text": text, "prompt_tokens": prompt_tokens,
@@ -375,12 +495,18 @@ class ChatEngine:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 with self._semaphore:
-                    response = client.chat.completions.create(
-                        model=self.model, messages=messages,  # type: ignore[arg-type]
-                        temperature=temperature, max_tokens=max_tokens,
-                    )
+                    # The SDK's generic post, not chat.completions.create: that one converts the typed
+                    # request and builds pydantic models of the reply, 2 of the 3 ms of CPU a call cost
+                    # (measured with bench/). Errors and timeouts are raised exactly the same way.
+                    response = client.post("/chat/completions", cast_to=object, body={
+                        "model": self.model, "messages": messages,
+                        "temperature": temperature, "max_tokens": max_tokens,
+                    })
                 return self._parse(response, messages)
             except openai.APIStatusError as exc:
+                if context.is_overflow(exc.status_code, exc.body):
+                    # Not transient: the same request would fail the same way, so it is never resent.
+                    raise self._overflow(exc, messages, max_tokens) from None
                 if exc.status_code != 429 and exc.status_code < 500:
                     self.stats.add(failures=1)
                     raise self._status_error(exc) from None
@@ -412,14 +538,21 @@ class ChatEngine:
         raise failure
 
     def _parse(self, response: Any, messages: list[dict[str, Any]]) -> tuple[str, int, int]:
-        choices = getattr(response, "choices", None) or []
-        message = getattr(choices[0], "message", None) if choices else None
-        text = (getattr(message, "content", None) or "") if message is not None else ""
-        usage = getattr(response, "usage", None)
-        prompt_tokens = getattr(usage, "prompt_tokens", None)
-        completion_tokens = getattr(usage, "completion_tokens", None)
+        # The reply's JSON as sent: any part may be missing or of the wrong type on a sloppy server.
+        body = response if isinstance(response, dict) else {}
+        choices = body.get("choices")
+        first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        message = first.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        text = content if isinstance(content, str) else ""
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        prompt_tokens = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else None
+        completion_tokens = (usage.get("completion_tokens")
+                             if isinstance(usage.get("completion_tokens"), int) else None)
         if prompt_tokens is None:
             prompt_tokens = sum(_estimate_tokens(str(m["content"])) for m in messages)
+        else:
+            self.context.calibrate(messages, prompt_tokens)
         if completion_tokens is None:
             completion_tokens = _estimate_tokens(text)
         return text, int(prompt_tokens), int(completion_tokens)
@@ -455,19 +588,19 @@ def _retry_after(exc: openai.APIStatusError) -> float:
 
 # ---------------------------------------------------------------- registry
 
-_engines: dict[tuple[str, str, bool], ChatEngine] = {}
+_engines: dict[tuple[str, str, bool, int | None], ChatEngine] = {}
 _engines_lock = threading.Lock()
 
 
 def get_engine(name: str, *, cache_dir: str | None = None, use_cache: bool | None = None,
                max_concurrency: int | None = None) -> ChatEngine:
-    """The engine for `name`, created once per (name, cache directory, use_cache) in a process.
+    """The engine for `name`, created once per (name, cache directory, use_cache, max_context) in a process.
 
     Routing and key problems raise EngineError here, before any request is made.
     """
     use_cache = _settings.use_cache if use_cache is None else use_cache
     directory = str(Path(cache_dir).expanduser().resolve()) if cache_dir else default_cache_dir()
-    memo_key = (name, directory, bool(use_cache))
+    memo_key = (name, directory, bool(use_cache), _settings.max_context)
     with _engines_lock:
         engine = _engines.get(memo_key)
         if engine is None:
@@ -483,6 +616,7 @@ def get_engine(name: str, *, cache_dir: str | None = None, use_cache: bool | Non
                 cache=ResponseCache(directory) if use_cache else None,
                 max_concurrency=max_concurrency or _settings.max_concurrency,
                 request_timeout=_settings.request_timeout,
+                max_context=_settings.max_context,
             )
             _engines[memo_key] = engine
         return engine
@@ -501,3 +635,15 @@ def all_engine_stats() -> dict[str, dict[str, int]]:
         else:
             totals[engine.name] = stats
     return totals
+
+
+def engine_context_windows() -> dict[str, dict[str, Any]]:
+    """The window of every engine that has resolved one, and where it came from (for results.json)."""
+    with _engines_lock:
+        engines = list(_engines.values())
+    windows: dict[str, dict[str, Any]] = {}
+    for engine in engines:
+        if engine.context.source:
+            windows[engine.name] = {"tokens": engine.context_window, "source": engine.context.source,
+                                    "largest_request": engine.context.largest_request}
+    return windows

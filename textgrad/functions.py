@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import prompts
+from . import budget, prompts
+from .engine import ContextOverflowError
 from .variable import PendingGradients, Variable
 
 if TYPE_CHECKING:
@@ -23,10 +24,11 @@ class BlackboxLLM:
         self.system_prompt = system_prompt
         self.max_tokens = max_tokens
         self.feedback_max_tokens = feedback_max_tokens
+        self.feedback_skipped = 0  # feedback calls given up because they could not fit the context window
 
     def __call__(self, x: Variable) -> Variable:
         system = self.system_prompt.value if self.system_prompt is not None else None
-        answer = self.engine.generate(x.value, system_prompt=system, max_tokens=self.max_tokens)
+        answer = budget.generate(self.engine, x.value, system_prompt=system, max_tokens=self.max_tokens)
         parents = [x] if self.system_prompt is None else [self.system_prompt, x]
         response = Variable(answer, "response from the language model", requires_grad=True, predecessors=parents)
 
@@ -38,12 +40,17 @@ class BlackboxLLM:
             for parent in parents:
                 if not parent.requires_grad:
                     continue
-                request = prompts.FEEDBACK_TEMPLATE.format(
-                    role=parent.role_description, variable=parent.value, input=x.value,
-                    output=response.value, judgement=judgement,
-                )
-                feedback = engine.generate(request, system_prompt=prompts.FEEDBACK_SYSTEM,
-                                           max_tokens=self.feedback_max_tokens)
+                # The text under review weighs double: feedback on a prompt it cannot see is useless.
+                fields = {"role": parent.role_description, "variable": budget.Cuttable.text(parent.value, 2.0),
+                          "input": budget.Cuttable.text(x.value), "output": budget.Cuttable.text(response.value),
+                          "judgement": budget.Cuttable.text(judgement)}
+                try:
+                    feedback = budget.fitted_chat(engine, system=prompts.FEEDBACK_SYSTEM,
+                                                  user=prompts.FEEDBACK_TEMPLATE, fields=fields,
+                                                  max_tokens=self.feedback_max_tokens)
+                except ContextOverflowError:
+                    self.feedback_skipped += 1  # the engine counted it too; the other examples' feedback remains
+                    continue
                 pending.append((parent, Variable(feedback, f"feedback to the {parent.role_description}",
                                                  requires_grad=False)))
             return pending
@@ -89,8 +96,8 @@ class TextLoss:
         self.max_tokens = max_tokens
 
     def __call__(self, instance: Variable) -> Variable:
-        evaluation = self.engine.generate(instance.value, system_prompt=self.eval_system_prompt,
-                                          max_tokens=self.max_tokens)
+        evaluation = budget.generate(self.engine, instance.value, system_prompt=self.eval_system_prompt,
+                                     max_tokens=self.max_tokens)
         loss = Variable(evaluation, prompts.TEXT_LOSS_ROLE, requires_grad=True, predecessors=[instance])
 
         def backward(engine: ChatEngine) -> PendingGradients:

@@ -9,6 +9,7 @@ per-endpoint semaphore in ``textgrad.engine``; threads here mostly sleep on I/O.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -29,7 +30,9 @@ def run_concurrently(calls: Sequence[Callable[[], T]]) -> list[T]:
         return [call() for call in calls]
 
     with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="fedtextgrad") as pool:
-        futures = [pool.submit(call) for call in calls]
+        # Each call runs in a copy of the caller's context, so settings such as textgrad.slots.background()
+        # reach the threads (one copy per call: a context cannot be entered by two threads at once).
+        futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
         outcomes: list[tuple[bool, object]] = []
         for future in futures:
             try:

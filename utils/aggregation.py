@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
-from textgrad.engine import ChatEngine
+from textgrad import budget
+from textgrad.engine import ChatEngine, ContextOverflowError
 
 from .tasks import TaskSpec, ensure_format_instruction
 
@@ -34,6 +36,8 @@ UID_GUIDANCE = (
     "weight, nothing said twice, and no sentence packed with several ideas at once. "
 )
 
+logger = logging.getLogger(__name__)
+
 _MERGED = re.compile(r"<MERGED_PROMPT>(.*?)</MERGED_PROMPT>", re.DOTALL | re.IGNORECASE)
 
 
@@ -43,6 +47,7 @@ class Aggregate:
     method: str
     format_failure: bool = False  # the merge reply had no usable tags; concat was used instead
     format_line_appended: bool = False
+    context_overflow: bool = False  # the merge request could not fit the context window; concat was used
 
 
 def concat_prompts(prompts: list[str]) -> str:
@@ -51,29 +56,51 @@ def concat_prompts(prompts: list[str]) -> str:
     return "\n\n".join(unique)
 
 
+def number_prompts(prompts: list[str]) -> str:
+    return "\n\n".join(f"Prompt {i}:\n<PROMPT>\n{p}\n</PROMPT>" for i, p in enumerate(prompts, 1))
+
+
+def _merge_fields(prompts: list[str], tasks: list[TaskSpec], uid: bool) -> dict[str, str | budget.Cuttable]:
+    # Within a small window every client prompt is cut in the middle to an equal share; none is dropped,
+    # since the merge must speak for every client.
+    return {"count": str(len(prompts)), "formats": "\n".join(dict.fromkeys(t.format_instruction for t in tasks)),
+            "extra": UID_GUIDANCE if uid else "",
+            "numbered": budget.Cuttable(items=tuple(prompts), join=number_prompts, noun="client prompts")}
+
+
 def merge_request(prompts: list[str], tasks: list[TaskSpec], uid: bool) -> str:
-    numbered = "\n\n".join(f"Prompt {i}:\n<PROMPT>\n{p}\n</PROMPT>" for i, p in enumerate(prompts, 1))
-    formats = "\n".join(dict.fromkeys(t.format_instruction for t in tasks))
-    return MERGE_TEMPLATE.format(count=len(prompts), numbered=numbered, formats=formats,
-                                 extra=UID_GUIDANCE if uid else "")
+    return MERGE_TEMPLATE.format(**budget.as_written(_merge_fields(prompts, tasks, uid)))
+
+
+def _ask_merge(engine: ChatEngine, prompts: list[str], tasks: list[TaskSpec], uid: bool, max_tokens: int) -> str:
+    count = getattr(engine, "estimate_tokens", budget.estimate_tokens)
+    # The merged prompt must fit in the reply: room for the longest client prompt plus a quarter.
+    room_for_reply = max(count(p) for p in prompts) * 5 // 4 + 32
+    return budget.fitted_chat(engine, system=MERGE_SYSTEM, user=MERGE_TEMPLATE, fields=_merge_fields(prompts, tasks, uid),
+                              max_tokens=max_tokens, min_output=room_for_reply)
 
 
 def aggregate_prompts(prompts: list[str], method: str, tasks: list[TaskSpec], engine: ChatEngine | None,
                       max_tokens: int = 768) -> Aggregate:
     """Merge client prompts; the result always carries the answer-format instruction of every task."""
     unique = list(dict.fromkeys(p.strip() for p in prompts if p.strip()))
-    format_failure = False
+    format_failure = overflow = False
     if method == "concat" or len(unique) <= 1:
         # Nothing to summarise when every client returned the same prompt: skip the call.
         merged = concat_prompts(unique)
     elif method in ("summarization", "sum_uid"):
         if engine is None:
             raise ValueError(f"aggregation {method!r} needs an evaluation engine")
-        reply = engine.generate(merge_request(unique, tasks, uid=method == "sum_uid"),
-                                system_prompt=MERGE_SYSTEM, max_tokens=max_tokens)
+        try:
+            reply = _ask_merge(engine, unique, tasks, method == "sum_uid", max_tokens)
+        except ContextOverflowError as exc:
+            logger.warning("the merge request does not fit the context window (%s); concatenating instead", exc)
+            reply, overflow = "", True
         match = _MERGED.search(reply or "")
         merged = match.group(1).strip() if match else ""
-        if not merged:
+        if not merged and overflow:
+            merged = concat_prompts(unique)
+        elif not merged:
             # A reply without the tags is common with small models; a concatenation keeps every
             # client's instructions, which is safer than adopting free-form chatter as the prompt.
             format_failure = True
@@ -82,4 +109,4 @@ def aggregate_prompts(prompts: list[str], method: str, tasks: list[TaskSpec], en
         raise ValueError(f"unknown aggregation method {method!r}")
     guarded = ensure_format_instruction(merged, tasks)
     return Aggregate(prompt=guarded, method=method, format_failure=format_failure,
-                     format_line_appended=guarded != merged)
+                     format_line_appended=guarded != merged, context_overflow=overflow)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import textgrad as tg
-from textgrad.engine import ChatEngine
+from textgrad.engine import ChatEngine, ContextOverflowError
 from textgrad.parallel import run_concurrently
 
 from .evaluation import evaluate_prompt, score_answer
@@ -46,7 +46,9 @@ class StepResult:
     batch_accuracy: float
     new_batch_accuracy: float | None  # None when no new prompt was produced
     accepted: bool
-    format_failure: str | None  # "no_tags" | "dropped_format_instruction" | None
+    # "no_tags" | "dropped_format_instruction" | "context_overflow" (the step's requests could not fit
+    # the context window, so it was skipped) | None
+    format_failure: str | None
     judge_format_failures: int = 0
 
 
@@ -87,7 +89,10 @@ def local_step(prompt_text: str, batch: list[Example], task: TaskSpec, engines: 
     model = tg.BlackboxLLM(engines.test, system_prompt=prompt, max_tokens=settings.answer_max_tokens,
                            feedback_max_tokens=settings.feedback_max_tokens)
     questions = [tg.Variable(ex.question, "question the model answers", requires_grad=False) for ex in batch]
-    responses = run_concurrently([lambda q=q: model(q) for q in questions])
+    try:
+        responses = run_concurrently([lambda q=q: model(q) for q in questions])
+    except ContextOverflowError:  # an answer that cannot fit: no batch to learn from, skip the step
+        return prompt_text, StepResult(step, 0.0, None, False, "context_overflow")
 
     judge_failures = 0
     losses = []
@@ -107,11 +112,15 @@ def local_step(prompt_text: str, batch: list[Example], task: TaskSpec, engines: 
     optimizer = tg.TGD([prompt], engine=engines.evaluation, max_tokens=settings.optimizer_max_tokens,
                        constraints=[f"Keep this sentence word for word as the last line: {task.format_instruction}",
                                     "Do not include any specific question or its answer."])
+    if not prompt.gradients and model.feedback_skipped:
+        return prompt_text, StepResult(step, accuracy, None, False, "context_overflow", judge_failures)
     optimizer.step()
 
     def result(new_accuracy: float | None, accepted: bool, failure: str | None, judged: int = 0) -> StepResult:
         return StepResult(step, accuracy, new_accuracy, accepted, failure, judge_failures + judged)
 
+    if optimizer.overflowed[0]:
+        return prompt_text, result(None, False, "context_overflow")
     if not optimizer.updated[0]:
         return prompt_text, result(None, False, "no_tags")
     if not has_format_instruction(prompt.value, task):

@@ -4,7 +4,9 @@ file is written or any LLM is called."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -14,6 +16,10 @@ import yaml
 MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
 AGGREGATE_METHODS = ("concat", "summarization", "sum_uid")
 ENGINE_PREFIXES = ("local", "ollama-", "vllm-", "sglang-")
+# Model ids that OpenAI itself serves; any other name needs OPENAI_BASE_URL (another compatible server).
+OPENAI_MODEL_PATTERN = re.compile(r"(gpt|chatgpt|o\d|ft:|text-|davinci|babbage|codex|computer-use|omni)", re.I)
+SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "credential", "credentials"}
+REDACTED = "<redacted>"
 
 
 class UsageError(ValueError):
@@ -43,6 +49,13 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _context_size(text: str) -> int:
+    value = _positive_int(text)
+    if value < 256:
+        raise argparse.ArgumentTypeError(f"must be at least 256 tokens to hold a prompt and a reply, got {value}")
     return value
 
 
@@ -90,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--run_name", default=None)
     add("--resume", action="store_true", help="continue --run_name from its last completed round")
     add("--max_concurrency", type=_positive_int, default=16, help="in-flight requests per endpoint")
+    add("--request_timeout", type=_positive_float, default=None,
+        help="seconds before an LLM request is abandoned and retried (default 600)")
     add("--cache_dir", default=None, help="LLM response cache (default ~/.cache/fedtextgrad)")
     add("--no_cache", action="store_true")
     add("--judge", choices=("string", "llm"), default="string", help="llm: an LLM judges free-form answers")
@@ -98,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--feedback_max_tokens", type=_positive_int, default=256, help="length limit of each feedback call")
     add("--optimizer_max_tokens", type=_positive_int, default=512, help="length limit of each optimizer call")
     add("--merge_max_tokens", type=_positive_int, default=768, help="length limit of each merge call")
+    add("--max_context", type=_context_size, default=None,
+        help="context window in tokens (prompt + reply) of every engine; default: what the server reports, "
+             "else 8192 for the embedded server, 2048 for other self-hosted ones")
     return p
 
 
@@ -125,7 +143,7 @@ def mapping_to_argv(parser: argparse.ArgumentParser, data: dict[str, Any], path:
     actions = {a.dest: a for a in parser._actions if a.option_strings}
     argv: list[str] = []
     for key, value in data.items():
-        if key in skip:
+        if key in skip or value == REDACTED:
             continue
         action = actions.get(str(key))
         if action is None or key in ("config", "help"):
@@ -175,11 +193,8 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.clients_per_round is not None and args.clients_per_round > clients:
         raise UsageError(f"--clients_per_round {args.clients_per_round} exceeds the {clients} clients of "
                          f"this run: lower it or raise --homo_split_num")
-    if args.resume and not args.run_name:
-        raise UsageError("--resume needs --run_name naming the run to continue")
-    if args.resume and not (Path(args.output_dir) / args.run_name / "checkpoint.json").is_file():
-        raise UsageError(f"nothing to resume: {Path(args.output_dir) / args.run_name} has no checkpoint; "
-                         "drop --resume to start the run")
+    if args.resume:
+        check_resumable(args)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise UsageError(f"--data_dir {args.data_dir} is not a folder: point it at the folder holding the "
                          "task files")
@@ -191,13 +206,33 @@ def validate_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--{flag} {value} is not writable: choose a folder you can write to")
 
 
+def check_resumable(args: argparse.Namespace) -> None:
+    if not args.run_name:
+        raise UsageError("--resume needs --run_name naming the run to continue")
+    run_dir = Path(args.output_dir) / args.run_name
+    # config.yaml alone is a run that stopped before its first checkpoint: it resumes from the start.
+    if not (run_dir / "checkpoint.json").is_file() and not (run_dir / "config.yaml").is_file():
+        raise UsageError(f"nothing to resume: {run_dir} holds no started run; check --run_name and "
+                         "--output_dir, or drop --resume to start it")
+
+
 def check_engine_name(name: str, flag: str = "engine") -> None:
+    choices = "use local, ollama-<model>, vllm-<model>, sglang-<model> or an OpenAI model such as gpt-4o"
     for prefix in ENGINE_PREFIXES[1:]:
         if name.startswith(prefix) and not name[len(prefix):]:
             raise UsageError(f"--{flag} {name!r} names no model: write it as {prefix}<model>")
     if not name.strip() or any(c.isspace() for c in name):
-        raise UsageError(f"--{flag} {name!r} is not an engine name: use local, ollama-<model>, vllm-<model>, "
-                         "sglang-<model> or an OpenAI model name")
+        raise UsageError(f"--{flag} {name!r} is not an engine name: {choices}")
+    if name == "local" or name.startswith(ENGINE_PREFIXES[1:]):
+        return
+    head = name.split("-", 1)[0].lower()
+    near = difflib.get_close_matches(head, [p.rstrip("-") for p in ENGINE_PREFIXES], n=1, cutoff=0.6)
+    if "-" in name and near:
+        raise UsageError(f"--{flag} {name!r} has an unknown engine prefix {head + '-'!r}: {choices} "
+                         f"(did you mean {near[0]}?)")
+    if not os.environ.get("OPENAI_BASE_URL") and not OPENAI_MODEL_PATTERN.match(name):
+        raise UsageError(f"--{flag} {name!r} is not a known engine: {choices}, or set OPENAI_BASE_URL to serve "
+                         "other names from an OpenAI-compatible server")
 
 
 def num_clients(args: argparse.Namespace) -> int:
@@ -212,10 +247,22 @@ def _writable(path: Path) -> bool:
     return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
 
 
+def _looks_secret(name: str) -> bool:
+    # By whole words: api_key and auth_token are secrets, feedback_max_tokens is not.
+    return bool(SECRET_WORDS & set(name.lower().split("_")))
+
+
+def secret_values() -> list[str]:
+    """Values of secret-looking environment variables (OPENAI_API_KEY, VLLM_API_KEY, COMET_API_KEY, ...)."""
+    return [v for k, v in os.environ.items() if _looks_secret(k) and len(v) >= 8]
+
+
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags as saved to config.yaml; anything that looks like a secret is redacted."""
+    """The flags as saved to config.yaml: secret-named flags, and any value holding a key from the
+    environment (a key pasted into --run_name, say), are redacted."""
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
-    for key in config:
-        if any(word in key.lower() for word in ("key", "token", "secret", "password")) and key != "max_tokens":
-            config[key] = "<redacted>"
+    secrets = secret_values()
+    for key, value in config.items():
+        if _looks_secret(key) or any(secret in str(value) for secret in secrets):
+            config[key] = REDACTED
     return config

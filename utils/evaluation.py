@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from textgrad.engine import ChatEngine
+from textgrad import budget
+from textgrad.engine import ChatEngine, ContextOverflowError
 from textgrad.parallel import run_concurrently
 
 from .scoring import extract_answer, score_response
@@ -28,9 +29,15 @@ class EvalResult:
 
 
 def judge_answer(judge: ChatEngine, response: str, target: str) -> int | None:
-    """1/0 from the LLM judge, or None when its reply is neither yes nor no (counted by the caller)."""
-    reply = judge.generate(JUDGE_TEMPLATE.format(target=target, response=extract_answer(response)),
-                           system_prompt=JUDGE_SYSTEM, max_tokens=8)
+    """1/0 from the LLM judge, or None when its reply is neither yes nor no (counted by the caller).
+
+    A request that cannot fit the judge's window scores 0 (counted by the engine as context_skipped).
+    """
+    fields = {"target": budget.Cuttable.text(target), "response": budget.Cuttable.text(extract_answer(response))}
+    try:
+        reply = budget.fitted_chat(judge, system=JUDGE_SYSTEM, user=JUDGE_TEMPLATE, fields=fields, max_tokens=8)
+    except ContextOverflowError:
+        return 0
     word = re.search(r"\b(yes|no)\b", reply or "", re.IGNORECASE)
     return None if word is None else int(word.group(1).lower() == "yes")
 
@@ -46,7 +53,10 @@ def score_answer(task: TaskSpec, response: str, target: str, judge: ChatEngine |
 def evaluate_prompt(prompt: str, examples: list[Example], task: TaskSpec, engine: ChatEngine, *,
                     max_tokens: int = 512, judge: ChatEngine | None = None) -> EvalResult:
     def answer_and_score(example: Example) -> tuple[int, bool]:
-        response = engine.generate(example.question, system_prompt=prompt, max_tokens=max_tokens)
+        try:
+            response = budget.generate(engine, example.question, system_prompt=prompt, max_tokens=max_tokens)
+        except ContextOverflowError:
+            return 0, False  # skipped: scores 0, counted by the engine as context_skipped
         return score_answer(task, response, example.target, judge)
 
     scored = run_concurrently([lambda ex=ex: answer_and_score(ex) for ex in examples])

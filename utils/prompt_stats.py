@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import weakref
 from typing import Any
 
 from .uid import uid_measures
@@ -16,22 +17,27 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
-# (engine name, text) -> UID measures: a prompt returned unchanged by several clients, or kept over
-# rounds, is measured once per process (each measurement is a full pass of the prompt on the server).
-_uid_cache: dict[tuple[str, str], dict[str, Any] | None] = {}
+# engine -> text -> UID measures: a prompt returned unchanged by several clients, or kept over rounds,
+# is measured once per engine and process (each measurement is a full pass of the prompt on the server).
+_uid_cache: weakref.WeakKeyDictionary[Any, dict[str, dict[str, Any] | None]] = weakref.WeakKeyDictionary()
 _uid_lock = threading.Lock()
 
 
+def uid_enabled() -> bool:
+    """FEDTEXTGRAD_UID=0 switches the measurement off (it costs a pass of each new prompt)."""
+    return os.environ.get("FEDTEXTGRAD_UID", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
 def cached_uid(text: str, engine: Any) -> dict[str, Any] | None:
-    if os.environ.get("FEDTEXTGRAD_UID", "1").lower() in ("0", "off", "false", "no"):
+    if not uid_enabled():
         return None
-    key = (str(getattr(engine, "name", id(engine))), text)
     with _uid_lock:
-        if key in _uid_cache:
-            return _uid_cache[key]
+        known = _uid_cache.setdefault(engine, {})
+        if text in known:
+            return known[text]
     measures = uid_measures(text, engine)
     with _uid_lock:
-        _uid_cache[key] = measures
+        known[text] = measures
     return measures
 
 

@@ -6,16 +6,23 @@ returned prompts -> validate the merge -> keep the best so far -> the merge is t
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import random
+import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from textgrad.engine import ChatEngine, all_engine_stats
+from textgrad.budget import context_results
+from textgrad.engine import ChatEngine, EngineError, all_engine_stats, metered
 from textgrad.parallel import run_concurrently
+from textgrad.slots import background
 
 from .aggregation import aggregate_prompts
 from .client import ClientUpdate, Engines, LocalSettings, train_client
@@ -30,8 +37,18 @@ EvalSets = dict[str, tuple[TaskSpec, list[Example]]]
 TrainRound = Callable[[list[str], str, int], list[ClientUpdate]]
 
 
+T = TypeVar("T")
+# The engine already retried each call for about 15 s; one more try of the whole phase after this
+# pause rides out a server restart or a burst of errors, and its finished calls come from the cache.
+PHASE_RETRY_WAIT_S = 5.0
+
+
 class RoundFailed(RuntimeError):
     """No client of a round returned a prompt; the run stops at its last checkpoint."""
+
+
+class RunStopped(RoundFailed):
+    """The LLM endpoint failed a phase twice mid-run; the run stopped at its last checkpoint, resumable."""
 
 
 @dataclass
@@ -122,37 +139,87 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
     settings = exp.settings
     client_ids = [c.client_id for c in exp.clients]
 
-    # The run's LLM cost is accumulated in the checkpoint, phase by phase: engine counters are
-    # per process, and a process may host several runs (tests, a Flower server) or half of one.
-    llm_mark = llm_totals()
-    if resume:
-        state = log.load_checkpoint()
-        evaluate = Evaluator(exp, engines, state["eval_judge_failures"])
-        log.event("resume", from_round=state["round"])
-    else:
-        evaluate = Evaluator(exp, engines)
-        state = _zero_shot_state(exp, engines, log, evaluate)
-        state["eval_judge_failures"] = evaluate.judge_failures
-        state["llm"], llm_mark = _delta(llm_totals(), llm_mark), llm_totals()
-        log.save_checkpoint(state)
-
     steps_bar: _Progress | None = None
 
     def tick() -> None:
         if steps_bar is not None:
             steps_bar.tick()
 
-    train_round = train_round or train_in_process(exp.clients, engines, settings, on_step=tick)
-    for round_index in tqdm(range(state["round"] + 1, exp.rounds + 1), desc="rounds", initial=state["round"],
-                            total=exp.rounds, dynamic_ncols=True):
+    def open_steps_bar(round_index: int) -> list[str]:
+        nonlocal steps_bar
         selected = select_clients(client_ids, exp.clients_per_round, settings.seed, round_index)
         steps_bar = _Progress(len(selected) * settings.max_steps, f"round {round_index} local steps")
-        updates = train_round(selected, state["global_prompt"], round_index)
-        steps_bar.close()
-        summary = _record_round(exp, engines, log, evaluate, round_index, updates, state)
+        return selected
+
+    in_process = train_round is None
+    train_round = train_round or train_in_process(exp.clients, engines, settings, on_step=tick)
+    early_round: Future[list[ClientUpdate]] | None = None
+
+    # The run's LLM cost is accumulated in the checkpoint, phase by phase: engine counters are
+    # per process, and a process may host several runs (tests, a Flower server) or half of one.
+    llm_mark = llm_totals()
+    state = log.load_checkpoint() if resume else None  # None: it stopped before its first checkpoint
+    if state is not None:
+        evaluate = Evaluator(exp, engines, state["eval_judge_failures"])
+        log.event("resume", from_round=state["round"])
+    else:
+        evaluate = Evaluator(exp, engines)
+        if in_process:
+            # Round 1 trains from the starting prompt and needs the zero-shot accuracies only when it is
+            # recorded, so it starts now; the zero-shot calls run at background priority in the endpoint
+            # slots its training leaves idle. (A Flower transport owns its clients: it keeps the order.)
+            early_round = _start_in_thread(train_round, open_steps_bar(1), starting_prompt(exp.tasks), 1)
+        try:
+            with background(), metered() as zero_shot_cost:
+                state = _with_one_retry("the zero-shot evaluation", log, evaluate,
+                                        lambda _: _zero_shot_state(exp, engines, log, evaluate))
+        except BaseException:
+            if early_round is not None:  # no training thread is left running behind the caller's back
+                early_round.exception()
+                steps_bar.close()  # type: ignore[union-attr]
+            raise
+        state["eval_judge_failures"] = evaluate.judge_failures
+        # Its own meter counts the zero-shot calls; round 1, running beside it, counts from the same mark.
+        state["llm"] = zero_shot_cost.as_dict()
+        llm_mark = _add(llm_mark, state["llm"])
+        log.save_checkpoint(state)
+
+    def train_and_record(round_index: int, last_try: bool) -> dict[str, Any]:
+        nonlocal early_round
+        if early_round is not None:
+            started_early, early_round = early_round, None
+            try:
+                updates = started_early.result()
+            finally:
+                steps_bar.close()  # type: ignore[union-attr]
+        else:
+            selected = open_steps_bar(round_index)
+            try:
+                updates = train_round(selected, state["global_prompt"], round_index)
+            finally:
+                steps_bar.close()  # type: ignore[union-attr]
+        lost = [error for error in map(_engine_failure, updates) if error]
+        # In-process clients share the endpoints, so one that lost them met a transient fault: the round
+        # is retried (the others replay from the cache) and transient faults leave the results unchanged.
+        # Flower clients own their endpoints: the round goes on without theirs, as on a last try.
+        if lost and (len(lost) == len(updates) or (in_process and not last_try)):
+            raise EngineError(lost[0])
+        return _record_round(exp, engines, log, evaluate, round_index, updates, state)
+
+    def keep_cost_of_failed_tries() -> None:
+        # A stopped phase's calls and retries are still the run's cost: kept with the last checkpoint
+        # (events.jsonl is already back at its size).
+        state["llm"] = _add(state["llm"], _delta(llm_totals(), llm_mark))
+        log.save_checkpoint(state)
+
+    for round_index in tqdm(range(state["round"] + 1, exp.rounds + 1), desc="rounds", initial=state["round"],
+                            total=exp.rounds, dynamic_ncols=True):
+        summary = _with_one_retry(f"round {round_index}", log, evaluate,
+                                  functools.partial(train_and_record, round_index), keep_cost_of_failed_tries)
         # What this round cost, including its retries: in-process counters, so a Flower run's remote
         # clients report their own in their updates instead.
         summary["llm"], llm_mark = _delta(llm_totals(), llm_mark), llm_totals()
+        summary["context_overflows"] = summary["llm"].get("context_overflows", 0)
         state["llm"] = _add(state["llm"], summary["llm"])
         log.event("round", **{k: v for k, v in summary.items() if k != "aggregate"})
         state["history"].append(summary)
@@ -165,22 +232,38 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
         started = time.monotonic()
         log.save_checkpoint(state)
 
-    return _finish(exp, engines, log, evaluate, state, started, llm_mark)
+    return _with_one_retry("the final test evaluation", log, evaluate,
+                           lambda _: _finish(exp, engines, log, evaluate, state, started, llm_mark),
+                           keep_cost_of_failed_tries)
 
 
 class Evaluator:
-    """Accuracy of a prompt on validation or test sets; counts the LLM judge's unusable replies."""
+    """Accuracy of a prompt on validation or test sets; counts the LLM judge's unusable replies.
+
+    Results are remembered per (prompt, sets, engine) for the run, so a prompt evaluated twice (the
+    best prompt is often the last one or the starting one) costs its calls once; a repeat counts its
+    judge failures again, exactly as evaluating anew would.
+    """
 
     def __init__(self, exp: Experiment, engines: Engines, judge_failures: int = 0) -> None:
         self.exp, self.engines = exp, engines
         self.judge_failures = judge_failures
+        self._memo: dict[tuple[str, int, str], tuple[dict[str, float], int]] = {}
+        self._memo_lock = threading.Lock()
 
     def __call__(self, prompt: str, sets: EvalSets, engine: ChatEngine | None = None) -> dict[str, float]:
-        scores, judge_failures = evaluate_on_tasks(prompt, sets, engine or self.engines.test,
-                                                   max_tokens=self.exp.settings.answer_max_tokens,
-                                                   judge=self.engines.judge)
-        self.judge_failures += judge_failures
-        return scores
+        engine = engine or self.engines.test
+        key = (prompt, id(sets), engine.name)  # sets are the experiment's own dicts, alive for the run
+        with self._memo_lock:
+            known = self._memo.get(key)
+        if known is None:
+            known = evaluate_on_tasks(prompt, sets, engine, max_tokens=self.exp.settings.answer_max_tokens,
+                                      judge=self.engines.judge)
+        scores, judge_failures = known
+        with self._memo_lock:
+            self._memo[key] = known
+            self.judge_failures += judge_failures
+        return dict(scores)
 
 
 def _zero_shot_state(exp: Experiment, engines: Engines, log: RunLog, evaluate: Callable) -> dict[str, Any]:
@@ -209,6 +292,17 @@ def _zero_shot_state(exp: Experiment, engines: Engines, log: RunLog, evaluate: C
 def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, round_index: int,
                   updates: list[ClientUpdate], state: dict[str, Any]) -> dict[str, Any]:
     settings = exp.settings
+    returned = [u for u in updates if not u.error]
+    lengths: dict[str, dict[str, Any]] = {}
+    merged: tuple[str, bool, bool, dict[str, float], dict[str, Any]] | None = None
+    if returned:
+        # Everything after training depends only on the returned prompts, so the UID measures of the
+        # client prompts overlap the merge and the validation of its result (the critical path).
+        outcomes = run_concurrently([
+            lambda: _merge_and_validate(exp, engines, log, evaluate, round_index, returned),
+            *[lambda u=u: measure_prompt(u.prompt, engines.test) for u in returned]])
+        merged = outcomes[0]
+        lengths = {u.client_id: length for u, length in zip(returned, outcomes[1:], strict=True)}
     for update in updates:
         for s in update.steps:
             global_step = (round_index - 1) * settings.max_steps + s.step + 1
@@ -219,26 +313,15 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         else:
             log.save_prompt(round_index, f"client_{update.client_id}", update.prompt)
             log.event("client_update", round=round_index, client=update.client_id,
-                      train_accuracy=update.train_accuracy, **measure_prompt(update.prompt, engines.test))
+                      train_accuracy=update.train_accuracy, **lengths[update.client_id])
             log.metric(f"train/{update.client_id}/round_accuracy", update.train_accuracy, round_index)
-    returned = [u for u in updates if not u.error]
-    if not returned:
+    if merged is None:
         raise RoundFailed(f"every client failed in round {round_index} ({updates[0].error}); fix the cause and "
                           f"continue with --resume")
 
-    if exp.aggregate_method is None:
-        aggregate_prompt, merge_failure, format_appended = returned[0].prompt, False, False
-    else:
-        merged = aggregate_prompts([u.prompt for u in returned], exp.aggregate_method, exp.tasks,
-                                   engines.evaluation, max_tokens=exp.merge_max_tokens)
-        aggregate_prompt, merge_failure, format_appended = (merged.prompt, merged.format_failure,
-                                                            merged.format_line_appended)
-    log.save_prompt(round_index, "global", aggregate_prompt)
-    length = measure_prompt(aggregate_prompt, engines.test)
+    aggregate_prompt, merge_failure, format_appended, val, length = merged
     log.event("aggregate", round=round_index, method=exp.aggregate_method or "none", clients=[u.client_id for u in
               returned], format_failure=merge_failure, format_line_appended=format_appended, **length)
-
-    val = evaluate(aggregate_prompt, exp.val_sets)
     log.event("evaluation", round=round_index, split="val", prompt="global", engine=engines.test.name, **val)
     for task, acc in val.items():
         log.metric(f"val/{task}", acc, round_index)
@@ -265,9 +348,31 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
     return summary
 
 
+def _merge_and_validate(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, round_index: int,
+                        returned: list[ClientUpdate]) -> tuple[str, bool, bool, dict[str, float], dict[str, Any]]:
+    """(aggregate, merge format failure, format line appended, validation scores, aggregate length)."""
+    if exp.aggregate_method is None:
+        aggregate_prompt, merge_failure, format_appended = returned[0].prompt, False, False
+    else:
+        merged = aggregate_prompts([u.prompt for u in returned], exp.aggregate_method, exp.tasks,
+                                   engines.evaluation, max_tokens=exp.merge_max_tokens)
+        aggregate_prompt, merge_failure, format_appended = (merged.prompt, merged.format_failure,
+                                                            merged.format_line_appended)
+    log.save_prompt(round_index, "global", aggregate_prompt)
+    jobs = [lambda: evaluate(aggregate_prompt, exp.val_sets),
+            lambda: measure_prompt(aggregate_prompt, engines.test)]
+    if round_index == exp.rounds:
+        # The last aggregate is the final "last" prompt: its test accuracy, which _finish reports, needs
+        # no validation result, so it overlaps the validation instead of following it.
+        jobs.append(lambda: evaluate(aggregate_prompt, exp.test_sets))
+    val, length = run_concurrently(jobs)[:2]
+    return aggregate_prompt, merge_failure, format_appended, val, length
+
+
 def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, state: dict[str, Any],
             started: float, llm_mark: dict[str, int]) -> dict[str, Any]:
     last, best = state["global_prompt"], state["best"]["prompt"]
+    # Usually answered from the evaluator's memo: the last round tested its aggregate, zero-shot the start.
     last_test, best_test = run_concurrently([lambda: evaluate(last, exp.test_sets),
                                              lambda: evaluate(best, exp.test_sets)])
     for label, scores in (("last", last_test), ("best", best_test)):
@@ -300,8 +405,47 @@ def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator,
                 "by_engine_this_process": all_engine_stats()},
         "wall_seconds": round(state["wall_seconds"] + time.monotonic() - started, 3),
     }
+    results.update(context_results(results["llm"]))
     log.write_results(results)
     log.event("finished", wall_seconds=results["wall_seconds"], llm_calls=results["llm"]["calls"])
     for task, acc in results["final_test"]["best"].items():
         log.metric(f"final/best_test/{task}", acc, state["round"])
     return results
+
+
+def _start_in_thread(fn: Callable[..., T], *args: Any) -> Future[T]:
+    """fn(*args) in a thread of its own, in a copy of the caller's context (priority, meters)."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedtextgrad-round")
+    future = executor.submit(contextvars.copy_context().run, fn, *args)
+    executor.shutdown(wait=False)  # the thread ends when fn returns
+    return future
+
+
+def _engine_failure(update: ClientUpdate) -> str | None:
+    """The endpoint's error if this client failed on an LLM call (train_in_process records type: message)."""
+    prefix = f"{EngineError.__name__}: "
+    return update.error[len(prefix):] if update.error and update.error.startswith(prefix) else None
+
+
+def _with_one_retry(phase: str, log: RunLog, evaluate: Evaluator, attempt: Callable[[bool], T],
+                    on_stop: Callable[[], None] | None = None) -> T:
+    """Run attempt(last_try=False); if the LLM endpoint fails it, drop the phase's events, wait, try once
+    more; if that fails too, call on_stop and stop the run at its last checkpoint with the command that
+    resumes it."""
+    events_size, judged = log.events_size(), evaluate.judge_failures
+    for last_try in (False, True):
+        evaluate.judge_failures = judged  # only the try that completes counts its judge replies
+        try:
+            return attempt(last_try)
+        except EngineError as exc:
+            log.truncate_events(events_size)  # the retry (or the resumed run) writes them again
+            if last_try:
+                if on_stop is not None:
+                    on_stop()
+                raise RunStopped(
+                    f"{phase} failed twice because the LLM endpoint failed ({exc}); the run stopped at its last "
+                    f"checkpoint: restart or fix the server, then continue with python main.py --resume "
+                    f"--run_name {log.run_dir.name} --output_dir {log.run_dir.parent}") from None
+            tqdm.write(f"warning: {phase} failed ({exc}); retrying it in {PHASE_RETRY_WAIT_S:.0f} s", file=sys.stderr)
+            time.sleep(PHASE_RETRY_WAIT_S)
+    raise AssertionError("unreachable")

@@ -35,6 +35,9 @@ def make_engines(args: argparse.Namespace) -> Engines:
     configure(use_cache=not args.no_cache, max_concurrency=args.max_concurrency)
     if args.cache_dir is not None:  # otherwise keep the process default (or a caller's choice)
         configure(cache_dir=args.cache_dir)
+    if getattr(args, "request_timeout", None) is not None:
+        configure(request_timeout=args.request_timeout)
+    configure(max_context=getattr(args, "max_context", None))
     test = get_engine(args.test_engine)
     evaluation = get_engine(args.evaluation_engine)
     for engine in dict.fromkeys([test, evaluation]):
@@ -96,6 +99,13 @@ def _fmt(scores: dict[str, float] | None) -> str:
     return f"{scores['mean']:.3f} (" + ", ".join(f"{k}={v:.3f}" for k, v in scores.items() if k != "mean") + ")"
 
 
+def _context_line(results: dict[str, Any]) -> str:
+    context = results.get("context") or {}
+    windows = ", ".join(f"{name} {w['tokens']} ({w['source']})" for name, w in context.get("windows", {}).items())
+    return (f"context        window {windows or '-'}; {context.get('shortened_requests', 0)} requests shortened, "
+            f"{context.get('overflow_replies', 0)} overflow replies, {context.get('skipped_calls', 0)} calls skipped")
+
+
 def print_summary(results: dict[str, Any], run_dir: Path) -> None:
     llm = results["llm"]
     ff = results["format_failures"]
@@ -111,6 +121,7 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
         f"cache {llm['cache_hits']} hits / {llm['cache_misses']} misses, {llm['retries']} retries",
         f"format fails   optimizer {ff['optimizer_no_tags']}, dropped format line "
         f"{ff['dropped_format_instruction']}, merge {ff['aggregation']}, judge {ff['judge']}",
+        _context_line(results),
         f"wall time      {results['wall_seconds']:.1f} s",
         f"outputs        {run_dir}",
     ]

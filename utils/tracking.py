@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .files import write_json_atomic, write_text_atomic
+from .files import TEMP_SUFFIX, write_json_atomic, write_text_atomic
 
 CHECKPOINT = "checkpoint.json"
 
@@ -101,10 +101,22 @@ class RunLog:
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         write_json_atomic(self.run_dir / CHECKPOINT, {**state, "events_size": self.events_size()})
 
-    def load_checkpoint(self) -> dict[str, Any]:
-        state = json.loads((self.run_dir / CHECKPOINT).read_text(encoding="utf-8"))
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The state of the last completed round, with events.jsonl cut back to it (which also drops a line
+        torn by a kill); None if the run stopped before its first checkpoint: it starts over."""
+        self.remove_stray_temp_files()
+        path = self.run_dir / CHECKPOINT
+        if not path.is_file():
+            self.truncate_events(0)
+            return None
+        state = json.loads(path.read_text(encoding="utf-8"))
         self.truncate_events(state["events_size"])
         return state
+
+    def remove_stray_temp_files(self) -> None:
+        """A run killed during an atomic write leaves its temporary file (never a half-written target)."""
+        for tmp in self.run_dir.rglob(f".*{TEMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
 
     def write_results(self, results: dict[str, Any]) -> None:
         write_json_atomic(self.run_dir / "results.json", results)

@@ -1,0 +1,51 @@
+"""The ClientApp: a node trains the server's prompt on its own examples with its own engines.
+
+`query` tells the server which client this node is; `train` runs exactly max_steps local steps
+(utils.client.train_client, as in-process) and replies with the update. A failure is caught and
+sent as a failed update, so the server aggregates the others and records the failure.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from utils.client import train_client
+from utils.rounds import llm_totals
+from utils.runner import make_engines
+from utils.tasks import Example
+
+from .node import client_id_of, load_own_client, node_args
+from .privacy import redact_update
+from .records import experiment_from_record, failed_update, read_train_content, update_content
+
+app = ClientApp()
+
+
+@app.query()
+def identify(message: Message, context: Context) -> Message:
+    experiment = experiment_from_record(message.content["experiment"])
+    client_id = client_id_of(experiment, context.node_config)
+    return Message(RecordDict({"identity": ConfigRecord({"client_id": client_id})}), reply_to=message)
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    experiment, client_id, prompt, round_index, settings = read_train_content(message.content)
+    started = time.monotonic()
+    llm_before = llm_totals()  # counters are per process; a client process trains one node at a time
+    examples: list[Example] = []
+    try:
+        args = node_args(experiment, context.node_config)
+        client = load_own_client(args, context.node_config, client_id)
+        examples = client.examples
+        engines = make_engines(args)
+        update = train_client(client.client_id, client.task, examples, prompt, round_index, engines, settings)
+    except Exception as exc:  # any failure is this client's failure, not the round's
+        update = failed_update(client_id, round_index, prompt, f"{type(exc).__name__}: {exc}")
+    redacted = redact_update(update, examples)  # the last step before anything leaves this node
+    report = {**{key: value - llm_before.get(key, 0) for key, value in llm_totals().items()},
+              "redacted_examples": redacted, "seconds": round(time.monotonic() - started, 3)}
+    return Message(update_content(update, report), reply_to=message)

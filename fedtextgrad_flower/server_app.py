@@ -1,0 +1,67 @@
+"""The ServerApp: the same round loop, aggregation, evaluation and run folder as the in-process modules.
+
+The server loads only what it evaluates on (validation and test) and the list of client ids; the
+clients' training happens on their nodes (client_app.py), reached through the grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Mapping
+from logging import ERROR
+from typing import Any
+
+from flwr.app import Context
+from flwr.common import log
+from flwr.serverapp import Grid, ServerApp
+
+from textgrad.engine import EngineError
+from utils.client import Engines
+from utils.config import UsageError
+from utils.data import DataError, TaskData
+from utils.rounds import Client, Experiment, RoundFailed, TrainRound
+from utils.runner import load_data, run_module
+from utils.tasks import TaskError
+from utils.tracking import RunLog
+
+from .federation import FederationError, discover_clients, flower_train_round
+from .records import experiment_record
+from .run_config import parse_run_config
+
+app = ServerApp()
+
+
+# Problems a user can fix; as in main.py they get one line naming the problem and the fix.
+USER_ERRORS = (UsageError, TaskError, DataError, EngineError, FederationError, RoundFailed)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    try:
+        run_server(grid, context.run_config)
+    except USER_ERRORS as exc:
+        log(ERROR, "error: %s", exc)
+        raise  # Flower marks the run failed (and prints its traceback)
+
+
+def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """One FedTextGrad run over the grid's SuperNodes; returns results.json's content."""
+    args, flower = parse_run_config(run_config)
+    module = importlib.import_module(args.module)
+
+    def client_list(args: argparse.Namespace, data: list[TaskData]) -> list[Client]:
+        # The module's own clients, for their ids and order; their examples stay on the nodes.
+        try:
+            return [Client(c.client_id, c.task, []) for c in module.build_clients(args, data)]
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    client_ids = [c.client_id for c in client_list(args, load_data(args))]
+    experiment = experiment_record(args, client_ids)
+    nodes = discover_clients(grid, client_ids, experiment, flower.node_wait)
+
+    def over_flower(exp: Experiment, engines: Engines, log: RunLog) -> TrainRound:
+        return flower_train_round(grid, nodes, experiment, exp, log, flower.round_timeout)
+
+    return run_module(args, client_list, aggregate=args.module != "train_centralized", make_train_round=over_flower)

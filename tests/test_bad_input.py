@@ -1,0 +1,159 @@
+"""Bad input sweep: every case runs `python main.py` in its own process and must end with exit code 2,
+exactly one stderr line "error: ..." naming the problem (no traceback), and no file written anywhere.
+An LLM endpoint that is down at start is one more such case.
+
+The processes are started together by a module fixture (each spends about a second importing), then
+one parametrised test checks each case's outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+# Engines on a closed port: if a case wrongly passed validation it would fail fast at the engine check,
+# and the expected words below would not match that message.
+FAKE = ["--test_engine", "vllm-fake-model", "--evaluation_engine", "vllm-fake-model"]
+HOMO = ["--module", "train_homo_fed", "--task", "synthetic_object_counting", *FAKE]
+
+
+def homo(*flags: str) -> Callable[[Path], list[str]]:
+    return lambda root: [*HOMO, *flags]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def bbh_dir(root: Path, content: str) -> list[str]:
+    write(root / "data" / "object_counting.json", content)
+    return ["--module", "train_homo_fed", "--task", "BBH_object_counting", "--data_dir", str(root / "data"), *FAKE]
+
+
+def gsm8k_dir(root: Path, train: str, test: str | None = '{"question": "q", "answer": "#### 1"}\n') -> list[str]:
+    write(root / "data" / "gsm8k" / "train.jsonl", train)
+    if test is not None:
+        write(root / "data" / "gsm8k" / "test.jsonl", test)
+    return ["--module", "train_centralized", "--task", "GSM8K", "--data_dir", str(root / "data"), *FAKE]
+
+
+def config(root: Path, text: str) -> list[str]:
+    return ["--config", str(write(root / "bad.yaml", text))]
+
+
+def started_run(root: Path) -> list[str]:
+    write(root / "out" / "taken" / "config.yaml", "module: train_homo_fed\n")
+    return [*HOMO, "--run_name", "taken"]
+
+
+class Case(NamedTuple):
+    name: str
+    argv: Callable[[Path], list[str]]  # builds the command line (and any input files) under a folder
+    words: str  # the error line must contain this: it names the problem
+
+
+CASES = [
+    Case("no_module", lambda r: ["--task", "synthetic_object_counting"], "--module"),
+    Case("unknown_module", lambda r: ["--module", "train_magic"], "--module"),
+    Case("unknown_task", homo("--task", "object_counting"), "unknown task"),
+    Case("unknown_engine_prefix", homo("--test_engine", "olama-llama3"), "unknown engine prefix"),
+    Case("unknown_engine", homo("--evaluation_engine", "llama3"), "not a known engine"),
+    Case("engine_without_model", homo("--test_engine", "vllm-"), "names no model"),
+    Case("unknown_aggregation", homo("--aggregate_method", "average"), "--aggregate_method"),
+    Case("hetero_one_task", homo("--module", "train_hetero_fed"), "two or more --task"),
+    Case("missing_data_file", lambda r: [*bbh_dir(r, "{}"), "--task", "BBH_word_sorting"], "word_sorting.json"),
+    Case("data_dir_missing", lambda r: [*HOMO, "--data_dir", str(r / "nowhere")], "--data_dir"),
+    Case("empty_json", lambda r: bbh_dir(r, ""), "is empty"),
+    Case("malformed_json", lambda r: bbh_dir(r, '{"examples": [{"input": "a", '), "not valid JSON"),
+    Case("json_without_examples", lambda r: bbh_dir(r, '{"rows": []}'), '"examples"'),
+    Case("json_example_without_target", lambda r: bbh_dir(r, '{"examples": [{"input": "a"}]}'), "target"),
+    Case("malformed_jsonl", lambda r: gsm8k_dir(r, '{"question": "q", "answer": "#### 1"}\n{"question": \n'),
+         "line 2 is not valid JSON"),
+    Case("jsonl_without_final_answer", lambda r: gsm8k_dir(r, '{"question": "q", "answer": "42"}\n'), "####"),
+    Case("jsonl_half_dataset", lambda r: gsm8k_dir(r, '{"question": "q", "answer": "#### 1"}\n', None),
+         "test.jsonl"),
+    Case("split_larger_than_data", lambda r: ["--module", "train_homo_fed", "--task", "BBH_object_counting",
+                                              "--data_dir", str(SHARED_DATA), "--split_sizes", "200,100,100",
+                                              *FAKE], "--split_sizes"),
+    Case("split_zero", homo("--split_sizes", "0,5,5"), "--split_sizes"),
+    Case("split_two_numbers", homo("--split_sizes", "5,5"), "--split_sizes"),
+    Case("zero_batch_size", homo("--batch_size", "0"), "--batch_size"),
+    Case("negative_max_steps", homo("--max_steps", "-2"), "--max_steps"),
+    Case("zero_rounds", homo("--max_epochs", "0"), "--max_epochs"),
+    Case("negative_alpha", homo("--dirichlet_alpha", "-1"), "--dirichlet_alpha"),
+    Case("zero_concurrency", homo("--max_concurrency", "0"), "--max_concurrency"),
+    Case("zero_request_timeout", homo("--request_timeout", "0"), "--request_timeout"),
+    Case("text_for_number", homo("--homo_split_num", "three"), "--homo_split_num"),
+    Case("more_clients_per_round_than_clients", homo("--clients_per_round", "5"),
+         "--clients_per_round"),
+    Case("invalid_yaml", lambda r: [*HOMO, *config(r, "task: [unclosed\nmax_steps: 2\n")], "not valid YAML"),
+    Case("unknown_config_key", lambda r: [*HOMO, *config(r, "max_step: 3\n")], "unknown key 'max_step'"),
+    Case("config_not_a_mapping", lambda r: [*HOMO, *config(r, "- max_steps\n- 3\n")], "mapping"),
+    Case("config_bad_value", lambda r: [*HOMO, *config(r, "max_steps: many\n")], "--max_steps"),
+    Case("config_missing", lambda r: [*HOMO, "--config", str(r / "absent.yaml")], "does not exist"),
+    Case("resume_nothing", homo("--resume", "--run_name", "ghost"), "nothing to resume"),
+    Case("resume_without_run_name", homo("--resume"), "--run_name"),
+    Case("run_name_taken", started_run, "already holds a run"),
+    Case("output_dir_under_a_file", lambda r: [*HOMO, "--output_dir", str(write(r / "file.txt", "x") / "out")],
+         "--output_dir"),
+    Case("endpoint_down_at_start", lambda r: HOMO, "cannot reach the vllm endpoint"),
+    Case("cache_dir_is_a_file", lambda r: [*HOMO, "--cache_dir", str(write(r / "cache", "x"))], "--cache_dir"),
+]
+
+
+class Outcome(NamedTuple):
+    code: int
+    stdout: str
+    stderr: str
+    before: dict[str, float]
+    after: dict[str, float]
+
+
+def snapshot(root: Path) -> dict[str, float]:
+    """Every file and folder under root with its modification time: what 'nothing written' compares."""
+    return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*")}
+
+
+def run_case(case: Case, root: Path) -> Outcome:
+    root.mkdir(parents=True)
+    argv = case.argv(root)
+    if "--output_dir" not in argv:
+        argv += ["--output_dir", str(root / "out")]
+    if "--cache_dir" not in argv:
+        argv += ["--cache_dir", str(root / "cache")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "VLLM_"))}
+    env.update(HF_HUB_OFFLINE="1", VLLM_BASE_URL="http://127.0.0.1:9/v1", FEDTEXTGRAD_CACHE_DIR=str(root / "cache"))
+    before = snapshot(root)
+    done = subprocess.run([sys.executable, str(REPO / "main.py"), *argv], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=120)
+    return Outcome(done.returncode, done.stdout, done.stderr, before, snapshot(root))
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+    base = tmp_path_factory.mktemp("bad-input")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {case.name: pool.submit(run_case, case, base / case.name) for case in CASES}
+    return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case: Case, outcomes: dict[str, Outcome]) -> None:
+    outcome = outcomes[case.name]
+    lines = outcome.stderr.splitlines()
+    assert outcome.code == 2, outcome.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), outcome.stderr
+    assert "Traceback" not in outcome.stderr + outcome.stdout
+    assert case.words in lines[0]
+    assert outcome.after == outcome.before  # no file or folder created or touched, in any folder

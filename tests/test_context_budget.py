@@ -1,0 +1,427 @@
+"""Context windows: every request within budget, overflow replies handled, runs that never die of length.
+
+Fast tests of the budget arithmetic, engines against the bench server (which answers HTTP 400 above
+its window, as llama.cpp does), whole runs of BBH + GSM8K from ../shared/data in a small window, and
+a prompt grown over rounds on the real embedded llama.cpp server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import textgrad as tg
+from bench.fake_server import CONTEXT_ERROR_MESSAGE, FakeServer
+from main import main
+from textgrad import budget, context
+from textgrad.engine import ContextOverflowError, configure, get_engine
+from textgrad.local_server import find_packaged_model
+from utils.aggregation import aggregate_prompts
+from utils.client import Engines, LocalSettings, local_step
+from utils.data import load_task_data
+from utils.evaluation import evaluate_prompt
+from utils.tasks import resolve_task
+
+
+def words(n: int, start: int = 0) -> str:
+    return " ".join(f"w{i}" for i in range(start, start + n))
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+# ---------------------------------------------------------------- counting and cutting
+
+
+def test_estimate_is_never_below_the_real_tokenizer_on_the_shared_data(shared_data: Path) -> None:
+    tokenizer = context.VocabTokenizer(find_packaged_model())
+    texts: list[str] = []
+    for task in ("object_counting", "word_sorting", "multistep_arithmetic_two"):
+        examples = json.loads((shared_data / "bbh" / f"{task}.json").read_text())["examples"]
+        texts += [e["input"] for e in examples]
+    rows = [json.loads(line) for line in (shared_data / "gsm8k" / "train.jsonl").read_text().splitlines()[:200]]
+    texts += [r["question"] for r in rows] + [r["answer"] for r in rows]
+    pairs = [(tokenizer.count(t), context.estimate_tokens(t)) for t in texts]
+    assert all(real is not None and estimate >= real for real, estimate in pairs)
+    total_real, total_estimate = sum(r for r, _ in pairs), sum(e for _, e in pairs)
+    assert total_estimate < 2 * total_real  # conservative, not useless
+
+
+def test_shorten_middle_keeps_both_ends_and_says_how_much_was_cut() -> None:
+    text = words(200)
+    short = budget.shorten_middle(text, 60, count_words)
+    assert count_words(short) <= 60
+    assert short.startswith("w0 w1") and short.endswith("w198 w199")
+    head, marker, tail = short.split("\n")
+    assert marker == budget.CUT_MARKER.format(n=200 - count_words(head) - count_words(tail))
+    assert budget.shorten_middle("short text", 60, count_words) == "short text"
+
+
+def test_allocate_gives_small_parts_what_they_need_and_shares_the_rest_by_weight() -> None:
+    assert budget.allocate([10, 500, 500], [1, 2, 1], 310) == [10, 200, 100]
+    assert budget.allocate([10, 20], [1, 1], 100) == [10, 20]
+    # every part keeps a floor before the weights share the rest
+    assert budget.allocate([30, 1000], [1, 10], 60, floor=24) == [25, 34]
+
+
+def test_feedback_items_lose_the_earliest_first_but_client_prompts_are_never_dropped() -> None:
+    items = tuple(words(40, 100 * i) for i in range(5))
+    feedback = budget.Cuttable(items=items, drop_oldest=True, noun="feedback items")
+    fitted = feedback.fit(80, count_words)
+    assert count_words(fitted) <= 80
+    assert "earlier feedback items dropped" in fitted and "w0 " not in fitted and "w400" in fitted
+    prompts = budget.Cuttable(items=items, noun="client prompts")
+    with pytest.raises(ContextOverflowError):
+        prompts.fit(80, count_words)
+    assert count_words(prompts.fit(160, count_words)) <= 160  # each prompt cut, none dropped
+
+
+LLAMA_SERVER = {"error": {"code": 400, "message": CONTEXT_ERROR_MESSAGE, "type": "exceed_context_size_error",
+                          "n_prompt_tokens": 2238, "n_ctx": 2048}}
+LLAMA_CPP_PYTHON = {"message": "This model's maximum context length is 2048 tokens. However, you requested 2494 "
+                               "tokens (2238 in the messages, 256 in the completion). Please reduce the length of "
+                               "the messages or completion.", "type": "invalid_request_error",
+                    "code": "context_length_exceeded"}
+VLLM = {"object": "error", "message": "This model's maximum context length is 2048 tokens. However, you requested "
+                                      "2494 tokens (2238 in the messages, 256 in the completion).",
+        "type": "BadRequestError", "code": 400}
+
+
+@pytest.mark.parametrize("body", [LLAMA_SERVER, LLAMA_CPP_PYTHON, VLLM], ids=["llama-server", "llama-cpp-python",
+                                                                             "vllm"])
+def test_overflow_replies_are_recognised_with_the_sizes_they_state(body: Any) -> None:
+    assert context.is_overflow(400, body)
+    assert context.overflow_sizes(body) == (2048, 2238)
+
+
+def test_other_bad_requests_are_not_overflows() -> None:
+    assert not context.is_overflow(400, {"error": {"message": "temperature must be between 0 and 2"}})
+    assert not context.is_overflow(500, LLAMA_SERVER)
+
+
+# ---------------------------------------------------------------- what the server says
+
+
+class JsonServer:
+    """Answers fixed JSON per path, to stand for the discovery routes of vLLM and Ollama."""
+
+    def __init__(self, routes: dict[str, Any]) -> None:
+        self.routes = routes
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                payload = routes.get(self.path)
+                body = json.dumps(payload if payload is not None else {"error": "no route"}).encode()
+                self.send_response(200 if payload is not None else 404)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _reply
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def json_server() -> Iterator[Any]:
+    servers: list[JsonServer] = []
+
+    def make(routes: dict[str, Any]) -> JsonServer:
+        servers.append(JsonServer(routes))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def test_windows_are_read_from_vllm_llama_server_and_ollama(json_server: Any) -> None:
+    vllm = json_server({"/v1/models": {"data": [{"id": "other", "max_model_len": 9999},
+                                                {"id": "m", "max_model_len": 4096}]}})
+    assert context.discover_window("vllm", vllm.base_url, "m", "k") == 4096
+    with FakeServer(max_context=3000) as llama:
+        assert context.discover_window("local", llama.base_url, "fake-model", "k") == 3000
+    show = {"model_info": {"llama.context_length": 131072}, "parameters": "temperature 0.7\nnum_ctx 8192"}
+    ollama = json_server({"/api/show": show})
+    assert context.discover_window("ollama", ollama.base_url, "m", "k") == 8192
+    # without num_ctx Ollama runs at its own default, not at the trained length
+    ollama_default = json_server({"/api/show": {"model_info": {"llama.context_length": 131072}}})
+    assert context.discover_window("ollama", ollama_default.base_url, "m", "k") == 2048
+    assert context.discover_window("vllm", json_server({}).base_url, "m", "k") is None
+
+
+def test_the_window_is_the_smaller_of_flag_and_server_else_a_default(monkeypatch: Any, make_fake_server: Any) -> None:
+    with FakeServer(max_context=3000) as server:
+        monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
+        assert get_engine("vllm-fake-model").context_window == 3000
+        configure(max_context=1024)
+        try:
+            engine = get_engine("vllm-fake-model")
+            assert (engine.context_window, engine.context.source) == (1024, "--max_context")
+            configure(max_context=8192)  # the flag cannot make the server's window larger
+            assert get_engine("vllm-fake-model").context_window == 3000
+        finally:
+            configure(max_context=None)
+    silent = make_fake_server(model_ids=("m",))  # reports no window
+    monkeypatch.setenv("VLLM_BASE_URL", silent.base_url)
+    engine = get_engine("vllm-m")
+    assert (engine.context_window, engine.context.source) == (2048, "default for vllm engines")
+
+
+# ---------------------------------------------------------------- overflow replies
+
+
+class RecordingServer(FakeServer):
+    """The bench server, recording every chat request with its status; hides its window if asked."""
+
+    def __init__(self, *, hide_window: bool = False, **options: Any) -> None:
+        super().__init__(**options)
+        self.hide_window = hide_window
+        self.log: list[tuple[str, int, int]] = []  # (messages as JSON, max_tokens, HTTP status)
+
+    def props(self) -> dict[str, Any]:
+        return {} if self.hide_window else super().props()
+
+    def chat(self, request: dict[str, Any]) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
+        status, body, headers = super().chat(request)
+        with self._lock:
+            self.log.append((json.dumps(request.get("messages"), sort_keys=True), int(request.get("max_tokens") or 0),
+                             status))
+        return status, body, headers
+
+    def resent_after_rejection(self) -> list[tuple[str, int]]:
+        """Requests sent again, unchanged, after the server had rejected them for their length."""
+        rejected: set[tuple[str, int]] = set()
+        repeats = []
+        for messages, max_tokens, status in self.log:
+            if (messages, max_tokens) in rejected:
+                repeats.append((messages, max_tokens))
+            if status == 400:
+                rejected.add((messages, max_tokens))
+        return repeats
+
+    def request_sizes(self) -> list[int]:
+        """Tokens of each answered request by the server's own count (prompt + max_tokens)."""
+        return [sum(math.ceil(len(m["content"]) / 4) for m in json.loads(messages)) + max_tokens
+                for messages, max_tokens, status in self.log if status == 200]
+
+
+@pytest.fixture
+def hidden_window(monkeypatch: Any) -> Iterator[RecordingServer]:
+    """A server with a 400-token window that it does not report, like llama-cpp-python's server."""
+    with RecordingServer(hide_window=True, max_context=400) as server:
+        monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
+        yield server
+
+
+def test_an_overflow_reply_is_counted_never_retried_and_never_resent(hidden_window: RecordingServer) -> None:
+    engine = get_engine("vllm-fake-model")
+    assert engine.context_window == 2048  # not reported: the default for self-hosted servers
+    long_question = words(500)
+    with pytest.raises(ContextOverflowError):
+        engine.generate(long_question, max_tokens=64)
+    stats = engine.stats.as_dict()
+    assert stats["context_overflows"] == 1 and stats["retries"] == 0 and stats["failures"] == 0
+    assert engine.context_window == 400 and engine.context.source == "stated by an overflow reply"
+    with pytest.raises(ContextOverflowError):
+        engine.generate(long_question, max_tokens=64)  # known to fail: refused before sending
+    assert len(hidden_window.log) == 1 and hidden_window.stats["context_rejections"] == 1
+
+
+def test_fitted_chat_shortens_once_after_an_overflow_and_gets_an_answer(hidden_window: RecordingServer) -> None:
+    engine = get_engine("vllm-fake-model")
+    reply = budget.generate(engine, "Sort these words: " + words(700), system_prompt="Be brief.", max_tokens=64)
+    assert reply
+    assert [status for _, _, status in hidden_window.log] == [400, 200]
+    answered = json.loads(hidden_window.log[1][0])
+    assert "tokens cut ...]" in answered[1]["content"] and answered[1]["content"].endswith("w699")
+    stats = engine.stats.as_dict()
+    assert (stats["context_overflows"], stats["context_shortened"], stats["context_skipped"]) == (1, 1, 0)
+
+
+def test_the_engine_lowers_max_tokens_near_the_edge_of_a_known_window(monkeypatch: Any) -> None:
+    with RecordingServer(max_context=300) as server:
+        monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
+        engine = get_engine("vllm-fake-model")
+        assert engine.generate(words(150), max_tokens=2000)
+        (messages, max_tokens, status), = server.log
+        assert status == 200 and max_tokens < 300 and server.request_sizes()[0] <= 300
+        assert engine.stats.context_shortened == 1
+
+
+# ---------------------------------------------------------------- whole runs in a small window
+
+HETERO = ["--module", "train_hetero_fed", "--task", "BBH_object_counting", "GSM8K", "--split_sizes", "6,6,6",
+          "--max_epochs", "3", "--max_steps", "2", "--batch_size", "3", "--aggregate_method", "concat",
+          "--test_engine", "vllm-fake-model", "--evaluation_engine", "vllm-fake-model", "--comet_mode", "disabled",
+          "--run_name", "run"]
+
+
+def run_hetero(tmp_path: Path, shared_data: Path, *extra: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    try:
+        assert main([*HETERO, "--data_dir", str(shared_data), "--output_dir", str(tmp_path), *extra]) == 0
+    finally:
+        configure(max_context=None)  # main sets it for the process: keep it from later tests
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    return results, events
+
+
+def test_a_heterogeneous_run_in_an_unreported_small_window_completes(tmp_path: Path, shared_data: Path,
+                                                                      monkeypatch: Any) -> None:
+    # 512 tokens, unreported: every natural request of this run (512-token answers, 256-token feedback,
+    # 512-token optimizer replies) is larger, the reference code's first backward step died of it.
+    with RecordingServer(hide_window=True, max_context=512) as server:
+        monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
+        results, events = run_hetero(tmp_path, shared_data)
+        rejections = server.stats["context_rejections"]
+        assert server.resent_after_rejection() == []
+        assert max(server.request_sizes()) <= 512
+    assert results["rounds_completed"] == 3 and set(results["final_test"]["best"]) == {
+        "BBH_object_counting", "GSM8K", "mean"}
+    assert rejections >= 1 and results["context_overflows"] == rejections
+    window = results["context"]["windows"]["vllm-fake-model"]
+    assert window["tokens"] == 512 and window["source"] == "stated by an overflow reply"
+    assert results["context"]["shortened_requests"] > 0
+    rounds = [e for e in events if e["type"] == "round"]
+    assert len(rounds) == 3 and sum(r["context_overflows"] for r in rounds) <= rejections
+    assert all("context_overflows" in r["llm"] for r in rounds)
+    kinds = {kind for kind, n in server.stats["requests_by_kind"].items() if n}
+    assert {"answer", "feedback", "optimizer"} <= kinds  # the backward pass and the optimizer did run
+
+
+def test_a_reported_window_is_respected_without_a_single_overflow(tmp_path: Path, shared_data: Path,
+                                                                  monkeypatch: Any) -> None:
+    with RecordingServer(max_context=512) as server:
+        monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
+        # a flag larger than the server's window cannot raise it
+        results, _ = run_hetero(tmp_path, shared_data, "--max_context", "4096")
+        assert server.stats["context_rejections"] == 0 and max(server.request_sizes()) <= 512
+    assert results["context_overflows"] == 0 and results["context"]["shortened_requests"] > 0
+    assert results["context"]["windows"]["vllm-fake-model"]["source"] == "reported by the server"
+    assert results["rounds_completed"] == 3
+
+
+# ---------------------------------------------------------------- the real embedded server
+
+GROWTH = ("Client {r} found: " + " ".join(
+    f"Rule {k}: when a sentence lists household objects, write each object on its own line with its count, "
+    "and check number words such as seven or twelve before adding." for k in range(6)))
+
+
+def test_a_prompt_grown_over_rounds_stays_within_the_window_on_the_real_server(shared_data: Path,
+                                                                               local_engine_url: str) -> None:
+    window = 512  # the server runs 8192; a small --max_context keeps the test quick and forces every cut
+    configure(max_context=window)
+    try:
+        engine = get_engine("local")
+        task = resolve_task("BBH_object_counting")
+        data = load_task_data(task, str(shared_data), (3, 3, 3), 42)
+        settings = LocalSettings(max_steps=1, batch_size=1, answer_max_tokens=24, feedback_max_tokens=32,
+                                 optimizer_max_tokens=48)
+        prompt = task.starting_prompt()
+        sizes, outcomes = [], []
+        for round_index in range(2):
+            # concat keeps every client's text: one client kept the prompt, one added rules to it
+            clients = [prompt, GROWTH.format(r=round_index) + "\n" + prompt]
+            prompt = aggregate_prompts(clients, "concat", [task], engine).prompt
+            sizes.append(engine.count_tokens(prompt))
+            _, outcome = local_step(prompt, data.train[:1], task, Engines(engine, engine), settings, round_index)
+            outcomes.append(outcome)
+        assert 0.0 <= evaluate_prompt(prompt, data.val[:1], task, engine, max_tokens=24).accuracy <= 1.0
+        assert engine.context_window == window and engine.context.source == "--max_context"
+        assert sizes[-1] > window  # the prompt alone outgrew the window
+        # by the server's own count of every prompt it answered
+        assert 0 < engine.context.largest_request <= window
+        stats = engine.stats.as_dict()
+        assert stats["context_shortened"] >= 3 and stats["failures"] == 0 and stats["calls"] >= 4
+        assert outcomes[-1].format_failure == "context_overflow"  # too long to be rewritten whole
+    finally:
+        configure(max_context=None)
+
+
+@pytest.fixture
+def small_llama_server(monkeypatch: Any, tmp_path: Path) -> Iterator[str]:
+    """A second real llama.cpp server (llama-cpp-python) with a 512-token window it does not report."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    model = find_packaged_model()
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below, after the process
+    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias",
+                                Path(model).stem, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512",
+                                "--n_threads", "2"], stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(base_url + "/models"):
+            assert process.poll() is None and time.monotonic() < deadline, "the llama.cpp server did not start"
+            time.sleep(0.25)
+        monkeypatch.setenv("LOCAL_BASE_URL", base_url)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def test_the_reference_crash_request_gets_feedback_from_a_real_small_window_server(small_llama_server: str) -> None:
+    # The reference run died here: a feedback request carrying a looping 2000-token answer, larger than
+    # the server's window, rejected with HTTP 400 and retried unchanged. Same shape, a 512-token window.
+    engine = get_engine("local")
+    assert engine.context_window == 2048  # the server does not say: the default for self-hosted servers
+    prompt = tg.Variable(resolve_task("BBH_object_counting").starting_prompt(), "system prompt", requires_grad=True)
+    model = tg.BlackboxLLM(engine, system_prompt=prompt, max_tokens=24, feedback_max_tokens=32)
+    question = tg.Variable("I have a chair, two beds and a car. How many objects do I have?", "question",
+                           requires_grad=False)
+    response = model(question)
+    response.set_value("Let me count. " + "I have a chair and a chair and a chair. " * 120 + "Answer: 9")
+    verdict = tg.StringBasedFunction(lambda response: "incorrect; the expected final answer is 4",
+                                     "Checking the final answer")({"response": response})
+    verdict.backward(engine)
+
+    assert len(prompt.gradients) == 1 and prompt.gradients[0].value.strip()
+    stats = engine.stats.as_dict()
+    assert stats["context_overflows"] == 1 and stats["retries"] == 0 and stats["context_skipped"] == 0
+    assert engine.context_window == 512 and engine.context.source == "stated by an overflow reply"
+    assert 0 < engine.context.largest_request <= 512  # by the server's own token count

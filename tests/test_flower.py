@@ -1,0 +1,377 @@
+"""FedTextGrad on Flower: records, node config, the leak guard, and whole runs through Flower's
+simulation engine (Ray) and through `flwr run` with a SuperLink this test starts and stops.
+
+Simulations run the real ClientApp in Ray worker processes; they reach the test's LLM servers over
+loopback through the environment (LOCAL_BASE_URL, VLLM_BASE_URL, ...), inherited at ray.init.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from flwr.app import Context, Error, Message, Metadata, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+
+import train_homo_fed
+from bench.fake_server import FakeServer
+from fedtextgrad_flower import client_app
+from fedtextgrad_flower.federation import FederationError
+from fedtextgrad_flower.node import NodeConfigError, client_id_of, load_own_client, node_args
+from fedtextgrad_flower.privacy import REDACTED, redact_update
+from fedtextgrad_flower.records import (
+    experiment_from_record,
+    experiment_record,
+    short_reason,
+    update_content,
+    update_from_reply,
+)
+from fedtextgrad_flower.run_config import parse_run_config
+from fedtextgrad_flower.simulation import simulate as run_in_simulation
+from main import main as main_cli
+from utils.client import ClientUpdate, StepResult
+from utils.config import UsageError, parse_args
+from utils.runner import load_data
+from utils.tasks import Example
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_ENGINE = "vllm-fake-model"
+
+
+def tiny_flags(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return {"module": "train_homo_fed", "task": "synthetic_object_counting", "homo_split_num": 3,
+            "max_epochs": 2, "max_steps": 1, "batch_size": 1, "split_sizes": "3,3,3", "seed": 42,
+            "aggregate_method": "concat", "test_engine": FAKE_ENGINE, "evaluation_engine": FAKE_ENGINE,
+            "output_dir": str(tmp_path), "cache_dir": str(tmp_path / "llm-cache"), "comet_mode": "disabled",
+            "node_wait": 60, **extra}
+
+
+def as_argv(flags: Mapping[str, Any]) -> list[str]:
+    return [part for key, value in flags.items() if key != "node_wait" for part in (f"--{key}", str(value))]
+
+
+class RecordingGrid:
+    """The simulation's grid, keeping every reply a client sends."""
+
+    def __init__(self, grid: Grid) -> None:
+        self.grid = grid
+        self.replies: list[Message] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        self.replies.extend(replies)
+        return replies
+
+
+def simulate(run_config: dict[str, Any], clients: ClientApp = client_app.app,
+             num_supernodes: int | None = None) -> RecordingGrid:
+    grids: list[RecordingGrid] = []
+
+    def record(grid: Grid) -> RecordingGrid:
+        grids.append(RecordingGrid(grid))
+        return grids[-1]
+
+    run_in_simulation(run_config, clients, grid_wrapper=record, num_supernodes=num_supernodes)
+    return grids[0]
+
+
+def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    results = json.loads((run_dir / "results.json").read_text())
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    return results, events
+
+
+def _live_descendants() -> list[psutil.Process]:
+    alive = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.fixture
+def no_stray_processes() -> Iterator[None]:
+    """After the test no process it started (Ray, SuperLink, SuperExec, simulation) is left running."""
+    before = {p.pid for p in _live_descendants()}  # e.g. the session's embedded llama.cpp server
+    yield
+    deadline = time.monotonic() + 15
+    stray = [p for p in _live_descendants() if p.pid not in before]
+    while stray and time.monotonic() < deadline:
+        time.sleep(0.5)
+        stray = [p for p in _live_descendants() if p.pid not in before]
+    for proc in stray:  # ours by construction: descendants of this test process
+        proc.kill()
+    assert not stray, f"processes left running: {[(p.pid, p.name()) for p in stray]}"
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[FakeServer]:
+    server = FakeServer(latency=0.0).start()
+    yield server
+    server.stop()
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+# ------------------------------------------------------------------ fast: records, config, privacy
+
+
+def _reply(content: RecordDict | None = None, error: Error | None = None, node: int = 7) -> Message:
+    metadata = Metadata(run_id=1, message_id="m", src_node_id=node, dst_node_id=0, reply_to_message_id="q",
+                        group_id="1", created_at=0.0, ttl=60.0, message_type="train")
+    return Message(content=content, error=error, metadata=metadata)
+
+
+def test_flower_update_survives_the_wire_exactly():
+    update = ClientUpdate("client1", 2, "start prompt", "new prompt", steps=[
+        StepResult(0, 0.5, None, False, "no_tags", 1), StepResult(1, 1.0, 1.0, True, None, 0)])
+    back, report = update_from_reply(_reply(update_content(update, {"calls": 4, "seconds": 1.5})),
+                                     "client1", "start prompt", 2, None)
+    assert back == update and back.error is None
+    assert report == {"calls": 4, "seconds": 1.5}
+
+
+def test_flower_missing_error_and_misaddressed_replies_become_failed_updates():
+    missing, _ = update_from_reply(None, "client0", "p", 1, 30.0)
+    assert missing.error == "no reply within 30 s" and missing.prompt == "p" and not missing.steps
+    reason = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()\x1b[39m"
+              "\n  File \"x.py\", line 3\nValueError: boom\n\nException ClientAppException occurred. "
+              "Message: boom from client 0'>")
+    failed, report = update_from_reply(_reply(error=Error(code=2, reason=reason)), "client0", "p", 1, None)
+    assert failed.error == "Flower error 2: boom from client 0" and report == {}
+    other = ClientUpdate("client2", 1, "p", "q")
+    wrong, _ = update_from_reply(_reply(update_content(other, {})), "client0", "p", 1, None)
+    assert wrong.client_id == "client0" and "answered as client 'client2'" in wrong.error
+    assert short_reason("line one\nlast line") == "last line"
+
+
+def test_flower_run_config_is_checked_like_the_command_line(tmp_path):
+    args, flower = parse_run_config({"module": "train_hetero_fed", "task": "synthetic_object_counting, GSM8K",
+                                     "run_name": "", "round_timeout": 30, "max_epochs": 2,
+                                     "output_dir": str(tmp_path)})
+    assert args.task == ["synthetic_object_counting", "GSM8K"] and args.run_name is None
+    assert args.max_epochs == 2 and flower.round_timeout == 30.0 and flower.node_wait == 120.0
+    with pytest.raises(UsageError, match="unknown key 'rounds' in the Flower run config"):
+        parse_run_config({"module": "train_homo_fed", "rounds": 3})
+    with pytest.raises(UsageError, match="max_steps"):
+        parse_run_config({"module": "train_homo_fed", "max_steps": 0})
+    for bad in ("soon", -5):
+        with pytest.raises(UsageError, match="node_wait in the Flower run config must be a number of seconds"):
+            parse_run_config({"module": "train_homo_fed", "node_wait": bad})
+
+
+def test_flower_node_gets_exactly_its_in_process_shard(tmp_path, shared_data):
+    flags = tiny_flags(tmp_path, task="BBH_object_counting", data_dir=str(shared_data), split_sizes="6,3,3")
+    args = parse_args(as_argv(flags))
+    in_process = train_homo_fed.build_clients(args, load_data(args))
+    experiment = experiment_from_record(experiment_record(args, [c.client_id for c in in_process]))
+    assert experiment.data_dir == str(shared_data.resolve()) and experiment.split_sizes == [6, 3, 3]
+    for pid, expected in enumerate(in_process):
+        node = {"partition-id": pid, "num-partitions": 3}
+        client_id = client_id_of(experiment, node)
+        client = load_own_client(node_args(experiment, node), node, client_id)
+        assert client.client_id == expected.client_id and client.examples == expected.examples
+    with pytest.raises(NodeConfigError, match="no partition-id"):
+        client_id_of(experiment, {})
+    with pytest.raises(NodeConfigError, match="partition-id 3 is not one of the 3 clients"):
+        client_id_of(experiment, {"partition-id": 3})
+    own = node_args(experiment, {"partition-id": 0, "data-dir": str(tmp_path), "test-engine": "ollama-llama3"})
+    assert own.data_dir == str(tmp_path) and own.test_engine == "ollama-llama3"
+
+
+def test_flower_hetero_node_loads_only_its_own_task(tmp_path):
+    args = parse_args(as_argv(tiny_flags(tmp_path, module="train_hetero_fed")) +
+                      ["--task", "synthetic_object_counting", "synthetic_word_sorting"])
+    experiment = experiment_from_record(experiment_record(args, ["synthetic_object_counting",
+                                                                 "synthetic_word_sorting"]))
+    node = {"task": "synthetic_word_sorting"}
+    assert client_id_of(experiment, node) == "synthetic_word_sorting"
+    client = load_own_client(node_args(experiment, node), node, "synthetic_word_sorting")
+    assert client.task.name == "synthetic_word_sorting" and len(client.examples) == 3
+
+
+def test_flower_leak_guard_removes_questions_whatever_the_spacing():
+    question = "I have a chair, two tables, and a bed. How many objects do I have?"
+    update = ClientUpdate("client0", 1, "start", "Think.\nI have a chair,  two tables,\nand a bed. How many objects "
+                          "do I have?\nAnswer: N", error="EngineError: echo of " + question)
+    removed = redact_update(update, [Example(question, "4"), Example("short q", "1")])
+    assert removed == 2 and question not in update.prompt and question not in update.error
+    assert update.prompt == f"Think.\n{REDACTED}\nAnswer: N"
+
+
+# ------------------------------------------------------------------ whole runs through Flower
+
+
+def assert_flower_run_matches_in_process(tmp_path: Path, flags: dict[str, Any]) -> dict[str, Any]:
+    """Same flags, seed and response cache: the Flower run must ask exactly the same questions (all
+    cache hits, so Flower clients used the same shards and batches) and reach the same prompts and scores."""
+    started = time.monotonic()
+    assert main_cli([*as_argv(flags), "--run_name", "in_process"]) == 0
+    in_process_s = time.monotonic() - started
+    started = time.monotonic()
+    simulate({**flags, "run_name": "flower"})
+    print(f"\nwall time: in-process {in_process_s:.1f} s (LLM calls), Flower simulation "
+          f"{time.monotonic() - started:.1f} s (cache hits)")
+
+    ours, our_events = read_run(tmp_path / "in_process")
+    theirs, their_events = read_run(tmp_path / "flower")
+    for key in ("zero_shot", "best", "final_prompt", "final_test", "clients", "steps", "format_failures"):
+        assert theirs[key] == ours[key], key
+    for mine, other in zip(ours["rounds"], theirs["rounds"], strict=True):
+        for key in ("val", "client_train_accuracy", "aggregate_tokens", "client_prompt_chars", "failed_clients"):
+            assert other[key] == mine[key], key
+    for path in sorted((tmp_path / "in_process" / "prompts").rglob("*.txt")):
+        assert (tmp_path / "flower" / path.relative_to(tmp_path / "in_process")).read_text() == path.read_text()
+    assert [e for e in their_events if e["type"] == "step"] == [e for e in our_events if e["type"] == "step"]
+
+    reports = [e for e in their_events if e["type"] == "flower_client"]
+    assert sorted({e["client"] for e in reports}) == ["client0", "client1", "client2"] and len(reports) == 6
+    # The clients really trained through their own engines: every request answered from the cache.
+    assert sum(e["cache_hits"] for e in reports) > 0 and sum(e["cache_misses"] for e in reports) == 0
+    assert theirs["llm"]["cache_misses"] == 0
+    return ours
+
+
+def test_flower_simulation_matches_the_in_process_run(tmp_path, shared_data, local_engine_url, monkeypatch,
+                                                      no_stray_processes):
+    """The real embedded llama.cpp server, one shared by the test and every simulated client."""
+    monkeypatch.setenv("LOCAL_BASE_URL", local_engine_url)
+    assert_flower_run_matches_in_process(tmp_path, tiny_flags(
+        tmp_path, task="BBH_object_counting", data_dir=str(shared_data), split_sizes="3,2,2", test_engine="local",
+        evaluation_engine="local", aggregate_method="summarization", max_tokens=32, feedback_max_tokens=32,
+        optimizer_max_tokens=64, merge_max_tokens=64))
+
+
+def test_flower_simulation_matches_the_in_process_merges(tmp_path, fake_llm, monkeypatch, no_stray_processes):
+    """SmolLM2 rarely writes the optimizer's tags, so prompts seldom change above; the fake server's
+    replies do, which makes the clients' prompts and the summarized aggregates differ every round."""
+    monkeypatch.setenv("VLLM_BASE_URL", fake_llm.base_url)
+    ours = assert_flower_run_matches_in_process(tmp_path, tiny_flags(tmp_path, aggregate_method="summarization"))
+    assert ours["steps"]["accepted"] > 0
+    assert len({(tmp_path / "in_process" / "prompts" / f"round_00{r}" / "global.txt").read_text()
+                for r in range(3)}) == 3
+
+
+def test_flower_client_messages_never_carry_training_examples(tmp_path, make_fake_server, monkeypatch,
+                                                              no_stray_processes):
+    """An LLM server that echoes every request back: feedback and the optimizer copy the private
+    questions into the new prompt, and the clients must strip them before replying."""
+    echo = make_fake_server()
+    echo.completion = lambda request: {  # every reply is the whole request, as an improved prompt
+        "id": "echo", "object": "chat.completion", "created": 0, "model": request["model"],
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": (
+            "<IMPROVED_VARIABLE>" + re.sub("</?IMPROVED_VARIABLE>", "", "\n".join(
+                str(m["content"]) for m in request["messages"])) + "</IMPROVED_VARIABLE>")}}]}
+    monkeypatch.setenv("VLLM_BASE_URL", echo.base_url)
+    flags = tiny_flags(tmp_path, split_sizes="6,3,3", run_name="echo")
+    grid = simulate(flags)
+
+    args = parse_args(as_argv(flags))
+    questions = [re.sub(r"\s+", " ", ex.question) for c in train_homo_fed.build_clients(args, load_data(args))
+                 for ex in c.examples]
+    assert len(questions) == 6
+    train_replies = [r for r in grid.replies if r.metadata.message_type == "train"]
+    assert len(train_replies) == 6 and not any(r.has_error() for r in train_replies)
+    for reply in grid.replies:
+        sent = re.sub(r"\s+", " ", json.dumps([dict(record) for record in reply.content.values()]))
+        assert not [q for q in questions if q in sent or json.dumps(q)[1:-1] in sent]
+    _, events = read_run(tmp_path / "echo")
+    # The guard had work to do: without it the questions would have left the clients.
+    assert sum(e["redacted_examples"] for e in events if e["type"] == "flower_client") > 0
+
+
+flaky_app = ClientApp()
+
+
+@flaky_app.query()
+def _identify(message: Message, context: Context) -> Message:
+    return client_app.identify(message, context)
+
+
+@flaky_app.train()
+def _train_or_fail(message: Message, context: Context) -> Message:
+    """partition 1 crashes outright; partition 2's own LLM endpoint (node config) is down."""
+    partition = int(context.node_config["partition-id"])
+    if partition == 1:
+        raise RuntimeError("client 1 lost its disk")
+    if partition == 2:
+        context.node_config["evaluation-engine"] = "sglang-down-model"
+    return client_app.train(message, context)
+
+
+def test_flower_failing_clients_do_not_stop_the_round(tmp_path, fake_llm, monkeypatch, no_stray_processes):
+    monkeypatch.setenv("VLLM_BASE_URL", fake_llm.base_url)
+    monkeypatch.setenv("SGLANG_BASE_URL", _closed_port_url())
+    # Ray workers import this module to run flaky_app.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(Path(__file__).parent)]))
+    # A fourth node (partition-id 3) is no client of this run: it is left out, not an error.
+    simulate(tiny_flags(tmp_path, run_name="flaky"), clients=flaky_app, num_supernodes=4)
+
+    results, events = read_run(tmp_path / "flaky")
+    assert results["rounds_completed"] == 2
+    for summary in results["rounds"]:
+        assert summary["failed_clients"] == ["client1", "client2"]
+        assert list(summary["client_train_accuracy"]) == ["client0"]
+    assert [e["clients"] for e in events if e["type"] == "aggregate"] == [["client0"], ["client0"]]
+    failures = {(e["round"], e["client"]): e["error"] for e in events if e["type"] == "client_failed"}
+    assert sorted(failures) == [(1, "client1"), (1, "client2"), (2, "client1"), (2, "client2")]
+    assert failures[(1, "client1")].startswith("Flower error") and "client 1 lost its disk" in failures[(1, "client1")]
+    assert failures[(1, "client2")].startswith("EngineError") and "sglang" in failures[(1, "client2")]
+
+
+def test_flower_run_stops_before_writing_when_a_client_has_no_supernode(tmp_path, fake_llm, monkeypatch,
+                                                                         no_stray_processes):
+    monkeypatch.setenv("VLLM_BASE_URL", fake_llm.base_url)
+    with pytest.raises(FederationError, match=r"after 3 s no SuperNode has joined as client\(s\) client2: "
+                                              r"start one per client with --node-config 'partition-id=N'"):
+        run_in_simulation(tiny_flags(tmp_path, run_name="short", node_wait=3), num_supernodes=2)
+    assert not (tmp_path / "short").exists()
+
+
+def test_flower_run_command_runs_a_local_federation(tmp_path, fake_llm, no_stray_processes):
+    """The README's commands: a SuperLink we start (and stop by its pid), then `flwr run .`."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": port,
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "VLLM_BASE_URL": fake_llm.base_url}
+    bin_dir = Path(sys.executable).parent
+    superlink = subprocess.Popen(
+        [str(bin_dir / "flower-superlink"), "--insecure", "--simulation", "--disable-runtime-dependency-installation",
+         "--host", "127.0.0.1", "--port", port, "--log-file", str(tmp_path / "superlink.log")],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run_config = " ".join(f"{k}={json.dumps(v)}" for k, v in tiny_flags(tmp_path, run_name="cli").items())
+        done = subprocess.run([str(bin_dir / "flwr"), "run", ".", "--stream", "--federation-config",
+                               "num-supernodes=3", "--run-config", run_config],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert "Successfully started run" in done.stdout, done.stdout + done.stderr
+    finally:
+        superlink.terminate()
+        superlink.wait(timeout=30)
+    results, events = read_run(tmp_path / "cli")
+    assert results["rounds_completed"] == 2 and results["clients"] == ["client0", "client1", "client2"]
+    assert len([e for e in events if e["type"] == "flower_client"]) == 6
+    assert "== train_homo_fed on synthetic_object_counting" in done.stdout

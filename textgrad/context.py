@@ -1,0 +1,434 @@
+"""What a server says about its context window: its size, its tokenizer, its overflow replies.
+
+Servers answer these questions in different places (llama.cpp's /props and /tokenize, vLLM's model
+listing and /tokenize, Ollama's /api/show, llama-cpp-python's /extras/tokenize/count), and many do not
+answer at all; every function here returns None rather than fail, and the engine falls back to a
+flag, a default or a conservative estimate.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import re
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import OrderedDict
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 5.0
+# A window no server will ask us to respect is no window: ignore absurd reports.
+MIN_PLAUSIBLE_WINDOW = 64
+
+# Chat templates wrap each message in role markers (~5 tokens with ChatML), and some (SmolLM2's) add
+# a default system message of ~20 tokens when the request has none.
+MESSAGE_OVERHEAD = 6
+REQUEST_OVERHEAD = 8
+DEFAULT_SYSTEM_ALLOWANCE = 24
+
+# Self-hosted servers that do not report their window: llama.cpp's and Ollama's long-standing default.
+SELF_HOSTED_DEFAULT_WINDOW = 2048
+# OpenAI does not report windows; the prefixes of its model families and their sizes.
+OPENAI_WINDOWS = (("gpt-3.5", 16385), ("gpt-4o", 128000), ("gpt-4.1", 1047576), ("gpt-4-turbo", 128000),
+                  ("gpt-4", 8192), ("gpt-5", 272000), ("o1", 128000), ("o3", 200000), ("o4", 200000))
+OPENAI_DEFAULT_WINDOW = 8192
+
+
+# ---------------------------------------------------------------- counting without a tokenizer
+
+_PIECES = re.compile(r"\d|[A-Za-z]+|[^\x00-\x7f]|\s+|.", re.DOTALL)
+
+
+def estimate_tokens(text: str) -> int:
+    """An upper estimate of the token count of text for BPE vocabularies of 32k-50k entries.
+
+    Measured against SmolLM2's tokenizer on every BBH and GSM8K text in ../shared/data it is never
+    below the true count and about 1.5 times it on average: digits and punctuation are one token
+    each, rare words split into 3-letter pieces, non-ASCII characters cost a token per UTF-8 byte.
+    Never below one token per 4 characters, the rate llama.cpp-style servers are often assumed to use.
+    """
+    count = 0
+    for match in _PIECES.finditer(text):
+        piece = match.group()
+        first = piece[0]
+        if first.isascii() and first.isdigit():
+            count += 1
+        elif first.isascii() and first.isalpha():
+            count += 1 if len(piece) <= 3 else math.ceil(len(piece) / 3)
+        elif not first.isascii():
+            count += len(piece.encode("utf-8"))
+        elif first.isspace():
+            # A single space merges into the next word, except before digits (tokenised one by one).
+            follows_digit = text[match.end():match.end() + 1].isdigit()
+            count += (1 if follows_digit else 0) if piece == " " else 1 + len(piece) // 8
+        else:
+            count += 1
+    return max(math.ceil(count * 1.1), math.ceil(len(text) / 4))
+
+
+def message_overhead(messages: list[dict[str, Any]]) -> int:
+    has_system = any(m.get("role") == "system" for m in messages)
+    return REQUEST_OVERHEAD + MESSAGE_OVERHEAD * len(messages) + (0 if has_system else DEFAULT_SYSTEM_ALLOWANCE)
+
+
+# ---------------------------------------------------------------- the window
+
+
+def default_window(kind: str, model: str | None) -> int:
+    if kind == "openai":
+        name = (model or "").lower()
+        for prefix, size in OPENAI_WINDOWS:
+            if name.startswith(prefix):
+                return size
+        return OPENAI_DEFAULT_WINDOW
+    return SELF_HOSTED_DEFAULT_WINDOW
+
+
+def server_root(base_url: str) -> str:
+    """http://host:port/v1 -> http://host:port: llama.cpp, vLLM and Ollama serve their extras there."""
+    return re.sub(r"/v1/?$", "", base_url.rstrip("/"))
+
+
+def _is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _http_json(url: str, api_key: str, payload: dict[str, Any] | None = None,
+               timeout: float = PROBE_TIMEOUT_S) -> Any:
+    """GET (or POST with a JSON payload) and parse the reply; raises urllib/OS/JSON errors."""
+    data = json.dumps(payload).encode("utf-8") if payload is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Authorization": f"Bearer {api_key}",
+                                                              "Content-Type": "application/json"})
+    handlers = [urllib.request.ProxyHandler({})] if _is_loopback(url) else []
+    with urllib.request.build_opener(*handlers).open(request, timeout=timeout) as response:
+        return json.loads(response.read().decode("utf-8"))
+
+
+def _plausible(value: Any) -> int | None:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number >= MIN_PLAUSIBLE_WINDOW else None
+
+
+def _from_model_listing(base_url: str, model: str, api_key: str) -> int | None:
+    # vLLM and SGLang: {"data": [{"id": ..., "max_model_len": 4096}]}
+    listing = _http_json(f"{base_url}/models", api_key)
+    entries = [e for e in listing.get("data", []) if isinstance(e, dict)]
+    entries = [e for e in entries if e.get("id") == model] or entries[:1]
+    return _plausible(entries[0].get("max_model_len")) if entries else None
+
+
+def _from_props(base_url: str, model: str, api_key: str) -> int | None:
+    # llama.cpp's llama-server: the context of one slot, which is what a request may use.
+    props = _http_json(f"{server_root(base_url)}/props", api_key)
+    settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+    value = settings.get("n_ctx") if isinstance(settings, dict) else None
+    return _plausible(value if value is not None else props.get("n_ctx"))
+
+
+_NUM_CTX = re.compile(r"^\s*num_ctx\s+(\d+)", re.MULTILINE)
+
+
+def _from_ollama(base_url: str, model: str, api_key: str) -> int | None:
+    info = _http_json(f"{server_root(base_url)}/api/show", api_key, {"model": model, "name": model})
+    # Ollama runs a model at its num_ctx (a Modelfile parameter, else the server's default), not at
+    # the length it was trained for, and silently drops what does not fit: never exceed either.
+    num_ctx = _NUM_CTX.search(str(info.get("parameters") or ""))
+    trained = [v for k, v in (info.get("model_info") or {}).items() if k.endswith(".context_length")]
+    trained_window = _plausible(trained[0]) if trained else None
+    if num_ctx:
+        return min(int(num_ctx.group(1)), trained_window or int(num_ctx.group(1)))
+    return min(trained_window, SELF_HOSTED_DEFAULT_WINDOW) if trained_window else None
+
+
+def discover_window(kind: str, base_url: str, model: str, api_key: str) -> int | None:
+    """The context window the server reports for model, or None if it does not say."""
+    probes = [_from_model_listing] if kind == "openai" else [_from_model_listing, _from_props]
+    if kind == "ollama":
+        probes.insert(0, _from_ollama)
+    for probe in probes:
+        try:
+            window = probe(base_url, model, api_key)
+        except (urllib.error.URLError, OSError, ValueError, AttributeError, TypeError):
+            continue
+        if window is not None:
+            return window
+    return None
+
+
+# ---------------------------------------------------------------- overflow replies
+
+_OVERFLOW_WORDS = re.compile(r"context (size|length|window)|maximum context|exceed_context|n_ctx|"
+                             r"context_length_exceeded|too many tokens|prompt is too long", re.IGNORECASE)
+_WINDOW_IN_MESSAGE = (re.compile(r"maximum context length is (\d+)", re.IGNORECASE),
+                      re.compile(r"context window of (\d+)", re.IGNORECASE),
+                      re.compile(r"n_ctx(?:_slot)?\s*[=:]\s*(\d+)", re.IGNORECASE))
+_PROMPT_IN_MESSAGE = (re.compile(r"\((\d+) in the messages", re.IGNORECASE),
+                      re.compile(r"n_prompt_tokens\s*[=:]\s*(\d+)", re.IGNORECASE))
+
+
+def _error_detail(body: Any) -> dict[str, Any]:
+    detail = body.get("error", body) if isinstance(body, dict) else {"message": body}
+    return detail if isinstance(detail, dict) else {"message": detail}
+
+
+def is_overflow(status: int, body: Any) -> bool:
+    """True for a reply that rejects the request for its length (llama.cpp, vLLM, OpenAI wordings)."""
+    if status not in (400, 413, 422):
+        return False
+    detail = _error_detail(body)
+    text = " ".join(str(detail.get(k, "")) for k in ("message", "type", "code"))
+    return bool(_OVERFLOW_WORDS.search(text))
+
+
+def overflow_sizes(body: Any) -> tuple[int | None, int | None]:
+    """(window, prompt tokens) as the overflow reply states them, each None when it does not."""
+    detail = _error_detail(body)
+    message = str(detail.get("message", ""))
+    window = _plausible(detail.get("n_ctx"))
+    prompt = _plausible(detail.get("n_prompt_tokens"))
+    for pattern in _WINDOW_IN_MESSAGE:
+        match = pattern.search(message) if window is None else None
+        window = _plausible(match.group(1)) if match else window
+    for pattern in _PROMPT_IN_MESSAGE:
+        match = pattern.search(message) if prompt is None else None
+        prompt = _plausible(match.group(1)) if match else prompt
+    return window, prompt
+
+
+# ---------------------------------------------------------------- tokenizers
+
+COUNT_CACHE_SIZE = 4096
+
+
+class ServerTokenizer:
+    """Token counts from the server's own tokenizer endpoint, found by trying each known route once.
+
+    llama.cpp's llama-server and vLLM answer POST /tokenize (one reads "content", the other "prompt":
+    both are sent); llama-cpp-python answers POST /extras/tokenize/count. Counts are cached by text,
+    since the same system prompt is measured over and over.
+    """
+
+    def __init__(self, base_url: str, model: str, api_key: str) -> None:
+        self.root = server_root(base_url)
+        self.model = model
+        self._api_key = api_key
+        self._route: str | None = None
+        self._probed = False
+        self._cache: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _ask(self, route: str, text: str) -> int:
+        if route == "/tokenize":
+            reply = _http_json(self.root + route, self._api_key,
+                               {"model": self.model, "content": text, "prompt": text, "add_special": False})
+        else:
+            reply = _http_json(self.root + route, self._api_key, {"model": self.model, "input": text})
+        if isinstance(reply.get("count"), int):
+            return int(reply["count"])
+        tokens = reply.get("tokens")
+        if isinstance(tokens, list):
+            return len(tokens)
+        raise ValueError("no token count in the reply")
+
+    def count(self, text: str) -> int | None:
+        with self._lock:
+            if text in self._cache:
+                self._cache.move_to_end(text)
+                return self._cache[text]
+        routes = [self._route] if self._probed else ["/tokenize", "/extras/tokenize/count"]
+        for route in routes:
+            if route is None:
+                return None
+            try:
+                n = self._ask(route, text)
+            except (urllib.error.URLError, OSError, ValueError, AttributeError, TypeError):
+                continue
+            with self._lock:
+                self._route, self._probed = route, True
+                self._cache[text] = n
+                if len(self._cache) > COUNT_CACHE_SIZE:
+                    self._cache.popitem(last=False)
+            return n
+        if not self._probed:
+            logger.info("%s offers no tokenizer endpoint; token counts are estimated", self.root)
+            self._probed = True
+        return None
+
+
+class VocabTokenizer:
+    """The embedded server's tokenizer, loaded in-process from the same GGUF file (vocabulary only).
+
+    Exact and local: asking the embedded llama-cpp-python server would queue each count behind the
+    generation in progress, since that server handles one request at a time.
+    """
+
+    def __init__(self, model_path: str) -> None:
+        import llama_cpp
+        from llama_cpp._logger import set_verbose
+
+        set_verbose(False)  # the loader otherwise prints the whole GGUF header to stderr
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self._model = llama_cpp.llama_model_load_from_file(model_path.encode("utf-8"), params)
+        if not self._model:
+            raise OSError(f"cannot read the vocabulary of {model_path}")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._llama_cpp = llama_cpp
+        self._lock = threading.Lock()
+
+    def count(self, text: str) -> int | None:
+        data = text.encode("utf-8")
+        capacity = len(data) + 16  # BPE never makes more tokens than bytes
+        buffer = (self._llama_cpp.llama_token * capacity)()
+        with self._lock:
+            n = self._llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, capacity, False, True)
+        return int(n) if n >= 0 else None
+
+
+@functools.lru_cache(maxsize=4)
+def vocab_tokenizer(model_path: str) -> VocabTokenizer | None:
+    """One per model file and process: engines come and go (one per cache folder), the vocabulary stays."""
+    try:
+        return VocabTokenizer(model_path)
+    except (ImportError, OSError, AttributeError) as exc:
+        logger.info("cannot load the tokenizer of %s (%s); token counts are estimated", model_path, exc)
+        return None
+
+
+# ---------------------------------------------------------------- one engine's view of its window
+
+REJECTED_REMEMBERED = 4096
+# Reported prompt sizes above our count raise later counts by their ratio, up to this factor.
+MAX_COUNT_SCALE = 4.0
+
+
+class EngineContext:
+    """The window of one engine and token counts against it, learned as the run goes.
+
+    The window is the smallest of: what the server reports (asked once, lazily), the user's
+    --max_context, and what overflow replies have since revealed; with neither report nor flag, a
+    default for the kind of engine. Counts are exact where the server's tokenizer is reachable; else
+    `estimate_tokens`, scaled up whenever the server reports more prompt tokens than we counted.
+    """
+
+    def __init__(self, kind: str, model_hint: str | None, override: int | None, connect: Any) -> None:
+        # connect() -> (base_url, model, api_key, embedded model path or None), after starting the server
+        self.kind = kind
+        self.override = override
+        self._model_hint = model_hint
+        self._connect = connect
+        self._window: int | None = None
+        self.source = ""
+        self._tokenizer: ServerTokenizer | VocabTokenizer | None = None
+        self._local_tokenizer = False
+        self._scale = 1.0
+        self._rejected: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.RLock()
+        # The largest prompt + max_tokens of a request the server answered, by the server's own count
+        # of the prompt where it reports one: the evidence that requests stayed within the window.
+        self.largest_request = 0
+
+    # -- the window -------------------------------------------------------------------------
+
+    @property
+    def window(self) -> int:
+        with self._lock:
+            if self._window is None:
+                self._window, self.source = self._resolve()
+                logger.info("context window of %s: %d tokens (%s)", self._model_hint or self.kind,
+                            self._window, self.source)
+            return self._window
+
+    def _resolve(self) -> tuple[int, str]:
+        base_url, model, api_key, embedded_path = self._connect()
+        if embedded_path is not None:
+            from textgrad import local_server
+
+            reported: int | None = local_server.N_CTX  # we started it with this --n_ctx
+            self._tokenizer = vocab_tokenizer(embedded_path)
+            self._local_tokenizer = self._tokenizer is not None
+        else:
+            reported = discover_window(self.kind, base_url, model, api_key)
+        if self._tokenizer is None and self.kind != "openai":
+            self._tokenizer = ServerTokenizer(base_url, model, api_key)
+        if reported is not None and self.override is not None:
+            return (min(reported, self.override),
+                    "--max_context" if self.override <= reported else "reported by the server")
+        if reported is not None:
+            return reported, "reported by the server"
+        if self.override is not None:
+            return self.override, "--max_context"
+        return default_window(self.kind, model), f"default for {self.kind} engines"
+
+    def shrink_to(self, window: int, source: str) -> None:
+        with self._lock:
+            if window < self.window:
+                self._window, self.source = window, source
+
+    # -- counting ---------------------------------------------------------------------------
+
+    def estimate(self, text: str) -> int:
+        """Cheap upper count: exact when the tokenizer is in-process, else the scaled estimate."""
+        if self._local_tokenizer:
+            return self.count(text)
+        return math.ceil(estimate_tokens(text) * self._scale)
+
+    def count(self, text: str) -> int:
+        """The server tokenizer's count where there is one, else the scaled estimate."""
+        self.window  # noqa: B018 - resolves the tokenizer together with the window
+        if self._tokenizer is not None and text:
+            exact = self._tokenizer.count(text)
+            if exact is not None:
+                return exact
+        return math.ceil(estimate_tokens(text) * self._scale)
+
+    def messages(self, messages: list[dict[str, Any]], exact: bool = False) -> int:
+        measure = self.count if exact else self.estimate
+        return sum(measure(str(m.get("content") or "")) for m in messages) + message_overhead(messages)
+
+    def calibrate(self, messages: list[dict[str, Any]], reported_prompt_tokens: int) -> None:
+        """Raise the estimate's scale when the server counted more prompt tokens than we did."""
+        if self._local_tokenizer or reported_prompt_tokens <= 0:
+            return
+        estimated = self.messages(messages)
+        if reported_prompt_tokens > estimated:
+            with self._lock:
+                self._scale = min(MAX_COUNT_SCALE, self._scale * reported_prompt_tokens / estimated)
+
+    def answered(self, prompt_tokens: int, max_tokens: int) -> None:
+        with self._lock:
+            self.largest_request = max(self.largest_request, prompt_tokens + max_tokens)
+
+    # -- overflow replies -------------------------------------------------------------------
+
+    @staticmethod
+    def _fingerprint(messages: list[dict[str, Any]], max_tokens: int) -> str:
+        return json.dumps([messages, max_tokens], sort_keys=True, ensure_ascii=False)
+
+    def was_rejected(self, messages: list[dict[str, Any]], max_tokens: int) -> bool:
+        with self._lock:
+            return self._fingerprint(messages, max_tokens) in self._rejected
+
+    def rejected(self, messages: list[dict[str, Any]], max_tokens: int, body: Any) -> tuple[int | None, int]:
+        """Record an overflow reply; returns (the window it states or None, prompt tokens it states or ours)."""
+        window, prompt_tokens = overflow_sizes(body)
+        counted = self.messages(messages)
+        with self._lock:
+            self._rejected[self._fingerprint(messages, max_tokens)] = None
+            if len(self._rejected) > REJECTED_REMEMBERED:
+                self._rejected.popitem(last=False)
+        if prompt_tokens is not None:
+            self.calibrate(messages, prompt_tokens)
+        if window is not None:
+            self.shrink_to(window, "stated by an overflow reply")
+        return window, prompt_tokens if prompt_tokens is not None else counted

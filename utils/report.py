@@ -1,0 +1,374 @@
+"""Results tables and plots over many runs, ready for a paper draft.
+
+    python -m utils.report RUN_DIR_OR_FOLDER... [--out DIR]
+
+Every folder holding a results.json (given directly or found below a given folder) is one run. Runs
+are grouped by module / tasks / aggregation / local steps / clients / batch size (plus any other
+setting that differs between the runs, e.g. the engines); each group's numbers are the mean ± sample
+standard deviation over its runs (seeds). The markdown goes to stdout; --out also writes report.md and
+the PNG plots there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .files import write_bytes_atomic, write_text_atomic
+
+# (column, title) of the keys that always define a group.
+GROUP_KEYS = (("module", "module"), ("tasks", "tasks"), ("aggregation", "aggregation"),
+              ("local_steps", "local steps"), ("clients", "clients"), ("batch_size", "batch"))
+# config.yaml settings that also separate groups; shown as columns only when they differ between runs.
+EXTRA_KEYS = ("test_engine", "evaluation_engine", "partition", "dirichlet_alpha", "clients_per_round",
+              "proximal_update", "split_sizes", "max_epochs", "judge", "max_tokens")
+# (metric, column title, decimals)
+METRICS = (("zero_shot_test", "zero-shot test", 3), ("best_val", "best val", 3),
+           ("test_last", "test (last)", 3), ("test_best", "test (best)", 3), ("llm_calls", "LLM calls", 0),
+           ("llm_tokens", "tokens", 0), ("wall_seconds", "wall s", 1),
+           ("prompt_tokens", "prompt tokens", 0), ("uid_variance", "UID var", 2))
+
+
+class ReportError(ValueError):
+    """Nothing to report, or a path that does not exist: one line, exit code 2."""
+
+
+@dataclass
+class Run:
+    path: Path
+    results: dict[str, Any]
+    key: tuple[tuple[str, Any], ...]  # (name, value) pairs, GROUP_KEYS then the extras
+
+    @property
+    def seed(self) -> Any:
+        return self.results.get("settings", {}).get("seed")
+
+
+@dataclass
+class Group:
+    key: tuple[tuple[str, Any], ...]
+    runs: list[Run]
+
+    def value(self, name: str) -> Any:
+        return dict(self.key)[name]
+
+
+# ---------------------------------------------------------------------------------- reading runs
+
+
+def find_run_dirs(paths: list[str | Path]) -> list[Path]:
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise ReportError(f"{path} does not exist: give run folders or a folder that holds them")
+        if (path / "results.json").is_file():
+            found.append(path)
+        else:
+            found += sorted(p.parent for p in path.rglob("results.json"))
+    return list(dict.fromkeys(found))
+
+
+def _short_module(module: str) -> str:
+    return module.removeprefix("train_")
+
+
+def run_key(results: dict[str, Any], config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    settings = results.get("settings", {})
+    base = {
+        "module": _short_module(results["module"]),
+        "tasks": "+".join(results["tasks"]),
+        "aggregation": results.get("aggregate_method") or "-",
+        "local_steps": settings.get("max_steps", config.get("max_steps")),
+        "clients": len(results.get("clients") or []) or 1,
+        "batch_size": settings.get("batch_size", config.get("batch_size")),
+    }
+    extras = {k: _hashable(config.get(k)) for k in EXTRA_KEYS}
+    return tuple(base.items()) + tuple(extras.items())
+
+
+def _hashable(value: Any) -> Any:
+    return ",".join(map(str, value)) if isinstance(value, list) else value
+
+
+def load_run(path: Path) -> Run:
+    results = json.loads((path / "results.json").read_text(encoding="utf-8"))
+    config_path = path / "config.yaml"
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    return Run(path, results, run_key(results, config or {}))
+
+
+def load_runs(paths: list[str | Path]) -> tuple[list[Run], list[str]]:
+    """The runs under `paths` and one note per folder that could not be read."""
+    runs, notes = [], []
+    for path in find_run_dirs(paths):
+        try:
+            runs.append(load_run(path))
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+            notes.append(f"skipped {path}: unreadable results ({type(exc).__name__}: {exc})")
+    if not runs:
+        raise ReportError("no finished run (a folder with results.json) under " + ", ".join(map(str, paths))
+                          + ": run an experiment first, or wait for the runs to finish")
+    return runs, notes
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.key, []).append(run)
+    ordered = sorted(groups.items(), key=lambda item: tuple(str(v) for _, v in item[0]))
+    return [Group(key, sorted(members, key=lambda r: str(r.seed))) for key, members in ordered]
+
+
+# ---------------------------------------------------------------------------------- numbers
+
+
+def run_metrics(results: dict[str, Any]) -> dict[str, float | None]:
+    """The scalar numbers of one run that the table reports (None where the run has none)."""
+    llm = results.get("llm", {})
+    rounds = results.get("rounds") or []
+    last = rounds[-1] if rounds else {}
+    uid = last.get("aggregate_uid") or {}
+    return {
+        "zero_shot_test": results["zero_shot"]["test"]["mean"],
+        "best_val": results["best"]["val"],
+        "test_last": results["final_test"]["last"]["mean"],
+        "test_best": results["final_test"]["best"]["mean"],
+        "llm_calls": llm.get("calls"),
+        "llm_tokens": (llm["prompt_tokens"] + llm["completion_tokens"]) if "prompt_tokens" in llm else None,
+        "wall_seconds": results.get("wall_seconds"),
+        "prompt_tokens": last.get("aggregate_tokens"),  # the final global prompt
+        "uid_variance": uid.get("variance"),
+    }
+
+
+def mean_std(values: list[float | None]) -> tuple[float, float, int] | None:
+    """Mean, sample standard deviation (0 for one value) and count of the values that exist."""
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return None
+    std = statistics.stdev(present) if len(present) > 1 else 0.0
+    return statistics.fmean(present), std, len(present)
+
+
+def summarise(group: Group) -> dict[str, Any]:
+    per_run = [run_metrics(r.results) for r in group.runs]
+    row: dict[str, Any] = dict(group.key)
+    row["seeds"] = [r.seed for r in group.runs]
+    row["runs"] = [str(r.path) for r in group.runs]
+    for name, _, _ in METRICS:
+        row[name] = mean_std([m[name] for m in per_run])
+    return row
+
+
+def per_task_test(group: Group) -> dict[str, tuple[float, float, int] | None]:
+    tasks = group.runs[0].results["tasks"]
+    return {t: mean_std([r.results["final_test"]["best"].get(t) for r in group.runs]) for t in tasks}
+
+
+# ---------------------------------------------------------------------------------- markdown
+
+
+def fmt(stat: tuple[float, float, int] | None, decimals: int) -> str:
+    if stat is None:
+        return "n/a"
+    mean, std, n = stat
+    return f"{mean:.{decimals}f}" if n == 1 else f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def varying_extras(groups: list[Group]) -> list[str]:
+    return [k for k in EXTRA_KEYS if len({g.value(k) for g in groups}) > 1]
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
+def markdown_report(groups: list[Group]) -> str:
+    extras = varying_extras(groups)
+    header = [title for _, title in GROUP_KEYS] + extras + ["seeds"] + [title for _, title, _ in METRICS]
+    rows = []
+    for group in groups:
+        row = summarise(group)
+        rows.append([str(row[k]) for k, _ in GROUP_KEYS] + [str(row[k]) for k in extras]
+                    + [str(len(row["seeds"]))] + [fmt(row[name], d) for name, _, d in METRICS])
+    parts = [
+        "## Results",
+        "",
+        _md_table(header, rows),
+        "",
+        "Accuracies are means over tasks; cells are mean ± sample std over seeds. test (last/best): test "
+        "accuracy of the final and of the best-on-validation global prompt. prompt tokens and UID var: "
+        "the final global prompt's length (estimated tokens) and variance of its per-token surprisal "
+        "(nats², from the test engine's log-probabilities; n/a where the engine gives none). LLM calls "
+        "and tokens count requests sent to the servers: answers from the response cache are not in them "
+        "(compare costs of runs made with --no_cache).",
+    ]
+    multi_task = [g for g in groups if len(g.runs[0].results["tasks"]) > 1]
+    if multi_task:
+        task_rows = []
+        for group in multi_task:
+            for task, stat in per_task_test(group).items():
+                task_rows.append([str(group.value(k)) for k, _ in GROUP_KEYS if k != "tasks"] + [task, fmt(stat, 3)])
+        header = [title for k, title in GROUP_KEYS if k != "tasks"] + ["task", "test (best)"]
+        parts += ["", "### Per task (runs with several tasks)", "", _md_table(header, task_rows)]
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------- plots
+
+
+def series_label(group: Group, groups: list[Group], leave_out: str = "") -> str:
+    """The key parts that tell this group apart from the others (the aggregation method if none)."""
+    names = [k for k, _ in GROUP_KEYS] + list(EXTRA_KEYS)
+    parts = [f"{k}={group.value(k)}" for k in names
+             if k != leave_out and len({g.value(k) for g in groups}) > 1]
+    return ", ".join(parts) or str(group.value("aggregation"))
+
+
+def _round_series(group: Group, value: Callable[[dict[str, Any]], float | None],
+                  zero: Callable[[dict[str, Any]], float | None] | None) -> tuple[list[int], list[float], list[float]]:
+    by_round: dict[int, list[float | None]] = {}
+    for run in group.runs:
+        if zero is not None:
+            by_round.setdefault(0, []).append(zero(run.results))
+        for entry in run.results.get("rounds") or []:
+            by_round.setdefault(entry["round"], []).append(value(entry))
+    xs, means, stds = [], [], []
+    for round_index in sorted(by_round):
+        stat = mean_std(by_round[round_index])
+        if stat is not None:
+            xs.append(round_index)
+            means.append(stat[0])
+            stds.append(stat[1])
+    return xs, means, stds
+
+
+def _uid_variance(entry: dict[str, Any]) -> float | None:
+    return (entry.get("aggregate_uid") or {}).get("variance")
+
+
+def _save_png(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
+    return path
+
+
+def _per_round_plot(groups: list[Group], path: Path, value: Callable[[dict[str, Any]], float | None],
+                    zero: Callable[[dict[str, Any]], float | None] | None, ylabel: str, title: str,
+                    accuracy: bool = False) -> Path:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rounds: set[int] = set()
+    for group in groups:
+        xs, means, stds = _round_series(group, value, zero)
+        rounds.update(xs)
+        ax.errorbar(xs, means, yerr=stds if len(group.runs) > 1 else None, marker="o", capsize=3,
+                    label=series_label(group, groups))
+    if len(rounds) <= 12:
+        ax.set_xticks(sorted(rounds))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="round" + (" (0 = starting prompt)" if zero else ""), ylabel=ylabel, title=title)
+    if accuracy:
+        ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize="small")
+    return _save_png(fig, path)
+
+
+def _versus_plot(groups: list[Group], key: str, xlabel: str, path: Path) -> Path:
+    """Final test accuracy (best prompt) against one setting; one line per combination of the rest."""
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, list[tuple[Any, tuple[float, float, int]]]] = {}
+    for group in groups:
+        stat = mean_std([run_metrics(r.results)["test_best"] for r in group.runs])
+        if stat is not None:
+            lines.setdefault(series_label(group, groups, leave_out=key), []).append((group.value(key), stat))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in lines.items():
+        points.sort(key=lambda p: p[0])
+        ax.errorbar([p[0] for p in points], [p[1][0] for p in points], yerr=[p[1][1] for p in points],
+                    marker="o", capsize=3, label=label)
+    values = sorted({g.value(key) for g in groups})
+    ax.set_xticks(values)
+    ax.set(xlabel=xlabel, ylabel="test accuracy (best prompt)", title=f"Accuracy vs {xlabel}", ylim=(-0.02, 1.02))
+    ax.legend(fontsize="small")
+    return _save_png(fig, path)
+
+
+def write_plots(groups: list[Group], out_dir: Path) -> list[Path]:
+    """The per-round plots always; an accuracy-vs-setting plot for each setting the runs vary."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    paths = [
+        _per_round_plot(groups, out_dir / "validation_by_round.png", lambda e: e["val"]["mean"],
+                        lambda r: r["zero_shot"]["val"]["mean"], "validation accuracy",
+                        "Validation accuracy of the global prompt", accuracy=True),
+        _per_round_plot(groups, out_dir / "prompt_length_by_round.png", lambda e: e.get("aggregate_tokens"), None,
+                        "tokens (estimated)", "Length of the global prompt"),
+    ]
+    if any(_uid_variance(e) is not None for g in groups for r in g.runs for e in r.results.get("rounds") or []):
+        paths.append(_per_round_plot(groups, out_dir / "uid_variance_by_round.png", _uid_variance, None,
+                                     "surprisal variance (nats²)", "UID: surprisal variance of the global prompt"))
+    for key, xlabel in (("local_steps", "local steps"), ("clients", "clients"), ("batch_size", "batch size")):
+        if len({g.value(key) for g in groups}) > 1:
+            paths.append(_versus_plot(groups, key, xlabel, out_dir / f"accuracy_vs_{key}.png"))
+    return paths
+
+
+# ---------------------------------------------------------------------------------- command line
+
+
+def build_report(paths: list[str | Path], out_dir: Path | None = None) -> tuple[str, list[Path], list[str]]:
+    """(markdown, plot files written, notes about skipped folders)."""
+    runs, notes = load_runs(paths)
+    groups = group_runs(runs)
+    markdown = markdown_report(groups)
+    plots: list[Path] = []
+    if out_dir is not None:
+        plots = write_plots(groups, out_dir)
+        images = "\n".join(f"![{p.stem}]({p.name})" for p in plots)
+        sources = "\n".join(f"- {r.path}" for r in runs)
+        write_text_atomic(out_dir / "report.md", f"{markdown}\n## Plots\n\n{images}\n\n## Runs\n\n{sources}\n")
+    return markdown, plots, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run folders, or folders holding runs")
+    parser.add_argument("--out", type=Path, default=None, help="also write report.md and PNG plots here")
+    args = parser.parse_args(argv)
+    try:
+        markdown, plots, notes = build_report(args.paths, args.out)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(note, file=sys.stderr)
+    print(markdown, end="")
+    if args.out is not None:
+        print(f"\nwrote {args.out / 'report.md'} and {len(plots)} plots: " + ", ".join(p.name for p in plots))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
