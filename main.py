@@ -1,8 +1,8 @@
 """FedTextGrad command line: python main.py --module {train_centralized,train_homo_fed,train_hetero_fed} ...
 
 Exit codes: 0 done; 2 bad input or an unreachable LLM endpoint at start (nothing was written);
-1 the run stopped mid-way (the endpoint failed a round twice, or every client failed) and can continue
-with --resume; 130 interrupted (Ctrl-C), also resumable.
+1 the run stopped mid-way (the endpoint kept failing a round after its retries, or every client failed)
+and can continue with --resume; 130 interrupted (Ctrl-C), also resumable.
 """
 
 from __future__ import annotations

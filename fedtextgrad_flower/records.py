@@ -76,7 +76,8 @@ def update_from_reply(reply: Message | None, client_id: str, prompt: str, round_
                       timeout: float | None) -> tuple[ClientUpdate, dict[str, Any]]:
     """The client's update and report; a missing or error reply becomes a failed update."""
     if reply is None:
-        return failed_update(client_id, round_index, prompt, f"no reply within {timeout:g} s"), {}
+        waited = f"within {timeout:g} s" if timeout else "before the SuperLink gave up"
+        return failed_update(client_id, round_index, prompt, f"no reply {waited}"), {}
     if reply.has_error():
         reason = short_reason(reply.error.reason or "")
         return failed_update(client_id, round_index, prompt, f"Flower error {reply.error.code}: {reason}"), {}

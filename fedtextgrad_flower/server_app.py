@@ -50,10 +50,10 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
     args, flower = parse_run_config(run_config)
     module = importlib.import_module(args.module)
 
-    def client_list(args: argparse.Namespace, data: list[TaskData]) -> list[Client]:
+    def client_list(run_args: argparse.Namespace, data: list[TaskData]) -> list[Client]:
         # The module's own clients, for their ids and order; their examples stay on the nodes.
         try:
-            return [Client(c.client_id, c.task, []) for c in module.build_clients(args, data)]
+            return [Client(c.client_id, c.task, []) for c in module.build_clients(run_args, data)]
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 

@@ -47,7 +47,8 @@ class ServerProcess:
     def start(self, port: int = 0) -> ServerProcess:
         self.process = subprocess.Popen(
             [sys.executable, str(REPO / "bench" / "fake_server.py"), "--port", str(port), *self.options],
-            stdout=subprocess.PIPE, text=True, cwd=REPO)
+            # stderr: the server reports each connection a killed run broke; that is expected noise here.
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
         url = self.process.stdout.readline().strip()  # type: ignore[union-attr]
         assert url.startswith("http://"), "the bench server did not start"
         self.base_url = url

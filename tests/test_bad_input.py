@@ -94,6 +94,7 @@ CASES = [
     Case("negative_alpha", homo("--dirichlet_alpha", "-1"), "--dirichlet_alpha"),
     Case("zero_concurrency", homo("--max_concurrency", "0"), "--max_concurrency"),
     Case("zero_request_timeout", homo("--request_timeout", "0"), "--request_timeout"),
+    Case("tiny_context_window", homo("--max_context", "10"), "--max_context"),
     Case("text_for_number", homo("--homo_split_num", "three"), "--homo_split_num"),
     Case("more_clients_per_round_than_clients", homo("--clients_per_round", "5"),
          "--clients_per_round"),

@@ -156,6 +156,7 @@ def test_flower_update_survives_the_wire_exactly():
 def test_flower_missing_error_and_misaddressed_replies_become_failed_updates():
     missing, _ = update_from_reply(None, "client0", "p", 1, 30.0)
     assert missing.error == "no reply within 30 s" and missing.prompt == "p" and not missing.steps
+    assert update_from_reply(None, "client0", "p", 1, None)[0].error == "no reply before the SuperLink gave up"
     reason = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()\x1b[39m"
               "\n  File \"x.py\", line 3\nValueError: boom\n\nException ClientAppException occurred. "
               "Message: boom from client 0'>")

@@ -197,7 +197,7 @@ def test_server_pulled_mid_run_stops_cleanly_then_resume_gives_the_same_results(
     stopped = outcome["stopped"]
     assert stopped["code"] == 1
     last = stopped["stderr"].strip().splitlines()[-1]
-    assert last.startswith("error: ") and "failed twice" in last and "--resume --run_name run" in last
+    assert last.startswith("error: ") and "failed 2 times" in last and "--resume --run_name run" in last
     assert "Traceback" not in stopped["stderr"]
     assert "retrying it in" in stopped["stderr"]  # the round was retried before giving up
     assert stopped["round"] == stopped["killed_at"] < ROUNDS and not stopped["results_exists"]

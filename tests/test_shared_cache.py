@@ -10,8 +10,8 @@ from run_helpers import final_numbers, main_env, run_args, run_main
 
 from bench.fake_server import FakeServer
 
-# Same task and seed: both runs ask the same zero-shot and round-1 questions at the same moment (the
-# same cache entries written twice at once); the aggregation differs, so later requests differ.
+# Same task and seed: both runs ask the same zero-shot and round-1 questions at about the same time (the
+# same cache entries may be written twice at once); the aggregation differs, so later requests differ.
 BASE = ["--module", "train_homo_fed", "--task", "synthetic_object_counting", "--split_sizes", "9,4,4",
         "--homo_split_num", "3", "--max_epochs", "2", "--max_steps", "1", "--seed", "5", "--max_concurrency", "16"]
 RUNS = {"summarize": ["--aggregate_method", "summarization"], "concat": ["--aggregate_method", "concat"]}
@@ -41,8 +41,9 @@ def test_two_runs_at_once_share_one_cache_without_corruption_or_loss(tmp_path: P
         logprobs = [e for e in entries if isinstance(e.get("logprobs"), list)]  # the UID measures' requests
         assert len(replies) + len(logprobs) == len(entries)
         # One reply entry per distinct chat request the server answered: nothing lost, nothing doubled.
+        # (Whether both runs sent a request or one found the other's answer depends on their timing.)
         distinct = {json.dumps(request, sort_keys=True) for request in seen}
-        assert len(seen) == requests and len(replies) == len(distinct) < requests
+        assert len(seen) == requests and len(replies) == len(distinct) > 0
 
         server.reset_stats()
         again = run_both(server, tmp_path / "out", cache, "-again")

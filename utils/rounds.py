@@ -38,9 +38,11 @@ TrainRound = Callable[[list[str], str, int], list[ClientUpdate]]
 
 
 T = TypeVar("T")
-# The engine already retried each call for about 15 s; one more try of the whole phase after this
-# pause rides out a server restart or a burst of errors, and its finished calls come from the cache.
+# The engine already retried each call (about 15 s for a refused connection); one more try of the whole
+# phase after this pause rides out a server restart, its finished calls coming from the cache. An
+# endpoint that still answers (a call ran out of retries at a high error rate) gets up to PHASE_TRIES.
 PHASE_RETRY_WAIT_S = 5.0
+PHASE_TRIES = 3
 
 
 class RoundFailed(RuntimeError):
@@ -171,8 +173,8 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
             early_round = _start_in_thread(train_round, open_steps_bar(1), starting_prompt(exp.tasks), 1)
         try:
             with background(), metered() as zero_shot_cost:
-                state = _with_one_retry("the zero-shot evaluation", log, evaluate,
-                                        lambda _: _zero_shot_state(exp, engines, log, evaluate))
+                state = _with_retries("the zero-shot evaluation", log, evaluate, engines,
+                                      lambda _: _zero_shot_state(exp, engines, log, evaluate))
         except BaseException:
             if early_round is not None:  # no training thread is left running behind the caller's back
                 early_round.exception()
@@ -214,8 +216,8 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
 
     for round_index in tqdm(range(state["round"] + 1, exp.rounds + 1), desc="rounds", initial=state["round"],
                             total=exp.rounds, dynamic_ncols=True):
-        summary = _with_one_retry(f"round {round_index}", log, evaluate,
-                                  functools.partial(train_and_record, round_index), keep_cost_of_failed_tries)
+        summary = _with_retries(f"round {round_index}", log, evaluate, engines,
+                                functools.partial(train_and_record, round_index), keep_cost_of_failed_tries)
         # What this round cost, including its retries: in-process counters, so a Flower run's remote
         # clients report their own in their updates instead.
         summary["llm"], llm_mark = _delta(llm_totals(), llm_mark), llm_totals()
@@ -232,9 +234,9 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
         started = time.monotonic()
         log.save_checkpoint(state)
 
-    return _with_one_retry("the final test evaluation", log, evaluate,
-                           lambda _: _finish(exp, engines, log, evaluate, state, started, llm_mark),
-                           keep_cost_of_failed_tries)
+    return _with_retries("the final test evaluation", log, evaluate, engines,
+                         lambda _: _finish(exp, engines, log, evaluate, state, started, llm_mark),
+                         keep_cost_of_failed_tries)
 
 
 class Evaluator:
@@ -427,24 +429,33 @@ def _engine_failure(update: ClientUpdate) -> str | None:
     return update.error[len(prefix):] if update.error and update.error.startswith(prefix) else None
 
 
-def _with_one_retry(phase: str, log: RunLog, evaluate: Evaluator, attempt: Callable[[bool], T],
-                    on_stop: Callable[[], None] | None = None) -> T:
-    """Run attempt(last_try=False); if the LLM endpoint fails it, drop the phase's events, wait, try once
-    more; if that fails too, call on_stop and stop the run at its last checkpoint with the command that
-    resumes it."""
+def _endpoints_answer(engines: Engines) -> bool:
+    try:
+        for engine in dict.fromkeys([engines.test, engines.evaluation]):
+            engine.check_available()
+    except EngineError:
+        return False
+    return True
+
+
+def _with_retries(phase: str, log: RunLog, evaluate: Evaluator, engines: Engines, attempt: Callable[[bool], T],
+                  on_stop: Callable[[], None] | None = None) -> T:
+    """Run attempt(last_try); when the LLM endpoint fails it, drop the phase's events, wait and try again:
+    once if the endpoint is down, up to PHASE_TRIES in all if it still answers. Then call on_stop and stop
+    the run at its last checkpoint with the command that resumes it."""
     events_size, judged = log.events_size(), evaluate.judge_failures
-    for last_try in (False, True):
+    for tries in range(1, PHASE_TRIES + 1):
         evaluate.judge_failures = judged  # only the try that completes counts its judge replies
         try:
-            return attempt(last_try)
+            return attempt(tries == PHASE_TRIES)
         except EngineError as exc:
-            log.truncate_events(events_size)  # the retry (or the resumed run) writes them again
-            if last_try:
+            log.truncate_events(events_size)  # the next try (or the resumed run) writes them again
+            if tries == PHASE_TRIES or (tries >= 2 and not _endpoints_answer(engines)):
                 if on_stop is not None:
                     on_stop()
                 raise RunStopped(
-                    f"{phase} failed twice because the LLM endpoint failed ({exc}); the run stopped at its last "
-                    f"checkpoint: restart or fix the server, then continue with python main.py --resume "
+                    f"{phase} failed {tries} times because the LLM endpoint failed ({exc}); the run stopped at "
+                    f"its last checkpoint: restart or fix the server, then continue with python main.py --resume "
                     f"--run_name {log.run_dir.name} --output_dir {log.run_dir.parent}") from None
             tqdm.write(f"warning: {phase} failed ({exc}); retrying it in {PHASE_RETRY_WAIT_S:.0f} s", file=sys.stderr)
             time.sleep(PHASE_RETRY_WAIT_S)
