@@ -492,6 +492,7 @@ class ChatEngine:
         self.stats.add(calls=1)
         started = time.monotonic()
         delay = BACKOFF_BASE_S
+        timeouts = 0
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 with self._semaphore:
@@ -516,11 +517,13 @@ class ChatEngine:
                 read_timeout = isinstance(exc, openai.APITimeoutError) and not isinstance(
                     exc.__cause__, httpx.ConnectTimeout)
                 if read_timeout:
+                    timeouts += 1
                     failure = EngineError(
                         f"{self.name} request to {self._base_url} timed out after {self.request_timeout:.0f} s "
-                        f"({attempt} attempts); the server is overloaded or the answer too long")
-                    # Retrying a long generation repeats the whole wait: try at most twice more.
-                    if attempt >= 3:
+                        f"({timeouts} times); the server is overloaded or the answer too long")
+                    # Retrying a long generation repeats the whole wait: at most three timeouts per call,
+                    # whatever transient errors came between them.
+                    if timeouts >= 3:
                         break
                 else:
                     failure = self._unreachable(_one_line(str(exc.__cause__ or exc)))

@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 TEMP_SUFFIX = ".tmp"
+# mkstemp creates files readable by their owner only; outputs should get the usual umask-based mode so
+# collaborators on a shared machine can read a run. Read once: os.umask can only be read by setting it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -22,6 +26,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())  # the rename must not reach the disk before the content does
