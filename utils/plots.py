@@ -21,42 +21,40 @@ def _save(fig: Any, path: Path) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
+def _finish(fig: Any, ax: Any, path: Path, **labels: Any) -> Path:
+    ax.set(**labels)
+    ax.legend(fontsize="small")
+    _save(fig, path)
+    return path
+
+
 def plot_run(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """validation_accuracy.png, client_train_accuracy.png, prompt_length.png."""
     rounds = results["rounds"]
     xs = [r["round"] for r in rounds]
-    paths = []
+    accuracy_axis = {"ylim": (-0.02, 1.02)}
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    zero = results["zero_shot"]["val"]["mean"]
-    ax.plot([0, *xs], [zero, *[r["val"]["mean"] for r in rounds]], marker="o", label="mean")
+    zero = results["zero_shot"]["val"]
+    ax.plot([0, *xs], [zero["mean"], *[r["val"]["mean"] for r in rounds]], marker="o", label="mean")
     for task in results["tasks"] if len(results["tasks"]) > 1 else []:
-        ax.plot([0, *xs], [results["zero_shot"]["val"][task], *[r["val"][task] for r in rounds]],
-                marker=".", linestyle="--", label=task)
-    ax.set(xlabel="round (0 = starting prompt)", ylabel="validation accuracy", ylim=(-0.02, 1.02),
-           title="Validation accuracy of the global prompt")
-    ax.legend(fontsize="small")
-    paths.append(out_dir / "validation_accuracy.png")
-    _save(fig, paths[-1])
+        ax.plot([0, *xs], [zero[task], *[r["val"][task] for r in rounds]], marker=".", linestyle="--", label=task)
+    validation = _finish(fig, ax, out_dir / "validation_accuracy.png", xlabel="round (0 = starting prompt)",
+                         ylabel="validation accuracy", title="Validation accuracy of the global prompt",
+                         **accuracy_axis)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    clients = sorted({c for r in rounds for c in r["client_train_accuracy"]})
-    for client in clients:
+    for client in sorted({c for r in rounds for c in r["client_train_accuracy"]}):
         pts = [(r["round"], r["client_train_accuracy"][client]) for r in rounds
                if client in r["client_train_accuracy"]]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=client)
-    ax.set(xlabel="round", ylabel="mean local batch accuracy", ylim=(-0.02, 1.02),
-           title="Per-client training accuracy")
-    ax.legend(fontsize="small")
-    paths.append(out_dir / "client_train_accuracy.png")
-    _save(fig, paths[-1])
+    training = _finish(fig, ax, out_dir / "client_train_accuracy.png", xlabel="round",
+                       ylabel="mean local batch accuracy", title="Per-client training accuracy", **accuracy_axis)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(xs, [r["aggregate_tokens"] for r in rounds], marker="o", label="aggregate")
     ax.plot(xs, [sum(r["client_prompt_tokens"].values()) / max(1, len(r["client_prompt_tokens"]))
                  for r in rounds], marker="s", linestyle="--", label="client mean")
-    ax.set(xlabel="round", ylabel="tokens", title="Prompt length")
-    ax.legend(fontsize="small")
-    paths.append(out_dir / "prompt_length.png")
-    _save(fig, paths[-1])
-    return paths
+    length = _finish(fig, ax, out_dir / "prompt_length.png", xlabel="round", ylabel="tokens",
+                     title="Prompt length")
+    return [validation, training, length]
