@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no screen on servers
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .files import write_bytes_atomic  # noqa: E402
 
@@ -23,6 +24,7 @@ def _save(fig: Any, path: Path) -> None:
 
 def _finish(fig: Any, ax: Any, path: Path, **labels: Any) -> Path:
     ax.set(**labels)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.legend(fontsize="small")
     _save(fig, path)
     return path
