@@ -71,7 +71,7 @@ def test_homo_script_runs_the_homogeneous_module_for_every_task(tmp_path: Path) 
     assert {(a.aggregate_method, a.homo_split_num, a.test_engine, a.evaluation_engine) for a in runs} == {
         ("sum_uid", 3, "local", "local")}
     assert {a.output_dir for a in runs} == {str(tmp_path / "homo_fed")}
-    assert {a.data_dir for a in runs} == {str((REPO_ROOT.parent / "shared" / "data").resolve())}
+    assert {str(Path(a.data_dir).resolve()) for a in runs} == {str((REPO_ROOT.parent / "shared" / "data").resolve())}
     # The last line tabulates the runs.
     report = shlex.split(done.stdout.splitlines()[-1])
     assert report[-5:] == ["-m", "utils.report", str(tmp_path / "homo_fed"), "--out",
