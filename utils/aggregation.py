@@ -98,12 +98,11 @@ def aggregate_prompts(prompts: list[str], method: str, tasks: list[TaskSpec], en
             reply, overflow = "", True
         match = _MERGED.search(reply or "")
         merged = match.group(1).strip() if match else ""
-        if not merged and overflow:
-            merged = concat_prompts(unique)
-        elif not merged:
-            # A reply without the tags is common with small models; a concatenation keeps every
-            # client's instructions, which is safer than adopting free-form chatter as the prompt.
-            format_failure = True
+        if not merged:
+            # A reply without the tags is common with small models (a format failure); a request that
+            # could not fit got no reply at all. Either way a concatenation keeps every client's
+            # instructions, which is safer than adopting free-form chatter as the prompt.
+            format_failure = not overflow
             merged = concat_prompts(unique)
     else:
         raise ValueError(f"unknown aggregation method {method!r}")

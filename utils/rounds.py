@@ -328,8 +328,8 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
     for task, acc in val.items():
         log.metric(f"val/{task}", acc, round_index)
     log.metric("aggregate/tokens", length["tokens"], round_index)
-    for stat in ("mean", "variance", "max"):
-        if length["uid"]:
+    if length["uid"]:
+        for stat in ("mean", "variance", "max"):
             log.metric(f"aggregate/uid_{stat}", length["uid"][stat], round_index)
     summary = {
         "round": round_index, "val": val, "aggregate": aggregate_prompt,
@@ -337,8 +337,8 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         "clients": [u.client_id for u in updates], "failed_clients": [u.client_id for u in updates if u.error],
         "client_train_accuracy": {u.client_id: u.train_accuracy for u in returned},
         "aggregate_uid": length.get("uid"),
-        "client_prompt_tokens": {u.client_id: measure_prompt(u.prompt)["tokens"] for u in returned},
-        "client_prompt_chars": {u.client_id: len(u.prompt) for u in returned},
+        "client_prompt_tokens": {u.client_id: lengths[u.client_id]["tokens"] for u in returned},
+        "client_prompt_chars": {u.client_id: lengths[u.client_id]["chars"] for u in returned},
         "steps": len([s for u in updates for s in u.steps]),
         "accepted_steps": len([s for u in updates for s in u.steps if s.accepted]),
         "optimizer_format_failures": len([s for u in updates for s in u.steps if s.format_failure == "no_tags"]),
