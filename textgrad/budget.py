@@ -187,6 +187,13 @@ def fit_request(engine: Any, window: int, *, system: str | None, user: str, fiel
                                window=window, prompt_tokens=fixed_tokens)
 
 
+def room_to_return(engine: Any, texts: Sequence[str]) -> int:
+    """Reply tokens needed to give the longest of texts back whole (an edited prompt, a merge): its
+    length plus a quarter for the edits, plus a little for the tags around it."""
+    estimate: Count = getattr(engine, "estimate_tokens", estimate_tokens)
+    return max(estimate(t) for t in texts) * 5 // 4 + 32
+
+
 def fitted_chat(engine: Any, *, system: str | None, user: str, fields: Fields | None = None, max_tokens: int,
                 min_output: int = 0) -> str:
     """Send the request within the engine's window; shortened once more after an overflow reply.

@@ -71,11 +71,10 @@ class TGD:
 
     def _ask(self, variable: Variable) -> str | None:
         """The optimizer's reply, or None when the request cannot fit the context window."""
-        count = getattr(self.engine, "estimate_tokens", budget.estimate_tokens)
         try:
             return budget.fitted_chat(self.engine, system=prompts.OPTIMIZER_SYSTEM, user=prompts.OPTIMIZER_TEMPLATE,
                                       fields=self._fields(variable), max_tokens=self.max_tokens,
-                                      min_output=count(variable.value) * 5 // 4 + 32)
+                                      min_output=budget.room_to_return(self.engine, [variable.value]))
         except ContextOverflowError:
             return None
 

@@ -73,11 +73,9 @@ def merge_request(prompts: list[str], tasks: list[TaskSpec], uid: bool) -> str:
 
 
 def _ask_merge(engine: ChatEngine, prompts: list[str], tasks: list[TaskSpec], uid: bool, max_tokens: int) -> str:
-    count = getattr(engine, "estimate_tokens", budget.estimate_tokens)
     # The merged prompt must fit in the reply: room for the longest client prompt plus a quarter.
-    room_for_reply = max(count(p) for p in prompts) * 5 // 4 + 32
     return budget.fitted_chat(engine, system=MERGE_SYSTEM, user=MERGE_TEMPLATE, fields=_merge_fields(prompts, tasks, uid),
-                              max_tokens=max_tokens, min_output=room_for_reply)
+                              max_tokens=max_tokens, min_output=budget.room_to_return(engine, prompts))
 
 
 def aggregate_prompts(prompts: list[str], method: str, tasks: list[TaskSpec], engine: ChatEngine | None,
