@@ -20,7 +20,8 @@ def build_step(engine, questions_and_targets):
         response = model(q)
         t = tg.Variable(target, "correct answer", requires_grad=False)
         losses.append(tg.StringBasedFunction(
-            lambda response, target: "correct" if score_numeric(response, target) else f"wrong, expected {target}",
+            lambda response, target: "correct" if score_numeric(response.value, target.value)
+            else f"wrong, expected {target.value}",
             "Checking the answer")({"response": response, "target": t}))
     return prompt, tg.sum(losses)
 

@@ -28,6 +28,7 @@ import openai
 
 from textgrad import context
 from textgrad.cache import ResponseCache
+from textgrad.engine_names import canonical_engine_name
 from textgrad.slots import EndpointSlots
 
 logger = logging.getLogger(__name__)
@@ -595,12 +596,13 @@ _engines: dict[tuple[str, str, bool, int | None], ChatEngine] = {}
 _engines_lock = threading.Lock()
 
 
-def get_engine(name: str, *, cache_dir: str | None = None, use_cache: bool | None = None,
+def get_engine(engine_name: str, *, cache_dir: str | None = None, use_cache: bool | None = None,
                max_concurrency: int | None = None) -> ChatEngine:
     """The engine for `name`, created once per (name, cache directory, use_cache, max_context) in a process.
 
     Routing and key problems raise EngineError here, before any request is made.
     """
+    name = canonical_engine_name(engine_name)  # TextGrad's spelling: `experimental:gpt-4o` is `gpt-4o`
     use_cache = _settings.use_cache if use_cache is None else use_cache
     directory = str(Path(cache_dir).expanduser().resolve()) if cache_dir else default_cache_dir()
     memo_key = (name, directory, bool(use_cache), _settings.max_context)

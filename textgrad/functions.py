@@ -6,25 +6,31 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import budget, prompts
+from .config import resolve_engine
 from .engine import ContextOverflowError
 from .variable import PendingGradients, Variable
 
 if TYPE_CHECKING:
+    from .config import EngineSpec
     from .engine import ChatEngine
 
 
 class BlackboxLLM:
-    """A model call whose system prompt is a Variable: the thing we train."""
+    """A model call whose system prompt is a Variable: the thing we train. Without an engine, the backward one."""
 
-    def __init__(self, engine: ChatEngine, system_prompt: Variable | str | None = None, max_tokens: int = 512,
-                 feedback_max_tokens: int = 256) -> None:
-        self.engine = engine
+    def __init__(self, engine: EngineSpec | None = None, system_prompt: Variable | str | None = None,
+                 max_tokens: int = 512, feedback_max_tokens: int = 256) -> None:
+        self.engine = resolve_engine(engine)
         if isinstance(system_prompt, str):
             system_prompt = Variable(system_prompt, "system prompt to the language model", requires_grad=False)
         self.system_prompt = system_prompt
         self.max_tokens = max_tokens
         self.feedback_max_tokens = feedback_max_tokens
         self.feedback_skipped = 0  # feedback calls given up because they could not fit the context window
+
+    def parameters(self) -> list[Variable]:
+        """What an optimizer may train: the system prompt, when it requires a gradient."""
+        return [self.system_prompt] if self.system_prompt is not None and self.system_prompt.requires_grad else []
 
     def __call__(self, x: Variable) -> Variable:
         system = self.system_prompt.value if self.system_prompt is not None else None
@@ -60,7 +66,8 @@ class BlackboxLLM:
 
 
 class StringBasedFunction:
-    """A plain Python function over variable values, e.g. an exact-match scorer.
+    """A plain Python function over variables, e.g. an exact-match scorer: fn(**inputs) gets the Variables
+    themselves (read `.value`), as in TextGrad, and its result, turned into text, is the output's value.
 
     Its output text is itself the judgement: it reaches the inputs as their feedback without an
     LLM call, which is what makes a 0/1 task score cheap to differentiate.
@@ -71,7 +78,7 @@ class StringBasedFunction:
         self.function_purpose = function_purpose
 
     def __call__(self, inputs: dict[str, Variable], role_description: str = "output of a string function") -> Variable:
-        value = self.fn(**{name: var.value for name, var in inputs.items()})
+        value = self.fn(**inputs)
         output = Variable(str(value), role_description, requires_grad=True, predecessors=inputs.values())
 
         def backward(engine: ChatEngine) -> PendingGradients:
@@ -86,13 +93,15 @@ class StringBasedFunction:
 
 
 class TextLoss:
-    """An LLM-written evaluation of a variable. The evaluation text is the variable's feedback."""
+    """An LLM-written evaluation of a variable. The evaluation text is the variable's feedback.
+    Without an engine, the backward engine writes it."""
 
-    def __init__(self, eval_system_prompt: Variable | str, engine: ChatEngine, max_tokens: int = 256) -> None:
+    def __init__(self, eval_system_prompt: Variable | str, engine: EngineSpec | None = None,
+                 max_tokens: int = 256) -> None:
         if isinstance(eval_system_prompt, Variable):
             eval_system_prompt = eval_system_prompt.value
         self.eval_system_prompt = eval_system_prompt
-        self.engine = engine
+        self.engine = resolve_engine(engine)
         self.max_tokens = max_tokens
 
     def __call__(self, instance: Variable) -> Variable:

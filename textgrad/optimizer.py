@@ -11,7 +11,7 @@ from .parallel import run_concurrently
 from .variable import Variable
 
 if TYPE_CHECKING:
-    from .engine import ChatEngine
+    from .config import EngineSpec
 
 _IMPROVED = re.compile(r"<IMPROVED_VARIABLE>(.*?)</IMPROVED_VARIABLE>", re.DOTALL | re.IGNORECASE)
 
@@ -37,12 +37,12 @@ class TGD:
     request cannot fit at all keeps its value and is marked in `overflowed`.
     """
 
-    def __init__(self, parameters: list[Variable], engine: ChatEngine | None = None,
+    def __init__(self, parameters: list[Variable], engine: EngineSpec | None = None,
                  constraints: list[str] | None = None, max_tokens: int = 512) -> None:
-        from .config import get_backward_engine
+        from .config import resolve_engine
 
         self.parameters = list(parameters)
-        self.engine = engine or get_backward_engine()
+        self.engine = resolve_engine(engine)  # a name, an engine, or None for the backward engine
         self.constraints = list(constraints or [])
         self.max_tokens = max_tokens
         self.format_failures = 0
