@@ -29,7 +29,7 @@ EXPECTED_BBH_KINDS = {
     "causal_judgement": "binary",
     "date_understanding": "multiple_choice",
     "disambiguation_qa": "multiple_choice",
-    "dyck_languages": "free_form",
+    "dyck_languages": "brackets",
     "formal_fallacies": "binary",
     "geometric_shapes": "multiple_choice",
     "hyperbaton": "multiple_choice",
@@ -204,14 +204,13 @@ def test_score_exact(response, target, expected):
         ("BBH_date_understanding", "Answer: b) 12/01/2020", "(B)"),
         ("BBH_navigate", "Answer: Yes, definitely.", "Yes"),
         ("BBH_word_sorting", "Answer: Apple, Banana.", "apple banana"),
-        ("BBH_dyck_languages", "Answer: ) ]", ") ]"),
+        ("BBH_dyck_languages", "Answer: )]", ") ]"),
     ],
 )
 def test_score_response_dispatches_on_kind(task_name, response, target):
     task = resolve_task(task_name)
     assert score_response(task, response, target) == 1
-    if task.kind != "free_form":
-        assert score_exact(response, target) == 0
+    assert score_exact(response, target) == 0
 
 
 @pytest.mark.parametrize("task_name", ["GSM8K", "BBH_snarks", "BBH_web_of_lies", "BBH_word_sorting", "BBH_dyck_languages"])
@@ -330,7 +329,7 @@ def test_unknown_task_names_raise(name):
         ("BBH_word_sorting", "sorted words"),
         ("BBH_snarks", "Answer: (X)"),
         ("BBH_boolean_expressions", "Answer: True"),
-        ("BBH_dyck_languages", "Answer: <answer>"),
+        ("BBH_dyck_languages", "only the closing brackets"),
     ],
 )
 def test_ensure_format_instruction_appends_the_tasks_line(task_name, must_contain):
@@ -348,9 +347,9 @@ def test_ensure_format_instruction_appends_the_tasks_line(task_name, must_contai
 def test_format_instructions_differ_per_kind():
     instructions = {
         format_instruction_for(kind)
-        for kind in ("numeric", "multiple_choice", "binary", "word_sort", "free_form")
+        for kind in ("numeric", "multiple_choice", "binary", "word_sort", "brackets", "free_form")
     }
-    assert len(instructions) == 5
+    assert len(instructions) == 6
     assert all("Answer:" in text for text in instructions)
     assert "Answer: <number>" in format_instruction_for("numeric")
 
