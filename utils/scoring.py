@@ -139,6 +139,7 @@ _OPTION_LETTER = re.compile(
 # A capital letter standing alone ("B", "B.", "**B**"); "A" and "I" may also be English words.
 _BARE_LETTER = re.compile(r"(?<![\w'\u2019&/.-])([A-Z])(?![\w'\u2019&/-])")
 _WORD_AFTER = re.compile(r"\s+[a-z]")
+_LONE_LETTER = re.compile(r"[^\w]*([A-Za-z])[^\w]*")
 _OPTION_LINE = re.compile(r"^[ \t]*\(([A-Za-z])\)[ \t]*(.*?)[ \t]*$", re.MULTILINE)
 _LETTER_TARGET = re.compile(r"\(?\s*([A-Za-z])\s*\)?")
 _NEGATED_BEFORE = re.compile(
@@ -147,11 +148,12 @@ _NEGATED_BEFORE = re.compile(
     re.IGNORECASE,
 )
 # Lower case only: "(A) Isn't it just the best?" is an option's text, "(A) isn't right" rejects (A).
-_NEGATED_AFTER = re.compile(r"^\s*(?:(?:is|was|would\s+be)\s+(?:not|wrong|incorrect)|(?:isn't|wasn't)\s+(?:right|correct|it))\b")
-# Words that join two answers into a hedge: "(A) or (B)", "(A)/(B)", "(A), (B)", "either A or B".
-_HEDGE_JOIN = re.compile(r"^\s*(?:,|/|\||&|\bor\b|\band\b|\band/or\b|\bvs\.?|\bversus\b)?\s*$", re.IGNORECASE)
+_NEGATED_AFTER = re.compile(r"^\s*(?:(?:is|was|would\s+be)\s+(?:not|wrong|incorrect)|(?:isn't|wasn't)\s+(?:right|correct))\b")
+# What joins two answers into a hedge: "(A) or (B)", "(A)/(B)", "(A), (B)", "(A) and/or (B)".
+_HEDGE_JOIN = re.compile(r"\s*(?:,|/|\||&|\bor\b|\band\b|\band/or\b|\bvs\.?|\bversus\b)?\s*", re.IGNORECASE)
 _TEXT_TOKEN = re.compile(r"[\w&']+")
 _LABEL_GAP = re.compile(r"[\s:.\-\u2013\u2014]*")
+_UNLISTED = frozenset({"<target text>"})
 
 
 @dataclass(frozen=True)
@@ -163,10 +165,23 @@ class _Mention:
 
 def parse_options(question: str | None) -> dict[str, str]:
     """Option letter -> option text from a question's ``Options:`` list ("(A) Monsters" lines)."""
-    if not question:
-        return {}
+    return dict(_listed_options(question)[0]) if isinstance(question, str) else {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _listed_options(question: str) -> tuple[dict[str, str], dict[tuple[str, ...], frozenset[str]]]:
+    """(letter -> text, normalised text -> the letters listed with it); two options may share a text.
+
+    Cached: training scores every question many times. Callers must not change what it returns.
+    """
     listed = question.rsplit("Options:", 1)[-1]
-    return {m.group(1).upper(): m.group(2) for m in _OPTION_LINE.finditer(listed)}
+    options = {m.group(1).upper(): m.group(2) for m in _OPTION_LINE.finditer(listed)}
+    texts: dict[tuple[str, ...], frozenset[str]] = {}
+    for letter, option in options.items():
+        tokens = _norm_text(option)
+        if tokens:
+            texts[tokens] = texts.get(tokens, frozenset()) | {letter}
+    return options, texts
 
 
 def _norm_text(text: str) -> tuple[str, ...]:
@@ -231,9 +246,9 @@ def _bare_mentions(text: str, allowed: set[str], words_too: bool) -> list[_Menti
         is_word = letter in "AI" and _WORD_AFTER.match(text, match.end()) is not None
         if letter in allowed and (words_too or not is_word):
             found.append(_Mention(frozenset({letter}), match.start(), match.end()))
-    if not found and text.strip(string.punctuation + " ").lower() in {a.lower() for a in allowed} and len(text) <= 4:
-        letter = text.strip(string.punctuation + " ").upper()  # a lone lower-case "b" or "b."
-        found.append(_Mention(frozenset({letter}), 0, len(text)))
+    lone = _LONE_LETTER.fullmatch(text)  # a lone lower-case "b" or "b."
+    if not found and lone and lone.group(1).upper() in allowed:
+        found.append(_Mention(frozenset({lone.group(1).upper()}), 0, len(text)))
     return found
 
 
@@ -253,24 +268,9 @@ def _pick(text: str, mentions: list[_Mention], last: bool) -> frozenset[str] | N
         if other.letters == chosen.letters:
             continue
         left, right = sorted((other, chosen), key=lambda m: m.start)
-        between = text[left.end:right.start]
-        before = text[:left.start]
-        if _HEDGE_JOIN.match(between) or (re.search(r"\beither\s*$", before, re.I) and "or" in between.lower()):
+        if _HEDGE_JOIN.fullmatch(text, left.end, right.start):
             return None
     return chosen.letters
-
-
-def _option_texts(options: dict[str, str], target_text: tuple[str, ...],
-                  gold: frozenset[str]) -> dict[tuple[str, ...], frozenset[str]]:
-    """Normalised option text -> the letters listed with it (two options may share a text)."""
-    texts: dict[tuple[str, ...], frozenset[str]] = {}
-    for letter, option in options.items():
-        tokens = _norm_text(option)
-        if tokens:
-            texts[tokens] = texts.get(tokens, frozenset()) | {letter}
-    if target_text and gold:
-        texts.setdefault(target_text, gold)  # a text target is an option even when the list split it
-    return texts
 
 
 def _labels(text: str, letters: list[_Mention], named: list[_Mention]) -> list[_Mention]:
@@ -279,9 +279,11 @@ def _labels(text: str, letters: list[_Mention], named: list[_Mention]) -> list[_
                                         for m in letters)]
 
 
-def _chosen_option(statement: Statement, options: dict[str, str], target_text: tuple[str, ...],
+def _chosen_option(statement: Statement, question: str, target_text: tuple[str, ...],
                    gold: frozenset[str]) -> frozenset[str] | None:
-    texts = _option_texts(options, target_text, gold)
+    options, texts = _listed_options(question)
+    if target_text:
+        texts = {**texts, target_text: texts.get(target_text, gold)}  # a text target is an option
     exact = texts.get(_norm_text(statement.text))
     if exact:
         return exact  # the whole statement is an option's text ("A Hard Day's Night")
@@ -310,14 +312,14 @@ def score_multiple_choice(response: str, target: str, question: str | None = Non
     ``question`` supplies the ``Options:`` list that maps letters to texts; without it only
     letters (and a text target's own text) can be read.
     """
-    options = parse_options(question)
-    gold = _gold_letters(target or "", options)
+    question = question if isinstance(question, str) else ""
+    gold = _gold_letters(target or "", _listed_options(question)[0])
     target_text = () if _LETTER_TARGET.fullmatch((target or "").strip()) else _norm_text(target or "")
     if not gold:
         if not target_text:
             return 0
-        gold = frozenset({"?"})  # a text target outside the list: only its own text can match
-    chosen = _chosen_option(final_statement(response), options, target_text, gold)
+        gold = _UNLISTED  # a text target that no option spells: only its own text can match
+    chosen = _chosen_option(final_statement(response), question, target_text, gold)
     return int(chosen is not None and chosen <= gold)
 
 
@@ -383,7 +385,9 @@ def score_binary(response: str, target: str) -> int:
 # ---------------------------------------------------------------- word sequences
 
 _LIST_MARK = re.compile(r"^\s*(?:[-\u2022*+]|\(?\d+[.):]|[a-z][.)])\s+", re.IGNORECASE)
-_LEAD_IN = re.compile(r"^.*?\b(?:are|is|order|list)\b\s*:?\s*|^[^:]*:\s*", re.IGNORECASE)
+# "The sorted words are ...", "In alphabetical order: ...", "Here is the list: ...".
+_LEAD_IN = re.compile(r"^[^:]*?\b(?:sort\w*|alphabetic\w*|order|words?|list)\b[^:]*?(?:\bare\b|\bis\b|:)\s*",
+                      re.IGNORECASE)
 
 
 def _list_item(line: str) -> list[str]:
