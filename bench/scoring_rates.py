@@ -13,12 +13,13 @@ fails both ways. tests/test_scoring_rates.py runs the same replies on a sample o
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal
 from pathlib import Path
 
@@ -60,6 +61,8 @@ TEMPLATES: tuple[Template, ...] = (
     lambda answer, other: f"Answer: {other}\nWait, that is not right; let me re-check.\nAnswer: {answer}",
     lambda answer, other: f"After weighing {other} against the rest, I conclude.\n**Answer: {answer}**",
     lambda answer, other: f"So, the correct answer is: {answer}",
+    lambda answer, other: f"ANSWER: {answer}\n",
+    lambda answer, other: f"Final Answer: The final answer is {answer}. I hope it is correct.",
 )
 # Only for answers that are one value (an option, a word, a number), where "X, not Y" reads naturally.
 VALUE_TEMPLATES: tuple[Template, ...] = (
@@ -130,11 +133,11 @@ def _word_sort_forms(answer: str) -> list[str]:
     words = answer.split()
     return [answer, ", ".join(words), " ".join(w.capitalize() for w in words), "\n".join(words),
             "\n".join(f"{i}. {w}" for i, w in enumerate(words, start=1)), "\n".join(f"- {w}" for w in words),
-            f"[{', '.join(words)}]"]
+            f"[{', '.join(words)}]", f"{', '.join(words[:-1])}, and {words[-1]}" if len(words) > 1 else answer]
 
 
 def _bracket_forms(answer: str) -> list[str]:
-    return [answer, answer.replace(" ", ""), f"`{answer}`", f" {answer} "]
+    return [answer, answer.replace(" ", ""), f"`{answer}`", f" {answer} ", f"{answer} (closing what is still open)"]
 
 
 def answer_forms(task: TaskSpec, answer: str, question: str) -> list[str]:
@@ -217,24 +220,38 @@ class Tally:
     false_accepted: int = 0
 
 
-def misreadings(case: Case) -> Iterator[tuple[str, str, int]]:
-    """(reply, answer it states, expected score) for every reply of a case that scores otherwise."""
+def outcomes(case: Case) -> Iterator[tuple[str, str, int, int]]:
+    """(reply, answer it states, expected score, score) for the gold and the wrong replies of a case."""
     for answer, other, expected in ((case.target, case.wrong, 1), (case.wrong, case.target, 0)):
         for reply in replies(case.task, answer, other, case.question):
-            if score_response(case.task, reply, case.target, question=case.question) != expected:
-                yield reply, answer, expected
+            yield reply, answer, expected, score_response(case.task, reply, case.target, question=case.question)
+
+
+def misreadings(case: Case) -> Iterator[tuple[str, str, int]]:
+    """(reply, answer it states, expected score) for every reply of a case that scores otherwise."""
+    return ((reply, answer, expected) for reply, answer, expected, got in outcomes(case) if got != expected)
 
 
 def tally(cases: list[Case]) -> Tally:
     result = Tally()
     for case in cases:
-        right = replies(case.task, case.target, case.wrong, case.question)
-        wrong = replies(case.task, case.wrong, case.target, case.question)
-        result.right += len(right)
-        result.wrong += len(wrong)
-        result.accepted += sum(score_response(case.task, r, case.target, question=case.question) for r in right)
-        result.false_accepted += sum(score_response(case.task, r, case.target, question=case.question) for r in wrong)
+        for _, _, expected, got in outcomes(case):
+            if expected:
+                result.right += 1
+                result.accepted += got
+            else:
+                result.wrong += 1
+                result.false_accepted += got
     return result
+
+
+def _total(tallies: list[Tally]) -> Tally:
+    return Tally(**{f.name: sum(getattr(t, f.name) for t in tallies) for f in fields(Tally)})
+
+
+def _row(name: str, examples: int, t: Tally) -> str:
+    return (f"{name:<40} {examples:>8} {t.right:>13} {t.accepted / t.right:>9.2%} {t.wrong:>13} "
+            f"{t.false_accepted / t.wrong:>13.2%}")
 
 
 def main() -> None:
@@ -245,30 +262,28 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    groups: dict[str, list[Case]] = defaultdict(list)
-    per_subtask: dict[str, Tally] = {}
-    for subtask in bbh_subtasks(args.data_dir):
-        cases = bbh_cases(args.data_dir, subtask)
-        groups[cases[0].task.kind].extend(cases)
-        if args.per_subtask:
-            per_subtask[subtask] = tally(cases)
-    groups["GSM8K (numeric)"] = gsm8k_cases(args.data_dir)
+    subtasks = {name: bbh_cases(args.data_dir, name) for name in bbh_subtasks(args.data_dir)}
+    tallies = {name: tally(cases) for name, cases in subtasks.items()}
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name, cases in subtasks.items():
+        groups[cases[0].task.kind].append(name)
+    gsm8k = gsm8k_cases(args.data_dir)
 
-    print(f"{'answer type':<22} {'examples':>8} {'right replies':>13} {'accepted':>9} "
+    print(f"{'answer type':<40} {'examples':>8} {'right replies':>13} {'accepted':>9} "
           f"{'wrong replies':>13} {'false accepts':>13}")
-    rows = {name: tally(cases) for name, cases in groups.items()} | per_subtask
-    for name, t in rows.items():
-        count = len(groups[name]) if name in groups else "-"
-        print(f"{name:<22} {count:>8} {t.right:>13} {t.accepted / t.right:>9.2%} {t.wrong:>13} "
-              f"{t.false_accepted / t.wrong:>13.2%}")
-    shown = 0
-    for cases in groups.values() if args.show else ():
-        for case in cases:
-            for reply, answer, expected in misreadings(case):
-                if shown < args.show:
-                    shown += 1
-                    print(f"\n[{case.task.name}] target {case.target!r}, reply states {answer!r}, "
-                          f"expected {expected}:\n{reply}")
+    for kind, names in groups.items():
+        total = _total([tallies[n] for n in names])
+        print(_row(f"{kind} ({len(names)} subtasks)", sum(len(subtasks[n]) for n in names), total))
+    print(_row("GSM8K (numeric)", len(gsm8k), tally(gsm8k)))
+    if args.per_subtask:
+        print()
+        for name, t in tallies.items():
+            print(_row(name, len(subtasks[name]), t))
+    misread = (f"\n[{case.task.name}] target {case.target!r}, reply states {answer!r}, expected {expected}:\n{reply}"
+               for cases in [*subtasks.values(), gsm8k] for case in cases
+               for reply, answer, expected in misreadings(case))
+    for line in itertools.islice(misread, args.show):
+        print(line)
     print(f"\n({time.perf_counter() - started:.1f} s)")
 
 

@@ -390,6 +390,12 @@ _LEAD_IN = re.compile(r"^[^:]*?\b(?:sort\w*|alphabetic\w*|order|words?|list)\b[^
                       re.IGNORECASE)
 
 
+# A bracketed aside holds words; a Dyck answer holds none.
+_ASIDE_IN_BRACKETS = re.compile(r"[(\[{<][^()\[\]{}<>]*[A-Za-z][^()\[\]{}<>]*[)\]}>]")
+_LAST_AND = re.compile(r",\s+and\s+", re.IGNORECASE)
+_PAREN_ASIDE = re.compile(r"\([^()]*\)")
+
+
 def _list_item(line: str) -> list[str]:
     """The one word of a list line ("1. apple", "- banana", "cherry"); [] for other lines and headings."""
     item = _words(_LIST_MARK.sub("", line))
@@ -410,7 +416,9 @@ def _list_block(lines: tuple[str, ...]) -> list[str]:
 def _word_sequences(statement: Statement) -> list[list[str]]:
     """Every reading of the statement as a word sequence: its line, a list below it, after a lead-in."""
     line = statement.text
-    readings = [_words(line), _words(_first_sentence(line)), _words(_LEAD_IN.sub("", line, count=1))]
+    # "apple, banana, and cherry (sorted alphabetically)" lists three words.
+    plain = _LAST_AND.sub(", ", _PAREN_ASIDE.sub(" ", line))
+    readings = [_words(text) for text in (line, plain, _first_sentence(line), _LEAD_IN.sub("", line, count=1))]
     if statement.explicit:
         # "Answer: apple" with "banana" and "cherry" on the lines below it, or a list under
         # "Answer: the sorted words are".
@@ -443,9 +451,8 @@ def score_brackets(response: str, target: str) -> int:
     wanted = _BRACKETS.findall(target or "")
     if not wanted:
         return score_exact(response, target)
-    statement = final_statement(response)
-    got = _BRACKETS.findall(statement.text)
-    return int(got == wanted)
+    stated = _ASIDE_IN_BRACKETS.sub(" ", final_statement(response).text)  # ") ] (closes the list)"
+    return int(_BRACKETS.findall(stated) == wanted)
 
 
 def _normalise_free(text: str) -> str:
