@@ -1,5 +1,6 @@
 """Scorers, answer extraction, task resolution and format instructions."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -228,7 +229,6 @@ def test_score_response_never_raises_on_bad_target():
 def test_every_real_bbh_target_scores_when_echoed():
     files = sorted((DATA_ROOT / "bbh").glob("*.json"))
     assert files, f"no BBH files under {DATA_ROOT / 'bbh'}"
-    import json
 
     for path in files:
         task = resolve_task(f"BBH_{path.stem}")
@@ -303,6 +303,12 @@ def test_resolve_synthetic(name, kind):
         (["valid", "invalid"], "binary", "Answer: valid"),
         (["True", "False"], "binary", "Answer: True"),
         (["[ ]", "< >"], "free_form", "<answer>"),
+        ([") ]", "}", "> ) ]"], "brackets", "only the closing brackets"),
+        (["apple banana", "cat dog emu", "zebra"], "word_sort", "sorted words"),
+        (["banana apple", "cat dog"], "free_form", "<answer>"),
+        (["paris", "lima"], "free_form", "<answer>"),
+        (["(A)"] * 9 + ["Monsters, Inc"], "multiple_choice", "(X)"),
+        (["(A)"] * 8 + ["Monsters, Inc", "Inc"], "free_form", "<answer>"),
         (None, "free_form", "<answer>"),
     ],
 )
@@ -311,6 +317,12 @@ def test_unknown_bbh_subtask_infers_kind(targets, kind, instruction_bit):
     assert task.kind == kind
     assert task.subtask == "some_new_subtask"
     assert instruction_bit in task.format_instruction
+
+
+@pytest.mark.parametrize(("subtask", "kind"), sorted(EXPECTED_BBH_KINDS.items()))
+def test_targets_of_each_real_subtask_infer_its_kind(subtask, kind):
+    targets = [e["target"] for e in json.loads((DATA_ROOT / "bbh" / f"{subtask}.json").read_text())["examples"]]
+    assert resolve_task(f"BBH_copy_of_{subtask}", kind_hint_targets=targets).kind == kind
 
 
 @pytest.mark.parametrize("name", ["", "mmlu", "BBH_", "BBH_bad name!", "synthetic_chess", "GSM9K"])

@@ -49,6 +49,7 @@ def _bbh_score(subtask: str, index: int, reply: str) -> int:
         ("Janet earns 9 * 2 = 18.\n#### 18", "18", True),
         ("The final answer is $\\boxed{18}$.", "18}$.", True),
         ("First 3, then 4.\nSo 7 in total.\n", "So 7 in total.", False),
+        ("The format is 'Answer: <number>'. So the answer is 7.", "7.", True),
         ("", "", False),
     ],
 )

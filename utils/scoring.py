@@ -21,8 +21,9 @@ from utils.tasks import TaskSpec
 
 # ---------------------------------------------------------------- the final answer statement
 
-# "Answer:", "**Final Answer**:", GSM8K's "#### 18" and LaTeX's "\boxed{18}" all open a final answer.
-_ANSWER_MARK = re.compile(r"\banswer[*_\s]*[:\uff1a]|####|\\boxed\s*\{", re.IGNORECASE)
+# "Answer:", "**Final Answer**:", GSM8K's "#### 18" and LaTeX's "\boxed{18}" all open a final answer;
+# a quoted "'Answer: <number>'" is the format instruction repeated, not an answer.
+_ANSWER_MARK = re.compile(r"(?<!['\"\u2018\u201c])\banswer[*_\s]*[:\uff1a]|####|\\boxed\s*\{", re.IGNORECASE)
 _ANSWER_PHRASE = re.compile(
     r"\b(?:answer|(?:correct|right|best)\s+(?:option|choice))\s+"
     r"(?:is|would\s+be|should\s+be|will\s+be|must\s+be)\b[\s:]*",
