@@ -1,5 +1,6 @@
 """Scorers, answer extraction, task resolution and format instructions."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ EXPECTED_BBH_KINDS = {
     "causal_judgement": "binary",
     "date_understanding": "multiple_choice",
     "disambiguation_qa": "multiple_choice",
-    "dyck_languages": "free_form",
+    "dyck_languages": "brackets",
     "formal_fallacies": "binary",
     "geometric_shapes": "multiple_choice",
     "hyperbaton": "multiple_choice",
@@ -204,14 +205,13 @@ def test_score_exact(response, target, expected):
         ("BBH_date_understanding", "Answer: b) 12/01/2020", "(B)"),
         ("BBH_navigate", "Answer: Yes, definitely.", "Yes"),
         ("BBH_word_sorting", "Answer: Apple, Banana.", "apple banana"),
-        ("BBH_dyck_languages", "Answer: ) ]", ") ]"),
+        ("BBH_dyck_languages", "Answer: )]", ") ]"),
     ],
 )
 def test_score_response_dispatches_on_kind(task_name, response, target):
     task = resolve_task(task_name)
     assert score_response(task, response, target) == 1
-    if task.kind != "free_form":
-        assert score_exact(response, target) == 0
+    assert score_exact(response, target) == 0
 
 
 @pytest.mark.parametrize("task_name", ["GSM8K", "BBH_snarks", "BBH_web_of_lies", "BBH_word_sorting", "BBH_dyck_languages"])
@@ -229,7 +229,6 @@ def test_score_response_never_raises_on_bad_target():
 def test_every_real_bbh_target_scores_when_echoed():
     files = sorted((DATA_ROOT / "bbh").glob("*.json"))
     assert files, f"no BBH files under {DATA_ROOT / 'bbh'}"
-    import json
 
     for path in files:
         task = resolve_task(f"BBH_{path.stem}")
@@ -304,6 +303,12 @@ def test_resolve_synthetic(name, kind):
         (["valid", "invalid"], "binary", "Answer: valid"),
         (["True", "False"], "binary", "Answer: True"),
         (["[ ]", "< >"], "free_form", "<answer>"),
+        ([") ]", "}", "> ) ]"], "brackets", "only the closing brackets"),
+        (["apple banana", "cat dog emu", "zebra"], "word_sort", "sorted words"),
+        (["banana apple", "cat dog"], "free_form", "<answer>"),
+        (["paris", "lima"], "free_form", "<answer>"),
+        (["(A)"] * 9 + ["Monsters, Inc"], "multiple_choice", "(X)"),
+        (["(A)"] * 8 + ["Monsters, Inc", "Inc"], "free_form", "<answer>"),
         (None, "free_form", "<answer>"),
     ],
 )
@@ -312,6 +317,12 @@ def test_unknown_bbh_subtask_infers_kind(targets, kind, instruction_bit):
     assert task.kind == kind
     assert task.subtask == "some_new_subtask"
     assert instruction_bit in task.format_instruction
+
+
+@pytest.mark.parametrize(("subtask", "kind"), sorted(EXPECTED_BBH_KINDS.items()))
+def test_targets_of_each_real_subtask_infer_its_kind(subtask, kind):
+    targets = [e["target"] for e in json.loads((DATA_ROOT / "bbh" / f"{subtask}.json").read_text())["examples"]]
+    assert resolve_task(f"BBH_copy_of_{subtask}", kind_hint_targets=targets).kind == kind
 
 
 @pytest.mark.parametrize("name", ["", "mmlu", "BBH_", "BBH_bad name!", "synthetic_chess", "GSM9K"])
@@ -330,7 +341,7 @@ def test_unknown_task_names_raise(name):
         ("BBH_word_sorting", "sorted words"),
         ("BBH_snarks", "Answer: (X)"),
         ("BBH_boolean_expressions", "Answer: True"),
-        ("BBH_dyck_languages", "Answer: <answer>"),
+        ("BBH_dyck_languages", "only the closing brackets"),
     ],
 )
 def test_ensure_format_instruction_appends_the_tasks_line(task_name, must_contain):
@@ -348,9 +359,9 @@ def test_ensure_format_instruction_appends_the_tasks_line(task_name, must_contai
 def test_format_instructions_differ_per_kind():
     instructions = {
         format_instruction_for(kind)
-        for kind in ("numeric", "multiple_choice", "binary", "word_sort", "free_form")
+        for kind in ("numeric", "multiple_choice", "binary", "word_sort", "brackets", "free_form")
     }
-    assert len(instructions) == 5
+    assert len(instructions) == 6
     assert all("Answer:" in text for text in instructions)
     assert "Answer: <number>" in format_instruction_for("numeric")
 

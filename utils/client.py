@@ -98,7 +98,7 @@ def local_step(prompt_text: str, batch: list[Example], task: TaskSpec, engines: 
     losses = []
     correct = []
     for ex, response in zip(batch, responses, strict=True):
-        score, judge_failed = score_answer(task, response.value, ex.target, engines.judge)
+        score, judge_failed = score_answer(task, response.value, ex.target, engines.judge, question=ex.question)
         judge_failures += judge_failed
         correct.append(score)
         target = tg.Variable(ex.target, "correct answer", requires_grad=False)

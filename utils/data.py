@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.synthetic import generate_examples
-from utils.tasks import Example, TaskSpec
+from utils.tasks import Example, TaskSpec, with_kind_from_targets
 
 PAPER_SPLIT = (50, 100, 100)
 
@@ -259,6 +259,7 @@ def load_task_data(
         official_test = None
     else:
         pool, official_test = load_examples(task, data_dir)
+        task = with_kind_from_targets(task, [e.target for e in pool])
 
     shuffled = list(pool)
     rng.shuffle(shuffled)

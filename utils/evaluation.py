@@ -42,12 +42,15 @@ def judge_answer(judge: ChatEngine, response: str, target: str) -> int | None:
     return None if word is None else int(word.group(1).lower() == "yes")
 
 
-def score_answer(task: TaskSpec, response: str, target: str, judge: ChatEngine | None = None) -> tuple[int, bool]:
-    """(score, judge_failed). The LLM judge only replaces string matching for free-form answers."""
+def score_answer(task: TaskSpec, response: str, target: str, judge: ChatEngine | None = None, *,
+                 question: str | None = None) -> tuple[int, bool]:
+    """(score, judge_failed). The LLM judge only replaces string matching for free-form answers.
+
+    question lets multiple choice read an option given by its text from the question's Options: list."""
     if judge is not None and task.kind == "free_form":
         verdict = judge_answer(judge, response, target)
         return (0, True) if verdict is None else (verdict, False)
-    return score_response(task, response, target), False
+    return score_response(task, response, target, question=question), False
 
 
 def evaluate_prompt(prompt: str, examples: list[Example], task: TaskSpec, engine: ChatEngine, *,
@@ -57,7 +60,7 @@ def evaluate_prompt(prompt: str, examples: list[Example], task: TaskSpec, engine
             response = budget.generate(engine, example.question, system_prompt=prompt, max_tokens=max_tokens)
         except ContextOverflowError:
             return 0, False  # skipped: scores 0, counted by the engine as context_skipped
-        return score_answer(task, response, example.target, judge)
+        return score_answer(task, response, example.target, judge, question=example.question)
 
     scored = run_concurrently([lambda ex=ex: answer_and_score(ex) for ex in examples])
     correct = [s for s, _ in scored]

@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-AnswerKind = Literal["numeric", "multiple_choice", "binary", "word_sort", "free_form"]
+AnswerKind = Literal["numeric", "multiple_choice", "binary", "word_sort", "brackets", "free_form"]
+ANSWER_KINDS: tuple[AnswerKind, ...] = ("numeric", "multiple_choice", "binary", "word_sort", "brackets", "free_form")
 
 
 class TaskError(ValueError):
@@ -38,7 +39,7 @@ BBH_SUBTASKS: dict[str, AnswerKind] = {
     "causal_judgement": "binary",
     "date_understanding": "multiple_choice",
     "disambiguation_qa": "multiple_choice",
-    "dyck_languages": "free_form",
+    "dyck_languages": "brackets",
     "formal_fallacies": "binary",
     "geometric_shapes": "multiple_choice",
     "hyperbaton": "multiple_choice",
@@ -79,6 +80,8 @@ _ACCEPTED_FORMS = (
 
 _OPTION_TARGET = re.compile(r"^\([A-Za-z]\)$")
 _NUMBER_TARGET = re.compile(r"^-?\d[\d,]*(\.\d+)?$")
+_CLOSING_BRACKETS = re.compile(r"^[)\]}>\s]+$")
+_SORTED_WORDS = re.compile(r"^[a-z&'\s]+$")
 
 
 def format_instruction_for(kind: AnswerKind, binary_words: tuple[str, str] | None = None) -> str:
@@ -95,9 +98,14 @@ def format_instruction_for(kind: AnswerKind, binary_words: tuple[str, str] | Non
             "Finish with a final line of the form 'Answer: <words>' listing the sorted words "
             "separated by single spaces."
         )
+    if kind == "brackets":
+        return (
+            "Finish with a final line of the form 'Answer: <brackets>' giving only the closing brackets "
+            "that complete the sequence, in order, separated by spaces."
+        )
     if kind == "free_form":
         return "Finish with a final line of the form 'Answer: <answer>' containing only the final answer."
-    raise TaskError(f"unknown answer kind {kind!r}; use one of numeric, multiple_choice, binary, word_sort, free_form")
+    raise TaskError(f"unknown answer kind {kind!r}; use one of {', '.join(ANSWER_KINDS)}")
 
 
 @dataclass(frozen=True)
@@ -122,12 +130,18 @@ class TaskSpec:
         )
 
 
+def _is_sorted_words(target: str) -> bool:
+    words = target.split()
+    return bool(_SORTED_WORDS.match(target)) and words == sorted(words)
+
+
 def _infer_kind(targets: list[str]) -> tuple[AnswerKind, tuple[str, str] | None]:
     """Guess the answer kind of an unknown BBH subtask from its targets."""
     cleaned = [t.strip() for t in targets if t and t.strip()]
     if not cleaned:
         return "free_form", None
-    if all(_OPTION_TARGET.match(t) for t in cleaned):
+    # A few option-text targets (movie_recommendation has one) do not make a task free-form.
+    if sum(bool(_OPTION_TARGET.match(t)) for t in cleaned) >= 0.9 * len(cleaned):
         return "multiple_choice", None
     if all(_NUMBER_TARGET.match(t) for t in cleaned):
         return "numeric", None
@@ -135,6 +149,11 @@ def _infer_kind(targets: list[str]) -> tuple[AnswerKind, tuple[str, str] | None]
     for pair in _KNOWN_PAIRS:
         if seen <= {w.casefold() for w in pair}:
             return "binary", pair
+    if all(_CLOSING_BRACKETS.match(t) for t in cleaned):
+        return "brackets", None
+    # Single words are trivially sorted; a sorting task has sequences of several words.
+    if all(_is_sorted_words(t) for t in cleaned) and sum(len(t.split()) > 1 for t in cleaned) * 2 >= len(cleaned):
+        return "word_sort", None
     return "free_form", None
 
 
@@ -168,6 +187,13 @@ def resolve_task(name: str, kind_hint_targets: list[str] | None = None) -> TaskS
         if re.fullmatch(r"[a-z0-9_]+", subtask):
             return _bbh_spec(subtask, kind_hint_targets)
     raise TaskError(f"unknown task {name!r}; use one of: {_ACCEPTED_FORMS}")
+
+
+def with_kind_from_targets(task: TaskSpec, targets: list[str]) -> TaskSpec:
+    """A BBH-format task under a name that is not one of the 27 gets its answer kind from its targets."""
+    if task.source != "bbh" or task.subtask is None or task.subtask in BBH_SUBTASKS:
+        return task
+    return _bbh_spec(task.subtask, targets)
 
 
 def _squash(text: str) -> str:
