@@ -176,7 +176,9 @@ def test_main_removes_the_server_log_after_a_clean_run(tmp_path: Path) -> None:
 
     with FakeServer() as evaluation:
         done = _main(["--split_sizes", "1,1,1", "--max_epochs", "1", "--max_steps", "1", "--batch_size", "1",
-                      "--max_tokens", "8", "--do_not_run_larger_model"], tmp_path, evaluation.base_url)
+                      "--max_tokens", "8", "--do_not_run_larger_model", "--run_name", "clean"], tmp_path, evaluation.base_url)
     assert done.returncode == 0, done.stderr
+    events = (tmp_path / "out" / "clean" / "events.jsonl").read_text()
+    assert '"engine": "local"' in events  # the embedded server ran and answered
     assert "embedded llama.cpp server" not in done.stderr
     assert not list((tmp_path / "tmp").glob(LOG_GLOB))
