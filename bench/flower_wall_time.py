@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fake_server import FakeServer  # noqa: E402
+from fedtextgrad_flower.run_config import ALLOWED_DIRS_VARIABLE  # noqa: E402
 from fedtextgrad_flower.simulation import simulate  # noqa: E402
 from main import main as main_cli  # noqa: E402
 from textgrad.local_server import ensure_local_server, stop_local_server  # noqa: E402
@@ -58,6 +59,7 @@ def main() -> None:
         engine = "local"
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            os.environ[ALLOWED_DIRS_VARIABLE] = tmp  # as the operator: the ServerApp may write there
             flags = {"module": "train_homo_fed", "task": "synthetic_object_counting",
                      "homo_split_num": opts.clients, "max_epochs": opts.rounds, "max_steps": 1, "batch_size": 1,
                      "split_sizes": f"{opts.clients},3,3", "aggregate_method": "summarization",

@@ -12,7 +12,7 @@ from utils.client import ClientUpdate
 from utils.rounds import Experiment, TrainRound
 from utils.tracking import RunLog
 
-from .records import short_reason, train_content, update_from_reply
+from .records import UpdateLimits, short_reason, train_content, update_from_reply
 
 POLL_S = 1.0
 # A connected node may need a while to answer (a SuperNode starts a ClientApp process per message).
@@ -70,8 +70,9 @@ def _identify(grid: Grid, nodes: list[int], experiment: ConfigRecord,
 
 
 def flower_train_round(grid: Grid, nodes: dict[str, int], experiment: ConfigRecord, exp: Experiment,
-                       log: RunLog, round_timeout: float) -> TrainRound:
-    """TrainRound over Flower: one train message per selected client, replies back as ClientUpdates."""
+                       log: RunLog, round_timeout: float, limits: UpdateLimits) -> TrainRound:
+    """TrainRound over Flower: one train message per selected client, replies back as ClientUpdates
+    (a reply of the wrong shape or over the limits becomes a failed update: the others go on)."""
     timeout = round_timeout or None
 
     def train_round(client_ids: list[str], prompt: str, round_index: int) -> list[ClientUpdate]:
@@ -81,7 +82,7 @@ def flower_train_round(grid: Grid, nodes: dict[str, int], experiment: ConfigReco
         replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=timeout)}
         updates = []
         for cid in client_ids:
-            update, report = update_from_reply(replies.get(nodes[cid]), cid, prompt, round_index, timeout)
+            update, report = update_from_reply(replies.get(nodes[cid]), cid, prompt, round_index, timeout, limits)
             # Remote LLM costs are counted by the client's own process; the round's "llm" holds the server's.
             log.event("flower_client", round=round_index, client=cid, node=nodes[cid], **report)
             updates.append(update)

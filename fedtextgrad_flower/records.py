@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from pydantic import TypeAdapter, ValidationError
 
-from utils.client import ClientUpdate, LocalSettings
+from textgrad.engine import ChatEngine
+from utils.client import ClientUpdate, LocalSettings, StepResult
 
 # The flags a client needs to rebuild its own data shard and engines exactly as in-process.
 EXPERIMENT_KEYS = ("module", "task", "data_dir", "split_sizes", "seed", "homo_split_num", "partition",
@@ -72,22 +75,110 @@ def failed_update(client_id: str, round_index: int, prompt: str, error: str) -> 
     return ClientUpdate(client_id, round_index, prompt, prompt, error=error)
 
 
+# ---------------------------------------------------------------- what the server accepts from a client
+
+# The default cap on each text of an update, in context windows of the evaluation engine: a real
+# prompt fits one window (the optimizer rewrote it within one), so four leave ample room.
+UPDATE_WINDOWS = 4
+# No tokenizer packs ordinary text this densely, so a longer text is refused without counting it.
+MAX_CHARS_PER_TOKEN = 64
+# A step's record is about 150 characters of JSON.
+MAX_STEP_JSON_CHARS = 1000
+MAX_REPORT_ENTRIES = 64
+_WIRE_TYPES = {"client_id": str, "round": int, "start_prompt": str, "prompt": str, "error": str,
+               "steps_json": str}
+_TEXTS = ("prompt", "start_prompt", "error")
+_STEPS = TypeAdapter(list[StepResult])
+# Keys of the flower_client event that a report must not overwrite.
+_EVENT_KEYS = {"type", "round", "client", "node"}
+
+
+@dataclass(frozen=True)
+class UpdateLimits:
+    """A client update holds at most max_steps steps and texts of at most max_tokens tokens each."""
+
+    max_tokens: int
+    max_steps: int
+    count_tokens: Callable[[str], int]
+
+
+def update_limits(evaluation: ChatEngine, max_steps: int, max_tokens: int = 0) -> UpdateLimits:
+    """max_tokens 0: UPDATE_WINDOWS times the evaluation engine's window, counted by its tokenizer."""
+    return UpdateLimits(max_tokens or UPDATE_WINDOWS * evaluation.context_window, max_steps,
+                        evaluation.count_tokens)
+
+
+class RefusedUpdate(ValueError):
+    """A client reply the server does not accept: its message says why."""
+
+
 def update_from_reply(reply: Message | None, client_id: str, prompt: str, round_index: int,
-                      timeout: float | None) -> tuple[ClientUpdate, dict[str, Any]]:
-    """The client's update and report; a missing or error reply becomes a failed update."""
+                      timeout: float | None, limits: UpdateLimits | None = None
+                      ) -> tuple[ClientUpdate, dict[str, Any]]:
+    """The client's update and report; a missing, error, malformed or oversized reply becomes a failed
+    update saying why (limits None: no size limit)."""
+    def failed(reason: str) -> tuple[ClientUpdate, dict[str, Any]]:
+        return failed_update(client_id, round_index, prompt, reason), {}
+
     if reply is None:
-        waited = f"within {timeout:g} s" if timeout else "before the SuperLink gave up"
-        return failed_update(client_id, round_index, prompt, f"no reply {waited}"), {}
+        return failed(f"no reply {f'within {timeout:g} s' if timeout else 'before the SuperLink gave up'}")
     if reply.has_error():
-        reason = short_reason(reply.error.reason or "")
-        return failed_update(client_id, round_index, prompt, f"Flower error {reply.error.code}: {reason}"), {}
-    fields = dict(reply.content["update"])
-    steps = json.loads(fields.pop("steps_json"))
-    update = ClientUpdate.from_record({**fields, "steps": steps, "error": fields["error"] or None})
-    if update.client_id != client_id:
-        return failed_update(client_id, round_index, prompt,
-                             f"the node answered as client {update.client_id!r}: check its node config"), {}
-    return update, dict(reply.content["report"])
+        return failed(f"Flower error {reply.error.code}: {short_reason(reply.error.reason or '')}")
+    try:
+        update, report = _read_reply(reply.content, limits.max_steps if limits else None)
+        if update.client_id != client_id:
+            return failed(f"the node answered as client {update.client_id!r}: check its node config")
+        if update.round != round_index:
+            raise RefusedUpdate(f"it is for round {update.round}, not round {round_index}")
+        if limits:
+            _check_size(update, limits)
+    except RefusedUpdate as exc:
+        return failed(f"refused update: {exc}")
+    return update, report
+
+
+def _read_reply(content: RecordDict, max_steps: int | None) -> tuple[ClientUpdate, dict[str, Any]]:
+    """The update and report of a reply of the right shape; RefusedUpdate says what is wrong otherwise."""
+    record, report = content.get("update"), content.get("report")
+    if not isinstance(record, ConfigRecord) or not isinstance(report, MetricRecord):
+        raise RefusedUpdate("the reply lacks its 'update' config record or its 'report' metric record")
+    for key, kind in _WIRE_TYPES.items():
+        value = record.get(key)
+        if type(value) is not kind:  # exactly: bytes are no text, and True is no round number
+            found = type(value).__name__ if key in record else "missing"
+            raise RefusedUpdate(f"field {key!r} is {found}, not {'text' if kind is str else 'a whole number'}")
+    steps_json = record["steps_json"]
+    if max_steps is not None and len(steps_json) > MAX_STEP_JSON_CHARS * max(max_steps, 1):
+        raise RefusedUpdate(f"its steps take {len(steps_json)} characters, too many for {max_steps} steps")
+    try:
+        steps = _STEPS.validate_json(steps_json, strict=True)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(map(str, error["loc"]))
+        raise RefusedUpdate(f"its steps are malformed ({where + ': ' if where else ''}{error['msg']})") from None
+    if max_steps is not None and len(steps) > max_steps:
+        raise RefusedUpdate(f"it holds {len(steps)} steps, more than the round's {max_steps}")
+    if any(not 0 <= a <= 1 for s in steps for a in (s.batch_accuracy, s.new_batch_accuracy) if a is not None):
+        raise RefusedUpdate("a step's accuracy is not between 0 and 1")
+    if (len(report) > MAX_REPORT_ENTRIES or _EVENT_KEYS & set(report)
+            or any(type(value) not in (int, float) for value in report.values())):
+        raise RefusedUpdate(f"its report is not up to {MAX_REPORT_ENTRIES} named numbers")
+    update = ClientUpdate(record["client_id"], record["round"], record["start_prompt"], record["prompt"],
+                          steps, record["error"] or None)
+    return update, dict(report)
+
+
+def _check_size(update: ClientUpdate, limits: UpdateLimits) -> None:
+    for name in _TEXTS:
+        text = getattr(update, name) or ""
+        if len(text.encode("utf-8")) <= limits.max_tokens:
+            continue  # no counting needed: every token covers at least one byte
+        if len(text) > MAX_CHARS_PER_TOKEN * limits.max_tokens:
+            raise RefusedUpdate(f"its {name} has {len(text)} characters, far over max_update_tokens "
+                                f"{limits.max_tokens}")
+        tokens = limits.count_tokens(text)
+        if tokens > limits.max_tokens:
+            raise RefusedUpdate(f"its {name} has {tokens} tokens, more than max_update_tokens {limits.max_tokens}")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

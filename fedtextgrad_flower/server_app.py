@@ -17,6 +17,7 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from textgrad.engine import EngineError
+from textgrad.local_server import failure_note
 from utils.client import Engines
 from utils.config import UsageError
 from utils.data import DataError, TaskData
@@ -26,7 +27,7 @@ from utils.tasks import TaskError
 from utils.tracking import RunLog
 
 from .federation import FederationError, discover_clients, flower_train_round
-from .records import experiment_record
+from .records import experiment_record, update_limits
 from .run_config import parse_run_config
 
 app = ServerApp()
@@ -41,7 +42,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         run_server(grid, context.run_config)
     except USER_ERRORS as exc:
-        log(ERROR, "error: %s", exc)
+        log(ERROR, "error: %s%s", exc, failure_note())
         raise  # Flower marks the run failed (and prints its traceback)
 
 
@@ -62,6 +63,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
     nodes = discover_clients(grid, client_ids, experiment, flower.node_wait)
 
     def over_flower(exp: Experiment, engines: Engines, log: RunLog) -> TrainRound:
-        return flower_train_round(grid, nodes, experiment, exp, log, flower.round_timeout)
+        limits = update_limits(engines.evaluation, exp.settings.max_steps, flower.max_update_tokens)
+        return flower_train_round(grid, nodes, experiment, exp, log, flower.round_timeout, limits)
 
     return run_module(args, client_list, aggregate=args.module != "train_centralized", make_train_round=over_flower)

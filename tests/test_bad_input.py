@@ -108,6 +108,17 @@ CASES = [
     Case("run_name_taken", started_run, "already holds a run"),
     Case("output_dir_under_a_file", lambda r: [*HOMO, "--output_dir", str(write(r / "file.txt", "x") / "out")],
          "--output_dir"),
+    # A folder that cannot be created although permissions allow it (root may write anywhere but /proc).
+    Case("output_dir_cannot_be_created", homo("--output_dir", "/proc/nope"), "--output_dir /proc/nope"),
+    # The run folder is <output_dir>/<run_name>: each of these would put it elsewhere.
+    Case("run_name_climbs_out", homo("--run_name", "../escape_run"), "--run_name '../escape_run'"),
+    Case("run_name_absolute", lambda r: [*HOMO, "--run_name", str(r / "elsewhere")], "not a plain folder name"),
+    Case("run_name_with_separator", homo("--run_name", "sweep/one"), "--run_name 'sweep/one'"),
+    Case("run_name_dot_dot", homo("--run_name", ".."), "--run_name '..'"),
+    Case("run_name_dot", homo("--run_name", "."), "--run_name '.'"),
+    Case("run_name_in_config", lambda r: [*HOMO, *config(r, "run_name: ../up\n")], "--run_name '../up'"),
+    Case("resume_run_name_climbs_out", lambda r: [*started_run(r), "--resume", "--run_name", "../out/taken"],
+         "--run_name '../out/taken'"),
     Case("endpoint_down_at_start", lambda r: HOMO, "cannot reach the vllm endpoint"),
     Case("cache_dir_is_a_file", lambda r: [*HOMO, "--cache_dir", str(write(r / "cache", "x"))], "--cache_dir"),
 ]
@@ -158,3 +169,33 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case: Case, outcomes: d
     assert "Traceback" not in outcome.stderr + outcome.stdout
     assert case.words in lines[0]
     assert outcome.after == outcome.before  # no file or folder created or touched, in any folder
+
+
+@pytest.mark.parametrize("name", ["sweep-1_a.b+c=d", ".hidden", "GSM8K+BBH_object_counting-seed42", "n" * 255])
+def test_plain_run_names_are_accepted(name: str, tmp_path: Path) -> None:
+    from utils.config import parse_args
+
+    assert parse_args([*HOMO, "--run_name", name, "--output_dir", str(tmp_path)]).run_name == name
+
+
+@pytest.mark.parametrize("name", ["n" * 256, "two words", "naïve", "back\\slash", "a..b", "~", "$HOME", "run\n"])
+def test_run_names_that_are_not_one_plain_component_are_refused(name: str, tmp_path: Path) -> None:
+    from utils.config import UsageError, parse_args
+
+    with pytest.raises(UsageError, match="is not a plain folder name"):
+        parse_args([*HOMO, "--run_name", name, "--output_dir", str(tmp_path)])
+
+
+def test_output_folder_that_fails_when_made_is_one_line_exit_2(tmp_path: Path) -> None:
+    """Past the up-front check (an existing folder root may write to, where no folder can be made) the
+    run folder itself fails: still one line and exit 2, with the endpoint up so the run gets that far."""
+    from bench.fake_server import FakeServer
+
+    with FakeServer() as server:
+        env = {**os.environ, "VLLM_BASE_URL": server.base_url, "HF_HUB_OFFLINE": "1"}
+        done = subprocess.run([sys.executable, str(REPO / "main.py"), *HOMO, "--output_dir", "/proc",
+                               "--cache_dir", str(tmp_path / "cache"), "--comet_mode", "disabled"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: ") and "--output_dir" in done.stderr

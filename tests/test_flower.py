@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
-from flwr.app import Context, Error, Message, Metadata, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, Metadata, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
@@ -31,22 +31,32 @@ from fedtextgrad_flower.federation import FederationError
 from fedtextgrad_flower.node import NodeConfigError, client_id_of, load_own_client, node_args
 from fedtextgrad_flower.privacy import REDACTED, redact_update
 from fedtextgrad_flower.records import (
+    UpdateLimits,
     experiment_from_record,
     experiment_record,
     short_reason,
     update_content,
     update_from_reply,
+    update_limits,
 )
-from fedtextgrad_flower.run_config import parse_run_config
+from fedtextgrad_flower.run_config import ALLOWED_DIRS_VARIABLE, PATH_KEYS, parse_run_config
 from fedtextgrad_flower.simulation import simulate as run_in_simulation
 from main import main as main_cli
+from textgrad.engine import get_engine
 from utils.client import ClientUpdate, StepResult
 from utils.config import UsageError, parse_args
 from utils.runner import load_data
 from utils.tasks import Example
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
 FAKE_ENGINE = "vllm-fake-model"
+
+
+@pytest.fixture(autouse=True)
+def _operator_allows_the_test_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ServerApp takes run-config paths only inside the folders its operator allows."""
+    monkeypatch.setenv(ALLOWED_DIRS_VARIABLE, os.pathsep.join([str(tmp_path), str(SHARED_DATA)]))
 
 
 def tiny_flags(tmp_path: Path, **extra: Any) -> dict[str, Any]:
@@ -181,6 +191,132 @@ def test_flower_run_config_is_checked_like_the_command_line(tmp_path):
     for bad in ("soon", -5):
         with pytest.raises(UsageError, match="node_wait in the Flower run config must be a number of seconds"):
             parse_run_config({"module": "train_homo_fed", "node_wait": bad})
+    assert flower.max_update_tokens == 0  # 0: four windows of the evaluation engine
+    flags = {"module": "train_homo_fed", "output_dir": str(tmp_path)}
+    assert parse_run_config({**flags, "max_update_tokens": 5000})[1].max_update_tokens == 5000
+    for bad in ("many", -1, 2.5, True):
+        with pytest.raises(UsageError, match="max_update_tokens in the Flower run config must be a whole number"):
+            parse_run_config({**flags, "max_update_tokens": bad})
+
+
+def test_flower_run_config_paths_stay_inside_the_allowed_folders(tmp_path, monkeypatch):
+    allowed, second, outside = tmp_path / "allowed", tmp_path / "second", tmp_path / "outside"
+    for folder in (allowed, second, outside / "old"):
+        folder.mkdir(parents=True)
+    (allowed / "link").symlink_to(outside)
+    monkeypatch.setenv(ALLOWED_DIRS_VARIABLE, f"{allowed}{os.pathsep}{second}")
+    flags = {"module": "train_homo_fed", "task": "synthetic_object_counting"}
+    inside = {"output_dir": allowed / "logs", "comet_log_path": second / "comet", "cache_dir": allowed / "cache",
+              "data_dir": second}
+    args, _ = parse_run_config({**flags, **{key: str(path) for key, path in inside.items()}})
+    assert (args.output_dir, args.data_dir) == (str(allowed / "logs"), str(second))
+    for key in PATH_KEYS:
+        for path in (outside, allowed / ".." / "outside", allowed / "link" / "logs", "/tmp"):
+            with pytest.raises(UsageError, match=f"^{key} {re.escape(str(path))} in the Flower run config is "
+                                                 f"outside the folders this server allows .*{ALLOWED_DIRS_VARIABLE}"):
+                parse_run_config({**flags, key: str(path)})
+    with pytest.raises(UsageError, match="--run_name '../escape' is not a plain folder name"):
+        parse_run_config({**flags, "output_dir": str(allowed), "run_name": "../escape"})
+    # Refused before a resumed run's config.yaml outside is read (its unknown key would be the error).
+    (outside / "old" / "config.yaml").write_text("not_a_flag: 1\n")
+    with pytest.raises(UsageError, match="is outside the folders"):
+        parse_run_config({**flags, "output_dir": str(outside), "run_name": "old", "resume": True})
+
+    # Unset, the ServerApp's working directory is the one allowed folder: the default output_dir "logs" is in it.
+    monkeypatch.delenv(ALLOWED_DIRS_VARIABLE)
+    monkeypatch.chdir(allowed)
+    assert parse_run_config(flags)[0].output_dir == "logs"
+    for path in ("../outside", str(outside)):
+        with pytest.raises(UsageError, match=re.escape(f"outside the folders this server allows ({allowed})")):
+            parse_run_config({**flags, "output_dir": path})
+
+
+UPDATE = ClientUpdate("client0", 1, "start prompt", "new prompt", steps=[StepResult(0, 0.5, 1.0, True, None, 0)])
+STEP = {"step": 0, "batch_accuracy": 0.5, "new_batch_accuracy": None, "accepted": False, "format_failure": None,
+        "judge_format_failures": 0}
+
+
+def _tampered(report: Mapping[str, Any] | None = None, drop: str = "", **fields: Any) -> Message:
+    """UPDATE's reply with some fields replaced (any value a ConfigRecord carries) or dropped."""
+    content = update_content(UPDATE, {"calls": 3})
+    record = {**dict(content["update"]), **fields}
+    record.pop(drop, None)
+    return _reply(RecordDict({"update": ConfigRecord(record), "report": MetricRecord(report or {"calls": 3})}))
+
+
+class WordCounter:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, text: str) -> int:
+        self.calls += 1
+        return len(text.split())
+
+
+def test_flower_update_of_the_wrong_shape_is_refused_with_the_reason():
+    limits = UpdateLimits(max_tokens=100, max_steps=2, count_tokens=WordCounter())
+    steps = json.dumps
+    cases = [
+        (_tampered(prompt=5), "field 'prompt' is int, not text"),
+        (_tampered(prompt=["a", "list"]), "field 'prompt' is list, not text"),
+        (_tampered(prompt=b"bytes"), "field 'prompt' is bytes, not text"),
+        (_tampered(error=1.5), "field 'error' is float, not text"),
+        (_tampered(round=True), "field 'round' is bool, not a whole number"),
+        (_tampered(round="1"), "field 'round' is str, not a whole number"),
+        (_tampered(drop="start_prompt"), "field 'start_prompt' is missing, not text"),
+        (_tampered(steps_json="[{"), "its steps are malformed (Invalid JSON"),
+        (_tampered(steps_json=steps([{"step": 0}])), "its steps are malformed (0.batch_accuracy: Field required)"),
+        (_tampered(steps_json=steps([{**STEP, "batch_accuracy": "0.5"}])),
+         "its steps are malformed (0.batch_accuracy: Input should be a valid number"),
+        (_tampered(steps_json=steps({"step": 0})), "its steps are malformed (Input should be a valid array)"),
+        (_tampered(steps_json=steps([STEP] * 3)), "it holds 3 steps, more than the round's 2"),
+        (_tampered(steps_json=" " * 2001 + "[]"), "its steps take 2003 characters, too many for 2 steps"),
+        (_tampered(steps_json=steps([{**STEP, "new_batch_accuracy": 1.5}])),
+         "a step's accuracy is not between 0 and 1"),
+        (_tampered(round=2), "it is for round 2, not round 1"),
+        (_tampered(report={"round": 9}), "its report is not up to 64 named numbers"),
+        (_tampered(report={"calls": [1, 2]}), "its report is not up to 64 named numbers"),
+        (_reply(RecordDict({"report": MetricRecord({})})), "the reply lacks its 'update' config record"),
+    ]
+    for reply, reason in cases:
+        update, report = update_from_reply(reply, "client0", "global", 1, None, limits)
+        assert update.error.startswith("refused update: " + reason), (reason, update.error)
+        assert (update.client_id, update.round, update.prompt, update.steps, report) == (
+            "client0", 1, "global", [], {})
+    assert limits.count_tokens.calls == 0  # no shape problem needed a count
+    assert update_from_reply(_tampered(), "client0", "global", 1, None, limits) == (UPDATE, {"calls": 3})
+
+
+def test_flower_update_over_the_size_limit_is_refused_with_the_reason():
+    counter = WordCounter()
+    limits = UpdateLimits(max_tokens=100, max_steps=2, count_tokens=counter)
+
+    def outcome(**fields: Any) -> str | None:
+        return update_from_reply(_tampered(**fields), "client0", "global", 1, None, limits)[0].error
+
+    assert outcome(prompt="w " * 50) is None and counter.calls == 0  # 100 bytes: within, uncounted
+    assert outcome(prompt="w " * 100) is None and counter.calls == 1  # exactly at the limit
+    for field in ("prompt", "start_prompt", "error"):
+        assert outcome(**{field: "w " * 101}) == (f"refused update: its {field} has 101 tokens, more than "
+                                                  "max_update_tokens 100")
+    # Far too long to be worth counting (one "word" by the counter, so only the character cap refuses it).
+    calls = counter.calls
+    assert outcome(prompt="x" * 6401) == ("refused update: its prompt has 6401 characters, far over "
+                                          "max_update_tokens 100") and counter.calls == calls
+    assert outcome(prompt="x" * 6400) is None
+
+
+def test_flower_default_update_limit_is_four_windows_of_the_evaluation_engine(fake_llm, monkeypatch):
+    monkeypatch.setenv("VLLM_BASE_URL", fake_llm.base_url)
+    engine = get_engine(FAKE_ENGINE)
+    assert engine.context_window == 8192  # the fake server's n_ctx
+    limits = update_limits(engine, max_steps=3)
+    assert limits.max_tokens == 4 * 8192 and limits.max_steps == 3
+    assert update_limits(engine, 3, max_tokens=500).max_tokens == 500
+    reply = _reply(update_content(ClientUpdate("client0", 1, "start", "word " * 40000), {}))
+    refused, _ = update_from_reply(reply, "client0", "start", 1, None, limits)
+    assert re.fullmatch(r"refused update: its prompt has \d+ tokens, more than max_update_tokens 32768",
+                        refused.error), refused.error
 
 
 def test_flower_node_gets_exactly_its_in_process_shard(tmp_path, shared_data):
@@ -313,13 +449,19 @@ def _identify(message: Message, context: Context) -> Message:
 
 @flaky_app.train()
 def _train_or_fail(message: Message, context: Context) -> Message:
-    """partition 1 crashes outright; partition 2's own LLM endpoint (node config) is down."""
+    """partition 1 crashes outright; partition 2's own LLM endpoint (node config) is down; partition 3
+    sends a prompt far over four windows of the evaluation engine; partition 4's prompt is not text."""
     partition = int(context.node_config["partition-id"])
     if partition == 1:
         raise RuntimeError("client 1 lost its disk")
     if partition == 2:
         context.node_config["evaluation-engine"] = "sglang-down-model"
-    return client_app.train(message, context)
+    reply = client_app.train(message, context)
+    if partition == 3:
+        reply.content["update"]["prompt"] = "Count every object. " * 20000
+    if partition == 4:
+        reply.content["update"]["prompt"] = ["Count", "every", "object."]
+    return reply
 
 
 def test_flower_failing_clients_do_not_stop_the_round(tmp_path, fake_llm, monkeypatch, no_stray_processes):
@@ -327,19 +469,30 @@ def test_flower_failing_clients_do_not_stop_the_round(tmp_path, fake_llm, monkey
     monkeypatch.setenv("SGLANG_BASE_URL", _closed_port_url())
     # Ray workers import this module to run flaky_app.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(Path(__file__).parent)]))
-    # A fourth node (partition-id 3) is no client of this run: it is left out, not an error.
-    simulate(tiny_flags(tmp_path, run_name="flaky"), clients=flaky_app, num_supernodes=4)
+    # A sixth node (partition-id 5) is no client of this run: it is left out, not an error.
+    simulate(tiny_flags(tmp_path, run_name="flaky", homo_split_num=5, split_sizes="5,3,3"), clients=flaky_app,
+             num_supernodes=6)
 
     results, events = read_run(tmp_path / "flaky")
     assert results["rounds_completed"] == 2
+    failed = ["client1", "client2", "client3", "client4"]
     for summary in results["rounds"]:
-        assert summary["failed_clients"] == ["client1", "client2"]
+        assert summary["failed_clients"] == failed
         assert list(summary["client_train_accuracy"]) == ["client0"]
     assert [e["clients"] for e in events if e["type"] == "aggregate"] == [["client0"], ["client0"]]
     failures = {(e["round"], e["client"]): e["error"] for e in events if e["type"] == "client_failed"}
-    assert sorted(failures) == [(1, "client1"), (1, "client2"), (2, "client1"), (2, "client2")]
+    assert sorted(failures) == [(r, c) for r in (1, 2) for c in failed]
     assert failures[(1, "client1")].startswith("Flower error") and "client 1 lost its disk" in failures[(1, "client1")]
     assert failures[(1, "client2")].startswith("EngineError") and "sglang" in failures[(1, "client2")]
+    # The fake server's window is 8192 tokens: the default limit is four of them.
+    assert re.fullmatch(r"refused update: its prompt has \d+ tokens, more than max_update_tokens 32768",
+                        failures[(1, "client3")]), failures[(1, "client3")]
+    assert failures[(2, "client4")] == "refused update: field 'prompt' is list, not text"
+    # Nothing of a refused update was merged or written.
+    saved = {path.name for path in (tmp_path / "flaky" / "prompts").rglob("client_*.txt")}
+    assert saved == {"client_client0.txt"}
+    assert not any(b"Count every object. Count every" in path.read_bytes()
+                   for path in (tmp_path / "flaky").rglob("*") if path.is_file())
 
 
 def test_flower_run_stops_before_writing_when_a_client_has_no_supernode(tmp_path, fake_llm, monkeypatch,

@@ -38,14 +38,16 @@ if mode != "exit":
     time.sleep(120)
 """
 
-# ending -> (child mode, signal sent, expected return code of the child)
+# ending -> (child mode, signal sent, expected return code of the child, server logs left behind):
+# a stop is no failure, so its log goes; only SIGKILL leaves no chance to remove it.
 ENDINGS = {
-    "exit": ("exit", None, 0),
-    "sigint": ("main", signal.SIGINT, -signal.SIGINT),
-    "sigterm": ("main", signal.SIGTERM, -signal.SIGTERM),
-    "sigterm-from-thread": ("thread", signal.SIGTERM, -signal.SIGTERM),
-    "sigkill": ("main", signal.SIGKILL, -signal.SIGKILL),
+    "exit": ("exit", None, 0, 0),
+    "sigint": ("main", signal.SIGINT, -signal.SIGINT, 0),
+    "sigterm": ("main", signal.SIGTERM, -signal.SIGTERM, 0),
+    "sigterm-from-thread": ("thread", signal.SIGTERM, -signal.SIGTERM, 0),
+    "sigkill": ("main", signal.SIGKILL, -signal.SIGKILL, 1),
 }
+LOG_GLOB = "fedtextgrad-llama-server-*.log"
 
 
 def _port_open(port: int) -> bool:
@@ -117,9 +119,9 @@ def test_one_server_per_process(local_engine_url: str) -> None:
 
 
 @pytest.mark.parametrize("ending", list(ENDINGS))
-def test_server_stops_with_its_process(ending: str) -> None:
-    mode, signum, expected_code = ENDINGS[ending]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+def test_server_stops_with_its_process(ending: str, tmp_path: Path) -> None:
+    mode, signum, expected_code, logs_left = ENDINGS[ending]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TMPDIR": str(tmp_path)}  # where the log goes
     env.pop("LOCAL_BASE_URL", None)
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD_SCRIPT, mode],
@@ -142,3 +144,41 @@ def test_server_stops_with_its_process(ending: str) -> None:
     assert child.returncode == expected_code
     assert _wait_until(lambda: _process_gone(server_pid), timeout=10)
     assert not _port_open(port)
+    assert len(list(tmp_path.glob(LOG_GLOB))) == logs_left
+
+
+def _main(argv: list[str], tmp_path: Path, vllm_url: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "LOCAL_BASE_URL"}
+    env.update(TMPDIR=str(tmp_path / "tmp"), VLLM_BASE_URL=vllm_url, HF_HUB_OFFLINE="1")
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    flags = ["--module", "train_centralized", "--task", "synthetic_object_counting", "--test_engine", "local",
+             "--evaluation_engine", "vllm-fake-model", "--output_dir", str(tmp_path / "out"),
+             "--cache_dir", str(tmp_path / "cache"), "--comet_mode", "disabled"]
+    return subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), *flags, *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_main_keeps_the_server_log_of_a_failed_run_and_names_it(tmp_path: Path) -> None:
+    """The embedded server starts (test engine), then the evaluation engine's endpoint is down."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    done = _main(["--run_name", "failed"], tmp_path, closed)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    logs = list((tmp_path / "tmp").glob(LOG_GLOB))
+    assert len(logs) == 1 and logs[0].stat().st_size > 0
+    assert "cannot reach the vllm endpoint" in done.stderr
+    assert done.stderr.rstrip().endswith(f"(embedded llama.cpp server log kept: {logs[0]})")
+
+
+def test_main_removes_the_server_log_after_a_clean_run(tmp_path: Path) -> None:
+    from bench.fake_server import FakeServer
+
+    with FakeServer() as evaluation:
+        done = _main(["--split_sizes", "1,1,1", "--max_epochs", "1", "--max_steps", "1", "--batch_size", "1",
+                      "--max_tokens", "8", "--do_not_run_larger_model", "--run_name", "clean"], tmp_path, evaluation.base_url)
+    assert done.returncode == 0, done.stderr
+    events = (tmp_path / "out" / "clean" / "events.jsonl").read_text()
+    assert '"engine": "local"' in events  # the embedded server ran and answered
+    assert "embedded llama.cpp server" not in done.stderr
+    assert not list((tmp_path / "tmp").glob(LOG_GLOB))

@@ -52,6 +52,11 @@ _server: _Server | None = None
 # The process being started, so a Ctrl-C during the (slow) start-up still kills it.
 _starting: subprocess.Popen[bytes] | None = None
 _atexit_registered = False
+# Logs of the servers this process started and that are still running or stopped by us: removed when
+# they stop, unless a failure named them (keep_server_logs). A start-up failure's log, and a log of a
+# server that died, are never in here: their error or warning names them, so they stay.
+_logs: list[str] = []
+_keep_logs = False
 _previous_handlers: dict[int, object] = {}
 
 
@@ -190,13 +195,16 @@ def _start(model_path: str) -> _Server:
                     f"{_last_log_line(log_path)} (full log: {log_path})"
                 )
             time.sleep(0.25)
-    except BaseException:
+    except BaseException as exc:
         _terminate(process)
+        if not isinstance(exc, EngineError):  # interrupted: no error line names the log
+            Path(log_path).unlink(missing_ok=True)
         raise
     finally:
         _starting = None
     logger.info("embedded llama.cpp server ready at %s in %.1f s (log: %s)",
                 base_url, time.monotonic() - started_at, log_path)
+    _logs.append(log_path)
     return _Server(process=process, base_url=base_url, log_path=log_path, model_path=model_path)
 
 
@@ -207,8 +215,9 @@ def ensure_local_server() -> str:
         if _server is not None:
             if _server.process.poll() is None:
                 return _server.base_url
-            logger.warning("embedded llama.cpp server exited (code %s: %s); starting a new one",
-                           _server.process.returncode, _last_log_line(_server.log_path))
+            logger.warning("embedded llama.cpp server exited (code %s: %s); starting a new one (log kept: %s)",
+                           _server.process.returncode, _last_log_line(_server.log_path), _server.log_path)
+            _forget_log(_server.log_path)
             _server = None
         model_path = find_packaged_model()
         install_signal_handlers()
@@ -242,12 +251,40 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
 
 
 def stop_local_server() -> None:
-    """Stop the embedded server if this process started one; safe to call repeatedly."""
+    """Stop the embedded server if this process started one, and remove its log unless a failure
+    asked to keep it; safe to call repeatedly."""
     global _server
     with _lock:
         server, _server = _server, None
     if server is not None:
         _terminate(server.process)
+    _remove_logs()
+
+
+def keep_server_logs() -> list[str]:
+    """The run failed: keep the embedded servers' logs at exit; returns their paths for the error line."""
+    global _keep_logs
+    _keep_logs = True
+    return [path for path in _logs if os.path.exists(path)]
+
+
+def failure_note() -> str:
+    """For the end of an error line: keep the embedded servers' logs and name them ("" if none ran)."""
+    logs = keep_server_logs()
+    return f" (embedded llama.cpp server log kept: {', '.join(logs)})" if logs else ""
+
+
+def _forget_log(path: str) -> None:
+    if path in _logs:
+        _logs.remove(path)
+
+
+def _remove_logs() -> None:
+    if _keep_logs:
+        return
+    for path in list(_logs):
+        Path(path).unlink(missing_ok=True)
+        _forget_log(path)
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -256,6 +293,7 @@ def _on_signal(signum: int, frame: object) -> None:
     for process in (_starting, _server.process if _server else None):
         if process is not None:
             _terminate(process)
+    _remove_logs()  # a stop on request is no failure (SIGTERM's default action skips atexit)
     previous = _previous_handlers.get(signum)
     if callable(previous):
         previous(signum, frame)  # e.g. default_int_handler raises KeyboardInterrupt

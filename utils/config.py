@@ -8,6 +8,7 @@ import difflib
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,6 +19,9 @@ AGGREGATE_METHODS = ("concat", "summarization", "sum_uid")
 ENGINE_PREFIXES = ("local", "ollama-", "vllm-", "sglang-")
 # Model ids that OpenAI itself serves; any other name needs OPENAI_BASE_URL (another compatible server).
 OPENAI_MODEL_PATTERN = re.compile(r"(gpt|chatgpt|o\d|ft:|text-|davinci|babbage|codex|computer-use|omni)", re.I)
+# A run name is one plain folder name inside --output_dir: no separator, no "..", nothing a shell or a
+# filesystem treats specially.
+RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.+=-]{1,255}")
 SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "credential", "credentials"}
 REDACTED = "<redacted>"
 
@@ -169,6 +173,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     first, _ = parser.parse_known_args(argv)
     config_argv = _config_to_argv(parser, first.config) if first.config else []
     if first.resume and first.run_name:
+        check_run_name(first.run_name)  # before it names a file to read
         # A resumed run continues with the settings it was started with; flags given now still win.
         saved = Path(first.output_dir) / first.run_name / "config.yaml"
         if saved.is_file():
@@ -193,6 +198,8 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.clients_per_round is not None and args.clients_per_round > clients:
         raise UsageError(f"--clients_per_round {args.clients_per_round} exceeds the {clients} clients of "
                          f"this run: lower it or raise --homo_split_num")
+    if args.run_name:
+        check_run_name(args.run_name)
     if args.resume:
         check_resumable(args)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
@@ -214,6 +221,14 @@ def check_resumable(args: argparse.Namespace) -> None:
     if not (run_dir / "checkpoint.json").is_file() and not (run_dir / "config.yaml").is_file():
         raise UsageError(f"nothing to resume: {run_dir} holds no started run; check --run_name and "
                          "--output_dir, or drop --resume to start it")
+
+
+def check_run_name(name: str) -> None:
+    """The run folder is <output_dir>/<run_name>: a name that is not one plain component would put it
+    elsewhere (../x, /abs/x, a/b)."""
+    if not RUN_NAME_PATTERN.fullmatch(name) or ".." in name or name == ".":
+        raise UsageError(f"--run_name {name!r} is not a plain folder name: use letters, digits and -_.+= "
+                         "only (no '/', no '..', not '.', at most 255 characters)")
 
 
 def check_engine_name(name: str, flag: str = "engine") -> None:
@@ -240,11 +255,22 @@ def num_clients(args: argparse.Namespace) -> int:
 
 
 def _writable(path: Path) -> bool:
-    """True if path is (or could be created as) a writable folder; creates nothing."""
+    """True if path is (or could be created as) a writable folder; leaves nothing behind.
+
+    A missing folder is tried for real, as an empty temporary folder made and removed in its nearest
+    existing parent: permissions alone do not tell (root passes them all, yet /proc takes no folder)."""
     path = path.resolve()
+    missing = not path.exists()
     while not path.exists():
         path = path.parent
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+    if not (path.is_dir() and os.access(path, os.W_OK | os.X_OK)):
+        return False
+    if missing:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".fedtextgrad-probe-", dir=path))
+        except OSError:
+            return False
+    return True
 
 
 def _looks_secret(name: str) -> bool:

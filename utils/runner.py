@@ -78,7 +78,11 @@ def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate:
         run_larger_model=not args.do_not_run_larger_model and args.evaluation_engine != args.test_engine,
     )
     comet_path = Path(args.comet_log_path) if args.comet_log_path else Path(args.output_dir) / "comet"
-    log = open_run_log(run_dir, args.comet_mode, args.comet_project_name, comet_path)
+    try:
+        log = open_run_log(run_dir, args.comet_mode, args.comet_project_name, comet_path)
+    except OSError as exc:  # the up-front check passed, yet the folder cannot be made (full disk, /proc)
+        raise UsageError(f"cannot create {exc.filename or run_dir} ({exc.strerror}): choose an --output_dir "
+                         "(and --comet_log_path) you can write to") from None
     try:
         if not args.resume:
             log.write_config(resolved_config(args))
