@@ -17,10 +17,10 @@ import pytest
 from tests.scripted_engine import ScriptedEngine
 from textgrad.engine import get_engine
 from textgrad.local_server import find_packaged_model
+from textgrad.tokenizers import bos_token
 from utils import prompt_stats
-from utils.gguf_vocab import bos_token
 from utils.prompt_stats import measure_prompt
-from utils.uid import prompt_logprobs, surprisal_stats, uid_measures
+from utils.uid import surprisal_stats, uid_measures
 
 # Short on purpose: llama-cpp-python spends about 0.1 s of CPU per echoed token.
 SENTENCE = "Count each object in the list, then add the counts. "
@@ -44,7 +44,7 @@ def test_surprisal_stats_are_mean_population_variance_and_max() -> None:
     assert surprisal_stats([1.0, math.nan]) is None
 
 
-def test_bos_token_of_the_packaged_model_read_from_the_gguf_header(tmp_path: Path) -> None:
+def test_bos_token_of_the_packaged_model_from_its_vocabulary(tmp_path: Path) -> None:
     bos = bos_token(find_packaged_model())
     assert bos is not None and bos.text == "<|im_start|>" and bos.added_by_model is False
     not_gguf = tmp_path / "model.gguf"
@@ -54,7 +54,7 @@ def test_bos_token_of_the_packaged_model_read_from_the_gguf_header(tmp_path: Pat
 
 
 def test_real_server_uid_is_finite_aligned_and_separates_uniform_from_lumpy(local_engine: Any) -> None:
-    pairs = prompt_logprobs(UNIFORM, local_engine)
+    pairs = local_engine.prompt_logprobs(UNIFORM)
     assert pairs is not None
     uniform = surprisal_stats([-value for _, value in pairs])
     lumpy = uid_measures(LUMPY, local_engine)

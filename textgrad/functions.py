@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import budget, prompts
-from .engine import ContextOverflowError
+from .errors import ContextOverflowError
 from .variable import PendingGradients, Variable
 
 if TYPE_CHECKING:
