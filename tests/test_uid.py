@@ -105,10 +105,11 @@ def test_engines_without_logprobs_record_not_available(monkeypatch: pytest.Monke
 
 class _VllmLike:
     """Answers /v1/completions with echo the way vLLM does: the prompt's tokens (the first without a
-    log-probability) followed by the generated token."""
+    log-probability) followed by the generated token; and /tokenize with one token per word."""
 
     def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, Any], str]] = []
+        self.requests: list[tuple[dict[str, Any], str]] = []  # the /v1/completions requests
+        self.tokenized: list[str] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -117,12 +118,19 @@ class _VllmLike:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/tokenize":
+                    fake.tokenized.append(body["prompt"])
+                    words = body["prompt"].split()
+                    self._send({"count": len(words), "max_model_len": 4096, "tokens": list(range(len(words)))})
+                    return
                 fake.requests.append((body, self.headers.get("Authorization", "")))
-                payload = {"choices": [{"index": 0, "text": body["prompt"] + " Answer", "logprobs": {
+                self._send({"choices": [{"index": 0, "text": body["prompt"] + " Answer", "logprobs": {
                     "tokens": ["Count", " the", " items", ".", " Answer"],
                     "token_logprobs": [None, -3.0, -1.0, -2.0, -0.25],
                     "text_offset": [0, 5, 9, 15, 16], "top_logprobs": None}}],
-                    "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}}
+                    "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}})
+
+            def _send(self, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -164,6 +172,9 @@ def test_measure_prompt_measures_each_text_once(vllm_like: _VllmLike, monkeypatc
     first = measure_prompt("Count the items.", engine)
     again = measure_prompt("Count the items.", engine)
     assert first == again and first["uid"]["tokens"] == 3 and len(vllm_like.requests) == 1
+    # The length is the server tokenizer's (one token per word here; the estimate would say 7).
+    assert (first["chars"], first["tokens"], first["tokens_estimated"]) == (16, 3, False)
+    assert vllm_like.tokenized == ["Count the items."]
     measure_prompt("Another prompt.", engine)
     assert len(vllm_like.requests) == 2
     monkeypatch.setenv("FEDTEXTGRAD_UID", "0")

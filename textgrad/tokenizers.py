@@ -9,6 +9,7 @@ name it does not know) OpenAI counts are estimated, and say so.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import io
@@ -135,25 +136,43 @@ class ServerTokenizer:
 # ---------------------------------------------------------------- the embedded model's vocabulary
 
 
-@functools.lru_cache(maxsize=4)
+_vocabs: dict[str, Any] = {}
+_vocabs_lock = threading.Lock()
+
+
 def load_vocab(model_path: str) -> Any | None:
     """llama_cpp.Llama of the GGUF file's vocabulary only (no weights), or None if it cannot be read.
 
     One per model file and process: engines come and go (one per cache folder), the vocabulary stays.
     """
+    with _vocabs_lock:
+        if model_path not in _vocabs:
+            _vocabs[model_path] = _open_vocab(model_path)
+            if len(_vocabs) == 1:
+                atexit.register(_close_vocabs)
+        return _vocabs[model_path]
+
+
+def _open_vocab(model_path: str) -> Any | None:
     try:
         import llama_cpp
-    except ImportError as exc:
-        logger.info("cannot load the tokenizer of %s (%s); token counts are estimated", model_path, exc)
-        return None
-    try:
+
         # Even with verbose=False, llama-cpp-python prints a warning about the (unused) context of a
         # vocabulary-only model to sys.stderr; the model loader itself is silenced by verbose=False.
         with contextlib.redirect_stderr(io.StringIO()):
             return llama_cpp.Llama(model_path, vocab_only=True, verbose=False, n_ctx=8, n_batch=8)
-    except (ValueError, OSError, RuntimeError) as exc:
+    except (ImportError, ValueError, OSError, RuntimeError) as exc:
         logger.info("cannot load the tokenizer of %s (%s); token counts are estimated", model_path, exc)
         return None
+
+
+def _close_vocabs() -> None:
+    # Before the interpreter tears llama_cpp down: Llama.__del__ at that point fails with a traceback.
+    with _vocabs_lock:
+        vocabs = [v for v in _vocabs.values() if v is not None]
+        _vocabs.clear()
+    for vocab in vocabs:
+        vocab.close()
 
 
 class VocabTokenizer:
