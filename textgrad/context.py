@@ -218,10 +218,12 @@ class EngineContext:
             self._local_tokenizer = self._tokenizer is not None
         else:
             reported = discover_window(self.kind, base_url, model, api_key)
-        if self._tokenizer is None:
-            # The embedded server's own route is the fallback when its vocabulary cannot be loaded here.
-            self._tokenizer = (TiktokenTokenizer(model) if self._route.backend.tokenizer == "tiktoken"
-                               else ServerTokenizer(base_url, model, api_key))
+        backend = self._route.backend
+        if self._tokenizer is None and backend.tokenizer == "tiktoken":
+            self._tokenizer = TiktokenTokenizer(model)
+        elif self._tokenizer is None and backend.tokenize_routes:
+            # Also the embedded server's fallback when its vocabulary cannot be loaded here.
+            self._tokenizer = ServerTokenizer(base_url, model, api_key, backend.tokenize_routes)
         if reported is not None and self.override is not None:
             return (min(reported, self.override),
                     "--max_context" if self.override <= reported else "reported by the server")

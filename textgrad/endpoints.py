@@ -45,6 +45,9 @@ WindowProbe = Literal["ollama_show", "model_listing", "props"]
 # Where exact token counts come from: the server's tokenize route, or tiktoken for OpenAI models. The
 # embedded server is counted in-process from its GGUF vocabulary (Route.tokenizer).
 TokenizerSource = Literal["server", "tiktoken", "vocab"]
+# The server's tokenize routes, tried in order (below the server root): llama.cpp's llama-server and vLLM
+# answer /tokenize, SGLang /v1/tokenize, llama-cpp-python /extras/tokenize/count.
+LLAMA_CPP_TOKENIZE = ("/tokenize", "/extras/tokenize/count")
 
 
 @dataclass(frozen=True)
@@ -60,18 +63,21 @@ class Backend:
     structured_output: StructuredOutput | None
     prompt_logprobs: PromptLogprobs | None
     window_probes: tuple[WindowProbe, ...]
-    tokenizer: TokenizerSource
+    tokenizer: TokenizerSource | None  # None: no tokenizer to ask, counts are estimated
+    tokenize_routes: tuple[str, ...] = ()
 
 
 BACKENDS: dict[BackendKind, Backend] = {
+    # LOCAL_BASE_URL may be llama.cpp's llama-server or llama-cpp-python (scripts/llamacpp_serve.sh).
     "local": Backend("local", "local", "LOCAL_BASE_URL", None, "LOCAL_API_KEY", "local",
-                     "json_object_schema", "llama_cpp_echo", ("model_listing", "props"), "server"),
+                     "json_object_schema", "llama_cpp_echo", ("model_listing", "props"), "server",
+                     LLAMA_CPP_TOKENIZE),
     "ollama": Backend("ollama", "ollama-", "OLLAMA_BASE_URL", "http://localhost:11434/v1", "OLLAMA_API_KEY",
-                      "ollama", "json_schema", None, ("ollama_show", "model_listing", "props"), "server"),
+                      "ollama", "json_schema", None, ("ollama_show", "model_listing", "props"), None),
     "vllm": Backend("vllm", "vllm-", "VLLM_BASE_URL", "http://localhost:8000/v1", "VLLM_API_KEY", "EMPTY",
-                    "json_schema", "echo", ("model_listing", "props"), "server"),
+                    "json_schema", "echo", ("model_listing", "props"), "server", ("/tokenize",)),
     "sglang": Backend("sglang", "sglang-", "SGLANG_BASE_URL", "http://localhost:30000/v1", "SGLANG_API_KEY",
-                      "EMPTY", "json_schema", None, ("model_listing", "props"), "server"),
+                      "EMPTY", "json_schema", None, ("model_listing", "props"), "server", ("/v1/tokenize", "/tokenize")),
     "openai": Backend("openai", "", "OPENAI_BASE_URL", OPENAI_DEFAULT_URL, "OPENAI_API_KEY", "",
                       "json_schema", None, ("model_listing",), "tiktoken"),
 }
@@ -146,7 +152,7 @@ class Route:
         return self.base_url is None
 
     @property
-    def tokenizer(self) -> TokenizerSource:
+    def tokenizer(self) -> TokenizerSource | None:
         return "vocab" if self.embedded else self.backend.tokenizer
 
 

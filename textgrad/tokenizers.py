@@ -79,16 +79,17 @@ def estimate_tokens(text: str) -> int:
 
 
 class ServerTokenizer:
-    """Token counts from the server's own tokenizer endpoint, found by trying each known route once.
+    """Token counts from the server's own tokenizer endpoint, found by trying each of its routes once.
 
-    llama.cpp's llama-server and vLLM answer POST /tokenize (one reads "content", the other "prompt":
-    both are sent); llama-cpp-python answers POST /extras/tokenize/count. Counts are cached by text,
-    since the same system prompt is measured over and over.
+    llama.cpp's llama-server, vLLM and SGLang answer POST /tokenize or /v1/tokenize (reading "content"
+    or "prompt": both are sent); llama-cpp-python answers POST /extras/tokenize/count. Counts are
+    cached by text, since the same system prompt is measured over and over.
     """
 
-    def __init__(self, base_url: str, model: str, api_key: str) -> None:
+    def __init__(self, base_url: str, model: str, api_key: str, routes: tuple[str, ...]) -> None:
         self.root = server_root(base_url)
         self.model = model
+        self.routes = routes
         self._api_key = api_key
         self._route: str | None = None
         self._probed = False
@@ -96,7 +97,7 @@ class ServerTokenizer:
         self._lock = threading.Lock()
 
     def _ask(self, route: str, text: str) -> int:
-        if route == "/tokenize":
+        if route.endswith("/tokenize"):
             reply = post_json(self.root + route, self._api_key,
                               {"model": self.model, "content": text, "prompt": text, "add_special": False})
         else:
@@ -113,7 +114,7 @@ class ServerTokenizer:
             if text in self._cache:
                 self._cache.move_to_end(text)
                 return self._cache[text]
-        routes = [self._route] if self._probed else ["/tokenize", "/extras/tokenize/count"]
+        routes = [self._route] if self._probed else list(self.routes)
         for route in routes:
             if route is None:
                 return None
