@@ -212,18 +212,11 @@ class EngineContext:
 
     def _resolve(self) -> tuple[int, str]:
         base_url, model, api_key, embedded_path = self._connect()
+        self._tokenizer = self._pick_tokenizer(base_url, model, api_key, embedded_path)
         if embedded_path is not None:
             reported: int | None = local_server.N_CTX  # we started it with this --n_ctx
-            self._tokenizer = vocab_tokenizer(embedded_path)
-            self._local_tokenizer = self._tokenizer is not None
         else:
             reported = discover_window(self.kind, base_url, model, api_key)
-        backend = self._route.backend
-        if self._tokenizer is None and backend.tokenizer == "tiktoken":
-            self._tokenizer = TiktokenTokenizer(model)
-        elif self._tokenizer is None and backend.tokenize_routes:
-            # Also the embedded server's fallback when its vocabulary cannot be loaded here.
-            self._tokenizer = ServerTokenizer(base_url, model, api_key, backend.tokenize_routes)
         if reported is not None and self.override is not None:
             return (min(reported, self.override),
                     "--max_context" if self.override <= reported else "reported by the server")
@@ -232,6 +225,21 @@ class EngineContext:
         if self.override is not None:
             return self.override, "--max_context"
         return default_window(self.kind, model), f"default for {self.kind} engines"
+
+    def _pick_tokenizer(self, base_url: str, model: str, api_key: str,
+                        embedded_path: str | None) -> Tokenizer | None:
+        """The route's exact counter (endpoints.Route.tokenizer); the server's tokenize route where the
+        embedded model's vocabulary cannot be loaded here; None where there is nothing to ask."""
+        source = self._route.tokenizer
+        if source == "vocab" and embedded_path is not None:
+            vocab = vocab_tokenizer(embedded_path)
+            if vocab is not None:
+                self._local_tokenizer = True
+                return vocab
+        if source == "tiktoken":
+            return TiktokenTokenizer(model)
+        routes = self._route.backend.tokenize_routes
+        return ServerTokenizer(base_url, model, api_key, routes) if routes else None
 
     def shrink_to(self, window: int, source: str) -> None:
         with self._lock:

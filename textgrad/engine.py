@@ -20,15 +20,9 @@ from typing import Any
 import httpx
 import openai
 
-from . import context, local_server
+from . import context, endpoints, local_server
 from .cache import ResponseCache
-from .endpoints import (
-    Route,
-    endpoint_slots,
-    fetch_models,
-    http_client,
-)
-from .endpoints import route as resolve_route
+from .endpoints import Route, endpoint_slots, fetch_models, http_client
 from .errors import ContextOverflowError, EngineError
 from .settings import (
     DEFAULT_MAX_CONCURRENCY,
@@ -146,7 +140,7 @@ class ChatEngine:
         """(base URL, model, key, GGUF path if this is the embedded server) for EngineContext."""
         self._ensure_ready()
         embedded = None
-        if self._route.kind == "local" and self._route.embedded:
+        if self._route.embedded:
             info = local_server.local_server_info()
             embedded = str(info["model_path"]) if info else None
         return self.base_url, self.model, self._route.api_key, embedded
@@ -220,7 +214,7 @@ class ChatEngine:
     # -- messages ---------------------------------------------------------------
 
     def _unreachable(self, reason: str = "") -> EngineError:
-        if self._route.kind == "local" and self._route.embedded:
+        if self._route.embedded:
             fix = "the embedded llama.cpp server stopped; rerun, or set LOCAL_BASE_URL to a running server"
         else:
             fix = f"start the server or set {self.env_var}"
@@ -431,7 +425,6 @@ class ChatEngine:
         return pairs
 
 
-
 def _echoed_prompt_logprobs(body: dict[str, Any]) -> list[tuple[str, float]]:
     logprobs = body["choices"][0]["logprobs"]
     # The arrays cover the prompt and then the generated token(s): drop the generated ones.
@@ -466,8 +459,8 @@ def get_engine(name: str, *, cache_dir: str | None = None, use_cache: bool | Non
     with _engines_lock:
         engine = _engines.get(memo_key)
         if engine is None:
-            route = resolve_route(name)
-            if route.kind == "local" and route.embedded:
+            route = endpoints.route(name)
+            if route.embedded:
                 # Installed now because get_engine usually runs in the main thread, while
                 # the server itself may first be needed from a worker thread.
                 local_server.install_signal_handlers()
