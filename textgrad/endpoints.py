@@ -45,9 +45,6 @@ WindowProbe = Literal["ollama_show", "model_listing", "props"]
 # Where exact token counts come from: the server's tokenize route, or tiktoken for OpenAI models. The
 # embedded server is counted in-process from its GGUF vocabulary (Route.tokenizer).
 TokenizerSource = Literal["server", "tiktoken", "vocab"]
-# The server's tokenize routes, tried in order (below the server root): llama.cpp's llama-server and vLLM
-# answer /tokenize, SGLang /v1/tokenize, llama-cpp-python /extras/tokenize/count.
-LLAMA_CPP_TOKENIZE = ("/tokenize", "/extras/tokenize/count")
 
 
 @dataclass(frozen=True)
@@ -64,27 +61,38 @@ class Backend:
     prompt_logprobs: PromptLogprobs | None
     window_probes: tuple[WindowProbe, ...]
     tokenizer: TokenizerSource | None  # None: no tokenizer to ask, counts are estimated
+    # The server's tokenize routes below its root, tried in order until one answers.
     tokenize_routes: tuple[str, ...] = ()
 
 
 BACKENDS: dict[BackendKind, Backend] = {
-    # LOCAL_BASE_URL may be llama.cpp's llama-server or llama-cpp-python (scripts/llamacpp_serve.sh).
-    "local": Backend("local", "local", "LOCAL_BASE_URL", None, "LOCAL_API_KEY", "local",
-                     "json_object_schema", "llama_cpp_echo", ("model_listing", "props"), "server",
-                     LLAMA_CPP_TOKENIZE),
-    "ollama": Backend("ollama", "ollama-", "OLLAMA_BASE_URL", "http://localhost:11434/v1", "OLLAMA_API_KEY",
-                      "ollama", "json_schema", None, ("ollama_show", "model_listing", "props"), None),
-    "vllm": Backend("vllm", "vllm-", "VLLM_BASE_URL", "http://localhost:8000/v1", "VLLM_API_KEY", "EMPTY",
-                    "json_schema", "echo", ("model_listing", "props"), "server", ("/tokenize",)),
-    "sglang": Backend("sglang", "sglang-", "SGLANG_BASE_URL", "http://localhost:30000/v1", "SGLANG_API_KEY",
-                      "EMPTY", "json_schema", None, ("model_listing", "props"), "server", ("/v1/tokenize", "/tokenize")),
-    "openai": Backend("openai", "", "OPENAI_BASE_URL", OPENAI_DEFAULT_URL, "OPENAI_API_KEY", "",
-                      "json_schema", None, ("model_listing",), "tiktoken"),
+    # LOCAL_BASE_URL may be llama.cpp's llama-server (/tokenize) or llama-cpp-python (/extras/tokenize/count,
+    # scripts/llamacpp_serve.sh), which also runs the embedded server.
+    "local": Backend(kind="local", prefix="local", url_env="LOCAL_BASE_URL", default_url=None,
+                     key_env="LOCAL_API_KEY", placeholder_key="local", structured_output="json_object_schema",
+                     prompt_logprobs="llama_cpp_echo", window_probes=("model_listing", "props"),
+                     tokenizer="server", tokenize_routes=("/tokenize", "/extras/tokenize/count")),
+    "ollama": Backend(kind="ollama", prefix="ollama-", url_env="OLLAMA_BASE_URL",
+                      default_url="http://localhost:11434/v1", key_env="OLLAMA_API_KEY", placeholder_key="ollama",
+                      structured_output="json_schema", prompt_logprobs=None,
+                      window_probes=("ollama_show", "model_listing", "props"), tokenizer=None),
+    "vllm": Backend(kind="vllm", prefix="vllm-", url_env="VLLM_BASE_URL", default_url="http://localhost:8000/v1",
+                    key_env="VLLM_API_KEY", placeholder_key="EMPTY", structured_output="json_schema",
+                    prompt_logprobs="echo", window_probes=("model_listing", "props"), tokenizer="server",
+                    tokenize_routes=("/tokenize",)),
+    "sglang": Backend(kind="sglang", prefix="sglang-", url_env="SGLANG_BASE_URL",
+                      default_url="http://localhost:30000/v1", key_env="SGLANG_API_KEY", placeholder_key="EMPTY",
+                      structured_output="json_schema", prompt_logprobs=None,
+                      window_probes=("model_listing", "props"), tokenizer="server",
+                      tokenize_routes=("/v1/tokenize", "/tokenize")),
+    "openai": Backend(kind="openai", prefix="", url_env="OPENAI_BASE_URL", default_url=OPENAI_DEFAULT_URL,
+                      key_env="OPENAI_API_KEY", placeholder_key="", structured_output="json_schema",
+                      prompt_logprobs=None, window_probes=("model_listing",), tokenizer="tiktoken"),
 }
 
 # ---------------------------------------------------------------- the engine-name grammar
 
-ENGINE_PREFIXES = ("local", "ollama-", "vllm-", "sglang-")
+ENGINE_PREFIXES = tuple(b.prefix for b in BACKENDS.values() if b.prefix)  # local, ollama-, vllm-, sglang-
 # Model ids that OpenAI itself serves; any other name needs OPENAI_BASE_URL (another compatible server).
 OPENAI_MODEL_PATTERN = re.compile(r"(gpt|chatgpt|o\d|ft:|text-|davinci|babbage|codex|computer-use|omni)", re.I)
 ENGINE_CHOICES = "use local, ollama-<model>, vllm-<model>, sglang-<model> or an OpenAI model such as gpt-4o"
