@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     # Imported only once the flags are known good: the LLM client libraries take a second or more to load,
     # and a typo deserves an instant answer.
-    from textgrad.engine import EngineError
+    from textgrad.errors import EngineError
     from textgrad.local_server import failure_note
     from utils.rounds import RoundFailed
 

@@ -16,7 +16,7 @@ from flwr.app import Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from textgrad.engine import EngineError
+from textgrad.errors import EngineError
 from textgrad.local_server import failure_note
 from utils.client import Engines
 from utils.config import UsageError

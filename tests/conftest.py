@@ -18,6 +18,18 @@ from textgrad import local_server
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+# Fixtures that start a real llama.cpp server, Ray or a Flower SuperLink (and kill what is left): every test
+# that asks for one, directly or through another fixture, is marked slow. Tests that start or kill such
+# processes themselves carry @pytest.mark.slow.
+SLOW_FIXTURES = {"local_engine_url", "small_llama_server", "no_stray_processes"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     return SHARED_DATA

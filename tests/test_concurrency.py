@@ -18,6 +18,7 @@ import pytest
 
 from bench.fake_server import FakeServer
 from bench.run import build_experiment
+from textgrad import endpoints
 from textgrad import engine as engine_module
 from textgrad.parallel import run_concurrently
 from textgrad.slots import EndpointSlots, background
@@ -38,7 +39,7 @@ def run_round(server: FakeServer, tmp_path: Path, name: str, max_concurrency: in
     """One experiment against `server` with its own cache (unless named) and run folder."""
     monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
     # The cap belongs to the URL for the process; a port reused from an earlier test must not carry its cap.
-    engine_module._semaphores.pop(server.base_url, None)
+    endpoints._semaphores.pop(server.base_url, None)
     engine_module.configure(cache_dir=str(tmp_path / (cache or f"cache-{name}")), max_concurrency=max_concurrency)
     engine = engine_module.get_engine("vllm-fake-model")
     assert engine.request_slot().size == max_concurrency

@@ -29,6 +29,7 @@ from main import main
 from textgrad import budget, context
 from textgrad.engine import ContextOverflowError, configure, get_engine
 from textgrad.local_server import find_packaged_model
+from textgrad.tokenizers import vocab_tokenizer
 from utils.aggregation import aggregate_prompts
 from utils.client import Engines, LocalSettings, local_step
 from utils.data import load_task_data
@@ -48,7 +49,8 @@ def count_words(text: str) -> int:
 
 
 def test_estimate_is_never_below_the_real_tokenizer_on_the_shared_data(shared_data: Path) -> None:
-    tokenizer = context.VocabTokenizer(find_packaged_model())
+    tokenizer = vocab_tokenizer(find_packaged_model())
+    assert tokenizer is not None
     texts: list[str] = []
     for task in ("object_counting", "word_sorting", "multistep_arithmetic_two"):
         examples = json.loads((shared_data / "bbh" / f"{task}.json").read_text())["examples"]

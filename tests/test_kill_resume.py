@@ -38,6 +38,8 @@ from run_helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # kills runs and servers with real signals
+
 ROUNDS = 4
 EXPERIMENT = ["--module", "train_homo_fed", "--task", "synthetic_object_counting", "--split_sizes", "9,4,4",
               "--homo_split_num", "3", "--max_epochs", str(ROUNDS), "--max_steps", "1", "--batch_size", "3",

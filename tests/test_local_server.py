@@ -118,6 +118,7 @@ def test_one_server_per_process(local_engine_url: str) -> None:
     assert local_server.local_server_info()["pid"] == info["pid"]
 
 
+@pytest.mark.slow  # starts llama.cpp in child processes and kills them
 @pytest.mark.parametrize("ending", list(ENDINGS))
 def test_server_stops_with_its_process(ending: str, tmp_path: Path) -> None:
     mode, signum, expected_code, logs_left = ENDINGS[ending]

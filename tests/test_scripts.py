@@ -180,6 +180,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # starts llama.cpp through the launcher
 def test_llamacpp_launcher_starts_a_server_the_local_engine_shares(monkeypatch: pytest.MonkeyPatch) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "LOCAL_BASE_URL"}

@@ -17,10 +17,10 @@ import pytest
 from tests.scripted_engine import ScriptedEngine
 from textgrad.engine import get_engine
 from textgrad.local_server import find_packaged_model
+from textgrad.tokenizers import bos_token
 from utils import prompt_stats
-from utils.gguf_vocab import bos_token
 from utils.prompt_stats import measure_prompt
-from utils.uid import prompt_logprobs, surprisal_stats, uid_measures
+from utils.uid import surprisal_stats, uid_measures
 
 # Short on purpose: llama-cpp-python spends about 0.1 s of CPU per echoed token.
 SENTENCE = "Count each object in the list, then add the counts. "
@@ -44,7 +44,7 @@ def test_surprisal_stats_are_mean_population_variance_and_max() -> None:
     assert surprisal_stats([1.0, math.nan]) is None
 
 
-def test_bos_token_of_the_packaged_model_read_from_the_gguf_header(tmp_path: Path) -> None:
+def test_bos_token_of_the_packaged_model_from_its_vocabulary(tmp_path: Path) -> None:
     bos = bos_token(find_packaged_model())
     assert bos is not None and bos.text == "<|im_start|>" and bos.added_by_model is False
     not_gguf = tmp_path / "model.gguf"
@@ -54,7 +54,7 @@ def test_bos_token_of_the_packaged_model_read_from_the_gguf_header(tmp_path: Pat
 
 
 def test_real_server_uid_is_finite_aligned_and_separates_uniform_from_lumpy(local_engine: Any) -> None:
-    pairs = prompt_logprobs(UNIFORM, local_engine)
+    pairs = local_engine.prompt_logprobs(UNIFORM)
     assert pairs is not None
     uniform = surprisal_stats([-value for _, value in pairs])
     lumpy = uid_measures(LUMPY, local_engine)
@@ -105,10 +105,11 @@ def test_engines_without_logprobs_record_not_available(monkeypatch: pytest.Monke
 
 class _VllmLike:
     """Answers /v1/completions with echo the way vLLM does: the prompt's tokens (the first without a
-    log-probability) followed by the generated token."""
+    log-probability) followed by the generated token; and /tokenize with one token per word."""
 
     def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, Any], str]] = []
+        self.requests: list[tuple[dict[str, Any], str]] = []  # the /v1/completions requests
+        self.tokenized: list[str] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -117,12 +118,19 @@ class _VllmLike:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/tokenize":
+                    fake.tokenized.append(body["prompt"])
+                    words = body["prompt"].split()
+                    self._send({"count": len(words), "max_model_len": 4096, "tokens": list(range(len(words)))})
+                    return
                 fake.requests.append((body, self.headers.get("Authorization", "")))
-                payload = {"choices": [{"index": 0, "text": body["prompt"] + " Answer", "logprobs": {
+                self._send({"choices": [{"index": 0, "text": body["prompt"] + " Answer", "logprobs": {
                     "tokens": ["Count", " the", " items", ".", " Answer"],
                     "token_logprobs": [None, -3.0, -1.0, -2.0, -0.25],
                     "text_offset": [0, 5, 9, 15, 16], "top_logprobs": None}}],
-                    "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}}
+                    "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}})
+
+            def _send(self, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -164,6 +172,9 @@ def test_measure_prompt_measures_each_text_once(vllm_like: _VllmLike, monkeypatc
     first = measure_prompt("Count the items.", engine)
     again = measure_prompt("Count the items.", engine)
     assert first == again and first["uid"]["tokens"] == 3 and len(vllm_like.requests) == 1
+    # The length is the server tokenizer's (one token per word here; the estimate would say 7).
+    assert (first["chars"], first["tokens"], first["tokens_estimated"]) == (16, 3, False)
+    assert vllm_like.tokenized == ["Count the items."]
     measure_prompt("Another prompt.", engine)
     assert len(vllm_like.requests) == 2
     monkeypatch.setenv("FEDTEXTGRAD_UID", "0")

@@ -21,8 +21,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .context import estimate_tokens, message_overhead
-from .engine import ContextOverflowError
+from .context import message_overhead
+from .engine import engine_context_windows
+from .errors import ContextOverflowError
+from .tokenizers import estimate_tokens
 
 CUT_MARKER = "[... {n} tokens cut ...]"
 # A shortened text keeps at least this many tokens; below that a cut text says nothing useful.
@@ -244,8 +246,6 @@ def generate(engine: Any, prompt: str, system_prompt: str | None = None, *, max_
 
 def context_results(llm: Mapping[str, int]) -> dict[str, Any]:
     """What results.json reports about context windows, from the run's summed engine counters."""
-    from .engine import engine_context_windows
-
     return {"context_overflows": llm.get("context_overflows", 0),
             "context": {"windows": engine_context_windows(),
                         "overflow_replies": llm.get("context_overflows", 0),

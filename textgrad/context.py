@@ -1,24 +1,33 @@
-"""What a server says about its context window: its size, its tokenizer, its overflow replies.
+"""What a server says about its context window: its size, its overflow replies, and counts against it.
 
-Servers answer these questions in different places (llama.cpp's /props and /tokenize, vLLM's model
-listing and /tokenize, Ollama's /api/show, llama-cpp-python's /extras/tokenize/count), and many do not
-answer at all; every function here returns None rather than fail, and the engine falls back to a
-flag, a default or a conservative estimate.
+Servers answer these questions in different places (llama.cpp's /props, vLLM's model listing, Ollama's
+/api/show; tokenizers in textgrad.tokenizers), and many do not answer at all; every probe here returns
+None rather than fail, and the engine falls back to a flag, a default or a conservative estimate.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import re
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
+
+import httpx
+
+from . import local_server
+from .endpoints import BACKENDS, Route, WindowProbe, get_json, post_json, server_root
+from .tokenizers import (
+    ServerTokenizer,
+    TiktokenTokenizer,
+    TokenCount,
+    Tokenizer,
+    estimate_tokens,
+    vocab_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,36 +49,7 @@ OPENAI_WINDOWS = (("gpt-3.5", 16385), ("gpt-4o", 128000), ("gpt-4.1", 1047576), 
 OPENAI_DEFAULT_WINDOW = 8192
 
 
-# ---------------------------------------------------------------- counting without a tokenizer
-
-_PIECES = re.compile(r"\d|[A-Za-z]+|[^\x00-\x7f]|\s+|.", re.DOTALL)
-
-
-def estimate_tokens(text: str) -> int:
-    """An upper estimate of the token count of text for BPE vocabularies of 32k-50k entries.
-
-    Measured against SmolLM2's tokenizer on every BBH and GSM8K text in ../shared/data it is never
-    below the true count and about 1.5 times it on average: digits and punctuation are one token
-    each, rare words split into 3-letter pieces, non-ASCII characters cost a token per UTF-8 byte.
-    Never below one token per 4 characters, the rate llama.cpp-style servers are often assumed to use.
-    """
-    count = 0
-    for match in _PIECES.finditer(text):
-        piece = match.group()
-        first = piece[0]
-        if first.isascii() and first.isdigit():
-            count += 1
-        elif first.isascii() and first.isalpha():
-            count += 1 if len(piece) <= 3 else math.ceil(len(piece) / 3)
-        elif not first.isascii():
-            count += len(piece.encode("utf-8"))
-        elif first.isspace():
-            # A single space merges into the next word, except before digits (tokenised one by one).
-            follows_digit = text[match.end():match.end() + 1].isdigit()
-            count += (1 if follows_digit else 0) if piece == " " else 1 + len(piece) // 8
-        else:
-            count += 1
-    return max(math.ceil(count * 1.1), math.ceil(len(text) / 4))
+# ---------------------------------------------------------------- counting
 
 
 def message_overhead(messages: list[dict[str, Any]]) -> int:
@@ -90,27 +70,6 @@ def default_window(kind: str, model: str | None) -> int:
     return SELF_HOSTED_DEFAULT_WINDOW
 
 
-def server_root(base_url: str) -> str:
-    """http://host:port/v1 -> http://host:port: llama.cpp, vLLM and Ollama serve their extras there."""
-    return re.sub(r"/v1/?$", "", base_url.rstrip("/"))
-
-
-def _is_loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def _http_json(url: str, api_key: str, payload: dict[str, Any] | None = None,
-               timeout: float = PROBE_TIMEOUT_S) -> Any:
-    """GET (or POST with a JSON payload) and parse the reply; raises urllib/OS/JSON errors."""
-    data = json.dumps(payload).encode("utf-8") if payload is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Authorization": f"Bearer {api_key}",
-                                                              "Content-Type": "application/json"})
-    handlers = [urllib.request.ProxyHandler({})] if _is_loopback(url) else []
-    with urllib.request.build_opener(*handlers).open(request, timeout=timeout) as response:
-        return json.loads(response.read().decode("utf-8"))
-
-
 def _plausible(value: Any) -> int | None:
     try:
         number = int(value)
@@ -121,7 +80,7 @@ def _plausible(value: Any) -> int | None:
 
 def _from_model_listing(base_url: str, model: str, api_key: str) -> int | None:
     # vLLM and SGLang: {"data": [{"id": ..., "max_model_len": 4096}]}
-    listing = _http_json(f"{base_url}/models", api_key)
+    listing = get_json(f"{base_url}/models", api_key)
     entries = [e for e in listing.get("data", []) if isinstance(e, dict)]
     entries = [e for e in entries if e.get("id") == model] or entries[:1]
     return _plausible(entries[0].get("max_model_len")) if entries else None
@@ -129,7 +88,7 @@ def _from_model_listing(base_url: str, model: str, api_key: str) -> int | None:
 
 def _from_props(base_url: str, model: str, api_key: str) -> int | None:
     # llama.cpp's llama-server: the context of one slot, which is what a request may use.
-    props = _http_json(f"{server_root(base_url)}/props", api_key)
+    props = get_json(f"{server_root(base_url)}/props", api_key)
     settings = props.get("default_generation_settings") if isinstance(props, dict) else None
     value = settings.get("n_ctx") if isinstance(settings, dict) else None
     return _plausible(value if value is not None else props.get("n_ctx"))
@@ -139,7 +98,7 @@ _NUM_CTX = re.compile(r"^\s*num_ctx\s+(\d+)", re.MULTILINE)
 
 
 def _from_ollama(base_url: str, model: str, api_key: str) -> int | None:
-    info = _http_json(f"{server_root(base_url)}/api/show", api_key, {"model": model, "name": model})
+    info = post_json(f"{server_root(base_url)}/api/show", api_key, {"model": model, "name": model})
     # Ollama runs a model at its num_ctx (a Modelfile parameter, else the server's default), not at
     # the length it was trained for, and silently drops what does not fit: never exceed either.
     num_ctx = _NUM_CTX.search(str(info.get("parameters") or ""))
@@ -150,15 +109,16 @@ def _from_ollama(base_url: str, model: str, api_key: str) -> int | None:
     return min(trained_window, SELF_HOSTED_DEFAULT_WINDOW) if trained_window else None
 
 
+_PROBES: dict[WindowProbe, Callable[[str, str, str], int | None]] = {
+    "ollama_show": _from_ollama, "model_listing": _from_model_listing, "props": _from_props}
+
+
 def discover_window(kind: str, base_url: str, model: str, api_key: str) -> int | None:
     """The context window the server reports for model, or None if it does not say."""
-    probes = [_from_model_listing] if kind == "openai" else [_from_model_listing, _from_props]
-    if kind == "ollama":
-        probes.insert(0, _from_ollama)
-    for probe in probes:
+    for name in BACKENDS[kind].window_probes:  # type: ignore[index]
         try:
-            window = probe(base_url, model, api_key)
-        except (urllib.error.URLError, OSError, ValueError, AttributeError, TypeError):
+            window = _PROBES[name](base_url, model, api_key)
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError, TypeError):
             continue
         if window is not None:
             return window
@@ -205,106 +165,6 @@ def overflow_sizes(body: Any) -> tuple[int | None, int | None]:
     return window, prompt
 
 
-# ---------------------------------------------------------------- tokenizers
-
-COUNT_CACHE_SIZE = 4096
-
-
-class ServerTokenizer:
-    """Token counts from the server's own tokenizer endpoint, found by trying each known route once.
-
-    llama.cpp's llama-server and vLLM answer POST /tokenize (one reads "content", the other "prompt":
-    both are sent); llama-cpp-python answers POST /extras/tokenize/count. Counts are cached by text,
-    since the same system prompt is measured over and over.
-    """
-
-    def __init__(self, base_url: str, model: str, api_key: str) -> None:
-        self.root = server_root(base_url)
-        self.model = model
-        self._api_key = api_key
-        self._route: str | None = None
-        self._probed = False
-        self._cache: OrderedDict[str, int] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _ask(self, route: str, text: str) -> int:
-        if route == "/tokenize":
-            reply = _http_json(self.root + route, self._api_key,
-                               {"model": self.model, "content": text, "prompt": text, "add_special": False})
-        else:
-            reply = _http_json(self.root + route, self._api_key, {"model": self.model, "input": text})
-        if isinstance(reply.get("count"), int):
-            return int(reply["count"])
-        tokens = reply.get("tokens")
-        if isinstance(tokens, list):
-            return len(tokens)
-        raise ValueError("no token count in the reply")
-
-    def count(self, text: str) -> int | None:
-        with self._lock:
-            if text in self._cache:
-                self._cache.move_to_end(text)
-                return self._cache[text]
-        routes = [self._route] if self._probed else ["/tokenize", "/extras/tokenize/count"]
-        for route in routes:
-            if route is None:
-                return None
-            try:
-                n = self._ask(route, text)
-            except (urllib.error.URLError, OSError, ValueError, AttributeError, TypeError):
-                continue
-            with self._lock:
-                self._route, self._probed = route, True
-                self._cache[text] = n
-                if len(self._cache) > COUNT_CACHE_SIZE:
-                    self._cache.popitem(last=False)
-            return n
-        if not self._probed:
-            logger.info("%s offers no tokenizer endpoint; token counts are estimated", self.root)
-            self._probed = True
-        return None
-
-
-class VocabTokenizer:
-    """The embedded server's tokenizer, loaded in-process from the same GGUF file (vocabulary only).
-
-    Exact and local: asking the embedded llama-cpp-python server would queue each count behind the
-    generation in progress, since that server handles one request at a time.
-    """
-
-    def __init__(self, model_path: str) -> None:
-        import llama_cpp
-        from llama_cpp._logger import set_verbose
-
-        set_verbose(False)  # the loader otherwise prints the whole GGUF header to stderr
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        self._model = llama_cpp.llama_model_load_from_file(model_path.encode("utf-8"), params)
-        if not self._model:
-            raise OSError(f"cannot read the vocabulary of {model_path}")
-        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self._llama_cpp = llama_cpp
-        self._lock = threading.Lock()
-
-    def count(self, text: str) -> int | None:
-        data = text.encode("utf-8")
-        capacity = len(data) + 16  # BPE never makes more tokens than bytes
-        buffer = (self._llama_cpp.llama_token * capacity)()
-        with self._lock:
-            n = self._llama_cpp.llama_tokenize(self._vocab, data, len(data), buffer, capacity, False, True)
-        return int(n) if n >= 0 else None
-
-
-@functools.lru_cache(maxsize=4)
-def vocab_tokenizer(model_path: str) -> VocabTokenizer | None:
-    """One per model file and process: engines come and go (one per cache folder), the vocabulary stays."""
-    try:
-        return VocabTokenizer(model_path)
-    except (ImportError, OSError, AttributeError) as exc:
-        logger.info("cannot load the tokenizer of %s (%s); token counts are estimated", model_path, exc)
-        return None
-
-
 # ---------------------------------------------------------------- one engine's view of its window
 
 REJECTED_REMEMBERED = 4096
@@ -321,15 +181,16 @@ class EngineContext:
     `estimate_tokens`, scaled up whenever the server reports more prompt tokens than we counted.
     """
 
-    def __init__(self, kind: str, model_hint: str | None, override: int | None, connect: Any) -> None:
+    def __init__(self, route: Route, model_hint: str | None, override: int | None, connect: Any) -> None:
         # connect() -> (base_url, model, api_key, embedded model path or None), after starting the server
-        self.kind = kind
+        self.kind = route.kind
+        self._route = route
         self.override = override
         self._model_hint = model_hint
         self._connect = connect
         self._window: int | None = None
         self.source = ""
-        self._tokenizer: ServerTokenizer | VocabTokenizer | None = None
+        self._tokenizer: Tokenizer | None = None
         self._local_tokenizer = False
         self._scale = 1.0
         self._rejected: OrderedDict[str, None] = OrderedDict()
@@ -351,16 +212,11 @@ class EngineContext:
 
     def _resolve(self) -> tuple[int, str]:
         base_url, model, api_key, embedded_path = self._connect()
+        self._tokenizer = self._pick_tokenizer(base_url, model, api_key, embedded_path)
         if embedded_path is not None:
-            from textgrad import local_server
-
             reported: int | None = local_server.N_CTX  # we started it with this --n_ctx
-            self._tokenizer = vocab_tokenizer(embedded_path)
-            self._local_tokenizer = self._tokenizer is not None
         else:
             reported = discover_window(self.kind, base_url, model, api_key)
-        if self._tokenizer is None and self.kind != "openai":
-            self._tokenizer = ServerTokenizer(base_url, model, api_key)
         if reported is not None and self.override is not None:
             return (min(reported, self.override),
                     "--max_context" if self.override <= reported else "reported by the server")
@@ -369,6 +225,21 @@ class EngineContext:
         if self.override is not None:
             return self.override, "--max_context"
         return default_window(self.kind, model), f"default for {self.kind} engines"
+
+    def _pick_tokenizer(self, base_url: str, model: str, api_key: str,
+                        embedded_path: str | None) -> Tokenizer | None:
+        """The route's exact counter (endpoints.Route.tokenizer); the server's tokenize route where the
+        embedded model's vocabulary cannot be loaded here; None where there is nothing to ask."""
+        source = self._route.tokenizer
+        if source == "vocab" and embedded_path is not None:
+            vocab = vocab_tokenizer(embedded_path)
+            if vocab is not None:
+                self._local_tokenizer = True
+                return vocab
+        if source == "tiktoken":
+            return TiktokenTokenizer(model)
+        routes = self._route.backend.tokenize_routes
+        return ServerTokenizer(base_url, model, api_key, routes) if routes else None
 
     def shrink_to(self, window: int, source: str) -> None:
         with self._lock:
@@ -384,13 +255,19 @@ class EngineContext:
         return math.ceil(estimate_tokens(text) * self._scale)
 
     def count(self, text: str) -> int:
-        """The server tokenizer's count where there is one, else the scaled estimate."""
+        """The model tokenizer's count where there is one, else the scaled estimate."""
+        return self.token_count(text).tokens
+
+    def token_count(self, text: str) -> TokenCount:
+        """As count(), and whether the number is the tokenizer's (exact) or the scaled estimate."""
         self.window  # noqa: B018 - resolves the tokenizer together with the window
-        if self._tokenizer is not None and text:
+        if not text:
+            return TokenCount(0, exact=True)
+        if self._tokenizer is not None:
             exact = self._tokenizer.count(text)
             if exact is not None:
-                return exact
-        return math.ceil(estimate_tokens(text) * self._scale)
+                return TokenCount(exact, exact=True)
+        return TokenCount(math.ceil(estimate_tokens(text) * self._scale), exact=False)
 
     def messages(self, messages: list[dict[str, Any]], exact: bool = False) -> int:
         measure = self.count if exact else self.estimate

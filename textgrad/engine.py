@@ -3,40 +3,44 @@
 Every backend in the spec (embedded llama.cpp, Ollama, vLLM, SGLang, OpenAI)
 speaks the OpenAI chat API, so one class covers them all; only the URL, the key
 and the model id differ, and those come from the engine name plus environment
-variables (see ``_route``).
+variables (see ``textgrad.endpoints.route``). What a backend can do beyond chat
+(prompt log-probabilities, structured output, its window and tokenizer) is in
+``textgrad.endpoints.Backend``; errors live in ``textgrad.errors``, counters in
+``textgrad.stats`` (all re-exported here for callers that import them from this module).
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import json
 import logging
-import os
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 
-from textgrad import context
-from textgrad.cache import ResponseCache
-from textgrad.engine_names import canonical_engine_name
-from textgrad.slots import EndpointSlots
+from . import context, endpoints, local_server
+from .cache import ResponseCache
+from .endpoints import Route, canonical_engine_name, endpoint_slots, fetch_models, http_client
+from .errors import ContextOverflowError, EngineError
+from .settings import (
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    configure,
+    default_cache_dir,
+    defaults,
+)
+from .slots import EndpointSlots
+from .stats import EngineStats, metered
+from .tokenizers import TokenCount, bos_token
+
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "DEFAULT_REQUEST_TIMEOUT_S", "ChatEngine", "ContextOverflowError", "EngineError",
+           "EngineStats", "TokenCount", "all_engine_stats", "configure", "default_cache_dir", "engine_context_windows",
+           "get_engine", "metered"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_CONCURRENCY = 16
-# Long on purpose: the embedded server answers one request at a time, so a request
-# may queue behind max_concurrency others before its first token.
-DEFAULT_REQUEST_TIMEOUT_S = 600.0
 CONNECT_TIMEOUT_S = 5.0
 MAX_ATTEMPTS = 6
 BACKOFF_BASE_S = 0.5
@@ -46,216 +50,6 @@ CONNECTION_RETRY_BUDGET_S = 20.0
 CHECK_TIMEOUT_S = 10.0
 # The engine lowers max_tokens to fit the window, but not below this: a shorter reply is rarely usable.
 MIN_REPLY_TOKENS = 16
-OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
-
-
-class EngineError(RuntimeError):
-    """A failure the user can fix (server down, key missing or rejected); one line, no key in it."""
-
-
-class ContextOverflowError(EngineError):
-    """A request too long for the model's context window: rejected by the server or known not to fit.
-
-    Never retried unchanged: callers shorten the request once (textgrad.budget) or skip the item.
-    """
-
-    def __init__(self, message: str, *, window: int | None = None, prompt_tokens: int | None = None) -> None:
-        super().__init__(message)
-        self.window = window
-        self.prompt_tokens = prompt_tokens
-
-
-# ---------------------------------------------------------------- statistics
-
-
-@dataclass
-class EngineStats:
-    """Per-engine counters, updated from many threads."""
-
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cache_hits: int = 0
-    cache_misses: int = 0
-    retries: int = 0
-    failures: int = 0
-    context_overflows: int = 0  # overflow replies from the server (HTTP 400 naming the context)
-    context_shortened: int = 0  # requests cut down to fit the window before they were sent
-    context_skipped: int = 0    # calls given up because not even the shortest version fits
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    _COUNTERS = ("calls", "prompt_tokens", "completion_tokens", "cache_hits",
-                 "cache_misses", "retries", "failures", "context_overflows", "context_shortened",
-                 "context_skipped")
-
-    def add(self, **deltas: int) -> None:
-        self._bump(deltas)
-        for meter in _meters.get():
-            meter._bump(deltas)
-
-    def _bump(self, deltas: dict[str, int]) -> None:
-        with self._lock:
-            for name, delta in deltas.items():
-                setattr(self, name, getattr(self, name) + delta)
-
-    def as_dict(self) -> dict[str, int]:
-        with self._lock:
-            return {name: getattr(self, name) for name in self._COUNTERS}
-
-
-# The meters of the current context (see metered()): every counter update also lands in each of them.
-_meters: contextvars.ContextVar[tuple[EngineStats, ...]] = contextvars.ContextVar("fedtextgrad_meters",
-                                                                                  default=())
-
-
-@contextlib.contextmanager
-def metered() -> Iterator[EngineStats]:
-    """Counters of the calls made inside the block, by any engine, also from the threads it starts
-    through textgrad.parallel: the cost of one phase of a run while other phases run beside it."""
-    meter = EngineStats()
-    token = _meters.set((*_meters.get(), meter))
-    try:
-        yield meter
-    finally:
-        _meters.reset(token)
-
-
-# ---------------------------------------------------------------- process-wide settings
-
-
-@dataclass
-class _Settings:
-    cache_dir: str | None = None  # None: FEDTEXTGRAD_CACHE_DIR or ~/.cache/fedtextgrad
-    use_cache: bool = True
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
-    request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
-    max_context: int | None = None  # None: ask the server, else a default per kind of engine
-
-
-_settings = _Settings()
-_UNSET: Any = object()
-
-
-def configure(
-    *,
-    cache_dir: str | None = _UNSET,
-    use_cache: bool = _UNSET,
-    max_concurrency: int = _UNSET,
-    request_timeout: float = _UNSET,
-    max_context: int | None = _UNSET,
-) -> None:
-    """Set the defaults that get_engine uses for arguments left as None.
-
-    Only the arguments given change; ``cache_dir=None`` goes back to the default
-    location. Engines already created keep their settings.
-    """
-    if cache_dir is not _UNSET:
-        _settings.cache_dir = None if cache_dir is None else str(cache_dir)
-    if use_cache is not _UNSET:
-        _settings.use_cache = bool(use_cache)
-    if max_concurrency is not _UNSET:
-        if int(max_concurrency) < 1:
-            raise ValueError("max_concurrency must be at least 1")
-        _settings.max_concurrency = int(max_concurrency)
-    if request_timeout is not _UNSET:
-        if float(request_timeout) <= 0:
-            raise ValueError("request_timeout must be positive")
-        _settings.request_timeout = float(request_timeout)
-    if max_context is not _UNSET:
-        if max_context is not None and int(max_context) < context.MIN_PLAUSIBLE_WINDOW:
-            raise ValueError(f"max_context must be at least {context.MIN_PLAUSIBLE_WINDOW} tokens")
-        _settings.max_context = None if max_context is None else int(max_context)
-
-
-def default_cache_dir() -> str:
-    if _settings.cache_dir:
-        return str(Path(_settings.cache_dir).expanduser().resolve())
-    env = os.environ.get("FEDTEXTGRAD_CACHE_DIR")
-    base = Path(env) if env else Path.home() / ".cache" / "fedtextgrad"
-    return str(base.expanduser().resolve())
-
-
-# ---------------------------------------------------------------- routing
-
-
-@dataclass(frozen=True)
-class _Route:
-    kind: str             # "local", "ollama", "vllm", "sglang", "openai" (used in messages)
-    model: str | None     # None: ask the server's /models listing
-    base_url: str | None  # None: start the embedded llama.cpp server
-    env_var: str          # the variable that sets the URL
-    key_env: str | None   # the variable that holds the key
-    api_key: str = field(repr=False, default="")
-
-
-# prefix -> (kind, URL variable, default URL, key variable, placeholder key). Self-hosted
-# servers usually accept any key, but the SDK insists on a non-empty one.
-_PREFIXES = {
-    "ollama-": ("ollama", "OLLAMA_BASE_URL", "http://localhost:11434/v1", "OLLAMA_API_KEY", "ollama"),
-    "vllm-": ("vllm", "VLLM_BASE_URL", "http://localhost:8000/v1", "VLLM_API_KEY", "EMPTY"),
-    "sglang-": ("sglang", "SGLANG_BASE_URL", "http://localhost:30000/v1", "SGLANG_API_KEY", "EMPTY"),
-}
-
-
-def _clean_url(url: str) -> str:
-    return url.strip().rstrip("/")
-
-
-def _route(name: str) -> _Route:
-    if not name or not name.strip():
-        raise EngineError("empty engine name: use `local`, `ollama-<model>`, `vllm-<model>`, "
-                          "`sglang-<model>` or an OpenAI model such as `gpt-4o`")
-    if name == "local":
-        url = os.environ.get("LOCAL_BASE_URL")
-        return _Route("local", None, _clean_url(url) if url else None, "LOCAL_BASE_URL",
-                      "LOCAL_API_KEY", os.environ.get("LOCAL_API_KEY") or "local")
-    for prefix, (kind, url_env, default_url, key_env, placeholder) in _PREFIXES.items():
-        if name.startswith(prefix):
-            model = name[len(prefix):].strip()
-            if not model:
-                raise EngineError(f"engine `{name}` names no model: write it as `{prefix}<model>`, "
-                                  f"e.g. `{prefix}llama3.1`")
-            url = _clean_url(os.environ.get(url_env) or default_url)
-            return _Route(kind, model, url, url_env, key_env, os.environ.get(key_env) or placeholder)
-    key = os.environ.get("OPENAI_API_KEY")
-    if not key:
-        raise EngineError("OPENAI_API_KEY is not set: export it, or choose a local engine "
-                          "(--evaluation_engine local)")
-    url = _clean_url(os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_URL)
-    return _Route("openai", name.strip(), url, "OPENAI_BASE_URL", "OPENAI_API_KEY", key)
-
-
-def _is_loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def _fetch_models(base_url: str, api_key: str, timeout: float) -> list[str]:
-    """Model ids from GET {base_url}/models; raises urllib errors for the caller to word."""
-    request = urllib.request.Request(f"{base_url}/models", headers={"Authorization": f"Bearer {api_key}"})
-    handlers = [urllib.request.ProxyHandler({})] if _is_loopback(base_url) else []
-    with urllib.request.build_opener(*handlers).open(request, timeout=timeout) as response:
-        payload = json.loads(response.read().decode("utf-8"))
-    return [str(item.get("id")) for item in payload.get("data", []) if isinstance(item, dict)]
-
-
-# ---------------------------------------------------------------- per-endpoint cap
-
-_semaphores: dict[str, EndpointSlots] = {}
-_semaphores_lock = threading.Lock()
-
-
-def _endpoint_semaphore(base_url: str, size: int) -> EndpointSlots:
-    # Shared by every engine on the URL: a vLLM server used as both test and evaluation
-    # engine must see at most `size` requests from us, not `size` per engine.
-    with _semaphores_lock:
-        semaphore = _semaphores.get(base_url)
-        if semaphore is None:
-            semaphore = _semaphores[base_url] = EndpointSlots(size)
-        elif semaphore.size != size:
-            logger.warning("endpoint %s already capped at %s concurrent requests; keeping that cap",
-                           base_url, semaphore.size)
-        return semaphore
 
 
 # ---------------------------------------------------------------- the engine
@@ -284,7 +78,7 @@ class ChatEngine:
     does not start the llama.cpp server until something actually needs it.
     """
 
-    def __init__(self, name: str, route: _Route, *, cache: ResponseCache | None,
+    def __init__(self, name: str, route: Route, *, cache: ResponseCache | None,
                  max_concurrency: int, request_timeout: float, max_context: int | None = None) -> None:
         self.name = name
         self.env_var = route.env_var
@@ -298,7 +92,7 @@ class ChatEngine:
         self._client: openai.OpenAI | None = None
         self._semaphore: EndpointSlots | None = None
         self._setup_lock = threading.Lock()
-        self.context = context.EngineContext(route.kind, route.model or name, max_context, self._connection)
+        self.context = context.EngineContext(route, route.model or name, max_context, self._connection)
 
     def __repr__(self) -> str:
         # Deliberately without the key (and without forcing the lazy set-up).
@@ -323,21 +117,17 @@ class ChatEngine:
             if self._client is not None:
                 return self._client
             if self._base_url is None:
-                from textgrad import local_server  # lazy: it imports EngineError from here
-
                 self._base_url = local_server.ensure_local_server()
             if self._model is None:
                 self._model = self._discover_model()
-            # Loopback servers must never go through a proxy from the environment.
-            http_client = httpx.Client(trust_env=False) if _is_loopback(self._base_url) else None
             self._client = openai.OpenAI(
                 base_url=self._base_url,
                 api_key=self._route.api_key,
                 max_retries=0,  # our own loop below counts and bounds retries
                 timeout=httpx.Timeout(self.request_timeout, connect=CONNECT_TIMEOUT_S),
-                http_client=http_client,
+                http_client=http_client(self._base_url),  # the server's one pooled client
             )
-            self._semaphore = _endpoint_semaphore(self._base_url, self.max_concurrency)
+            self._semaphore = endpoint_slots(self._base_url, self.max_concurrency)
             return self._client
 
     def request_slot(self) -> EndpointSlots:
@@ -350,9 +140,7 @@ class ChatEngine:
         """(base URL, model, key, GGUF path if this is the embedded server) for EngineContext."""
         self._ensure_ready()
         embedded = None
-        if self._route.kind == "local" and self._route.base_url is None:
-            from textgrad import local_server
-
+        if self._route.embedded:
             info = local_server.local_server_info()
             embedded = str(info["model_path"]) if info else None
         return self.base_url, self.model, self._route.api_key, embedded
@@ -365,8 +153,15 @@ class ChatEngine:
         return self.context.window
 
     def count_tokens(self, text: str) -> int:
-        """Tokens of text by the server's tokenizer where it offers one, else a conservative estimate."""
+        """Tokens of text by the model's tokenizer where one is reachable, else a conservative estimate."""
         return self.context.count(text)
+
+    def token_count(self, text: str) -> TokenCount:
+        """count_tokens(text) with whether it is exact: the project's one token counter (prompt lengths too).
+
+        Exact from the embedded model's vocabulary, a server's /tokenize, or tiktoken for OpenAI models;
+        an estimate (exact=False) where none of them answers."""
+        return self.context.token_count(text)
 
     def estimate_tokens(self, text: str) -> int:
         """A cheap upper bound of count_tokens (no request to the server)."""
@@ -409,9 +204,9 @@ class ChatEngine:
     def _discover_model(self) -> str:
         assert self._base_url is not None
         try:
-            models = _fetch_models(self._base_url, self._route.api_key, CHECK_TIMEOUT_S)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise self._unreachable(_one_line(str(getattr(exc, "reason", exc)))) from None
+            models = fetch_models(self._base_url, self._route.api_key, CHECK_TIMEOUT_S)
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError) as exc:
+            raise self._unreachable(_one_line(str(exc))) from None
         if not models:
             raise EngineError(f"the {self._route.kind} endpoint at {self._base_url} lists no model")
         return models[0]
@@ -419,7 +214,7 @@ class ChatEngine:
     # -- messages ---------------------------------------------------------------
 
     def _unreachable(self, reason: str = "") -> EngineError:
-        if self._route.kind == "local" and self._route.base_url is None:
+        if self._route.embedded:
             fix = "the embedded llama.cpp server stopped; rerun, or set LOCAL_BASE_URL to a running server"
         else:
             fix = f"start the server or set {self.env_var}"
@@ -568,18 +363,74 @@ class ChatEngine:
         reason = ""
         for attempt in range(2):
             try:
-                _fetch_models(self._base_url, self._route.api_key, CHECK_TIMEOUT_S)
+                fetch_models(self._base_url, self._route.api_key, CHECK_TIMEOUT_S)
                 return
-            except urllib.error.HTTPError as exc:
-                if exc.code in (401, 403) and self._route.key_env:
+            except httpx.HTTPStatusError as exc:
+                code = exc.response.status_code
+                if code in (401, 403) and self._route.key_env:
                     raise EngineError(f"the {self._route.kind} endpoint at {self._base_url} rejected the "
-                                      f"API key (HTTP {exc.code}): check {self._route.key_env}") from None
+                                      f"API key (HTTP {code}): check {self._route.key_env}") from None
                 return  # it answered; some servers simply do not implement /models
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                reason = _one_line(str(getattr(exc, "reason", exc)))
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError) as exc:
+                reason = _one_line(str(exc))
                 if attempt == 0:
                     time.sleep(1.0)
         raise self._unreachable(reason)
+
+
+    # -- prompt log-probabilities (UID measures) --------------------------------------------
+
+    def prompt_logprobs(self, text: str) -> list[tuple[str, float]] | None:
+        """(token, log p(token | the tokens before it)) for every token of text after the first, from the
+        server; None where the backend returns no prompt log-probabilities. May raise.
+
+        Kept in the response cache like chat replies and sent under the endpoint's cap, but not counted
+        as an LLM call of the run."""
+        style = self._route.backend.prompt_logprobs
+        if style is None or not text.strip():
+            return None
+        if style == "echo":
+            return self._echo_logprobs(text)
+        # llama-cpp-python pairs echoed token i with the log-probabilities computed *after* token i unless
+        # the prompt starts with the model's BOS token (which it then strips). So the BOS is put in front
+        # explicitly for models that do not add it themselves; that requires knowing which model is served.
+        model_path = local_server.served_model_path(self.base_url, self.model)
+        bos = bos_token(model_path) if model_path else None
+        if bos is None:
+            return None
+        pairs = self._echo_logprobs(("" if bos.added_by_model else bos.text) + text)
+        if not text.endswith("".join(token for token, _ in pairs)):
+            return None  # the BOS was not recognised as such: the values would be misaligned
+        return pairs
+
+    def _echo_logprobs(self, prompt: str) -> list[tuple[str, float]]:
+        """(token, log-probability) of every echoed prompt token that has one (not the first)."""
+        key = ResponseCache.make_key(self.model, [{"role": "echo", "content": prompt}], {"logprobs": 1})
+        hit = self.cache.get(key) if self.cache is not None else None
+        if hit is not None and isinstance(hit.get("logprobs"), list):
+            return [(str(token), float(value)) for token, value in hit["logprobs"]]
+        # Under the endpoint's cap like every chat call: measurements run beside validation requests.
+        with self.request_slot():
+            response = http_client(self.base_url).post(
+                f"{self.base_url}/completions", headers={"Authorization": f"Bearer {self._route.api_key}"},
+                timeout=self.request_timeout, json={"model": self.model, "prompt": prompt, "max_tokens": 1,
+                                                    "temperature": 0.0, "echo": True, "logprobs": 1})
+        response.raise_for_status()
+        pairs = _echoed_prompt_logprobs(response.json())
+        if self.cache is not None:
+            try:
+                self.cache.put(key, {"model": self.model, "logprobs": pairs})
+            except OSError as exc:
+                logger.warning("could not write the response cache in %s: %s", self.cache.directory, exc)
+        return pairs
+
+
+def _echoed_prompt_logprobs(body: dict[str, Any]) -> list[tuple[str, float]]:
+    logprobs = body["choices"][0]["logprobs"]
+    # The arrays cover the prompt and then the generated token(s): drop the generated ones.
+    generated = int((body.get("usage") or {}).get("completion_tokens") or 0)
+    pairs = list(zip(logprobs["tokens"], logprobs["token_logprobs"], strict=True))
+    return [(token, float(value)) for token, value in pairs[:len(pairs) - generated] if value is not None]
 
 
 def _retry_after(exc: openai.APIStatusError) -> float:
@@ -603,25 +454,23 @@ def get_engine(engine_name: str, *, cache_dir: str | None = None, use_cache: boo
     Routing and key problems raise EngineError here, before any request is made.
     """
     name = canonical_engine_name(engine_name)  # TextGrad's spelling: `experimental:gpt-4o` is `gpt-4o`
-    use_cache = _settings.use_cache if use_cache is None else use_cache
+    use_cache = defaults.use_cache if use_cache is None else use_cache
     directory = str(Path(cache_dir).expanduser().resolve()) if cache_dir else default_cache_dir()
-    memo_key = (name, directory, bool(use_cache), _settings.max_context)
+    memo_key = (name, directory, bool(use_cache), defaults.max_context)
     with _engines_lock:
         engine = _engines.get(memo_key)
         if engine is None:
-            route = _route(name)
-            if route.kind == "local" and route.base_url is None:
-                from textgrad import local_server
-
+            route = endpoints.route(name)
+            if route.embedded:
                 # Installed now because get_engine usually runs in the main thread, while
                 # the server itself may first be needed from a worker thread.
                 local_server.install_signal_handlers()
             engine = ChatEngine(
                 name, route,
                 cache=ResponseCache(directory) if use_cache else None,
-                max_concurrency=max_concurrency or _settings.max_concurrency,
-                request_timeout=_settings.request_timeout,
-                max_context=_settings.max_context,
+                max_concurrency=max_concurrency or defaults.max_concurrency,
+                request_timeout=defaults.request_timeout,
+                max_context=defaults.max_context,
             )
             _engines[memo_key] = engine
         return engine

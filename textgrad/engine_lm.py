@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .context import estimate_tokens
-from .engine import ChatEngine, EngineStats
+from .engine import ChatEngine
+from .stats import EngineStats
 
 
 class EngineLM(ABC):

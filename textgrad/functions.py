@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from . import budget, prompts
 from .config import resolve_engine
-from .engine import ContextOverflowError
+from .errors import ContextOverflowError
 from .variable import PendingGradients, Variable
 
 if TYPE_CHECKING:

@@ -20,12 +20,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from textgrad.engine import EngineError
+import httpx
+
+from .endpoints import http_client
+from .errors import EngineError
 
 logger = logging.getLogger(__name__)
 
@@ -145,12 +146,9 @@ def _die_with_parent() -> None:
 
 
 def _models_endpoint_ready(base_url: str) -> bool:
-    # Loopback only, so proxies from the environment must not be consulted.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(f"{base_url}/models", timeout=2.0) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
+        return http_client(base_url).get(f"{base_url}/models", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
         return False
 
 
@@ -235,6 +233,17 @@ def local_server_info() -> dict[str, object] | None:
         return None
     return {"pid": server.process.pid, "base_url": server.base_url,
             "model_path": server.model_path, "log_path": server.log_path}
+
+
+def served_model_path(base_url: str, model: str) -> str | None:
+    """The GGUF file behind a llama.cpp server at base_url: the embedded server's, or for LOCAL_BASE_URL the
+    one LOCAL_MODEL_PATH / the packaged model names, if the server reports that model (our alias is the
+    file's stem, as scripts/llamacpp_serve.sh and the embedded server set it)."""
+    info = local_server_info()
+    if info is not None and info["base_url"] == base_url:
+        return str(info["model_path"])
+    path = find_packaged_model()
+    return path if model in (Path(path).stem, path) else None
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:

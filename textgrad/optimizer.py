@@ -6,7 +6,7 @@ import re
 from typing import TYPE_CHECKING
 
 from . import budget, prompts
-from .engine import ContextOverflowError
+from .errors import ContextOverflowError
 from .parallel import run_concurrently
 from .variable import Variable
 

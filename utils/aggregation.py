@@ -7,7 +7,8 @@ import re
 from dataclasses import dataclass
 
 from textgrad import budget
-from textgrad.engine import ChatEngine, ContextOverflowError
+from textgrad.engine import ChatEngine
+from textgrad.errors import ContextOverflowError
 
 from .tasks import TaskSpec, ensure_format_instruction
 

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import textgrad as tg
-from textgrad.engine import ChatEngine, ContextOverflowError
+from textgrad.engine import ChatEngine
+from textgrad.errors import ContextOverflowError
 from textgrad.parallel import run_concurrently
 
 from .evaluation import evaluate_prompt, score_answer

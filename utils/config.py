@@ -4,7 +4,6 @@ file is written or any LLM is called."""
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import re
 import sys
@@ -14,11 +13,11 @@ from typing import Any, NoReturn
 
 import yaml
 
+# The engine-name grammar is textgrad.endpoints' (a cheap import: no LLM client library loads with it).
+from textgrad.endpoints import engine_name_problem
+
 MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
 AGGREGATE_METHODS = ("concat", "summarization", "sum_uid")
-ENGINE_PREFIXES = ("local", "ollama-", "vllm-", "sglang-")
-# Model ids that OpenAI itself serves; any other name needs OPENAI_BASE_URL (another compatible server).
-OPENAI_MODEL_PATTERN = re.compile(r"(gpt|chatgpt|o\d|ft:|text-|davinci|babbage|codex|computer-use|omni)", re.I)
 # A run name is one plain folder name inside --output_dir: no separator, no "..", nothing a shell or a
 # filesystem treats specially.
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.+=-]{1,255}")
@@ -232,22 +231,9 @@ def check_run_name(name: str) -> None:
 
 
 def check_engine_name(name: str, flag: str = "engine") -> None:
-    choices = "use local, ollama-<model>, vllm-<model>, sglang-<model> or an OpenAI model such as gpt-4o"
-    for prefix in ENGINE_PREFIXES[1:]:
-        if name.startswith(prefix) and not name[len(prefix):]:
-            raise UsageError(f"--{flag} {name!r} names no model: write it as {prefix}<model>")
-    if not name.strip() or any(c.isspace() for c in name):
-        raise UsageError(f"--{flag} {name!r} is not an engine name: {choices}")
-    if name == "local" or name.startswith(ENGINE_PREFIXES[1:]):
-        return
-    head = name.split("-", 1)[0].lower()
-    near = difflib.get_close_matches(head, [p.rstrip("-") for p in ENGINE_PREFIXES], n=1, cutoff=0.6)
-    if "-" in name and near:
-        raise UsageError(f"--{flag} {name!r} has an unknown engine prefix {head + '-'!r}: {choices} "
-                         f"(did you mean {near[0]}?)")
-    if not os.environ.get("OPENAI_BASE_URL") and not OPENAI_MODEL_PATTERN.match(name):
-        raise UsageError(f"--{flag} {name!r} is not a known engine: {choices}, or set OPENAI_BASE_URL to serve "
-                         "other names from an OpenAI-compatible server")
+    problem = engine_name_problem(name)
+    if problem is not None:
+        raise UsageError(f"--{flag} {name!r} {problem}")
 
 
 def num_clients(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass
 
 from textgrad import budget
-from textgrad.engine import ChatEngine, ContextOverflowError
+from textgrad.engine import ChatEngine
+from textgrad.errors import ContextOverflowError
 from textgrad.parallel import run_concurrently
 
 from .scoring import extract_answer, score_response

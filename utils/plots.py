@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .files import write_bytes_atomic  # noqa: E402
+from .prompt_stats import token_axis_label  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -57,6 +58,6 @@ def plot_run(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.plot(xs, [r["aggregate_tokens"] for r in rounds], marker="o", label="aggregate")
     ax.plot(xs, [sum(r["client_prompt_tokens"].values()) / max(1, len(r["client_prompt_tokens"]))
                  for r in rounds], marker="s", linestyle="--", label="client mean")
-    length = _finish(fig, ax, out_dir / "prompt_length.png", xlabel="round", ylabel="tokens",
+    length = _finish(fig, ax, out_dir / "prompt_length.png", xlabel="round", ylabel=token_axis_label([results]),
                      title="Prompt length")
     return [validation, training, length]

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import weakref
 from typing import Any
 
+from textgrad.errors import EngineError
+from textgrad.tokenizers import TokenCount, estimate_tokens
+
 from .uid import uid_measures
-
-
-def estimate_tokens(text: str) -> int:
-    # About four characters per token for English BPE vocabularies; a conservative stand-in
-    # wherever the serving model's own tokenizer is not asked.
-    return math.ceil(len(text) / 4)
-
 
 # engine -> text -> UID measures: a prompt returned unchanged by several clients, or kept over rounds,
 # is measured once per engine and process (each measurement is a full pass of the prompt on the server).
@@ -41,9 +36,33 @@ def cached_uid(text: str, engine: Any) -> dict[str, Any] | None:
     return measures
 
 
+def token_count(text: str, engine: Any = None) -> TokenCount:
+    """The engine's token count of text (ChatEngine.token_count: exact where its tokenizer is reachable);
+    textgrad's estimate, flagged as such, for an engine that cannot count or cannot be reached."""
+    count = getattr(engine, "token_count", None)
+    if count is not None:
+        try:
+            return count(text)
+        except EngineError:  # the server went away; the run notices elsewhere, a length must not fail
+            pass
+    return TokenCount(estimate_tokens(text), exact=False)
+
+
 def measure_prompt(text: str, engine: Any = None) -> dict[str, Any]:
-    """Length in characters and tokens; with an engine, also the UID measures of the text
-    (mean/variance/max per-token surprisal in nats, see utils.uid) where that engine exposes
-    log-probabilities, else None."""
+    """Length in characters and tokens (the test engine's tokenizer where reachable; "tokens_estimated"
+    says when it was not); with an engine, also the UID measures of the text (mean/variance/max
+    per-token surprisal in nats, see utils.uid) where that engine exposes log-probabilities, else None."""
+    tokens = token_count(text, engine)
     uid = cached_uid(text, engine) if engine is not None else None
-    return {"chars": len(text), "tokens": estimate_tokens(text), "uid": uid}
+    return {"chars": len(text), "tokens": tokens.tokens, "tokens_estimated": not tokens.exact, "uid": uid}
+
+
+def tokens_estimated(results: dict[str, Any]) -> bool:
+    """Whether a run's recorded prompt lengths (results.json) are estimates rather than its tokenizer's
+    counts; results written before the flag existed counted characters / 4."""
+    return bool(results.get("prompt_tokens_estimated", True))
+
+
+def token_axis_label(runs: list[dict[str, Any]]) -> str:
+    """The unit of prompt lengths in plots and tables: "tokens (estimated)" if any run's are estimates."""
+    return "tokens (estimated)" if any(tokens_estimated(r) for r in runs) else "tokens"

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from .files import write_bytes_atomic, write_text_atomic
+from .prompt_stats import token_axis_label
 
 # (column, title) of the keys that always define a group.
 GROUP_KEYS = (("module", "module"), ("tasks", "tasks"), ("aggregation", "aggregation"),
@@ -195,6 +196,10 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _all_results(groups: list[Group]) -> list[dict[str, Any]]:
+    return [run.results for group in groups for run in group.runs]
+
+
 def markdown_report(groups: list[Group]) -> str:
     extras = varying_extras(groups)
     header = [title for _, title in GROUP_KEYS] + extras + ["seeds"] + [title for _, title, _ in METRICS]
@@ -210,7 +215,8 @@ def markdown_report(groups: list[Group]) -> str:
         "",
         "Accuracies are means over tasks; cells are mean ± sample std over seeds. test (last/best): test "
         "accuracy of the final and of the best-on-validation global prompt. prompt tokens and UID var: "
-        "the final global prompt's length (estimated tokens) and variance of its per-token surprisal "
+        f"the final global prompt's length ({token_axis_label(_all_results(groups))}) and variance of its per-token "
+        "surprisal "
         "(nats², from the test engine's log-probabilities; n/a where the engine gives none). LLM calls "
         "and tokens count requests sent to the servers: answers from the response cache are not in them "
         "(compare costs of runs made with --no_cache).",
@@ -324,7 +330,7 @@ def write_plots(groups: list[Group], out_dir: Path) -> list[Path]:
                         lambda r: r["zero_shot"]["val"]["mean"], "validation accuracy",
                         "Validation accuracy of the global prompt", accuracy=True),
         _per_round_plot(groups, out_dir / "prompt_length_by_round.png", lambda e: e.get("aggregate_tokens"), None,
-                        "tokens (estimated)", "Length of the global prompt"),
+                        token_axis_label(_all_results(groups)), "Length of the global prompt"),
     ]
     if any(_uid_variance(e) is not None for g in groups for r in g.runs for e in r.results.get("rounds") or []):
         paths.append(_per_round_plot(groups, out_dir / "uid_variance_by_round.png", _uid_variance, None,

@@ -20,9 +20,11 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from textgrad.budget import context_results
-from textgrad.engine import ChatEngine, EngineError, all_engine_stats, metered
+from textgrad.engine import ChatEngine, all_engine_stats
+from textgrad.errors import EngineError
 from textgrad.parallel import run_concurrently
 from textgrad.slots import background
+from textgrad.stats import metered
 
 from .aggregation import aggregate_prompts
 from .client import ClientUpdate, Engines, LocalSettings, train_client
@@ -339,6 +341,7 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         "aggregate_uid": length.get("uid"),
         "client_prompt_tokens": {u.client_id: lengths[u.client_id]["tokens"] for u in returned},
         "client_prompt_chars": {u.client_id: lengths[u.client_id]["chars"] for u in returned},
+        "prompt_tokens_estimated": any(m["tokens_estimated"] for m in [length, *lengths.values()]),
         "steps": len([s for u in updates for s in u.steps]),
         "accepted_steps": len([s for u in updates for s in u.steps if s.accepted]),
         "optimizer_format_failures": len([s for u in updates for s in u.steps if s.format_failure == "no_tags"]),
@@ -393,6 +396,8 @@ def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator,
         "zero_shot": state["zero_shot"],
         "evaluation_engine_zero_shot_test": state["evaluation_engine_zero_shot_test"],
         "rounds": [{k: v for k, v in r.items() if k != "aggregate"} for r in history],
+        # Rounds checkpointed before the flag existed counted characters / 4: estimated.
+        "prompt_tokens_estimated": any(r.get("prompt_tokens_estimated", True) for r in history),
         "best": state["best"],
         "final_prompt": last,
         "final_test": {"last": last_test, "best": best_test},

@@ -1,0 +1,279 @@
+"""Where an engine name leads, what the backend there can do, and the one HTTP client per server.
+
+Engine names: `local` (the embedded llama.cpp server, or a running one at LOCAL_BASE_URL),
+`ollama-<model>`, `vllm-<model>`, `sglang-<model>`, and anything else an OpenAI model (at
+OPENAI_BASE_URL if set). Every backend speaks the OpenAI chat API; a `Backend` records what else it
+offers, so callers ask "does it return prompt log-probabilities?" instead of testing engine names.
+
+utils.config checks names with `engine_name_problem` before any request; `route` resolves a name with
+the environment into URL, model and key for the engine. Every HTTP request of the project (the openai
+SDK's included) goes through `http_client`, one pooled client per server, so connections are reused
+and loopback servers never see a proxy from the environment.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+import threading
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import EngineError
+from .slots import EndpointSlots
+
+if TYPE_CHECKING:
+    import httpx
+
+logger = logging.getLogger(__name__)
+
+OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+PROBE_TIMEOUT_S = 5.0
+
+BackendKind = Literal["local", "ollama", "vllm", "sglang", "openai"]
+# How a backend takes a one-field JSON schema for a reply: llama-cpp-python as
+# {"type": "json_object", "schema": ...}, the others as OpenAI's {"type": "json_schema", ...}.
+StructuredOutput = Literal["json_object_schema", "json_schema"]
+# Prompt log-probabilities from POST /completions with echo: llama-cpp-python pairs them with the right
+# tokens only when the prompt starts with the model's BOS token ("llama_cpp_echo"); vLLM as it is ("echo").
+PromptLogprobs = Literal["llama_cpp_echo", "echo"]
+# Where a server states its context window (see textgrad.context.discover_window).
+WindowProbe = Literal["ollama_show", "model_listing", "props"]
+# Where exact token counts come from: the server's tokenize route, or tiktoken for OpenAI models. The
+# embedded server is counted in-process from its GGUF vocabulary (Route.tokenizer).
+TokenizerSource = Literal["server", "tiktoken", "vocab"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One kind of OpenAI-compatible server and what it can do beyond chat completions."""
+
+    kind: BackendKind
+    prefix: str                   # of engine names: "ollama-"; "local" is a whole name; "" for OpenAI
+    url_env: str                  # the variable that sets the URL
+    default_url: str | None       # None: start the embedded llama.cpp server
+    key_env: str                  # the variable that holds the key
+    placeholder_key: str = field(repr=False)  # self-hosted servers accept any key; the SDK needs one
+    structured_output: StructuredOutput | None
+    prompt_logprobs: PromptLogprobs | None
+    window_probes: tuple[WindowProbe, ...]
+    tokenizer: TokenizerSource | None  # None: no tokenizer to ask, counts are estimated
+    # The server's tokenize routes below its root, tried in order until one answers.
+    tokenize_routes: tuple[str, ...] = ()
+
+
+BACKENDS: dict[BackendKind, Backend] = {
+    # LOCAL_BASE_URL may be llama.cpp's llama-server (/tokenize) or llama-cpp-python (/extras/tokenize/count,
+    # scripts/llamacpp_serve.sh), which also runs the embedded server.
+    "local": Backend(kind="local", prefix="local", url_env="LOCAL_BASE_URL", default_url=None,
+                     key_env="LOCAL_API_KEY", placeholder_key="local", structured_output="json_object_schema",
+                     prompt_logprobs="llama_cpp_echo", window_probes=("model_listing", "props"),
+                     tokenizer="server", tokenize_routes=("/tokenize", "/extras/tokenize/count")),
+    "ollama": Backend(kind="ollama", prefix="ollama-", url_env="OLLAMA_BASE_URL",
+                      default_url="http://localhost:11434/v1", key_env="OLLAMA_API_KEY", placeholder_key="ollama",
+                      structured_output="json_schema", prompt_logprobs=None,
+                      window_probes=("ollama_show", "model_listing", "props"), tokenizer=None),
+    "vllm": Backend(kind="vllm", prefix="vllm-", url_env="VLLM_BASE_URL", default_url="http://localhost:8000/v1",
+                    key_env="VLLM_API_KEY", placeholder_key="EMPTY", structured_output="json_schema",
+                    prompt_logprobs="echo", window_probes=("model_listing", "props"), tokenizer="server",
+                    tokenize_routes=("/tokenize",)),
+    "sglang": Backend(kind="sglang", prefix="sglang-", url_env="SGLANG_BASE_URL",
+                      default_url="http://localhost:30000/v1", key_env="SGLANG_API_KEY", placeholder_key="EMPTY",
+                      structured_output="json_schema", prompt_logprobs=None,
+                      window_probes=("model_listing", "props"), tokenizer="server",
+                      tokenize_routes=("/v1/tokenize", "/tokenize")),
+    "openai": Backend(kind="openai", prefix="", url_env="OPENAI_BASE_URL", default_url=OPENAI_DEFAULT_URL,
+                      key_env="OPENAI_API_KEY", placeholder_key="", structured_output="json_schema",
+                      prompt_logprobs=None, window_probes=("model_listing",), tokenizer="tiktoken"),
+}
+
+# ---------------------------------------------------------------- the engine-name grammar
+
+ENGINE_PREFIXES = tuple(b.prefix for b in BACKENDS.values() if b.prefix)  # local, ollama-, vllm-, sglang-
+# Model ids that OpenAI itself serves; any other name needs OPENAI_BASE_URL (another compatible server).
+OPENAI_MODEL_PATTERN = re.compile(r"(gpt|chatgpt|o\d|ft:|text-|davinci|babbage|codex|computer-use|omni)", re.I)
+ENGINE_CHOICES = "use local, ollama-<model>, vllm-<model>, sglang-<model> or an OpenAI model such as gpt-4o"
+
+
+# TextGrad sends `experimental:<model>` to its LiteLLM-based engines. We route every name through one
+# table, so the prefix selects nothing here; it must only never reach a server as part of the model id.
+EXPERIMENTAL_PREFIX = "experimental:"
+
+
+def canonical_engine_name(name: str) -> str:
+    """`name` without TextGrad's `experimental:` prefix; any other name unchanged."""
+    if isinstance(name, str) and name.startswith(EXPERIMENTAL_PREFIX):
+        return name[len(EXPERIMENTAL_PREFIX):].strip()
+    return name
+
+
+def split_engine_name(name: str) -> tuple[Backend, str | None]:
+    """(backend, what follows the prefix) of a name: None for `local` (the server names its model), ""
+    when a prefixed name gives no model. Everything without a known prefix is an OpenAI model."""
+    if name == "local":
+        return BACKENDS["local"], None
+    for backend in BACKENDS.values():
+        if backend.prefix.endswith("-") and name.startswith(backend.prefix):
+            return backend, name[len(backend.prefix):]
+    return BACKENDS["openai"], name
+
+
+def engine_name_problem(name: str) -> str | None:
+    """Why name is not an engine name, worded to follow "--flag 'name' ", or None when it is one.
+
+    Decided locally, without a request: a typo must not wait for a network timeout."""
+    name = canonical_engine_name(name)
+    backend, model = split_engine_name(name)
+    if backend.kind != "openai" and model == "":
+        return f"names no model: write it as {backend.prefix}<model>"
+    if not name.strip() or any(c.isspace() for c in name):
+        return f"is not an engine name: {ENGINE_CHOICES}"
+    if backend.kind != "openai":
+        return None
+    head = name.split("-", 1)[0].lower()
+    near = difflib.get_close_matches(head, [p.rstrip("-") for p in ENGINE_PREFIXES], n=1, cutoff=0.6)
+    if "-" in name and near:
+        return f"has an unknown engine prefix {head + '-'!r}: {ENGINE_CHOICES} (did you mean {near[0]}?)"
+    if not os.environ.get("OPENAI_BASE_URL") and not OPENAI_MODEL_PATTERN.match(name):
+        return (f"is not a known engine: {ENGINE_CHOICES}, or set OPENAI_BASE_URL to serve other names from an "
+                "OpenAI-compatible server")
+    return None
+
+
+# ---------------------------------------------------------------- routes
+
+
+@dataclass(frozen=True)
+class Route:
+    """An engine name resolved with the environment: backend, model, URL and key."""
+
+    backend: Backend
+    model: str | None     # None: ask the server's /models listing
+    base_url: str | None  # None: start the embedded llama.cpp server
+    api_key: str = field(repr=False, default="")
+
+    @property
+    def kind(self) -> BackendKind:
+        return self.backend.kind
+
+    @property
+    def env_var(self) -> str:
+        return self.backend.url_env
+
+    @property
+    def key_env(self) -> str:
+        return self.backend.key_env
+
+    @property
+    def embedded(self) -> bool:
+        """The embedded llama.cpp server, started by this process (no LOCAL_BASE_URL)."""
+        return self.base_url is None
+
+    @property
+    def tokenizer(self) -> TokenizerSource | None:
+        return "vocab" if self.embedded else self.backend.tokenizer
+
+
+def clean_url(url: str) -> str:
+    return url.strip().rstrip("/")
+
+
+def route(name: str) -> Route:
+    """Resolve name with the environment; EngineError (one line, with the fix) for what cannot work."""
+    if not name or not name.strip():
+        raise EngineError("empty engine name: use `local`, `ollama-<model>`, `vllm-<model>`, "
+                          "`sglang-<model>` or an OpenAI model such as `gpt-4o`")
+    backend, model = split_engine_name(name)
+    model = model.strip() if model is not None else None
+    if backend.kind != "openai" and model == "":
+        raise EngineError(f"engine `{name}` names no model: write it as `{backend.prefix}<model>`, "
+                          f"e.g. `{backend.prefix}llama3.1`")
+    key = os.environ.get(backend.key_env) or backend.placeholder_key
+    if not key:
+        raise EngineError(f"{backend.key_env} is not set: export it, or choose a local engine "
+                          "(--evaluation_engine local)")
+    url = os.environ.get(backend.url_env) or backend.default_url
+    return Route(backend, model, clean_url(url) if url else None, key)
+
+
+def server_root(base_url: str) -> str:
+    """http://host:port/v1 -> http://host:port: llama.cpp, vLLM and Ollama serve their extras there."""
+    return re.sub(r"/v1/?$", "", base_url.rstrip("/"))
+
+
+def is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+# ---------------------------------------------------------------- HTTP
+
+_clients: dict[tuple[str, str, int | None], httpx.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def http_client(url: str) -> httpx.Client:
+    """The pooled client for the server of url (by scheme, host and port), created on first use.
+
+    Shared by the openai SDK and by our own requests (model listing, /props, /tokenize,
+    log-probabilities); requests pass their own timeouts. Loopback servers are reached directly, never
+    through a proxy named in the environment.
+    """
+    import httpx  # here, not at the top: utils.config reads the name grammar and must load fast
+
+    parts = urllib.parse.urlsplit(url)
+    origin = (parts.scheme, parts.hostname or "", parts.port)
+    with _clients_lock:
+        client = _clients.get(origin)
+        if client is None:
+            # The openai SDK's own pool limits and redirect policy, so handing it this client changes nothing.
+            client = _clients[origin] = httpx.Client(
+                trust_env=not is_loopback(url), follow_redirects=True,
+                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+        return client
+
+
+def _headers(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+def get_json(url: str, api_key: str, timeout: float = PROBE_TIMEOUT_S) -> Any:
+    """GET url and parse its JSON; raises httpx.HTTPError (also for an error status) or ValueError."""
+    response = http_client(url).get(url, headers=_headers(api_key), timeout=timeout)
+    response.raise_for_status()
+    return response.json()
+
+
+def post_json(url: str, api_key: str, payload: dict[str, Any], timeout: float = PROBE_TIMEOUT_S) -> Any:
+    """POST payload as JSON and parse the reply; raises like get_json."""
+    response = http_client(url).post(url, headers=_headers(api_key), json=payload, timeout=timeout)
+    response.raise_for_status()
+    return response.json()
+
+
+def fetch_models(base_url: str, api_key: str, timeout: float) -> list[str]:
+    """Model ids from GET {base_url}/models; raises like get_json for the caller to word."""
+    payload = get_json(f"{base_url}/models", api_key, timeout)
+    return [str(item.get("id")) for item in payload.get("data", []) if isinstance(item, dict)]
+
+
+# ---------------------------------------------------------------- per-endpoint cap
+
+_semaphores: dict[str, EndpointSlots] = {}
+_semaphores_lock = threading.Lock()
+
+
+def endpoint_slots(base_url: str, size: int) -> EndpointSlots:
+    """The cap on requests in flight to base_url, shared by every engine on it: a vLLM server used as
+    both test and evaluation engine must see at most `size` requests from us, not `size` per engine."""
+    with _semaphores_lock:
+        semaphore = _semaphores.get(base_url)
+        if semaphore is None:
+            semaphore = _semaphores[base_url] = EndpointSlots(size)
+        elif semaphore.size != size:
+            logger.warning("endpoint %s already capped at %s concurrent requests; keeping that cap",
+                           base_url, semaphore.size)
+        return semaphore

@@ -1,0 +1,67 @@
+"""Process-wide defaults of the engine registry (textgrad.engine.get_engine): cache, concurrency, timeouts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .context import MIN_PLAUSIBLE_WINDOW
+
+DEFAULT_MAX_CONCURRENCY = 16
+# Long on purpose: the embedded server answers one request at a time, so a request
+# may queue behind max_concurrency others before its first token.
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
+
+
+@dataclass
+class Settings:
+    cache_dir: str | None = None  # None: FEDTEXTGRAD_CACHE_DIR or ~/.cache/fedtextgrad
+    use_cache: bool = True
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
+    max_context: int | None = None  # None: ask the server, else a default per kind of engine
+
+
+defaults = Settings()  # changed only through configure()
+_UNSET: Any = object()
+
+
+def configure(
+    *,
+    cache_dir: str | None = _UNSET,
+    use_cache: bool = _UNSET,
+    max_concurrency: int = _UNSET,
+    request_timeout: float = _UNSET,
+    max_context: int | None = _UNSET,
+) -> None:
+    """Set the defaults that get_engine uses for arguments left as None.
+
+    Only the arguments given change; ``cache_dir=None`` goes back to the default
+    location. Engines already created keep their settings.
+    """
+    if cache_dir is not _UNSET:
+        defaults.cache_dir = None if cache_dir is None else str(cache_dir)
+    if use_cache is not _UNSET:
+        defaults.use_cache = bool(use_cache)
+    if max_concurrency is not _UNSET:
+        if int(max_concurrency) < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        defaults.max_concurrency = int(max_concurrency)
+    if request_timeout is not _UNSET:
+        if float(request_timeout) <= 0:
+            raise ValueError("request_timeout must be positive")
+        defaults.request_timeout = float(request_timeout)
+    if max_context is not _UNSET:
+        if max_context is not None and int(max_context) < MIN_PLAUSIBLE_WINDOW:
+            raise ValueError(f"max_context must be at least {MIN_PLAUSIBLE_WINDOW} tokens")
+        defaults.max_context = None if max_context is None else int(max_context)
+
+
+def default_cache_dir() -> str:
+    if defaults.cache_dir:
+        return str(Path(defaults.cache_dir).expanduser().resolve())
+    env = os.environ.get("FEDTEXTGRAD_CACHE_DIR")
+    base = Path(env) if env else Path.home() / ".cache" / "fedtextgrad"
+    return str(base.expanduser().resolve())
