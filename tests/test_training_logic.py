@@ -35,9 +35,10 @@ def make_experiment(tasks, clients, *, rounds=2, per_round=None, max_steps=2, me
                       run_larger_model=False)
 
 
-def run(tmp_path: Path, exp: Experiment, engine: ScriptedEngine, train_round=None, resume=False):
+def run(tmp_path: Path, exp: Experiment, engine: ScriptedEngine, train_round=None, resume=False, judge=False):
     log = open_run_log(tmp_path / "run", "disabled", "p", tmp_path / "comet")
-    return run_experiment(exp, Engines(test=engine, evaluation=engine), log, resume=resume, train_round=train_round)
+    engines = Engines(test=engine, evaluation=engine, judge=engine if judge else None)
+    return run_experiment(exp, engines, log, resume=resume, train_round=train_round)
 
 
 def homo_clients(n=3, size=6):
