@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -238,7 +239,10 @@ def test_llm_totals_count_only_this_runs_calls_across_runs_and_resume(tmp_path, 
     first = run(tmp_path / "a", make_experiment([COUNTING], homo_clients(), rounds=1), engine)
     assert first["llm"]["calls"] == fake_server.chat_count > 0
     before = fake_server.chat_count
-    second = run(tmp_path / "b", make_experiment([COUNTING], homo_clients(), rounds=2, max_steps=1), engine)
+    # Another seed: with the first run's seed the loaders would replay its batches, all from the cache.
+    second_exp = make_experiment([COUNTING], homo_clients(), rounds=2, max_steps=1)
+    second_exp.settings = replace(second_exp.settings, seed=8)
+    second = run(tmp_path / "b", second_exp, engine)
     assert second["llm"]["calls"] + second["llm"]["cache_hits"] > 0
     assert second["llm"]["calls"] == fake_server.chat_count - before
     rounds_sum = sum(r["llm"]["calls"] for r in second["rounds"])
