@@ -18,6 +18,8 @@ DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 BBH_DIR = DATA_ROOT / "bbh"
 GSM8K_DIR = DATA_ROOT / "gsm8k"
 BBH_FILES = sorted(BBH_DIR.glob("*.json"))
+# The BBH subtasks with fewer than 250 examples, and how many they have.
+SMALL_BBH = {"causal_judgement": 187, "penguins_in_a_table": 146, "snarks": 178}
 SYNTHETIC = ["synthetic_object_counting", "synthetic_word_sorting", "synthetic_multistep_arithmetic"]
 
 
@@ -53,14 +55,76 @@ def test_bbh_paper_split_uses_the_whole_file():
 
 
 @pytest.mark.parametrize("task_name", ["BBH_word_sorting", "GSM8K", *SYNTHETIC])
-def test_same_seed_same_split_different_seed_different_split(task_name):
+@pytest.mark.parametrize("sizes", [None, (10, 10, 10)])
+def test_split_does_not_depend_on_the_run_seed(task_name, sizes):
     task = resolve_task(task_name)
-    first = load_task_data(task, str(DATA_ROOT), (10, 10, 10), seed=7)
-    again = load_task_data(task, str(DATA_ROOT), (10, 10, 10), seed=7)
-    other = load_task_data(task, str(DATA_ROOT), (10, 10, 10), seed=8)
-    assert first == again
-    for part in ("train", "val", "test"):
-        assert _questions(getattr(first, part)) != _questions(getattr(other, part))
+    assert load_task_data(task, str(DATA_ROOT), sizes, seed=42) == load_task_data(task, str(DATA_ROOT), sizes, seed=43)
+
+
+def _raw_bbh(subtask):
+    return [(e["input"], e["target"].strip()) for e in json.loads((BBH_DIR / f"{subtask}.json").read_text())["examples"]]
+
+
+def _pairs(examples):
+    return [(e.question, e.target) for e in examples]
+
+
+def test_bbh_paper_split_is_the_file_order():
+    raw = _raw_bbh("object_counting")
+    data = load_task_data(resolve_task("BBH_object_counting"), str(DATA_ROOT), seed=43)
+    assert _pairs(data.train) == raw[0:50]
+    assert _pairs(data.val) == raw[50:150]
+    assert _pairs(data.test) == raw[150:250]
+
+
+def test_explicit_split_sizes_take_the_same_ordered_slices():
+    raw = _raw_bbh("word_sorting")
+    data = load_task_data(resolve_task("BBH_word_sorting"), str(DATA_ROOT), (3, 4, 5), seed=1)
+    assert (_pairs(data.train), _pairs(data.val), _pairs(data.test)) == (raw[0:3], raw[3:7], raw[7:12])
+
+
+@pytest.mark.parametrize(("subtask", "sizes"), [
+    ("snarks", (50, 64, 64)), ("causal_judgement", (50, 68, 68)), ("penguins_in_a_table", (50, 48, 48))])
+def test_small_bbh_subtask_keeps_train_50_and_halves_the_rest(subtask, sizes):
+    raw = _raw_bbh(subtask)
+    data = load_task_data(resolve_task(f"BBH_{subtask}"), str(DATA_ROOT))
+    assert data.sizes == dict(zip(("train", "val", "test"), sizes, strict=True))
+    n_train, n_val, n_test = sizes
+    assert _pairs(data.val) == raw[n_train:n_train + n_val]
+    assert _pairs(data.test) == raw[n_train + n_val:n_train + n_val + n_test]
+
+
+def test_explicit_split_that_does_not_fit_a_small_subtask_is_an_error():
+    with pytest.raises(DataError, match=r"BBH_snarks has 178 examples but --split_sizes asks for 250"):
+        load_task_data(resolve_task("BBH_snarks"), str(DATA_ROOT), (50, 100, 100))
+
+
+@pytest.mark.parametrize(("count", "sizes"), [(60, (50, 5, 5)), (53, (50, 1, 1))])
+def test_default_split_of_a_small_file(tmp_path, count, sizes):
+    examples = [{"input": f"q{i}", "target": str(i)} for i in range(count)]
+    (tmp_path / "object_counting.json").write_text(json.dumps({"examples": examples}))
+    data = load_task_data(resolve_task("BBH_object_counting"), str(tmp_path))
+    assert (len(data.train), len(data.val), len(data.test)) == sizes
+    assert _questions(data.test) == [f"q{i}" for i in range(50 + sizes[1], 50 + 2 * sizes[1])]
+
+
+def test_default_split_of_a_file_too_small_for_it_asks_for_split_sizes(tmp_path):
+    examples = [{"input": f"q{i}", "target": str(i)} for i in range(51)]
+    (tmp_path / "object_counting.json").write_text(json.dumps({"examples": examples}))
+    with pytest.raises(DataError, match="only 51 examples.*--split_sizes"):
+        load_task_data(resolve_task("BBH_object_counting"), str(tmp_path))
+
+
+@pytest.mark.parametrize("task_name", ["GSM8K", "synthetic_object_counting"])
+def test_explicit_sizes_slice_the_same_fixed_order(task_name):
+    # GSM8K's official train split and the synthetic pool are put in one fixed order, then sliced like BBH.
+    task = resolve_task(task_name)
+    paper = load_task_data(task, str(DATA_ROOT), None, seed=1)
+    small = load_task_data(task, str(DATA_ROOT), (3, 4, 5), seed=2)
+    ordered = paper.train + paper.val + (paper.test if task_name != "GSM8K" else [])
+    assert (small.train, small.val) == (ordered[0:3], ordered[3:7])
+    # GSM8K's test comes from its own (shuffled) official test split.
+    assert small.test == (paper.test[:5] if task_name == "GSM8K" else ordered[7:12])
 
 
 def test_gsm8k_train_val_from_official_train_and_test_from_official_test():
@@ -90,10 +154,11 @@ def test_every_real_bbh_file_loads(path, via):
     pool, official_test = load_examples(task, str(data_dir))
     raw = json.loads(path.read_text())["examples"]
     assert official_test is None
-    assert len(pool) == len(raw) == 250
+    assert len(pool) == len(raw) == SMALL_BBH.get(path.stem, 250)
     assert [(e.question, e.target) for e in pool] == [(r["input"], r["target"].strip()) for r in raw]
     data = load_task_data(task, str(data_dir))
-    assert (len(data.train), len(data.val), len(data.test)) == PAPER_SPLIT
+    expected = (50, (len(raw) - 50) // 2, (len(raw) - 50) // 2) if path.stem in SMALL_BBH else PAPER_SPLIT
+    assert (len(data.train), len(data.val), len(data.test)) == expected
 
 
 def test_gsm8k_target_drops_thousands_commas(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,10 @@ def make_experiment(tasks, clients, *, rounds=2, per_round=None, max_steps=2, me
                       run_larger_model=False)
 
 
-def run(tmp_path: Path, exp: Experiment, engine: ScriptedEngine, train_round=None, resume=False):
+def run(tmp_path: Path, exp: Experiment, engine: ScriptedEngine, train_round=None, resume=False, judge=False):
     log = open_run_log(tmp_path / "run", "disabled", "p", tmp_path / "comet")
-    return run_experiment(exp, Engines(test=engine, evaluation=engine), log, resume=resume, train_round=train_round)
+    engines = Engines(test=engine, evaluation=engine, judge=engine if judge else None)
+    return run_experiment(exp, engines, log, resume=resume, train_round=train_round)
 
 
 def homo_clients(n=3, size=6):
@@ -237,7 +239,10 @@ def test_llm_totals_count_only_this_runs_calls_across_runs_and_resume(tmp_path, 
     first = run(tmp_path / "a", make_experiment([COUNTING], homo_clients(), rounds=1), engine)
     assert first["llm"]["calls"] == fake_server.chat_count > 0
     before = fake_server.chat_count
-    second = run(tmp_path / "b", make_experiment([COUNTING], homo_clients(), rounds=2, max_steps=1), engine)
+    # Another seed: with the first run's seed the loaders would replay its batches, all from the cache.
+    second_exp = make_experiment([COUNTING], homo_clients(), rounds=2, max_steps=1)
+    second_exp.settings = replace(second_exp.settings, seed=8)
+    second = run(tmp_path / "b", second_exp, engine)
     assert second["llm"]["calls"] + second["llm"]["cache_hits"] > 0
     assert second["llm"]["calls"] == fake_server.chat_count - before
     rounds_sum = sum(r["llm"]["calls"] for r in second["rounds"])

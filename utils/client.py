@@ -63,9 +63,18 @@ class ClientUpdate:
     error: str | None = None  # set when the client failed; the server aggregates the others
 
     @property
-    def train_accuracy(self) -> float:
-        """Mean batch accuracy before each step: how well the prompts did on unseen local batches."""
-        return sum(s.batch_accuracy for s in self.steps) / len(self.steps) if self.steps else 0.0
+    def train_accuracy(self) -> float | None:
+        """Mean batch accuracy of the prompt each step started from, on that step's local training batch
+        (batches are drawn without repeats within an epoch of the shard, so early rounds mostly see
+        examples the prompt was not yet trained on; later epochs revisit them). Steps skipped for the
+        context window measured nothing and are left out; None when every step was skipped."""
+        measured = [s.batch_accuracy for s in self.steps if s.format_failure != "context_overflow"]
+        return sum(measured) / len(measured) if measured else None
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped because their requests could not fit the context window."""
+        return sum(s.format_failure == "context_overflow" for s in self.steps)
 
     def to_record(self) -> dict:
         return asdict(self)
@@ -133,20 +142,39 @@ def local_step(prompt_text: str, batch: list[Example], task: TaskSpec, engines: 
     return new_prompt, result(rescored.accuracy, accepted, None, rescored.judge_format_failures)
 
 
-def sample_batch(examples: list[Example], batch_size: int, rng: random.Random) -> list[Example]:
-    return rng.sample(examples, min(batch_size, len(examples)))
+def batch_indices(shard_size: int, batch_size: int, epoch_seed: str, global_step: int) -> list[int]:
+    """Indices of the batch for a client's global_step'th local step (0-based, over the whole run).
+
+    A data loader with shuffling and drop_last=False: each epoch is a fresh seeded permutation of the
+    shard cut into consecutive batches, the last one short when batch_size does not divide the shard
+    (batch_size >= shard size: every batch is the whole shard). Every example is used once per epoch
+    before any repeats. A pure function of its arguments, so batches do not depend on thread order
+    and are the same after --resume, in-process and over Flower.
+    """
+    if shard_size < 1:
+        raise ValueError("this client holds no training examples: give every client at least one")
+    steps_per_epoch = -(-shard_size // batch_size)
+    epoch, position = divmod(global_step, steps_per_epoch)
+    order = list(range(shard_size))
+    random.Random(f"{epoch_seed}:epoch:{epoch}").shuffle(order)
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
+def sample_batch(examples: list[Example], settings: LocalSettings, client_id: str, global_step: int) -> list[Example]:
+    """The client's batch for its global_step'th local step (see batch_indices)."""
+    indices = batch_indices(len(examples), settings.batch_size, f"{settings.seed}:{client_id}", global_step)
+    return [examples[i] for i in indices]
 
 
 def train_client(client_id: str, task: TaskSpec, examples: list[Example], start_prompt: str, round_index: int,
                  engines: Engines, settings: LocalSettings,
                  on_step: Callable[[], None] | None = None) -> ClientUpdate:
-    """Exactly settings.max_steps local steps from the server's prompt."""
-    # Seeded by (seed, client, round) rather than by a shared stream, so batches do not depend on
-    # which client's thread runs first, nor on whether the run was resumed.
-    rng = random.Random(f"{settings.seed}:{client_id}:{round_index}")
+    """Exactly settings.max_steps local steps from the server's prompt, on the next batches of the client's
+    data loader: round r's steps are the loader's steps (r-1)*max_steps ... r*max_steps-1, so a round
+    continues where the previous one stopped (a client that sat out a round skips that round's batches)."""
     update = ClientUpdate(client_id=client_id, round=round_index, start_prompt=start_prompt, prompt=start_prompt)
     for step in range(settings.max_steps):
-        batch = sample_batch(examples, settings.batch_size, rng)
+        batch = sample_batch(examples, settings, client_id, (round_index - 1) * settings.max_steps + step)
         update.prompt, outcome = local_step(update.prompt, batch, task, engines, settings, step)
         update.steps.append(outcome)
         if on_step is not None:

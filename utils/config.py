@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--comet_project_name", default="fedtextgrad")
     add("--comet_log_path", default=None, help="offline archive folder (default: <output_dir>/comet)")
     add("--data_dir", default=None, help="folder with BBH <subtask>.json and/or GSM8K jsonl (or bbh/, gsm8k/)")
-    add("--split_sizes", type=_split_sizes, default=(50, 100, 100), help="TRAIN,VAL,TEST, e.g. 12,20,20")
+    add("--split_sizes", type=_split_sizes, default=None,
+        help="TRAIN,VAL,TEST, e.g. 12,20,20 (default: the paper's 50,100,100; a BBH subtask with fewer than "
+             "250 examples keeps train 50 and shares the rest equally between validation and test)")
     add("--partition", choices=("iid", "dirichlet"), default="iid")
     add("--dirichlet_alpha", type=_positive_float, default=1.0)
     add("--clients_per_round", type=_positive_int, default=None, help="default: every client")

@@ -18,9 +18,9 @@ from utils.tasks import Example, TaskSpec, with_kind_from_targets
 
 PAPER_SPLIT = (50, 100, 100)
 
-# Only a pool size for callers that want raw synthetic examples; load_task_data
-# generates exactly the requested split instead.
+# Fixed constants, never the run's --seed: a split is part of the benchmark, not of the method.
 _SYNTHETIC_POOL_SEED = 0
+GSM8K_SHUFFLE_SEED = 0
 
 
 class DataError(ValueError):
@@ -33,6 +33,11 @@ class TaskData:
     train: list[Example]
     val: list[Example]
     test: list[Example]
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """The split sizes used, as results.json records them."""
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
 # ---------------------------------------------------------------- local files
@@ -245,45 +250,66 @@ def _too_small(task: TaskSpec, what: str, have: int, want: int) -> DataError:
     )
 
 
+def paper_split_for(pool_size: int) -> tuple[int, int, int]:
+    """The paper's 50/100/100; a smaller pool keeps train 50 and shares the rest equally between
+    validation and test (snarks, 178 examples: 50/64/64; an odd remainder leaves one example unused)."""
+    n_train, n_val, n_test = PAPER_SPLIT
+    if pool_size >= n_train + n_val + n_test:
+        return PAPER_SPLIT
+    share = (pool_size - n_train) // 2
+    return n_train, share, share
+
+
+def _ordered_slices(pool: list[Example], sizes: tuple[int, int, int]) -> tuple[list[Example], ...]:
+    n_train, n_val, n_test = sizes
+    return pool[:n_train], pool[n_train:n_train + n_val], pool[n_train + n_val:n_train + n_val + n_test]
+
+
+def _fixed_shuffle(examples: list[Example]) -> list[Example]:
+    shuffled = list(examples)
+    random.Random(GSM8K_SHUFFLE_SEED).shuffle(shuffled)
+    return shuffled
+
+
 def load_task_data(
     task: TaskSpec,
     data_dir: str | None,
-    split_sizes: tuple[int, int, int] = PAPER_SPLIT,
+    split_sizes: tuple[int, int, int] | None = None,
     seed: int = 42,
 ) -> TaskData:
-    """Load a task and cut a seeded, disjoint train / val / test split of the requested sizes."""
-    n_train, n_val, n_test = _check_sizes(split_sizes)
-    rng = random.Random(seed)
+    """Load a task and cut its fixed, disjoint train / val / test split.
+
+    ``split_sizes`` None is the paper's protocol (``paper_split_for``); explicit sizes must fit the
+    data. BBH and synthetic tasks are cut in file (generation) order as ordered slices [0:a],
+    [a:a+b], [a+b:a+b+c]; GSM8K as the same slices of its official train split (train, val) and
+    test split (test), each shuffled once with a fixed constant. ``seed`` is accepted for callers
+    but changes no split: a run's seed moves batches, partitions and client sampling only.
+    """
+    del seed  # splits are the same for every run seed, so seeds are comparable (and with the paper)
+    sizes = None if split_sizes is None else _check_sizes(split_sizes)
     if task.source == "synthetic":
-        pool = generate_examples(task.name, n_train + n_val + n_test, seed)
-        official_test = None
+        wanted = sizes or PAPER_SPLIT
+        # Generation is prefix-stable, so every split size cuts the same fixed sequence of questions.
+        pool, official_test = generate_examples(task.name, sum(wanted), _SYNTHETIC_POOL_SEED), None
     else:
         pool, official_test = load_examples(task, data_dir)
         task = with_kind_from_targets(task, [e.target for e in pool])
 
-    shuffled = list(pool)
-    rng.shuffle(shuffled)
     if official_test is None:
-        # One pool: train first, validation next, test from the far end (the paper's 50/100/100 of 250).
-        if n_train + n_val + n_test > len(shuffled):
-            raise _too_small(task, "examples", len(shuffled), n_train + n_val + n_test)
-        return TaskData(
-            task=task,
-            train=shuffled[:n_train],
-            val=shuffled[n_train:n_train + n_val],
-            test=shuffled[len(shuffled) - n_test:],
-        )
+        n_train, n_val, n_test = sizes or paper_split_for(len(pool))
+        if sizes is None and n_val < 1:
+            raise DataError(f"{task.name} has only {len(pool)} examples, too few for the paper's split (train "
+                            f"{n_train} plus validation and test); pass --split_sizes that fit")
+        if n_train + n_val + n_test > len(pool):
+            raise _too_small(task, "examples", len(pool), n_train + n_val + n_test)
+        train, val, test = _ordered_slices(pool, (n_train, n_val, n_test))
+        return TaskData(task=task, train=train, val=val, test=test)
 
     # GSM8K: train and validation come from the official train split, test from the official test split.
-    if n_train + n_val > len(shuffled):
-        raise _too_small(task, "training-split examples (for train + val)", len(shuffled), n_train + n_val)
+    n_train, n_val, n_test = sizes or PAPER_SPLIT
+    if n_train + n_val > len(pool):
+        raise _too_small(task, "training-split examples (for train + val)", len(pool), n_train + n_val)
     if n_test > len(official_test):
         raise _too_small(task, "test-split examples", len(official_test), n_test)
-    test_pool = list(official_test)
-    rng.shuffle(test_pool)
-    return TaskData(
-        task=task,
-        train=shuffled[:n_train],
-        val=shuffled[n_train:n_train + n_val],
-        test=test_pool[:n_test],
-    )
+    train, val, _ = _ordered_slices(_fixed_shuffle(pool), (n_train, n_val, 0))
+    return TaskData(task=task, train=train, val=val, test=_fixed_shuffle(official_test)[:n_test])

@@ -49,7 +49,7 @@ def plot_run(results: dict[str, Any], out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for client in sorted({c for r in rounds for c in r["client_train_accuracy"]}):
         pts = [(r["round"], r["client_train_accuracy"][client]) for r in rounds
-               if client in r["client_train_accuracy"]]
+               if r["client_train_accuracy"].get(client) is not None]  # None: every step skipped
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=client)
     training = _finish(fig, ax, out_dir / "client_train_accuracy.png", xlabel="round",
                        ylabel="mean local batch accuracy", title="Per-client training accuracy", **accuracy_axis)

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tqdm import tqdm
@@ -75,6 +75,8 @@ class Experiment:
     settings: LocalSettings
     merge_max_tokens: int = 768
     run_larger_model: bool = True
+    # task name -> {"train", "val", "test"}: the split sizes used (small BBH subtasks shrink the paper's)
+    split_sizes: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def starting_prompt(tasks: list[TaskSpec]) -> str:
@@ -175,7 +177,7 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
             early_round = _start_in_thread(train_round, open_steps_bar(1), starting_prompt(exp.tasks), 1)
         try:
             with background(), metered() as zero_shot_cost:
-                state = _with_retries("the zero-shot evaluation", log, evaluate, engines,
+                state = _with_retries("the zero-shot evaluation", log, engines,
                                       lambda _: _zero_shot_state(exp, engines, log, evaluate))
         except BaseException:
             if early_round is not None:  # no training thread is left running behind the caller's back
@@ -218,7 +220,7 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
 
     for round_index in tqdm(range(state["round"] + 1, exp.rounds + 1), desc="rounds", initial=state["round"],
                             total=exp.rounds, dynamic_ncols=True):
-        summary = _with_retries(f"round {round_index}", log, evaluate, engines,
+        summary = _with_retries(f"round {round_index}", log, engines,
                                 functools.partial(train_and_record, round_index), keep_cost_of_failed_tries)
         # What this round cost, including its retries: in-process counters, so a Flower run's remote
         # clients report their own in their updates instead.
@@ -236,7 +238,7 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
         started = time.monotonic()
         log.save_checkpoint(state)
 
-    return _with_retries("the final test evaluation", log, evaluate, engines,
+    return _with_retries("the final test evaluation", log, engines,
                          lambda _: _finish(exp, engines, log, evaluate, state, started, llm_mark),
                          keep_cost_of_failed_tries)
 
@@ -245,15 +247,23 @@ class Evaluator:
     """Accuracy of a prompt on validation or test sets; counts the LLM judge's unusable replies.
 
     Results are remembered per (prompt, sets, engine) for the run, so a prompt evaluated twice (the
-    best prompt is often the last one or the starting one) costs its calls once; a repeat counts its
-    judge failures again, exactly as evaluating anew would.
+    best prompt is often the last one or the starting one) costs its calls once and counts its judge
+    failures once: they are counted when an evaluation is first remembered, never on a repeat.
+    judge_failures starts from the count of the evaluations before a resume (from the checkpoint).
     """
 
     def __init__(self, exp: Experiment, engines: Engines, judge_failures: int = 0) -> None:
         self.exp, self.engines = exp, engines
-        self.judge_failures = judge_failures
+        self._judge_failures_before = judge_failures
         self._memo: dict[tuple[str, int, str], tuple[dict[str, float], int]] = {}
         self._memo_lock = threading.Lock()
+
+    @property
+    def judge_failures(self) -> int:
+        # A sum over the memo rather than a running counter: an evaluation finished in a phase that was
+        # later retried stays remembered (its retry reuses it), so it stays counted, once.
+        with self._memo_lock:
+            return self._judge_failures_before + sum(failures for _, failures in self._memo.values())
 
     def __call__(self, prompt: str, sets: EvalSets, engine: ChatEngine | None = None) -> dict[str, float]:
         engine = engine or self.engines.test
@@ -263,11 +273,9 @@ class Evaluator:
         if known is None:
             known = evaluate_on_tasks(prompt, sets, engine, max_tokens=self.exp.settings.answer_max_tokens,
                                       judge=self.engines.judge)
-        scores, judge_failures = known
         with self._memo_lock:
-            self._memo[key] = known
-            self.judge_failures += judge_failures
-        return dict(scores)
+            known = self._memo.setdefault(key, known)  # two threads racing on one key: the first one counts
+        return dict(known[0])
 
 
 def _zero_shot_state(exp: Experiment, engines: Engines, log: RunLog, evaluate: Callable) -> dict[str, Any]:
@@ -318,7 +326,8 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
             log.save_prompt(round_index, f"client_{update.client_id}", update.prompt)
             log.event("client_update", round=round_index, client=update.client_id,
                       train_accuracy=update.train_accuracy, **lengths[update.client_id])
-            log.metric(f"train/{update.client_id}/round_accuracy", update.train_accuracy, round_index)
+            if update.train_accuracy is not None:
+                log.metric(f"train/{update.client_id}/round_accuracy", update.train_accuracy, round_index)
     if merged is None:
         raise RoundFailed(f"every client failed in round {round_index} ({updates[0].error}); fix the cause and "
                           f"continue with --resume")
@@ -344,6 +353,7 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         "prompt_tokens_estimated": any(m["tokens_estimated"] for m in [length, *lengths.values()]),
         "steps": len([s for u in updates for s in u.steps]),
         "accepted_steps": len([s for u in updates for s in u.steps if s.accepted]),
+        "skipped_steps": sum(u.skipped_steps for u in updates),
         "optimizer_format_failures": len([s for u in updates for s in u.steps if s.format_failure == "no_tags"]),
         "dropped_format_instruction": len([s for u in updates for s in u.steps
                                            if s.format_failure == "dropped_format_instruction"]),
@@ -392,6 +402,7 @@ def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator,
         "aggregate_method": exp.aggregate_method,
         "rounds_completed": state["round"],
         "clients": [c.client_id for c in exp.clients],
+        "split_sizes": exp.split_sizes,
         "settings": vars(exp.settings),
         "zero_shot": state["zero_shot"],
         "evaluation_engine_zero_shot_test": state["evaluation_engine_zero_shot_test"],
@@ -407,6 +418,7 @@ def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator,
             "dropped_format_instruction": sum(r["dropped_format_instruction"] for r in history),
             "aggregation": sum(bool(r["aggregation_format_failure"]) for r in history),
             "judge": sum(r["judge_format_failures"] for r in history) + evaluate.judge_failures,
+            "skipped_steps": sum(r.get("skipped_steps", 0) for r in history),
         },
         "llm": {**_add(state["llm"], _delta(llm_totals(), llm_mark)),
                 "by_engine_this_process": all_engine_stats()},
@@ -443,14 +455,13 @@ def _endpoints_answer(engines: Engines) -> bool:
     return True
 
 
-def _with_retries(phase: str, log: RunLog, evaluate: Evaluator, engines: Engines, attempt: Callable[[bool], T],
+def _with_retries(phase: str, log: RunLog, engines: Engines, attempt: Callable[[bool], T],
                   on_stop: Callable[[], None] | None = None) -> T:
     """Run attempt(last_try); when the LLM endpoint fails it, drop the phase's events, wait and try again:
     once if the endpoint is down, up to PHASE_TRIES in all if it still answers. Then call on_stop and stop
     the run at its last checkpoint with the command that resumes it."""
-    events_size, judged = log.events_size(), evaluate.judge_failures
+    events_size = log.events_size()
     for tries in range(1, PHASE_TRIES + 1):
-        evaluate.judge_failures = judged  # only the try that completes counts its judge replies
         try:
             return attempt(tries == PHASE_TRIES)
         except EngineError as exc:

@@ -27,8 +27,8 @@ def default_run_name(args: argparse.Namespace) -> str:
 
 
 def load_data(args: argparse.Namespace) -> list[TaskData]:
-    return [load_task_data(resolve_task(name), args.data_dir, tuple(args.split_sizes), args.seed)
-            for name in args.task]
+    sizes = None if args.split_sizes is None else tuple(args.split_sizes)
+    return [load_task_data(resolve_task(name), args.data_dir, sizes, args.seed) for name in args.task]
 
 
 def make_engines(args: argparse.Namespace) -> Engines:
@@ -76,6 +76,7 @@ def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate:
                                optimizer_max_tokens=args.optimizer_max_tokens),
         merge_max_tokens=args.merge_max_tokens,
         run_larger_model=not args.do_not_run_larger_model and args.evaluation_engine != args.test_engine,
+        split_sizes={d.task.name: d.sizes for d in data},
     )
     comet_path = Path(args.comet_log_path) if args.comet_log_path else Path(args.output_dir) / "comet"
     try:
@@ -103,6 +104,13 @@ def _fmt(scores: dict[str, float] | None) -> str:
     return f"{scores['mean']:.3f} (" + ", ".join(f"{k}={v:.3f}" for k, v in scores.items() if k != "mean") + ")"
 
 
+def _splits(results: dict[str, Any]) -> str:
+    sizes = results.get("split_sizes") or {}
+    if not sizes:
+        return "-"
+    return ", ".join(f"{task} {s['train']}/{s['val']}/{s['test']}" for task, s in sizes.items()) + " (train/val/test)"
+
+
 def _context_line(results: dict[str, Any]) -> str:
     context = results.get("context") or {}
     windows = ", ".join(f"{name} {w['tokens']} ({w['source']})" for name, w in context.get("windows", {}).items())
@@ -116,15 +124,18 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
     lines = [
         f"== {results['module']} on {', '.join(results['tasks'])} "
         f"({results['aggregate_method'] or 'no aggregation'}), {results['rounds_completed']} rounds ==",
+        f"splits         {_splits(results)}",
         f"zero-shot      val {_fmt(results['zero_shot']['val'])}   test {_fmt(results['zero_shot']['test'])}",
         *[f"round {r['round']:<3}      val {_fmt(r['val'])}   aggregate {r['aggregate_tokens']} tokens, "
-          f"{r['accepted_steps']}/{r['steps']} steps kept" for r in results["rounds"]],
+          f"{r['accepted_steps']}/{r['steps']} steps kept, {r.get('skipped_steps', 0)} skipped (context)"
+          for r in results["rounds"]],
         f"best (round {results['best']['round']})  val {results['best']['val']:.3f}",
         f"final test     last {_fmt(results['final_test']['last'])}   best {_fmt(results['final_test']['best'])}",
         f"LLM            {llm['calls']} calls, {llm['prompt_tokens']}+{llm['completion_tokens']} tokens, "
         f"cache {llm['cache_hits']} hits / {llm['cache_misses']} misses, {llm['retries']} retries",
         f"format fails   optimizer {ff['optimizer_no_tags']}, dropped format line "
-        f"{ff['dropped_format_instruction']}, merge {ff['aggregation']}, judge {ff['judge']}",
+        f"{ff['dropped_format_instruction']}, merge {ff['aggregation']}, judge {ff['judge']}; "
+        f"steps skipped (context) {ff['skipped_steps']}",
         _context_line(results),
         f"wall time      {results['wall_seconds']:.1f} s",
         f"outputs        {run_dir}",
