@@ -1,8 +1,9 @@
 """Everything that crosses the wire between the ServerApp and a ClientApp, as Flower records.
 
 Server -> client: the experiment (module, tasks, data split, seed, engines by name and the ordered
-client ids) and, for a round, the global prompt and the LocalSettings. Client -> server: its
-ClientUpdate (prompts and step metrics, never examples) and a report of what the round cost it.
+client ids) and, for a round, the global prompt, the LocalSettings and the client's ClientPolicy (leak
+guard; attack, for simulated attackers). Client -> server: its ClientUpdate (prompts, step metrics and
+its leak audit's numbers, never examples) and a report of what the round cost it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from utils.client import ClientUpdate, LocalSettings
+from utils.leakage import LeakGuard
+from utils.outbound import ClientPolicy
 
 # The flags a client needs to rebuild its own data shard and engines exactly as in-process.
 EXPERIMENT_KEYS = ("module", "task", "data_dir", "split_sizes", "seed", "homo_split_num", "partition",
@@ -44,12 +47,20 @@ def experiment_from_record(record: ConfigRecord) -> argparse.Namespace:
 
 
 def train_content(experiment: ConfigRecord, client_id: str, prompt: str, round_index: int,
-                  settings: LocalSettings) -> RecordDict:
+                  settings: LocalSettings, policy: ClientPolicy) -> RecordDict:
     return RecordDict({
         "experiment": experiment,
         "round": ConfigRecord({"client_id": client_id, "round": round_index, "global_prompt": prompt}),
         "settings": ConfigRecord(asdict(settings)),
+        "policy": ConfigRecord({"leak_guard": policy.guard.mode, "leak_min_words": policy.guard.min_words,
+                                "attack": policy.attack or "", "seed": policy.seed}),
     })
+
+
+def read_policy(content: RecordDict) -> ClientPolicy:
+    record = content["policy"]
+    return ClientPolicy(LeakGuard(str(record["leak_guard"]), int(record["leak_min_words"])),
+                        str(record["attack"]) or None, int(record["seed"]))
 
 
 def read_train_content(content: RecordDict) -> tuple[argparse.Namespace, str, str, int, LocalSettings]:
@@ -62,9 +73,10 @@ def read_train_content(content: RecordDict) -> tuple[argparse.Namespace, str, st
 
 def update_content(update: ClientUpdate, report: dict[str, int | float]) -> RecordDict:
     record = update.to_record()
-    steps = record.pop("steps")
+    steps, leakage = record.pop("steps"), record.pop("leakage")
     # Step results hold None values, which records cannot carry; JSON keeps them exact.
-    fields = {**record, "error": record["error"] or "", "steps_json": json.dumps(steps)}
+    fields = {**record, "error": record["error"] or "", "steps_json": json.dumps(steps),
+              "leakage_json": json.dumps(leakage)}
     return RecordDict({"update": ConfigRecord(fields), "report": MetricRecord(report)})
 
 
@@ -82,8 +94,8 @@ def update_from_reply(reply: Message | None, client_id: str, prompt: str, round_
         reason = short_reason(reply.error.reason or "")
         return failed_update(client_id, round_index, prompt, f"Flower error {reply.error.code}: {reason}"), {}
     fields = dict(reply.content["update"])
-    steps = json.loads(fields.pop("steps_json"))
-    update = ClientUpdate.from_record({**fields, "steps": steps, "error": fields["error"] or None})
+    steps, leakage = json.loads(fields.pop("steps_json")), json.loads(fields.pop("leakage_json"))
+    update = ClientUpdate.from_record({**fields, "steps": steps, "leakage": leakage, "error": fields["error"] or None})
     if update.client_id != client_id:
         return failed_update(client_id, round_index, prompt,
                              f"the node answered as client {update.client_id!r}: check its node config"), {}

@@ -13,6 +13,9 @@ from typing import Any, NoReturn
 
 import yaml
 
+from .attacks import ATTACKS
+from .leakage import LEAK_GUARDS
+
 MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
 AGGREGATE_METHODS = ("concat", "summarization", "sum_uid")
 ENGINE_PREFIXES = ("local", "ollama-", "vllm-", "sglang-")
@@ -116,7 +119,56 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_context", type=_context_size, default=None,
         help="context window in tokens (prompt + reply) of every engine; default: what the server reports, "
              "else 8192 for the embedded server, 2048 for other self-hosted ones")
+    _add_privacy_and_robustness_flags(p)
     return p
+
+
+# ---------------------------------------------------------------- privacy and robustness (issue 16)
+ROBUST_AGGREGATIONS = ("none", "screen")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (an accuracy difference), got {value}")
+    return value
+
+
+def _add_privacy_and_robustness_flags(p: argparse.ArgumentParser) -> None:
+    add = p.add_argument
+    add("--leak_guard", choices=LEAK_GUARDS, default="redact",
+        help="what a client does with text copied from its own examples before its update leaves: off (send it, "
+             "audit only), redact (remove each copied span), reject (send the round's start prompt instead)")
+    add("--leak_min_words", type=_positive_int, default=8,
+        help="consecutive words copied from one example that the leak guard acts on")
+    add("--malicious_clients", type=_count, default=0,
+        help="simulated poisoned clients (chosen from --seed) that send an --attack prompt instead of their own")
+    add("--attack", choices=ATTACKS, default="inject",
+        help="inject: an instruction forcing one fixed wrong answer; noise: unrelated text")
+    add("--robust_aggregation", choices=ROBUST_AGGREGATIONS, default="none",
+        help="screen: leave out client prompts that score far below the round's best on a validation sample")
+    add("--screen_size", type=_positive_int, default=5, help="validation questions per task that screening asks")
+    add("--screen_margin", type=_fraction, default=0.2,
+        help="screening leaves out prompts whose accuracy is below the round's best by more than this")
+
+
+def _check_privacy_and_robustness(args: argparse.Namespace, clients: int) -> None:
+    if args.malicious_clients > clients:
+        raise UsageError(f"--malicious_clients {args.malicious_clients} exceeds the {clients} clients of this run: "
+                         "lower it or add clients")
 
 
 def _config_to_argv(parser: argparse.ArgumentParser, path: str, skip: tuple[str, ...] = ()) -> list[str]:
@@ -193,6 +245,7 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.clients_per_round is not None and args.clients_per_round > clients:
         raise UsageError(f"--clients_per_round {args.clients_per_round} exceeds the {clients} clients of "
                          f"this run: lower it or raise --homo_split_num")
+    _check_privacy_and_robustness(args, clients)
     if args.resume:
         check_resumable(args)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
