@@ -8,6 +8,7 @@ obey an injected instruction.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -244,7 +245,8 @@ def test_quoted_questions_leak_with_the_guard_off_and_are_redacted_with_it_on(tm
 
 
 def test_rejected_updates_are_the_round_start_prompt_on_the_bench_server(tmp_path, quoting_server, monkeypatch):
-    results, events = bench_run(tmp_path, quoting_server, monkeypatch, "reject", "--leak_guard", "reject")
+    results, events = bench_run(tmp_path, quoting_server, monkeypatch, "reject", "--leak_guard", "reject",
+                                "--comet_mode", "offline", "--comet_log_path", str(tmp_path / "comet"))
     rejected = [e for e in events if e["type"] == "leak_audit" and e["guard_action"] == "rejected"]
     assert rejected and results["leakage"]["rejected_updates"] == len(rejected)
     for e in rejected:
@@ -253,6 +255,10 @@ def test_rejected_updates_are_the_round_start_prompt_on_the_bench_server(tmp_pat
             == start
         assert e["written_longest_run"] >= 8
     assert results["leakage"]["max_longest_run"] < 8
+    with zipfile.ZipFile(next((tmp_path / "comet").glob("*.zip"))) as archive:
+        messages = archive.read("messages.json").decode()
+    for metric in ("leak/max_longest_run", "leak/max_shingle_share", "leak/client0/longest_run", "leak/rejected_updates"):
+        assert f'"{metric}"' in messages
 
 
 def test_an_injecting_client_is_left_out_by_screen_and_not_by_none(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import difflib
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -127,24 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
 ROBUST_AGGREGATIONS = ("none", "screen")
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (an accuracy difference), got {value}")
-    return value
+def _within(convert: Callable[[str], float], low: float, high: float | None, noun: str) -> Callable[[str], Any]:
+    """An argparse type: a number from low to high (no upper bound if None), both included."""
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"{low:g} or more" if high is None else f"between {low:g} and {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value:g}")
+        return value
+    return parse
 
 
 def _add_privacy_and_robustness_flags(p: argparse.ArgumentParser) -> None:
@@ -154,14 +149,14 @@ def _add_privacy_and_robustness_flags(p: argparse.ArgumentParser) -> None:
              "audit only), redact (remove each copied span), reject (send the round's start prompt instead)")
     add("--leak_min_words", type=_positive_int, default=8,
         help="consecutive words copied from one example that the leak guard acts on")
-    add("--malicious_clients", type=_count, default=0,
+    add("--malicious_clients", type=_within(int, 0, None, "a whole number"), default=0,
         help="simulated poisoned clients (chosen from --seed) that send an --attack prompt instead of their own")
     add("--attack", choices=ATTACKS, default="inject",
         help="inject: an instruction forcing one fixed wrong answer; noise: unrelated text")
     add("--robust_aggregation", choices=ROBUST_AGGREGATIONS, default="none",
         help="screen: leave out client prompts that score far below the round's best on a validation sample")
     add("--screen_size", type=_positive_int, default=5, help="validation questions per task that screening asks")
-    add("--screen_margin", type=_fraction, default=0.2,
+    add("--screen_margin", type=_within(float, 0, 1, "an accuracy difference from 0 to 1"), default=0.2,
         help="screening leaves out prompts whose accuracy is below the round's best by more than this")
 
 
