@@ -63,6 +63,7 @@ def test_redact_removes_spans_of_min_words_and_keeps_shorter_runs():
     redacted, spans = redact_copies(prompt, EXAMPLES, min_words=8)
     assert spans == 1
     assert redacted == f"Start. {seven} more text. Also: {REDACTED} End."
+    assert redact_copies(prompt, EXAMPLES, min_words=9)[1] == 1  # a run of exactly min_words goes
     assert redact_copies(prompt, EXAMPLES, min_words=10) == (prompt, 0)
     # Two touching copies from two examples become one span.
     both = "x " + QUESTION + " Sort the following words alphabetically: List: pear apple fig kiwi plum y"
@@ -83,6 +84,8 @@ def test_rejected_update_is_the_start_prompt():
     sent, audit = guard_prompt(leaking, start, EXAMPLES, LeakGuard("reject", 8))
     assert sent == start and audit.action == "rejected" and audit.written_longest_run == 15
     assert audit.longest_run == 0
+    assert guard_prompt(leaking, start, EXAMPLES, LeakGuard("reject", 15))[0] == start  # exactly min_words
+    assert guard_prompt(leaking, start, EXAMPLES, LeakGuard("reject", 16))[0] == leaking
     # A copy shorter than min_words is no reason to reject.
     short = "Be careful: I have a chair, two tables."
     assert guard_prompt(short, start, EXAMPLES, LeakGuard("reject", 8))[0] == short
@@ -296,3 +299,38 @@ def test_an_injecting_client_is_left_out_by_screen_and_not_by_none(tmp_path, mon
         assert e["questions"] == 5 and e["requests"] == 5 * e["prompts_screened"] and e["prompts_screened"] >= 2
     assert screen["screening"]["requests"] == sum(e["requests"] for e in screenings)
     assert screen["screening"]["left_out"] == {str(e["round"]): sorted(e["left_out"]) for e in screenings}
+
+
+def test_flower_client_app_sends_its_update_through_the_same_guard(tmp_path, quoting_server, monkeypatch):
+    """The ClientApp's train handler called directly (no Ray): what its optimizer quoted leaves the node
+    with the guard off, and not with the default guard; the server reads the audit off the reply."""
+    from flwr.app import Context, Message, Metadata, RecordDict
+
+    from fedtextgrad_flower import client_app
+    from fedtextgrad_flower.records import experiment_record, train_content, update_from_reply
+    from utils.client import LocalSettings
+
+    monkeypatch.setenv("VLLM_BASE_URL", quoting_server.base_url)
+    args = parse_args(["--module", "train_homo_fed", "--task", "synthetic_object_counting", "--split_sizes", "12,10,5",
+                       "--test_engine", "vllm-fake-model", "--evaluation_engine", "vllm-fake-model",
+                       "--cache_dir", str(tmp_path / "cache")])
+    experiment = experiment_record(args, ["client0", "client1", "client2"])
+    start = COUNTING.starting_prompt()
+    node = Context(run_id=1, node_id=7, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    questions = client_questions()["client0"]
+
+    def reply_text(policy: ClientPolicy) -> tuple[ClientUpdate, str]:
+        content = train_content(experiment, "client0", start, 1, LocalSettings(max_steps=2, batch_size=2), policy)
+        message = Message(content=content, metadata=Metadata(
+            run_id=1, message_id="m", src_node_id=0, dst_node_id=7, reply_to_message_id="", group_id="1",
+            created_at=0.0, ttl=600.0, message_type="train"))
+        reply = client_app.train(message, node)
+        update, _ = update_from_reply(reply, "client0", start, 1, None)
+        return update, json.dumps([dict(record) for record in reply.content.values()])
+
+    open_update, open_text = reply_text(ClientPolicy(LeakGuard("off", 8)))
+    assert open_update.leakage.longest_run >= 8 and [q for q in questions if json.dumps(q)[1:-1] in open_text]
+    guarded, guarded_text = reply_text(ClientPolicy())
+    assert guarded.leakage.written_longest_run == open_update.leakage.longest_run
+    assert guarded.leakage.action == "redacted" and guarded.leakage.longest_run < 8
+    assert not [q for q in questions if json.dumps(q)[1:-1] in guarded_text]
