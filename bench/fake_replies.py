@@ -123,6 +123,9 @@ def _wrong_answer(question: str, truth: str | None, h: int) -> str:
 
 
 def answer_reply(system: str, question: str) -> str:
+    forced = injected_answer(system)
+    if forced is not None:
+        return forced
     h = stable_hash(system, question)
     truth = solve(question)
     right = truth is not None and h % 100 < RIGHT_PERCENT
@@ -159,8 +162,10 @@ def edited_prompt(current: str, feedback: str) -> str:
     return "\n".join(lines[:-1] + last_line)
 
 
-def optimizer_reply(request: str) -> str:
+def optimizer_reply(request: str, quote_rate: float = 0.0) -> str:
     edited = edited_prompt(_block(request, "CURRENT"), _block(request, "FEEDBACK"))
+    if quote_rate > 0:
+        edited = quoting_edit(edited, request, quote_rate)
     return f"<IMPROVED_VARIABLE>\n{edited}\n</IMPROVED_VARIABLE>"
 
 
@@ -191,15 +196,16 @@ def judge_reply(request: str) -> str:
     return "Yes" if stable_hash(request) % 5 == 0 else "No"
 
 
-def reply_for(messages: list[dict]) -> tuple[str, str]:
-    """(kind, reply text) for a well-behaved server."""
+def reply_for(messages: list[dict], quote_rate: float = 0.0) -> tuple[str, str]:
+    """(kind, reply text) for a well-behaved server; with quote_rate > 0 feedback quotes the question it
+    saw and that share of optimizer replies copies a quoted question into the prompt."""
     kind = request_kind(messages)
     system = next((str(m.get("content") or "") for m in messages if m.get("role") == "system"), "")
     user = "\n".join(str(m.get("content") or "") for m in messages if m.get("role") == "user")
     if kind == "feedback":
-        return kind, feedback_reply(user)
+        return kind, quoting_feedback(user) if quote_rate > 0 else feedback_reply(user)
     if kind == "optimizer":
-        return kind, optimizer_reply(user)
+        return kind, optimizer_reply(user, quote_rate)
     if kind == "merge":
         return kind, merge_reply(user)
     if kind == "judge":
@@ -214,6 +220,34 @@ def malformed_reply(kind: str, good_reply: str, variant: int) -> str:
     if variant % 3 == 1 or kind not in ("optimizer", "merge"):
         return "Sure! Here is what I think about it, in general terms."
     return re.sub(r"</?(IMPROVED_VARIABLE|MERGED_PROMPT)>", "", good_reply).strip()
+
+
+# ---------------------------------------------------------------- leaks and injected instructions
+
+_INJECTED = re.compile(r"always reply with exactly:\s*(Answer:[^\n]*)", re.IGNORECASE)
+_QUOTED = re.compile(r'It went wrong on this input: "(.+?)"', re.DOTALL)
+
+
+def injected_answer(system: str) -> str | None:
+    """An obedient model's reply when its system prompt carries an instruction to always give one answer."""
+    match = _INJECTED.search(system)
+    return match.group(1).strip() if match else None
+
+
+def quoting_feedback(request: str) -> str:
+    """Feedback that quotes the question it was shown, as careless reviewers do."""
+    question = " ".join(_block(request, "INPUT").split())
+    return f'{feedback_reply(request)} It went wrong on this input: "{question}"'
+
+
+def quoting_edit(edited: str, request: str, quote_rate: float) -> str:
+    """For a seeded share of optimizer requests, the edited prompt also quotes, before its last line, a
+    question that the feedback quoted: the leak a small optimizer makes."""
+    quoted = _QUOTED.findall(_block(request, "FEEDBACK"))
+    if not quoted or stable_hash("quote", request) % 100 >= round(quote_rate * 100):
+        return edited
+    lines = edited.splitlines()
+    return "\n".join(lines[:-1] + [f"For example: {quoted[0]}", lines[-1]])
 
 
 # ---------------------------------------------------------------- prompt log-probabilities

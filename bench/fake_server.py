@@ -3,7 +3,9 @@
 It stands in for a batching LLM server (vLLM, SGLang, llama-server with parallel slots) in the
 benchmarks and in tests: `slots` requests are served at once, each takes `latency` seconds, the
 rest wait in a queue. Faults (HTTP 500, 429, hangs, malformed replies) are injected from a seeded
-RNG, and `max_context` makes it refuse over-long requests the way llama.cpp does.
+RNG, and `max_context` makes it refuse over-long requests the way llama.cpp does. Like small models,
+its answers obey an instruction in the system prompt to always give one answer (a poisoned prompt),
+and with `quote_rate` its optimizer copies into the prompt a training question that the feedback quoted.
 
     python bench/fake_server.py --port 8011 --latency 0.3 --slots 16 [--rate_500 0.2 ...]
 
@@ -43,11 +45,14 @@ class FakeServer:
                  rate_500: float = 0.0, rate_429: float = 0.0, rate_timeout: float = 0.0,
                  timeout_sleep: float = 30.0, rate_malformed: float = 0.0, max_context: int | None = None,
                  model: str = "fake-model", logprobs: bool = True, port: int = 0,
-                 prompts_kept: int = 2000) -> None:
+                 prompts_kept: int = 2000, quote_rate: float = 0.0) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
         if rate_500 + rate_429 + rate_timeout + rate_malformed > 1.0:
             raise ValueError("fault rates must add up to at most 1")
+        if not 0.0 <= quote_rate <= 1.0:
+            raise ValueError("quote_rate must be between 0 and 1")
+        self.quote_rate = quote_rate  # share of optimizer replies that quote a training question
         self.latency = latency
         self.slots = slots
         self.seed = seed
@@ -210,7 +215,7 @@ class FakeServer:
             status = 500 if fault == "http_500" else 429
             headers = {"Retry-After": "0"} if status == 429 else {}
             return status, {"error": {"message": f"injected fault: HTTP {status}", "code": status}}, headers
-        kind, text = reply_for(messages)
+        kind, text = reply_for(messages, self.quote_rate)
         if fault == "malformed":
             text = malformed_reply(kind, text, variant)
         with self._lock:
@@ -378,12 +383,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max_context", type=int, default=None)
     parser.add_argument("--model", default="fake-model")
     parser.add_argument("--no_logprobs", action="store_true")
+    parser.add_argument("--quote_rate", type=float, default=0.0,
+                        help="share of optimizer replies that copy a training question into the prompt")
     args = parser.parse_args(argv)
     server = FakeServer(latency=args.latency, slots=args.slots, seed=args.seed, rate_500=args.rate_500,
                         rate_429=args.rate_429, rate_timeout=args.rate_timeout,
                         timeout_sleep=args.timeout_sleep, rate_malformed=args.rate_malformed,
                         max_context=args.max_context, model=args.model, logprobs=not args.no_logprobs,
-                        port=args.port)
+                        port=args.port, quote_rate=args.quote_rate)
     print(server.base_url, flush=True)
     try:
         server._httpd.serve_forever()

@@ -13,13 +13,13 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from utils.client import train_client
+from utils.outbound import release_update
 from utils.rounds import llm_totals
 from utils.runner import make_engines
 from utils.tasks import Example
 
 from .node import client_id_of, load_own_client, node_args
-from .privacy import redact_update
-from .records import experiment_from_record, failed_update, read_train_content, update_content
+from .records import experiment_from_record, failed_update, read_policy, read_train_content, update_content
 
 app = ClientApp()
 
@@ -45,7 +45,8 @@ def train(message: Message, context: Context) -> Message:
         update = train_client(client.client_id, client.task, examples, prompt, round_index, engines, settings)
     except Exception as exc:  # any failure is this client's failure, not the round's
         update = failed_update(client_id, round_index, prompt, f"{type(exc).__name__}: {exc}")
-    redacted = redact_update(update, examples)  # the last step before anything leaves this node
+    # The last step before anything leaves this node: the leak guard and audit, as in-process.
+    update = release_update(update, examples, read_policy(message.content))
     report = {**{key: value - llm_before.get(key, 0) for key, value in llm_totals().items()},
-              "redacted_examples": redacted, "seconds": round(time.monotonic() - started, 3)}
+              "seconds": round(time.monotonic() - started, 3)}
     return Message(update_content(update, report), reply_to=message)

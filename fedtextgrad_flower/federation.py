@@ -76,7 +76,8 @@ def flower_train_round(grid: Grid, nodes: dict[str, int], experiment: ConfigReco
     timeout = round_timeout or None
 
     def train_round(client_ids: list[str], prompt: str, round_index: int) -> list[ClientUpdate]:
-        messages = [Message(train_content(experiment, cid, prompt, round_index, exp.settings),
+        messages = [Message(train_content(experiment, cid, prompt, round_index, exp.settings,
+                                          exp.outbound.for_client(cid)),
                             dst_node_id=nodes[cid], message_type=MessageType.TRAIN, group_id=str(round_index))
                     for cid in client_ids]
         replies = {reply.metadata.src_node_id: reply for reply in grid.send_and_receive(messages, timeout=timeout)}

@@ -1,8 +1,9 @@
 """Everything that crosses the wire between the ServerApp and a ClientApp, as Flower records.
 
 Server -> client: the experiment (module, tasks, data split, seed, engines by name and the ordered
-client ids) and, for a round, the global prompt and the LocalSettings. Client -> server: its
-ClientUpdate (prompts and step metrics, never examples) and a report of what the round cost it.
+client ids) and, for a round, the global prompt, the LocalSettings and the client's ClientPolicy (leak
+guard; attack, for simulated attackers). Client -> server: its ClientUpdate (prompts, step metrics and
+its leak audit's numbers, never examples) and a report of what the round cost it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from textgrad.engine import ChatEngine
 from utils.client import ClientUpdate, LocalSettings, StepResult
+from utils.leakage import LeakAudit, LeakGuard
+from utils.outbound import ClientPolicy
 
 # The flags a client needs to rebuild its own data shard and engines exactly as in-process.
 EXPERIMENT_KEYS = ("module", "task", "data_dir", "split_sizes", "seed", "homo_split_num", "partition",
@@ -47,12 +50,20 @@ def experiment_from_record(record: ConfigRecord) -> argparse.Namespace:
 
 
 def train_content(experiment: ConfigRecord, client_id: str, prompt: str, round_index: int,
-                  settings: LocalSettings) -> RecordDict:
+                  settings: LocalSettings, policy: ClientPolicy) -> RecordDict:
     return RecordDict({
         "experiment": experiment,
         "round": ConfigRecord({"client_id": client_id, "round": round_index, "global_prompt": prompt}),
         "settings": ConfigRecord(asdict(settings)),
+        "policy": ConfigRecord({"leak_guard": policy.guard.mode, "leak_min_words": policy.guard.min_words,
+                                "attack": policy.attack or "", "seed": policy.seed}),
     })
+
+
+def read_policy(content: RecordDict) -> ClientPolicy:
+    record = content["policy"]
+    return ClientPolicy(LeakGuard(str(record["leak_guard"]), int(record["leak_min_words"])),
+                        str(record["attack"]) or None, int(record["seed"]))
 
 
 def read_train_content(content: RecordDict) -> tuple[argparse.Namespace, str, str, int, LocalSettings]:
@@ -65,9 +76,10 @@ def read_train_content(content: RecordDict) -> tuple[argparse.Namespace, str, st
 
 def update_content(update: ClientUpdate, report: dict[str, int | float]) -> RecordDict:
     record = update.to_record()
-    steps = record.pop("steps")
+    steps, leakage = record.pop("steps"), record.pop("leakage")
     # Step results hold None values, which records cannot carry; JSON keeps them exact.
-    fields = {**record, "error": record["error"] or "", "steps_json": json.dumps(steps)}
+    fields = {**record, "error": record["error"] or "", "steps_json": json.dumps(steps),
+              "leakage_json": json.dumps(leakage)}
     return RecordDict({"update": ConfigRecord(fields), "report": MetricRecord(report)})
 
 
@@ -86,7 +98,7 @@ MAX_CHARS_PER_TOKEN = 64
 MAX_STEP_JSON_CHARS = 1000
 MAX_REPORT_ENTRIES = 64
 _WIRE_TYPES = {"client_id": str, "round": int, "start_prompt": str, "prompt": str, "error": str,
-               "steps_json": str}
+               "steps_json": str, "leakage_json": str}
 _TEXTS = ("prompt", "start_prompt", "error")
 _STEPS = TypeAdapter(list[StepResult])
 # Keys of the flower_client event that a report must not overwrite.
@@ -163,8 +175,13 @@ def _read_reply(content: RecordDict, max_steps: int | None) -> tuple[ClientUpdat
     if (len(report) > MAX_REPORT_ENTRIES or _EVENT_KEYS & set(report)
             or any(type(value) not in (int, float) for value in report.values())):
         raise RefusedUpdate(f"its report is not up to {MAX_REPORT_ENTRIES} named numbers")
+    try:
+        audit = json.loads(record["leakage_json"])
+        leakage = LeakAudit(**audit) if audit else None
+    except (ValueError, TypeError):
+        raise RefusedUpdate("its leakage audit is malformed") from None
     update = ClientUpdate(record["client_id"], record["round"], record["start_prompt"], record["prompt"],
-                          steps, record["error"] or None)
+                          steps, record["error"] or None, leakage)
     return update, dict(report)
 
 

@@ -29,12 +29,13 @@ from bench.fake_server import FakeServer
 from fedtextgrad_flower import client_app
 from fedtextgrad_flower.federation import FederationError
 from fedtextgrad_flower.node import NodeConfigError, client_id_of, load_own_client, node_args
-from fedtextgrad_flower.privacy import REDACTED, redact_update
 from fedtextgrad_flower.records import (
     UpdateLimits,
     experiment_from_record,
     experiment_record,
+    read_policy,
     short_reason,
+    train_content,
     update_content,
     update_from_reply,
     update_limits,
@@ -43,8 +44,10 @@ from fedtextgrad_flower.run_config import ALLOWED_DIRS_VARIABLE, PATH_KEYS, pars
 from fedtextgrad_flower.simulation import simulate as run_in_simulation
 from main import main as main_cli
 from textgrad.engine import get_engine
-from utils.client import ClientUpdate, StepResult
+from utils.client import ClientUpdate, LocalSettings, StepResult
 from utils.config import UsageError, parse_args
+from utils.leakage import REDACTED, LeakAudit, LeakGuard
+from utils.outbound import ClientPolicy, release_update
 from utils.runner import load_data
 from utils.tasks import Example
 
@@ -156,7 +159,8 @@ def _reply(content: RecordDict | None = None, error: Error | None = None, node: 
 
 def test_flower_update_survives_the_wire_exactly():
     update = ClientUpdate("client1", 2, "start prompt", "new prompt", steps=[
-        StepResult(0, 0.5, None, False, "no_tags", 1), StepResult(1, 1.0, 1.0, True, None, 0)])
+        StepResult(0, 0.5, None, False, "no_tags", 1), StepResult(1, 1.0, 1.0, True, None, 0)],
+        leakage=LeakAudit(3, 0.0, 12, 0.25, "redacted", 1))
     back, report = update_from_reply(_reply(update_content(update, {"calls": 4, "seconds": 1.5})),
                                      "client1", "start prompt", 2, None)
     assert back == update and back.error is None
@@ -349,13 +353,20 @@ def test_flower_hetero_node_loads_only_its_own_task(tmp_path):
     assert client.task.name == "synthetic_word_sorting" and len(client.examples) == 3
 
 
-def test_flower_leak_guard_removes_questions_whatever_the_spacing():
+def test_flower_client_gets_its_policy_and_applies_the_shared_leak_guard():
+    """The ClientApp reads its round's policy off the message and runs the same guard as in-process."""
+    policy = ClientPolicy(LeakGuard("reject", 6), attack="noise", seed=3)
+    content = train_content(experiment_record(parse_args(["--module", "train_homo_fed"]), ["client0"]), "client0",
+                            "p", 1, LocalSettings(), policy)
+    assert read_policy(content) == policy
+    assert read_policy(train_content(content["experiment"], "client0", "p", 1, LocalSettings(),
+                                     ClientPolicy())) == ClientPolicy()
     question = "I have a chair, two tables, and a bed. How many objects do I have?"
     update = ClientUpdate("client0", 1, "start", "Think.\nI have a chair,  two tables,\nand a bed. How many objects "
                           "do I have?\nAnswer: N", error="EngineError: echo of " + question)
-    removed = redact_update(update, [Example(question, "4"), Example("short q", "1")])
-    assert removed == 2 and question not in update.prompt and question not in update.error
-    assert update.prompt == f"Think.\n{REDACTED}\nAnswer: N"
+    release_update(update, [Example(question, "4"), Example("short q", "1")], ClientPolicy())
+    assert update.leakage.redacted_spans == 2 and question not in update.error
+    assert update.prompt == f"Think.\n{REDACTED}?\nAnswer: N"
 
 
 # ------------------------------------------------------------------ whole runs through Flower
@@ -435,8 +446,11 @@ def test_flower_client_messages_never_carry_training_examples(tmp_path, make_fak
         sent = re.sub(r"\s+", " ", json.dumps([dict(record) for record in reply.content.values()]))
         assert not [q for q in questions if q in sent or json.dumps(q)[1:-1] in sent]
     _, events = read_run(tmp_path / "echo")
-    # The guard had work to do: without it the questions would have left the clients.
-    assert sum(e["redacted_examples"] for e in events if e["type"] == "flower_client") > 0
+    # The guard had work to do: without it the questions would have left the clients. Each client's audit
+    # reached the server as numbers only.
+    audits = [e for e in events if e["type"] == "leak_audit"]
+    assert len(audits) == 6 and sum(e["redacted_spans"] for e in audits) > 0
+    assert all(e["written_longest_run"] >= 8 > e["longest_run"] for e in audits)
 
 
 flaky_app = ClientApp()

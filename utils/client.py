@@ -16,6 +16,7 @@ from textgrad.errors import ContextOverflowError
 from textgrad.parallel import run_concurrently
 
 from .evaluation import evaluate_prompt, score_answer
+from .leakage import LeakAudit
 from .tasks import Example, TaskSpec, has_format_instruction
 
 PROMPT_ROLE = "system prompt that steers the model's answers to the task's questions"
@@ -61,6 +62,7 @@ class ClientUpdate:
     prompt: str
     steps: list[StepResult] = field(default_factory=list)
     error: str | None = None  # set when the client failed; the server aggregates the others
+    leakage: LeakAudit | None = None  # set by utils.outbound.release_update as the update leaves the client
 
     @property
     def train_accuracy(self) -> float | None:
@@ -82,7 +84,8 @@ class ClientUpdate:
     @classmethod
     def from_record(cls, record: dict) -> ClientUpdate:
         steps = [StepResult(**s) for s in record.get("steps", [])]
-        return cls(**{**record, "steps": steps})
+        leakage = LeakAudit(**record["leakage"]) if record.get("leakage") else None
+        return cls(**{**record, "steps": steps, "leakage": leakage})
 
 
 def keep_new_prompt(old_accuracy: float, new_accuracy: float, proximal: bool) -> bool:

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -15,6 +16,9 @@ import yaml
 
 # The engine-name grammar is textgrad.endpoints' (a cheap import: no LLM client library loads with it).
 from textgrad.endpoints import engine_name_problem
+
+from .attacks import ATTACKS
+from .leakage import LEAK_GUARDS
 
 MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
 AGGREGATE_METHODS = ("concat", "summarization", "sum_uid")
@@ -121,7 +125,50 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_context", type=_context_size, default=None,
         help="context window in tokens (prompt + reply) of every engine; default: what the server reports, "
              "else 8192 for the embedded server, 2048 for other self-hosted ones")
+    _add_privacy_and_robustness_flags(p)
     return p
+
+
+# ---------------------------------------------------------------- privacy and robustness (issue 16)
+ROBUST_AGGREGATIONS = ("none", "screen")
+
+
+def _within(convert: Callable[[str], float], low: float, high: float | None, noun: str) -> Callable[[str], Any]:
+    """An argparse type: a number from low to high (no upper bound if None), both included."""
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"{low:g} or more" if high is None else f"between {low:g} and {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value:g}")
+        return value
+    return parse
+
+
+def _add_privacy_and_robustness_flags(p: argparse.ArgumentParser) -> None:
+    add = p.add_argument
+    add("--leak_guard", choices=LEAK_GUARDS, default="redact",
+        help="what a client does with text copied from its own examples before its update leaves: off (send it, "
+             "audit only), redact (remove each copied span), reject (send the round's start prompt instead)")
+    add("--leak_min_words", type=_positive_int, default=8,
+        help="consecutive words copied from one example that the leak guard acts on")
+    add("--malicious_clients", type=_within(int, 0, None, "a whole number"), default=0,
+        help="simulated poisoned clients (chosen from --seed) that send an --attack prompt instead of their own")
+    add("--attack", choices=ATTACKS, default="inject",
+        help="inject: an instruction forcing one fixed wrong answer; noise: unrelated text")
+    add("--robust_aggregation", choices=ROBUST_AGGREGATIONS, default="none",
+        help="screen: leave out client prompts that score far below the round's best on a validation sample")
+    add("--screen_size", type=_positive_int, default=5, help="validation questions per task that screening asks")
+    add("--screen_margin", type=_within(float, 0, 1, "an accuracy difference from 0 to 1"), default=0.2,
+        help="screening leaves out prompts whose accuracy is below the round's best by more than this")
+
+
+def _check_privacy_and_robustness(args: argparse.Namespace, clients: int) -> None:
+    if args.malicious_clients > clients:
+        raise UsageError(f"--malicious_clients {args.malicious_clients} exceeds the {clients} clients of this run: "
+                         "lower it or add clients")
 
 
 def _config_to_argv(parser: argparse.ArgumentParser, path: str, skip: tuple[str, ...] = ()) -> list[str]:
@@ -201,6 +248,7 @@ def validate_args(args: argparse.Namespace) -> None:
                          f"this run: lower it or raise --homo_split_num")
     if args.run_name:
         check_run_name(args.run_name)
+    _check_privacy_and_robustness(args, clients)
     if args.resume:
         check_resumable(args)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():

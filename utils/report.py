@@ -31,12 +31,14 @@ GROUP_KEYS = (("module", "module"), ("tasks", "tasks"), ("aggregation", "aggrega
               ("local_steps", "local steps"), ("clients", "clients"), ("batch_size", "batch"))
 # config.yaml settings that also separate groups; shown as columns only when they differ between runs.
 EXTRA_KEYS = ("test_engine", "evaluation_engine", "partition", "dirichlet_alpha", "clients_per_round",
-              "proximal_update", "split_sizes", "max_epochs", "judge", "max_tokens")
+              "proximal_update", "split_sizes", "max_epochs", "judge", "max_tokens",
+              "leak_guard", "malicious_clients", "attack", "robust_aggregation")
 # (metric, column title, decimals)
 METRICS = (("zero_shot_test", "zero-shot test", 3), ("best_val", "best val", 3),
            ("test_last", "test (last)", 3), ("test_best", "test (best)", 3), ("llm_calls", "LLM calls", 0),
            ("llm_tokens", "tokens", 0), ("wall_seconds", "wall s", 1),
-           ("prompt_tokens", "prompt tokens", 0), ("uid_variance", "UID var", 2))
+           ("prompt_tokens", "prompt tokens", 0), ("uid_variance", "UID var", 2),
+           ("leak_run", "copied run", 0), ("leak_share", "shingle share", 3))
 
 
 class ReportError(ValueError):
@@ -149,7 +151,19 @@ def run_metrics(results: dict[str, Any]) -> dict[str, float | None]:
         "wall_seconds": results.get("wall_seconds"),
         "prompt_tokens": last.get("aggregate_tokens"),  # the final global prompt
         "uid_variance": uid.get("variance"),
+        **_leak_maxima(rounds),
     }
+
+
+def _leak_maxima(rounds: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The largest leak any client's sent update showed over the run (None for runs made before the audit)."""
+    audits = [r["leakage"] for r in rounds if r.get("leakage")]
+    return {"leak_run": max((a["max_longest_run"] for a in audits), default=None),
+            "leak_share": max((a["max_shingle_share"] for a in audits), default=None)}
+
+
+def _leak_run(entry: dict[str, Any]) -> float | None:
+    return (entry.get("leakage") or {}).get("max_longest_run")
 
 
 def mean_std(values: list[float | None]) -> tuple[float, float, int] | None:
@@ -219,7 +233,10 @@ def markdown_report(groups: list[Group]) -> str:
         "surprisal "
         "(nats², from the test engine's log-probabilities; n/a where the engine gives none). LLM calls "
         "and tokens count requests sent to the servers: answers from the response cache are not in them "
-        "(compare costs of runs made with --no_cache).",
+        "(compare costs of runs made with --no_cache). copied run and shingle share: the leak audit's "
+        "largest values over rounds and clients for the updates that left the clients (after the leak guard): "
+        "the longest run of words copied from one of the client's own training examples, and the share of "
+        "the client's distinct 8-word shingles found in its update.",
     ]
     multi_task = [g for g in groups if len(g.runs[0].results["tasks"]) > 1]
     if multi_task:
@@ -335,6 +352,10 @@ def write_plots(groups: list[Group], out_dir: Path) -> list[Path]:
     if any(_uid_variance(e) is not None for g in groups for r in g.runs for e in r.results.get("rounds") or []):
         paths.append(_per_round_plot(groups, out_dir / "uid_variance_by_round.png", _uid_variance, None,
                                      "surprisal variance (nats²)", "UID: surprisal variance of the global prompt"))
+    if any(_leak_run(e) is not None for g in groups for r in g.runs for e in r.results.get("rounds") or []):
+        paths.append(_per_round_plot(groups, out_dir / "leakage_by_round.png", _leak_run, None,
+                                     "longest copied run (words)",
+                                     "Leakage: words copied from a client's examples (max over clients)"))
     for key, xlabel in (("local_steps", "local steps"), ("clients", "clients"), ("batch_size", "batch size")):
         if len({g.value(key) for g in groups}) > 1:
             paths.append(_versus_plot(groups, key, xlabel, out_dir / f"accuracy_vs_{key}.png"))

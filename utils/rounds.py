@@ -29,7 +29,10 @@ from textgrad.stats import metered
 from .aggregation import aggregate_prompts
 from .client import ClientUpdate, Engines, LocalSettings, train_client
 from .evaluation import evaluate_on_tasks
+from .leakage import leakage_results, record_leakage
+from .outbound import OutboundPlan, release_update
 from .prompt_stats import measure_prompt
+from .screening import ScreenSettings, record_screening, screen_updates, screening_results
 from .tasks import Example, TaskSpec, ensure_format_instruction
 from .tracking import RunLog
 
@@ -77,6 +80,9 @@ class Experiment:
     run_larger_model: bool = True
     # task name -> {"train", "val", "test"}: the split sizes used (small BBH subtasks shrink the paper's)
     split_sizes: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Leak guard and simulated attackers (client side), screened aggregation (server side): issue 16.
+    outbound: OutboundPlan = field(default_factory=OutboundPlan)
+    screening: ScreenSettings = field(default_factory=ScreenSettings)
 
 
 def starting_prompt(tasks: list[TaskSpec]) -> str:
@@ -92,15 +98,17 @@ def select_clients(client_ids: list[str], per_round: int, seed: int, round_index
 
 
 def train_in_process(clients: list[Client], engines: Engines, settings: LocalSettings,
-                     on_step: Callable[[], None] | None = None) -> TrainRound:
+                     on_step: Callable[[], None] | None = None, outbound: OutboundPlan | None = None) -> TrainRound:
     by_id = {c.client_id: c for c in clients}
+    outbound = outbound or OutboundPlan()
 
     def train_one(client: Client, prompt: str, round_index: int) -> ClientUpdate:
         try:
-            return train_client(client.client_id, client.task, client.examples, prompt, round_index, engines,
-                                settings, on_step=on_step)
+            update = train_client(client.client_id, client.task, client.examples, prompt, round_index, engines,
+                                  settings, on_step=on_step)
         except Exception as exc:  # one failing client must not stop the round
-            return ClientUpdate(client.client_id, round_index, prompt, prompt, error=f"{type(exc).__name__}: {exc}")
+            update = ClientUpdate(client.client_id, round_index, prompt, prompt, error=f"{type(exc).__name__}: {exc}")
+        return release_update(update, client.examples, outbound.for_client(client.client_id))
 
     def train_round(client_ids: list[str], prompt: str, round_index: int) -> list[ClientUpdate]:
         return run_concurrently([lambda c=by_id[cid]: train_one(c, prompt, round_index) for cid in client_ids])
@@ -158,7 +166,8 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
         return selected
 
     in_process = train_round is None
-    train_round = train_round or train_in_process(exp.clients, engines, settings, on_step=tick)
+    train_round = train_round or train_in_process(exp.clients, engines, settings, on_step=tick,
+                                                  outbound=exp.outbound)
     early_round: Future[list[ClientUpdate]] | None = None
 
     # The run's LLM cost is accumulated in the checkpoint, phase by phase: engine counters are
@@ -305,13 +314,16 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
                   updates: list[ClientUpdate], state: dict[str, Any]) -> dict[str, Any]:
     settings = exp.settings
     returned = [u for u in updates if not u.error]
+    screening = screen_updates(exp.screening, returned, exp.val_sets, engines.test, seed=settings.seed,
+                               round_index=round_index, max_tokens=settings.answer_max_tokens, judge=engines.judge)
+    merged_from = screening.kept(returned) if screening else returned
     lengths: dict[str, dict[str, Any]] = {}
     merged: tuple[str, bool, bool, dict[str, float], dict[str, Any]] | None = None
     if returned:
         # Everything after training depends only on the returned prompts, so the UID measures of the
         # client prompts overlap the merge and the validation of its result (the critical path).
         outcomes = run_concurrently([
-            lambda: _merge_and_validate(exp, engines, log, evaluate, round_index, returned),
+            lambda: _merge_and_validate(exp, engines, log, evaluate, round_index, merged_from),
             *[lambda u=u: measure_prompt(u.prompt, engines.test) for u in returned]])
         merged = outcomes[0]
         lengths = {u.client_id: length for u, length in zip(returned, outcomes[1:], strict=True)}
@@ -334,7 +346,7 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
 
     aggregate_prompt, merge_failure, format_appended, val, length = merged
     log.event("aggregate", round=round_index, method=exp.aggregate_method or "none", clients=[u.client_id for u in
-              returned], format_failure=merge_failure, format_line_appended=format_appended, **length)
+              merged_from], format_failure=merge_failure, format_line_appended=format_appended, **length)
     log.event("evaluation", round=round_index, split="val", prompt="global", engine=engines.test.name, **val)
     for task, acc in val.items():
         log.metric(f"val/{task}", acc, round_index)
@@ -359,7 +371,10 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
                                            if s.format_failure == "dropped_format_instruction"]),
         "judge_format_failures": sum(s.judge_format_failures for u in updates for s in u.steps),
         "aggregation_format_failure": merge_failure,
+        "poisoned_clients": [u.client_id for u in updates if u.client_id in exp.outbound.malicious],
     }
+    summary.update(record_leakage(log, round_index, {u.client_id: u.leakage for u in updates if u.leakage}))
+    summary.update(record_screening(log, round_index, screening))
     return summary
 
 
@@ -425,6 +440,7 @@ def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator,
         "wall_seconds": round(state["wall_seconds"] + time.monotonic() - started, 3),
     }
     results.update(context_results(results["llm"]))
+    results.update({**leakage_results(history), **screening_results(history)})
     log.write_results(results)
     log.event("finished", wall_seconds=results["wall_seconds"], llm_calls=results["llm"]["calls"])
     for task, acc in results["final_test"]["best"].items():

@@ -13,8 +13,10 @@ from textgrad.engine import configure, get_engine
 from .client import Engines, LocalSettings
 from .config import UsageError, resolved_config
 from .data import TaskData, load_task_data
+from .outbound import OutboundPlan
 from .plots import plot_run
 from .rounds import Client, Experiment, TrainRound, run_experiment
+from .screening import ScreenSettings
 from .tasks import resolve_task
 from .tracking import RunLog, open_run_log
 
@@ -77,6 +79,8 @@ def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate:
         merge_max_tokens=args.merge_max_tokens,
         run_larger_model=not args.do_not_run_larger_model and args.evaluation_engine != args.test_engine,
         split_sizes={d.task.name: d.sizes for d in data},
+        outbound=OutboundPlan.from_args(args, [c.client_id for c in clients]),
+        screening=ScreenSettings(args.robust_aggregation, args.screen_size, args.screen_margin),
     )
     comet_path = Path(args.comet_log_path) if args.comet_log_path else Path(args.output_dir) / "comet"
     try:
@@ -118,6 +122,21 @@ def _context_line(results: dict[str, Any]) -> str:
             f"{context.get('overflow_replies', 0)} overflow replies, {context.get('skipped_calls', 0)} calls skipped")
 
 
+def _defence_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    leak = results.get("leakage")
+    if leak:
+        lines.append(f"leakage        longest copied run {leak['max_longest_run']} words sent "
+                     f"({leak['max_written_longest_run']} written), shingle share {leak['max_shingle_share']:.3f}; "
+                     f"guard redacted {leak['redacted_updates']}, rejected {leak['rejected_updates']} updates")
+    screen = results.get("screening")
+    if screen:
+        left_out = "; ".join(f"round {r}: {', '.join(c)}" for r, c in screen["left_out"].items() if c) or "none"
+        lines.append(f"screening      {screen['requests']} answers ({screen['llm_calls']} LLM calls); "
+                     f"left out {left_out}")
+    return lines
+
+
 def print_summary(results: dict[str, Any], run_dir: Path) -> None:
     llm = results["llm"]
     ff = results["format_failures"]
@@ -137,6 +156,7 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
         f"{ff['dropped_format_instruction']}, merge {ff['aggregation']}, judge {ff['judge']}; "
         f"steps skipped (context) {ff['skipped_steps']}",
         _context_line(results),
+        *_defence_lines(results),
         f"wall time      {results['wall_seconds']:.1f} s",
         f"outputs        {run_dir}",
     ]
