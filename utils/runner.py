@@ -13,6 +13,7 @@ from textgrad.engine import configure, get_engine
 from .client import Engines, LocalSettings
 from .config import UsageError, resolved_config
 from .data import TaskData, load_task_data
+from .estimate_summary import print_estimate, record_estimate
 from .plots import plot_run
 from .rounds import Client, Experiment, TrainRound, run_experiment
 from .tasks import resolve_task
@@ -31,7 +32,9 @@ def load_data(args: argparse.Namespace) -> list[TaskData]:
             for name in args.task]
 
 
-def make_engines(args: argparse.Namespace) -> Engines:
+def make_engines(args: argparse.Namespace, check: bool = True) -> Engines:
+    """The run's engines; with check, each endpoint is asked once whether it serves (the embedded one is
+    started). Without, only names, keys and routes are checked: nothing is contacted."""
     configure(use_cache=not args.no_cache, max_concurrency=args.max_concurrency)
     if args.cache_dir is not None:  # otherwise keep the process default (or a caller's choice)
         configure(cache_dir=args.cache_dir)
@@ -40,7 +43,7 @@ def make_engines(args: argparse.Namespace) -> Engines:
     configure(max_context=getattr(args, "max_context", None))
     test = get_engine(args.test_engine)
     evaluation = get_engine(args.evaluation_engine)
-    for engine in dict.fromkeys([test, evaluation]):
+    for engine in dict.fromkeys([test, evaluation]) if check else ():
         engine.check_available()
     return Engines(test=test, evaluation=evaluation, judge=evaluation if args.judge == "llm" else None)
 
@@ -59,7 +62,6 @@ def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate:
     run_dir = Path(args.output_dir) / args.run_name
     if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
         raise UsageError(f"{run_dir} already holds a run: pass --resume to continue it or pick another --run_name")
-    engines = make_engines(args)
 
     experiment = Experiment(
         module=args.module,
@@ -77,11 +79,17 @@ def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate:
         merge_max_tokens=args.merge_max_tokens,
         run_larger_model=not args.do_not_run_larger_model and args.evaluation_engine != args.test_engine,
     )
+    estimate_only = getattr(args, "estimate", False)
+    engines = make_engines(args, check=not estimate_only)
+    if estimate_only:
+        print_estimate(args, experiment, run_dir)
+        return {}
     comet_path = Path(args.comet_log_path) if args.comet_log_path else Path(args.output_dir) / "comet"
     log = open_run_log(run_dir, args.comet_mode, args.comet_project_name, comet_path)
     try:
         if not args.resume:
             log.write_config(resolved_config(args))
+            record_estimate(args, experiment, run_dir)
         train_round = make_train_round(experiment, engines, log) if make_train_round else None
         results = run_experiment(experiment, engines, log, resume=args.resume, train_round=train_round)
         plot_run(results, run_dir / "plots")
