@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,23 +63,7 @@ def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate:
     run_dir = Path(args.output_dir) / args.run_name
     if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
         raise UsageError(f"{run_dir} already holds a run: pass --resume to continue it or pick another --run_name")
-
-    experiment = Experiment(
-        module=args.module,
-        tasks=[d.task for d in data],
-        clients=clients,
-        val_sets={d.task.name: (d.task, d.val) for d in data},
-        test_sets={d.task.name: (d.task, d.test) for d in data},
-        aggregate_method=args.aggregate_method if aggregate else None,
-        rounds=args.max_epochs,
-        clients_per_round=args.clients_per_round or len(clients),
-        settings=LocalSettings(max_steps=args.max_steps, batch_size=args.batch_size,
-                               proximal_update=args.proximal_update, seed=args.seed,
-                               answer_max_tokens=args.max_tokens, feedback_max_tokens=args.feedback_max_tokens,
-                               optimizer_max_tokens=args.optimizer_max_tokens),
-        merge_max_tokens=args.merge_max_tokens,
-        run_larger_model=not args.do_not_run_larger_model and args.evaluation_engine != args.test_engine,
-    )
+    experiment = build_experiment(args, data, clients, aggregate)
     estimate_only = getattr(args, "estimate", False)
     engines = make_engines(args, check=not estimate_only)
     if estimate_only:
@@ -97,6 +82,33 @@ def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate:
         log.comet.end()
     print_summary(results, run_dir)
     return results
+
+
+def build_experiment(args: argparse.Namespace, data: list[TaskData], clients: list[Client],
+                     aggregate: bool) -> Experiment:
+    return Experiment(
+        module=args.module,
+        tasks=[d.task for d in data],
+        clients=clients,
+        val_sets={d.task.name: (d.task, d.val) for d in data},
+        test_sets={d.task.name: (d.task, d.test) for d in data},
+        aggregate_method=args.aggregate_method if aggregate else None,
+        rounds=args.max_epochs,
+        clients_per_round=args.clients_per_round or len(clients),
+        settings=LocalSettings(max_steps=args.max_steps, batch_size=args.batch_size,
+                               proximal_update=args.proximal_update, seed=args.seed,
+                               answer_max_tokens=args.max_tokens, feedback_max_tokens=args.feedback_max_tokens,
+                               optimizer_max_tokens=args.optimizer_max_tokens),
+        merge_max_tokens=args.merge_max_tokens,
+        run_larger_model=not args.do_not_run_larger_model and args.evaluation_engine != args.test_engine,
+    )
+
+
+def experiment_from_args(args: argparse.Namespace) -> Experiment:
+    """The experiment main.py runs for these (parsed) flags: data loaded and clients built, no engine."""
+    data = load_data(args)
+    clients = importlib.import_module(args.module).build_clients(args, data)
+    return build_experiment(args, data, clients, aggregate=args.module != "train_centralized")
 
 
 def _fmt(scores: dict[str, float] | None) -> str:
