@@ -120,6 +120,14 @@ def test_homogeneous_rounds_merge_the_chosen_clients_prompts() -> None:
     assert plan_calls(spec(exp), Outcomes(reverted_steps=reverted)).by_phase().get("round 1 merge") is None
 
 
+def test_a_resumed_run_counts_the_rounds_after_its_checkpoint() -> None:
+    exp = experiment(central(2), val=3, test=4, steps=1, batch=2, rounds=3)
+    resumed = plan_calls(dataclasses.replace(spec(exp), first_round=3, first_prompt="the round 2 prompt"))
+    # no zero-shot; round 3 alone: 2 + 2 + 1 + 2, validation 3, final test 4
+    assert list(resumed.by_phase()) == ["round 3 local steps", "round 3 validation", "final test"]
+    assert resumed.calls() == 7 + 3 + 4
+
+
 def test_heterogeneous_validation_and_tests_cover_every_task() -> None:
     clients = [Client(COUNTING.name, COUNTING, examples("a", 1)), Client(ARITH.name, ARITH, examples("b", 1))]
     plan = plan_calls(spec(experiment(clients, val=2, test=2, steps=1, batch=1, rounds=1, method="sum_uid")))

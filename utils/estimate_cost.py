@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from .files import write_json_atomic
 from .prices import Price, engine_price, parse_price_overrides
 from .prompt_stats import uid_enabled
 from .rounds import Experiment
-from .token_count import TokenCounter, token_counter
+from .token_count import token_counter
 
 ESTIMATE_FILE = "estimate.json"
 FORMAT_VERSION = 1
@@ -235,7 +236,8 @@ def _limits(exp: Experiment) -> dict[str, float]:
             "merge": exp.merge_max_tokens, "judge": JUDGE_MAX_TOKENS}
 
 
-def _cache_probe(facts: dict[str, EngineFacts], cache: ResponseCache | None):  # noqa: ANN202
+def _cache_probe(facts: dict[str, EngineFacts], cache: ResponseCache | None
+                 ) -> Callable[[str, list[dict[str, str]], int], bool]:
     def known(engine: str, messages: list[dict[str, str]], max_tokens: int) -> bool:
         model = facts[engine].model
         if cache is None or model is None:
@@ -271,49 +273,46 @@ def _rows(plan: CallPlan, kinds: tuple[str, ...], factors: dict[str, Calibration
 
 def estimate_run(args: argparse.Namespace, exp: Experiment, run_dir: Path) -> Estimate:
     """The estimate of the run these (validated) flags and this experiment describe."""
-    try:
-        price_in = parse_price_overrides(args.price_in, "--price_in")
-        price_out = parse_price_overrides(args.price_out, "--price_out")
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
     names = list(dict.fromkeys([args.test_engine, args.evaluation_engine]))
     facts = {name: engine_facts(name) for name in names}
+    prices = _prices(args, facts)
     test = facts[args.test_engine]
-    counter: TokenCounter = token_counter(test.name, test.kind, test.model_path)
+    counter = token_counter(test.name, test.kind, test.model_path)
     cache_dir = Path(args.cache_dir).expanduser().resolve() if args.cache_dir else Path(default_cache_dir())
-    cache = None if args.no_cache else ResponseCache(cache_dir)
     first_round, first_prompt = _resume_point(run_dir, args.resume)
-    spec = PlanSpec(experiment=exp, test_engine=args.test_engine, evaluation_engine=args.evaluation_engine,
-                    judge=args.judge == "llm", use_cache=not args.no_cache,
-                    logprobs=test.logprobs and uid_enabled(), count_tokens=counter.count,
-                    completion=_limits(exp), known_reply=_cache_probe(facts, cache),
-                    first_round=first_round, first_prompt=first_prompt)
-    plan = plan_calls(spec)
-    raw = plan.totals()
-    calibrations = {name: _calibration(facts[name], Path(args.output_dir), cache_dir, raw.get(name, Tally()),
-                                       args.estimate_latency) for name in names}
-    engines = {name: _engine_estimate(facts[name], counter if name == test.name else
-                                      token_counter(name, facts[name].kind, facts[name].model_path),
-                                      calibrations[name], engine_price(name, facts[name].openai_routed,
-                                                                       price_in, price_out))
+    plan = plan_calls(PlanSpec(
+        experiment=exp, test_engine=args.test_engine, evaluation_engine=args.evaluation_engine,
+        judge=args.judge == "llm", use_cache=not args.no_cache, logprobs=test.logprobs and uid_enabled(),
+        count_tokens=counter.count, completion=_limits(exp),
+        known_reply=_cache_probe(facts, None if args.no_cache else ResponseCache(cache_dir)),
+        first_round=first_round, first_prompt=first_prompt))
+    raw = {name: plan.totals().get(name, Tally()) for name in names}
+    calibrations = {name: _calibration(facts[name], Path(args.output_dir), cache_dir, raw[name], args.estimate_latency)
+                    for name in names}
+    totals = {name: _record(raw[name], calibrations[name].prompt_factor, calibrations[name].completion_factor)
+              for name in names}
+    # One tokenizer measures every request: the prompts in them are the test engine's.
+    tokenizer = counter.source if len(names) == 1 else f"the test engine's tokenizer: {counter.source}"
+    engines = {name: _engine_estimate(facts[name], tokenizer, calibrations[name], prices[name], totals[name])
                for name in names}
-    totals = {name: _record(raw.get(name, Tally()), calibrations[name].prompt_factor,
-                            calibrations[name].completion_factor) for name in names}
-    for name, record in totals.items():
-        price = engines[name].price
-        if price is not None:
-            engines[name].usd = Price(price["input_per_million"], price["output_per_million"], "").cost(
-                record["prompt_tokens"], record["completion_tokens"])
     return Estimate(
         module=exp.module, tasks=[t.name for t in exp.tasks], aggregate_method=exp.aggregate_method,
         rounds=exp.rounds, first_round=first_round, clients=len(exp.clients), clients_per_round=exp.clients_per_round,
         max_concurrency=args.max_concurrency, engines=engines,
         phases=_rows(plan, CHAT_KINDS, calibrations), uid=_rows(plan, (LOGPROB,), {}),
-        totals=totals, raw_totals={name: _record(t) for name, t in raw.items()},
-        total=_sum_records(totals.values()),
+        totals=totals, raw_totals={name: _record(t) for name, t in raw.items()}, total=_sum_records(totals.values()),
         conditional=[{"what": what, "calls": calls, "tokens": round(tokens)} for what, calls, tokens in plan.conditional],
         seconds=_seconds(totals, engines, args.max_concurrency), usd=_usd(engines),
         cache_note=_cache_note(args.no_cache, cache_dir, plan))
+
+
+def _prices(args: argparse.Namespace, facts: dict[str, EngineFacts]) -> dict[str, Price | None]:
+    try:
+        price_in = parse_price_overrides(args.price_in, "--price_in")
+        price_out = parse_price_overrides(args.price_out, "--price_out")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return {name: engine_price(name, f.openai_routed, price_in, price_out) for name, f in facts.items()}
 
 
 def _calibration(facts: EngineFacts, output_dir: Path, cache_dir: Path, raw: Tally,
@@ -324,11 +323,13 @@ def _calibration(facts: EngineFacts, output_dir: Path, cache_dir: Path, raw: Tal
     return found
 
 
-def _engine_estimate(facts: EngineFacts, counter: TokenCounter, cal: Calibration, price: Price | None) -> EngineEstimate:
-    return EngineEstimate(kind=facts.kind, tokenizer=counter.source, completion_source=cal.source,
+def _engine_estimate(facts: EngineFacts, tokenizer: str, cal: Calibration, price: Price | None,
+                     total: dict[str, Any]) -> EngineEstimate:
+    return EngineEstimate(kind=facts.kind, tokenizer=tokenizer, completion_source=cal.source,
                           prompt_factor=round(cal.prompt_factor, 4), completion_factor=round(cal.completion_factor, 4),
                           seconds_per_call=cal.seconds_per_call, latency_source=cal.latency_source,
-                          price=None if price is None else asdict(price))
+                          price=None if price is None else asdict(price),
+                          usd=None if price is None else price.cost(total["prompt_tokens"], total["completion_tokens"]))
 
 
 def _sum_records(records: Any) -> dict[str, Any]:
