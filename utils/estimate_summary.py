@@ -78,7 +78,7 @@ def _money_line(e: Estimate) -> str:
         if eng.price is None:
             parts.append(f"{name}: no known price (give --price_in/--price_out USD per million tokens)")
         else:
-            parts.append(f"{name}: {_money(eng.usd)} (${eng.price['input_per_million']:g} in / "
+            parts.append(f"{name}: {_money(eng.usd)} (${eng.price['input_per_million']:.2f} in / "
                          f"${eng.price['output_per_million']:.2f} out per 1M tokens, {eng.price['source']})")
     return "money     " + ("total " + _money(e.usd) + "; " if e.usd is not None else "") + "; ".join(parts)
 
