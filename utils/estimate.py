@@ -185,24 +185,22 @@ class _Planner:
         self.measured: set[int] = set()
         self.by_text: dict[str, _Prompt] = {}  # prompts whose text is known (the start, a finished run's)
         self.next_id = 0
+        self.start_tokens = 0  # the starting prompt's: an edit is assumed to add a quarter of it
         self._count_cache: dict[str, int] = {}
 
     # -- the run --------------------------------------------------------------------------
 
     def plan(self) -> CallPlan:
-        spec = self.spec
-        start = self._new_prompt(self.count(spec.first_prompt or starting_prompt(self.exp.tasks)),
-                                 spec.first_prompt or starting_prompt(self.exp.tasks))
+        text = self.spec.first_prompt or starting_prompt(self.exp.tasks)
+        start = self._new_prompt(self.count(text), text)
         self.start_tokens = start.tokens
         aggregates = {0: start}
-        if spec.first_round == 1:
+        if self.spec.first_round == 1:
             self._zero_shot(start)
         global_prompt = start
-        for round_index in range(spec.first_round, self.exp.rounds + 1):
+        for round_index in range(self.spec.first_round, self.exp.rounds + 1):
             global_prompt = aggregates[round_index] = self._round(round_index, global_prompt)
-        best = aggregates.get(self.outcomes.best_round, global_prompt) if self.outcomes.best_round is not None \
-            else global_prompt
-        self._final_test(global_prompt, best)
+        self._final_test(global_prompt, aggregates.get(self.outcomes.best_round, global_prompt))
         return CallPlan([Line(p, e, k, t) for (p, e, k), t in self.tallies.items()],
                         self._conditional(global_prompt))
 

@@ -55,7 +55,7 @@ def _row(phase: str, engine: str, record: dict[str, Any]) -> str:
 
 
 def _header(e: Estimate) -> str:
-    shape = f"{e.rounds} rounds" + (f" (resuming at round {e.first_round})" if e.first_round > 1 else "")
+    shape = f"{e.rounds} rounds" + (f" (resuming after round {e.first_round - 1})" if e.first_round > 1 else "")
     if e.module != "train_centralized":
         shape += f", {e.clients} clients ({e.clients_per_round} per round), {e.aggregate_method}"
     return f"== estimate: {e.module} on {', '.join(e.tasks)}, {shape} =="

@@ -32,7 +32,7 @@ class TokenCounter:
 
 
 def _estimating(why: str) -> TokenCounter:
-    return TokenCounter(estimate_tokens, f"estimated from the text ({why})", exact=False)
+    return TokenCounter(estimate_tokens, f"an estimate from the text ({why})", exact=False)
 
 
 @contextlib.contextmanager
