@@ -27,11 +27,15 @@ else
 fi
 
 DRY_RUN=0
+ESTIMATE=0
+ESTIMATE_DIR=""
 EXTRA_ARGS=()
 FAILED=()
 
 COMMON_HELP="Options:
   --dry-run     print the commands, run nothing
+  --estimate    run nothing, call no LLM: estimate every run's calls, tokens, time and money (main.py
+                --estimate), then print the grid's total and its most expensive runs
   -h, --help    this text
   other arguments are passed on to every python main.py run (they win over the script's flags)
 
@@ -53,6 +57,7 @@ parse_args() {
     while (($#)); do
         case "$1" in
             --dry-run) DRY_RUN=1 ;;
+            --estimate) ESTIMATE=1 ;;
             -h | --help)
                 printf '%s\n\n%s\n' "$usage" "$COMMON_HELP"
                 exit 0
@@ -66,6 +71,10 @@ parse_args() {
         esac
         shift
     done
+    if ((ESTIMATE && !DRY_RUN)); then
+        ESTIMATE_DIR="$(mktemp -d)"
+        trap 'rm -rf "$ESTIMATE_DIR"' EXIT
+    fi
 }
 
 die() {
@@ -110,6 +119,10 @@ run_cell() {
         return 0
     fi
     [[ ! -f "$out/$name/checkpoint.json" ]] || cmd+=(--resume)
+    if ((ESTIMATE)); then
+        estimate_cell "$group/$name" "${cmd[@]}"
+        return 0
+    fi
     if ((DRY_RUN)); then
         print_cmd "${cmd[@]}"
         return 0
@@ -154,8 +167,37 @@ run_grid() {
     done
 }
 
+# estimate_cell LABEL COMMAND...: the command with --estimate; its table is kept for the grid's summary.
+estimate_cell() {
+    local label="$1"
+    shift
+    local cmd=("$@" --estimate)
+    if ((DRY_RUN)); then
+        print_cmd "${cmd[@]}"
+        return 0
+    fi
+    mkdir -p "$ESTIMATE_DIR/$(dirname "$label")"
+    echo "# estimating $label" >&2
+    local status=0
+    "${cmd[@]}" --estimate_json "$ESTIMATE_DIR/$label.json" >"$ESTIMATE_DIR/$label.txt" || status=$?
+    if ((status != 0)); then
+        echo "stopped: the estimate above exited with code $status" >&2
+        exit "$status"
+    fi
+}
+
 # finish GROUP: tabulate the group's runs (report.md + PNGs), list failures, set the exit code.
+# With --estimate: the grid's estimated total and its most expensive runs instead.
 finish() {
+    if ((ESTIMATE)); then
+        local summary=(env "PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m utils.estimate_summary "${ESTIMATE_DIR:-<estimates>}")
+        if ((DRY_RUN)); then
+            print_cmd "${summary[@]}"
+        else
+            "${summary[@]}"
+        fi
+        return 0
+    fi
     local dir="$OUTPUT_DIR/$1"
     local cmd=(env "PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m utils.report "$dir" --out "$dir/report")
     if ((DRY_RUN)); then

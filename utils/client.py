@@ -169,15 +169,21 @@ def sample_batch(examples: list[Example], settings: LocalSettings, client_id: st
     return [examples[i] for i in indices]
 
 
+def round_batches(examples: list[Example], settings: LocalSettings, client_id: str,
+                  round_index: int) -> list[list[Example]]:
+    """The batches of round round_index: the loader's steps (r-1)*max_steps ... r*max_steps-1, so a round
+    continues where the previous one stopped (a client that sat out a round skips that round's batches)."""
+    first = (round_index - 1) * settings.max_steps
+    return [sample_batch(examples, settings, client_id, first + step) for step in range(settings.max_steps)]
+
+
 def train_client(client_id: str, task: TaskSpec, examples: list[Example], start_prompt: str, round_index: int,
                  engines: Engines, settings: LocalSettings,
                  on_step: Callable[[], None] | None = None) -> ClientUpdate:
     """Exactly settings.max_steps local steps from the server's prompt, on the next batches of the client's
-    data loader: round r's steps are the loader's steps (r-1)*max_steps ... r*max_steps-1, so a round
-    continues where the previous one stopped (a client that sat out a round skips that round's batches)."""
+    data loader (round_batches)."""
     update = ClientUpdate(client_id=client_id, round=round_index, start_prompt=start_prompt, prompt=start_prompt)
-    for step in range(settings.max_steps):
-        batch = sample_batch(examples, settings, client_id, (round_index - 1) * settings.max_steps + step)
+    for step, batch in enumerate(round_batches(examples, settings, client_id, round_index)):
         update.prompt, outcome = local_step(update.prompt, batch, task, engines, settings, step)
         update.steps.append(outcome)
         if on_step is not None:

@@ -73,6 +73,16 @@ def _split_sizes(text: str) -> tuple[int, int, int]:
     return tuple(_positive_int(p) for p in parts)  # type: ignore[return-value]
 
 
+def _price(text: str) -> str:
+    from .prices import parse_price_overrides
+
+    try:
+        parse_price_overrides([text], "price")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected USD per million tokens as 2.5 or ENGINE=2.5, got {text!r}") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="main.py",
@@ -125,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_context", type=_context_size, default=None,
         help="context window in tokens (prompt + reply) of every engine; default: what the server reports, "
              "else 8192 for the embedded server, 2048 for other self-hosted ones")
+    # The bill before the run (utils.estimate, utils.estimate_cost).
+    add("--estimate", action="store_true",
+        help="check everything, print calls, tokens, time and money per phase and engine; call no LLM")
+    add("--estimate_latency", type=_positive_float, default=None, metavar="SECONDS",
+        help="seconds per call for the time estimate (default: measured in finished runs of the engine)")
+    add("--price_in", nargs="+", type=_price, default=None, metavar="[ENGINE=]USD",
+        help="USD per million prompt tokens, for every engine or ENGINE=USD for one (default: utils/prices.py "
+             "for OpenAI models)")
+    add("--price_out", nargs="+", type=_price, default=None, metavar="[ENGINE=]USD",
+        help="USD per million completion tokens, as --price_in")
+    add("--estimate_json", default=None, metavar="FILE", help="with --estimate, also write the estimate here")
     _add_privacy_and_robustness_flags(p)
     return p
 

@@ -16,6 +16,7 @@ from .uid import uid_measures
 # is measured once per engine and process (each measurement is a full pass of the prompt on the server).
 _uid_cache: weakref.WeakKeyDictionary[Any, dict[str, dict[str, Any] | None]] = weakref.WeakKeyDictionary()
 _uid_lock = threading.Lock()
+_uid_pending: dict[tuple[int, str], threading.Event] = {}
 
 
 def uid_enabled() -> bool:
@@ -26,13 +27,25 @@ def uid_enabled() -> bool:
 def cached_uid(text: str, engine: Any) -> dict[str, Any] | None:
     if not uid_enabled():
         return None
-    with _uid_lock:
-        known = _uid_cache.setdefault(engine, {})
-        if text in known:
-            return known[text]
-    measures = uid_measures(text, engine)
-    with _uid_lock:
-        known[text] = measures
+    while True:
+        with _uid_lock:
+            known = _uid_cache.setdefault(engine, {})
+            if text in known:
+                return known[text]
+            # The same text measured from two threads at once (a centralized run's client prompt and its
+            # aggregate) waits for the first measurement instead of requesting it twice.
+            pending = _uid_pending.get((id(engine), text))
+            if pending is None:
+                pending = _uid_pending[(id(engine), text)] = threading.Event()
+                break
+        pending.wait()
+    try:
+        measures = uid_measures(text, engine)
+        with _uid_lock:
+            known[text] = measures
+    finally:
+        with _uid_lock:
+            _uid_pending.pop((id(engine), text)).set()
     return measures
 
 

@@ -50,6 +50,7 @@ class Run:
     path: Path
     results: dict[str, Any]
     key: tuple[tuple[str, Any], ...]  # (name, value) pairs, GROUP_KEYS then the extras
+    estimate: dict[str, Any] | None = None  # the estimate.json the run recorded at its start (utils.estimate_cost)
 
     @property
     def seed(self) -> Any:
@@ -107,7 +108,9 @@ def load_run(path: Path) -> Run:
     results = json.loads((path / "results.json").read_text(encoding="utf-8"))
     config_path = path / "config.yaml"
     config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    return Run(path, results, run_key(results, config or {}))
+    estimate_path = path / "estimate.json"
+    estimate = json.loads(estimate_path.read_text(encoding="utf-8")) if estimate_path.is_file() else None
+    return Run(path, results, run_key(results, config or {}), estimate)
 
 
 def load_runs(paths: list[str | Path]) -> tuple[list[Run], list[str]]:
@@ -238,6 +241,7 @@ def markdown_report(groups: list[Group]) -> str:
         "the longest run of words copied from one of the client's own training examples, and the share of "
         "the client's distinct 8-word shingles found in its update.",
     ]
+    parts += estimate_section([run for group in groups for run in group.runs])
     multi_task = [g for g in groups if len(g.runs[0].results["tasks"]) > 1]
     if multi_task:
         task_rows = []
@@ -247,6 +251,31 @@ def markdown_report(groups: list[Group]) -> str:
         header = [title for k, title in GROUP_KEYS if k != "tasks"] + ["task", "test (best)"]
         parts += ["", "### Per task (runs with several tasks)", "", _md_table(header, task_rows)]
     return "\n".join(parts) + "\n"
+
+
+def _estimate_row(run: Run) -> list[str]:
+    estimate, llm = run.estimate or {}, run.results.get("llm", {})
+    total = estimate.get("total") or {}
+    extra = sum(c.get("calls", 0) for c in estimate.get("conditional") or [])
+    est_tokens = total.get("prompt_tokens", 0) + total.get("completion_tokens", 0)
+    tokens = llm.get("prompt_tokens", 0) + llm.get("completion_tokens", 0)
+    calls = f"{total.get('calls', 0)}" + (f" (+{extra})" if extra else "")
+    ratio = f"{tokens / est_tokens:.2f}" if est_tokens else "n/a"
+    return [run.path.name, calls, str(llm.get("calls", "n/a")), str(est_tokens), str(tokens), ratio]
+
+
+def estimate_section(runs: list[Run]) -> list[str]:
+    """Estimate vs actual cost of the runs that recorded an estimate at their start (markdown lines)."""
+    estimated = [run for run in runs if run.estimate]
+    if not estimated:
+        return []
+    header = ["run", "calls (estimate)", "calls (actual)", "tokens (estimate)", "tokens (actual)",
+              "actual / estimated tokens"]
+    return ["", "### Estimate vs actual", "", _md_table(header, [_estimate_row(r) for r in estimated]), "",
+            "The estimate is the one each run made at its start (as python main.py ... --estimate prints it): it "
+            "assumes every optimizer reply usable and kept and the best prompt being the last one; (+n): the "
+            "calls of an earlier best prompt's final test. Its tokens use the token limits until a finished run "
+            "of the engine calibrates them."]
 
 
 # ---------------------------------------------------------------------------------- plots

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from textgrad.engine import configure, get_engine
 from .client import Engines, LocalSettings
 from .config import UsageError, resolved_config
 from .data import TaskData, load_task_data
+from .estimate_summary import print_estimate, record_estimate
 from .outbound import OutboundPlan
 from .plots import plot_run
 from .rounds import Client, Experiment, TrainRound, run_experiment
@@ -33,7 +35,9 @@ def load_data(args: argparse.Namespace) -> list[TaskData]:
     return [load_task_data(resolve_task(name), args.data_dir, sizes, args.seed) for name in args.task]
 
 
-def make_engines(args: argparse.Namespace) -> Engines:
+def make_engines(args: argparse.Namespace, check: bool = True) -> Engines:
+    """The run's engines; with check, each endpoint is asked once whether it serves (the embedded one is
+    started). Without, only names, keys and routes are checked: nothing is contacted."""
     configure(use_cache=not args.no_cache, max_concurrency=args.max_concurrency)
     if args.cache_dir is not None:  # otherwise keep the process default (or a caller's choice)
         configure(cache_dir=args.cache_dir)
@@ -42,7 +46,7 @@ def make_engines(args: argparse.Namespace) -> Engines:
     configure(max_context=getattr(args, "max_context", None))
     test = get_engine(args.test_engine)
     evaluation = get_engine(args.evaluation_engine)
-    for engine in dict.fromkeys([test, evaluation]):
+    for engine in dict.fromkeys([test, evaluation]) if check else ():
         engine.check_available()
     return Engines(test=test, evaluation=evaluation, judge=evaluation if args.judge == "llm" else None)
 
@@ -61,9 +65,34 @@ def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate:
     run_dir = Path(args.output_dir) / args.run_name
     if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
         raise UsageError(f"{run_dir} already holds a run: pass --resume to continue it or pick another --run_name")
-    engines = make_engines(args)
+    experiment = build_experiment(args, data, clients, aggregate)
+    estimate_only = getattr(args, "estimate", False)
+    engines = make_engines(args, check=not estimate_only)
+    if estimate_only:
+        print_estimate(args, experiment, run_dir)
+        return {}
+    comet_path = Path(args.comet_log_path) if args.comet_log_path else Path(args.output_dir) / "comet"
+    try:
+        log = open_run_log(run_dir, args.comet_mode, args.comet_project_name, comet_path)
+    except OSError as exc:  # the up-front check passed, yet the folder cannot be made (full disk, /proc)
+        raise UsageError(f"cannot create {exc.filename or run_dir} ({exc.strerror}): choose an --output_dir "
+                         "(and --comet_log_path) you can write to") from None
+    try:
+        if not args.resume:
+            log.write_config(resolved_config(args))
+            record_estimate(args, experiment, run_dir)
+        train_round = make_train_round(experiment, engines, log) if make_train_round else None
+        results = run_experiment(experiment, engines, log, resume=args.resume, train_round=train_round)
+        plot_run(results, run_dir / "plots")
+    finally:
+        log.comet.end()
+    print_summary(results, run_dir)
+    return results
 
-    experiment = Experiment(
+
+def build_experiment(args: argparse.Namespace, data: list[TaskData], clients: list[Client],
+                     aggregate: bool) -> Experiment:
+    return Experiment(
         module=args.module,
         tasks=[d.task for d in data],
         clients=clients,
@@ -82,22 +111,13 @@ def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate:
         outbound=OutboundPlan.from_args(args, [c.client_id for c in clients]),
         screening=ScreenSettings(args.robust_aggregation, args.screen_size, args.screen_margin),
     )
-    comet_path = Path(args.comet_log_path) if args.comet_log_path else Path(args.output_dir) / "comet"
-    try:
-        log = open_run_log(run_dir, args.comet_mode, args.comet_project_name, comet_path)
-    except OSError as exc:  # the up-front check passed, yet the folder cannot be made (full disk, /proc)
-        raise UsageError(f"cannot create {exc.filename or run_dir} ({exc.strerror}): choose an --output_dir "
-                         "(and --comet_log_path) you can write to") from None
-    try:
-        if not args.resume:
-            log.write_config(resolved_config(args))
-        train_round = make_train_round(experiment, engines, log) if make_train_round else None
-        results = run_experiment(experiment, engines, log, resume=args.resume, train_round=train_round)
-        plot_run(results, run_dir / "plots")
-    finally:
-        log.comet.end()
-    print_summary(results, run_dir)
-    return results
+
+
+def experiment_from_args(args: argparse.Namespace) -> Experiment:
+    """The experiment main.py runs for these (parsed) flags: data loaded and clients built, no engine."""
+    data = load_data(args)
+    clients = importlib.import_module(args.module).build_clients(args, data)
+    return build_experiment(args, data, clients, aggregate=args.module != "train_centralized")
 
 
 def _fmt(scores: dict[str, float] | None) -> str:
