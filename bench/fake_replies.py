@@ -10,6 +10,7 @@ prompt instead of being stuck at 0 or 1.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 
@@ -152,16 +153,15 @@ def edited_prompt(current: str, feedback: str) -> str:
     extra = unused[h % len(unused)]
     lines = current.splitlines() or [""]
     head = _SENTENCE_END.split(lines[-1])
-    if len(head) > 1:  # keep the final sentence (the answer-format line) last, on its own line
+    if len(head) > 1:  # keep the final sentence last, on its own line
         last_line = [" ".join(head[:-1]), extra, head[-1]]
     else:
         last_line = [extra, lines[-1]]
     return "\n".join(lines[:-1] + last_line)
 
 
-def optimizer_reply(request: str) -> str:
-    edited = edited_prompt(_block(request, "CURRENT"), _block(request, "FEEDBACK"))
-    return f"<IMPROVED_VARIABLE>\n{edited}\n</IMPROVED_VARIABLE>"
+def optimizer_text(request: str) -> str:
+    return edited_prompt(_block(request, "CURRENT"), _block(request, "FEEDBACK"))
 
 
 def merged_prompt(prompts: list[str]) -> str:
@@ -178,9 +178,8 @@ def merged_prompt(prompts: list[str]) -> str:
     return "\n".join(body + finals)
 
 
-def merge_reply(request: str) -> str:
-    prompts = re.findall(r"<PROMPT>\n?(.*?)\n?</PROMPT>", request, re.DOTALL)
-    return f"<MERGED_PROMPT>\n{merged_prompt(prompts)}\n</MERGED_PROMPT>"
+def merge_text(request: str) -> str:
+    return merged_prompt(re.findall(r"<PROMPT>\n?(.*?)\n?</PROMPT>", request, re.DOTALL))
 
 
 def judge_reply(request: str) -> str:
@@ -191,26 +190,30 @@ def judge_reply(request: str) -> str:
     return "Yes" if stable_hash(request) % 5 == 0 else "No"
 
 
-def reply_for(messages: list[dict]) -> tuple[str, str]:
-    """(kind, reply text) for a well-behaved server."""
+# The tags around the text of each kind of reply in the tag format (the judge answers with a bare word).
+_TAGS = {"optimizer": "IMPROVED_VARIABLE", "merge": "MERGED_PROMPT"}
+
+
+def reply_for(messages: list[dict], json_field: str | None = None) -> tuple[str, str]:
+    """(kind, reply text) for a well-behaved server: with json_field (a structured request), a JSON object
+    holding the text under that field; else optimizer and merge texts between their tags."""
     kind = request_kind(messages)
     system = next((str(m.get("content") or "") for m in messages if m.get("role") == "system"), "")
     user = "\n".join(str(m.get("content") or "") for m in messages if m.get("role") == "user")
-    if kind == "feedback":
-        return kind, feedback_reply(user)
-    if kind == "optimizer":
-        return kind, optimizer_reply(user)
-    if kind == "merge":
-        return kind, merge_reply(user)
-    if kind == "judge":
-        return kind, judge_reply(user)
-    return kind, answer_reply(system, user)
+    texts = {"feedback": feedback_reply, "optimizer": optimizer_text, "merge": merge_text, "judge": judge_reply}
+    text = texts[kind](user) if kind in texts else answer_reply(system, user)
+    if json_field is not None:
+        return kind, json.dumps({json_field: text})
+    return kind, f"<{_TAGS[kind]}>\n{text}\n</{_TAGS[kind]}>" if kind in _TAGS else text
 
 
-def malformed_reply(kind: str, good_reply: str, variant: int) -> str:
-    """A reply a sloppy model might give: empty, chatter, or (optimizer/merge) the text without tags."""
+def malformed_reply(kind: str, good_reply: str, variant: int, structured: bool = False) -> str:
+    """A reply a sloppy model might give: empty, chatter, or (optimizer/merge) the text without its tags,
+    or (a structured request) its JSON cut in the middle."""
     if variant % 3 == 0:
         return ""
+    if variant % 3 == 2 and structured:
+        return good_reply[:len(good_reply) // 2]
     if variant % 3 == 1 or kind not in ("optimizer", "merge"):
         return "Sure! Here is what I think about it, in general terms."
     return re.sub(r"</?(IMPROVED_VARIABLE|MERGED_PROMPT)>", "", good_reply).strip()

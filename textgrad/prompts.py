@@ -30,7 +30,7 @@ In at most five sentences, say how the {role} should change so that answers to i
 
 OPTIMIZER_SYSTEM = (
     "You edit a text that steers a language model, using feedback about how it performed. "
-    "Return the complete edited text between <IMPROVED_VARIABLE> and </IMPROVED_VARIABLE>."
+    "Your reply is the edited text and nothing else: no greeting, no heading, no comment on the changes."
 )
 
 OPTIMIZER_TEMPLATE = """Text to edit ({role}):
@@ -43,10 +43,7 @@ Feedback on it:
 {feedback}
 </FEEDBACK>
 {constraints}
-Write the edited text that acts on the feedback. Reply in exactly this form:
-<IMPROVED_VARIABLE>
-the complete edited text
-</IMPROVED_VARIABLE>"""
+Write the whole text again with the changes the feedback asks for. {reply_format}"""
 
 CONSTRAINTS_HEADER = "\nRules the edited text must follow:\n"
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from textgrad import structured
 from textgrad.engine import configure, get_engine
 
 from .client import Engines, LocalSettings
@@ -38,6 +39,7 @@ def make_engines(args: argparse.Namespace) -> Engines:
     if getattr(args, "request_timeout", None) is not None:
         configure(request_timeout=args.request_timeout)
     configure(max_context=getattr(args, "max_context", None))
+    structured.configure(getattr(args, "structured_output", "auto"))
     test = get_engine(args.test_engine)
     evaluation = get_engine(args.evaluation_engine)
     for engine in dict.fromkeys([test, evaluation]):
@@ -106,6 +108,12 @@ def _context_line(results: dict[str, Any]) -> str:
             f"{context.get('overflow_replies', 0)} overflow replies, {context.get('skipped_calls', 0)} calls skipped")
 
 
+def _by_kind(failures: dict[str, int], prefix: str) -> str:
+    counts = {k[len(prefix):]: n for k, n in failures.items() if k.startswith(prefix)}
+    named = ", ".join(f"{kind} {n}" for kind, n in counts.items() if n)
+    return f"{sum(counts.values())}" + (f" ({named})" if named else "")
+
+
 def print_summary(results: dict[str, Any], run_dir: Path) -> None:
     llm = results["llm"]
     ff = results["format_failures"]
@@ -119,8 +127,8 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
         f"final test     last {_fmt(results['final_test']['last'])}   best {_fmt(results['final_test']['best'])}",
         f"LLM            {llm['calls']} calls, {llm['prompt_tokens']}+{llm['completion_tokens']} tokens, "
         f"cache {llm['cache_hits']} hits / {llm['cache_misses']} misses, {llm['retries']} retries",
-        f"format fails   optimizer {ff['optimizer_no_tags']}, dropped format line "
-        f"{ff['dropped_format_instruction']}, merge {ff['aggregation']}, judge {ff['judge']}",
+        f"format fails   optimizer {_by_kind(ff, 'optimizer_')}; merge {_by_kind(ff, 'aggregation_')}; "
+        f"judge {ff['judge']}",
         _context_line(results),
         f"wall time      {results['wall_seconds']:.1f} s",
         f"outputs        {run_dir}",
