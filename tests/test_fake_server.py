@@ -335,7 +335,7 @@ def test_optimizer_merge_and_judge_use_each_backends_structured_output(flavour: 
         engine = engine_on(server, name, env, monkeypatch)
         variable, optimizer = one_tgd_step(engine)
         assert optimizer.updated == [True] and optimizer.failures == [None]
-        assert set(json.loads(optimizer.last_replies[0])) == {"improved_variable"}  # it came back as JSON
+        assert set(json.loads(optimizer.last_replies[0])) == {"improved_text"}  # it came back as JSON
         assert variable.value.startswith("You are a careful problem solver.\n")
         merged = aggregate_prompts(["A. B.", "A. C."], "summarization", [COUNTING], engine)
         assert merged.failure is None and merged.prompt == "A.\nB.\nC."

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from scripted_engine import ScriptedEngine
 
 import textgrad as tg
-from textgrad.engine import get_engine
+from textgrad import structured
+from textgrad.engine import ChatReply, get_engine
+from textgrad.optimizer import IMPROVED_REPLY
+from utils.evaluation import JUDGE_REPLY
 from utils.scoring import score_numeric
 
 
@@ -72,6 +76,57 @@ def test_tgd_updates_from_tags_and_counts_missing_tags():
         assert variable.value == "new text" and optimizer.updated == [False]
     assert optimizer.format_failures == 4
     assert tg.TextualGradientDescent is tg.TGD
+
+
+@pytest.mark.parametrize(("text", "finish", "structured_reply", "value", "failure"), [
+    ('{"improved_text": "Count twice."}', "stop", True, "Count twice.", None),
+    ('{ "improved_text" : "The edited text is: Count twice." }', "stop", True, "Count twice.", None),
+    ('Here it is:\n```json\n{"improved_text": "List items."}\n```', "stop", True, "List items.", None),
+    ('{"improved_text": "List it', "stop", True, None, "unparseable_json"),
+    ('{"improved_text": "List it', "length", True, None, "truncated"),
+    ('{"other": "List items."}', "stop", True, None, "unparseable_json"),
+    ('{"improved_text": "   "}', "stop", True, None, "empty"),
+    ("", "stop", True, None, "empty"),
+    ("", "length", False, None, "truncated"),
+    ("<IMPROVED_VARIABLE>\nNew text.\n</IMPROVED_VARIABLE> and then it rambled on", "length", False, "New text.",
+     None),
+    ("<IMPROVED_VARIABLE>\nNew text, cut", "length", False, None, "truncated"),
+    ("<IMPROVED_VARIABLE>\nNew text, never closed", "stop", False, None, "no_tags"),
+    ("<IMPROVED_VARIABLE> </IMPROVED_VARIABLE>", "stop", False, None, "empty"),
+    ("New text without tags.", None, False, None, "no_tags"),
+])
+def test_a_reply_gives_its_text_or_the_kind_of_failure(text, finish, structured_reply, value, failure):
+    answer = structured.extract(ChatReply(text, finish), IMPROVED_REPLY, structured=structured_reply)
+    assert (answer.value, answer.failure) == (value, failure)
+
+
+@pytest.mark.parametrize(("text", "structured_reply", "verdict", "failure"), [
+    ('{"verdict": "No"}', True, "No", None), ('{"verdict": "yes"}', True, "Yes", None),
+    ("Yes.", False, "Yes", None), ("No, they differ.", False, "No", None),
+    ("They mean the same thing.", False, None, "not_a_choice"), ('{"verdict": ""}', True, None, "empty"),
+])
+def test_judge_verdicts_are_yes_or_no_or_counted(text, structured_reply, verdict, failure):
+    answer = structured.extract(ChatReply(text, "stop"), JUDGE_REPLY, structured=structured_reply)
+    assert (answer.value, answer.failure) == (verdict, failure)
+
+
+def test_each_backend_kind_gets_its_own_request_shape_with_a_minimal_schema():
+    schema = {"type": "object", "properties": {"improved_text": {"type": "string"}},
+              "required": ["improved_text"], "additionalProperties": False}
+    assert structured.response_format("local", IMPROVED_REPLY) == {"type": "json_object", "schema": schema}
+    for kind in ("vllm", "sglang", "openai", "ollama"):
+        assert structured.response_format(kind, IMPROVED_REPLY) == {
+            "type": "json_schema", "json_schema": {"name": "improved_text", "schema": schema, "strict": True}}
+    assert structured.response_format(None, IMPROVED_REPLY) is None
+    assert JUDGE_REPLY.schema()["properties"] == {"verdict": {"type": "string", "enum": ["Yes", "No"]}}
+
+
+def test_requests_show_no_placeholder_to_copy():
+    for structured_reply in (True, False):
+        instruction = IMPROVED_REPLY.instruction(structured_reply)
+        assert "the complete edited text" not in instruction and "..." not in instruction
+    assert "<IMPROVED_VARIABLE>" not in IMPROVED_REPLY.instruction(True)
+    assert '"improved_text"' in IMPROVED_REPLY.instruction(True)
 
 
 def test_optimizer_request_carries_role_value_feedback_and_constraints():

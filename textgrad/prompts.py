@@ -29,22 +29,24 @@ How the answer was judged:
 In at most five sentences, say how the {role} should change so that answers to inputs like this one get better. Be specific."""
 
 OPTIMIZER_SYSTEM = (
-    "You edit a text that steers a language model, using feedback about how it performed. "
-    "Your reply is the edited text and nothing else: no greeting, no heading, no comment on the changes."
+    "You rewrite a text that steers a language model so that it follows the feedback it got. "
+    "Your reply is the rewritten text and nothing else: no greeting, no heading, no comment on the changes."
 )
 
-OPTIMIZER_TEMPLATE = """Text to edit ({role}):
-<CURRENT>
-{value}
-</CURRENT>
-
-Feedback on it:
+# Feedback first and the text last: small models copy what they read last, and the text is what they
+# should start from. Measured on SmolLM2-135M: with the text first, replies described the task instead.
+OPTIMIZER_TEMPLATE = """Feedback on the {role}:
 <FEEDBACK>
 {feedback}
 </FEEDBACK>
 {constraints}
-Write the whole text again with the changes the feedback asks for. {reply_format}"""
+Text to rewrite ({role}):
+<CURRENT>
+{value}
+</CURRENT>
 
-CONSTRAINTS_HEADER = "\nRules the edited text must follow:\n"
+{reply_format}"""
+
+CONSTRAINTS_HEADER = "\nRules the rewritten text must follow:\n"
 
 TEXT_LOSS_ROLE = "evaluation of the output"

@@ -67,8 +67,7 @@ class ReplySpec:
         if structured and self.choices:
             return f'Reply with a JSON object whose one field "{self.field}" is {" or ".join(self.choices)}.'
         if structured:
-            return (f'Reply with a JSON object whose one field "{self.field}" holds {self.what} itself, '
-                    f"from its first word to its last.")
+            return f'Reply with a JSON object whose one field "{self.field}" holds {self.what}, from the first word to the last.'
         if self.tag is None:
             return f"Reply with one word: {' or '.join(self.choices)}." if self.choices else f"Reply with {self.what}."
         return f"Reply with {self.what} between <{self.tag}> and </{self.tag}>, and nothing else."

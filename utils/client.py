@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import textgrad as tg
 from textgrad.engine import ChatEngine, ContextOverflowError
+from textgrad.optimizer import INSTRUCTIONS_REPLY
 from textgrad.parallel import run_concurrently
 
 from .evaluation import evaluate_prompt, score_answer
@@ -126,6 +127,7 @@ def local_step(prompt_text: str, batch: list[Example], task: TaskSpec, engines: 
     tg.sum(losses).backward(engines.evaluation)
     optimizer = tg.TGD([prompt], engine=engines.evaluation, max_tokens=settings.optimizer_max_tokens,
                        constraints=list(OPTIMIZER_CONSTRAINTS))
+    optimizer.reply = INSTRUCTIONS_REPLY
     if not prompt.gradients and model.feedback_skipped:
         return prompt_text, StepResult(step, accuracy, None, False, "context_overflow", judge_failures)
     optimizer.step()
