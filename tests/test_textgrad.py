@@ -10,7 +10,7 @@ from scripted_engine import ScriptedEngine
 import textgrad as tg
 from textgrad import structured
 from textgrad.engine import ChatReply, get_engine
-from textgrad.optimizer import IMPROVED_REPLY
+from textgrad.optimizer import IMPROVED_REPLY, INSTRUCTIONS_REPLY
 from utils.evaluation import JUDGE_REPLY
 from utils.scoring import score_numeric
 
@@ -157,6 +157,7 @@ def test_forward_backward_tgd_on_real_bbh_examples_with_the_real_server(shared_d
         prompt, total = build_step(engine, pairs)
         total.backward(engine)
         optimizer = tg.TGD([prompt], engine=engine, max_tokens=64)
+        optimizer.reply = INSTRUCTIONS_REPLY
         optimizer.step()
         return prompt, optimizer
 
@@ -165,7 +166,10 @@ def test_forward_backward_tgd_on_real_bbh_examples_with_the_real_server(shared_d
     assert len(prompt.gradients) == 3 and all(g.value.strip() for g in prompt.gradients)
     assert stats["calls"] == 3 + 3 + 1  # forward, feedback, optimizer
     assert stats["prompt_tokens"] > 0 and stats["completion_tokens"] > 0
-    assert optimizer.updated[0] or optimizer.format_failures == 1  # small models often skip the tags
+    # A structured reply: SmolLM2 rarely writes tags, but under the server's JSON grammar it returns a prompt.
+    assert optimizer.failures == [None] and optimizer.updated == [True]
+    assert set(json.loads(optimizer.last_replies[0])) == {"instructions"}
+    assert len(prompt.value.split()) >= 3 and "{" not in prompt.value
 
     again, _ = one_step()
     after = engine.stats.as_dict()

@@ -261,3 +261,35 @@ def test_llm_totals_count_only_this_runs_calls_across_runs_and_resume(tmp_path, 
     assert second["llm"]["calls"] == fake_server.chat_count - before
     rounds_sum = sum(r["llm"]["calls"] for r in second["rounds"])
     assert 0 < rounds_sum <= second["llm"]["calls"]
+
+
+def test_hetero_answer_requests_carry_exactly_their_own_tasks_format_line(tmp_path, shared_data, monkeypatch):
+    from bench.fake_replies import request_kind
+    from bench.fake_server import FakeServer
+    from main import main
+
+    names = ["BBH_date_understanding", "BBH_boolean_expressions"]  # option letter vs True/False lines
+    with FakeServer() as server:
+        monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
+        assert main(["--module", "train_hetero_fed", "--task", *names, "--data_dir", str(shared_data),
+                     "--split_sizes", "3,3,3", "--max_epochs", "1", "--max_steps", "1", "--batch_size", "2",
+                     "--test_engine", "vllm-fake-model", "--evaluation_engine", "vllm-fake-model",
+                     "--do_not_run_larger_model", "--aggregate_method", "summarization", "--output_dir",
+                     str(tmp_path), "--run_name", "run", "--comet_mode", "disabled"]) == 0
+        seen = [messages for messages, _ in server.stats["prompts_seen"] if request_kind(messages) == "answer"]
+    lines = {name: resolve_task(name).format_instruction for name in names}
+    checked = 0
+    for messages in seen:
+        system, question = messages[0]["content"], messages[-1]["content"]
+        # date_understanding questions list options; boolean_expressions ones are "... is"
+        own = names[0] if "Options:" in question else names[1]
+        assert system.count(lines[own]) == 1 and system.endswith("\n" + lines[own])
+        assert all(line not in system for name, line in lines.items() if name != own)
+        checked += 1
+    # zero-shot val and test (2 tasks x 3 + 3), forward and re-score (2 clients x 2 x 2), round validation
+    assert checked >= 2 * 6 + 2 * 2 + 2 * 3
+    trained = (tmp_path / "run" / "prompts" / "round_001" / "global.txt").read_text()
+    assert not any(line in trained for line in lines.values())
+    served = tmp_path / "run" / "prompts" / "round_000"
+    for name, line in lines.items():
+        assert (served / f"global.served.{name}.txt").read_text() == STARTING + "\n" + line + "\n"
