@@ -141,11 +141,6 @@ def feedback_reply(request: str) -> str:
     return first if first == second else f"{first} {second}"
 
 
-def _block(text: str, tag: str) -> str:
-    match = re.search(rf"<{tag}>\n?(.*?)\n?</{tag}>", text, re.DOTALL)
-    return match.group(1).strip() if match else ""
-
-
 def edited_prompt(current: str, feedback: str) -> str:
     """The current prompt with one strategy sentence inserted before its last sentence."""
     h = stable_hash(current, feedback)
@@ -160,8 +155,17 @@ def edited_prompt(current: str, feedback: str) -> str:
     return "\n".join(lines[:-1] + last_line)
 
 
+_CURRENT = re.compile(r"\nCurrent [^\n]*:\n(.*)\n\n", re.DOTALL)  # up to the last paragraph, the reply format
+_FEEDBACK = re.compile(r"^Feedback on [^\n]*:\n(.*?)\n(?:\nRules |Current )", re.DOTALL)
+
+
+def _found(pattern: re.Pattern[str], text: str) -> str:
+    match = pattern.search(text)
+    return match.group(1).strip() if match else ""
+
+
 def optimizer_text(request: str) -> str:
-    return edited_prompt(_block(request, "CURRENT"), _block(request, "FEEDBACK"))
+    return edited_prompt(_found(_CURRENT, request), _found(_FEEDBACK, request))
 
 
 def merged_prompt(prompts: list[str]) -> str:

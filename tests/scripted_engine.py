@@ -15,7 +15,7 @@ from textgrad.engine import EngineStats
 from utils.aggregation import MERGE_SYSTEM
 from utils.evaluation import JUDGE_SYSTEM
 
-_CURRENT = re.compile(r"<CURRENT>\n(.*?)\n</CURRENT>", re.DOTALL)
+_CURRENT = re.compile(r"\nCurrent [^\n]*:\n(.*)\n\n", re.DOTALL)  # up to the last paragraph, the reply format
 
 
 class ScriptedEngine:

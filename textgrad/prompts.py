@@ -33,17 +33,14 @@ OPTIMIZER_SYSTEM = (
     "Your reply is the rewritten text and nothing else: no greeting, no heading, no comment on the changes."
 )
 
-# Feedback first and the text last: small models copy what they read last, and the text is what they
-# should start from. Measured on SmolLM2-135M: with the text first, replies described the task instead.
+# Feedback first, the text last, plain labels. Measured on SmolLM2-135M under a JSON schema: with the
+# text first its replies described the task; with the text between <CURRENT> tags they copied it
+# verbatim (3 of 3); as here they rewrote it with the feedback (4 of 4).
 OPTIMIZER_TEMPLATE = """Feedback on the {role}:
-<FEEDBACK>
 {feedback}
-</FEEDBACK>
 {constraints}
-Text to rewrite ({role}):
-<CURRENT>
+Current {role}:
 {value}
-</CURRENT>
 
 {reply_format}"""
 
