@@ -40,9 +40,9 @@ JSON_OBJECT_KINDS = frozenset({"local"})  # llama-cpp-python servers
 JSON_SCHEMA_KINDS = frozenset({"vllm", "sglang", "openai", "ollama"})
 
 # Openers small models put before the text itself ("The edited text is:"); never part of a prompt.
-_PREAMBLE = re.compile(r"^\s*(?:here(?: is|'s)\s+)?(?:the\s+)?(?:edited|improved|new|merged|revised|updated|combined)"
-                       r"\s+(?:system\s+)?(?:text|prompt|instructions?|version)(?:\s+is|\s+are)?\s*:\s*",
-                       re.IGNORECASE)
+_PREAMBLE = re.compile(r"^\s*(?:here(?: is|'s)\s+)?(?:the\s+)?(?:edited|improved|new|merged|revised|updated|combined|"
+                       r"corrected|rewritten)\s+(?:system\s+)?(?:text|prompt|instructions?|version)"
+                       r"(?:\s+(?:is|are))?(?:\s+now)?\s*:\s*", re.IGNORECASE)
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
@@ -67,7 +67,8 @@ class ReplySpec:
         if structured and self.choices:
             return f'Reply with a JSON object whose one field "{self.field}" is {" or ".join(self.choices)}.'
         if structured:
-            return f'Reply with a JSON object whose one field "{self.field}" holds {self.what}, from the first word to the last.'
+            return (f'Reply with a JSON object whose one field "{self.field}" holds {self.what}, '
+                    f"from the first word to the last.")
         if self.tag is None:
             return f"Reply with one word: {' or '.join(self.choices)}." if self.choices else f"Reply with {self.what}."
         return f"Reply with {self.what} between <{self.tag}> and </{self.tag}>, and nothing else."
@@ -215,7 +216,7 @@ def extract(reply: ChatReply, spec: ReplySpec, structured: bool) -> TextAnswer:
         failure = "truncated"
     elif not text.strip() or (raw is not None and not raw.strip()):
         failure = "empty"
-    elif spec.choices:
+    elif spec.choices and raw is not None:
         failure = NOT_A_CHOICE
     else:
         failure = missing
