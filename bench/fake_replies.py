@@ -10,6 +10,7 @@ prompt instead of being stuck at 0 or 1.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 
@@ -143,11 +144,6 @@ def feedback_reply(request: str) -> str:
     return first if first == second else f"{first} {second}"
 
 
-def _block(text: str, tag: str) -> str:
-    match = re.search(rf"<{tag}>\n?(.*?)\n?</{tag}>", text, re.DOTALL)
-    return match.group(1).strip() if match else ""
-
-
 def edited_prompt(current: str, feedback: str) -> str:
     """The current prompt with one strategy sentence inserted before its last sentence."""
     h = stable_hash(current, feedback)
@@ -155,18 +151,25 @@ def edited_prompt(current: str, feedback: str) -> str:
     extra = unused[h % len(unused)]
     lines = current.splitlines() or [""]
     head = _SENTENCE_END.split(lines[-1])
-    if len(head) > 1:  # keep the final sentence (the answer-format line) last, on its own line
+    if len(head) > 1:  # keep the final sentence last, on its own line
         last_line = [" ".join(head[:-1]), extra, head[-1]]
     else:
         last_line = [extra, lines[-1]]
     return "\n".join(lines[:-1] + last_line)
 
 
-def optimizer_reply(request: str, quote_rate: float = 0.0) -> str:
-    edited = edited_prompt(_block(request, "CURRENT"), _block(request, "FEEDBACK"))
-    if quote_rate > 0:
-        edited = quoting_edit(edited, request, quote_rate)
-    return f"<IMPROVED_VARIABLE>\n{edited}\n</IMPROVED_VARIABLE>"
+_CURRENT = re.compile(r"\nCurrent [^\n]*:\n(.*)\n\n", re.DOTALL)  # up to the last paragraph, the reply format
+_FEEDBACK = re.compile(r"^Feedback on [^\n]*:\n(.*?)\n(?:\nRules |Current )", re.DOTALL)
+
+
+def _found(pattern: re.Pattern[str], text: str) -> str:
+    match = pattern.search(text)
+    return match.group(1).strip() if match else ""
+
+
+def optimizer_text(request: str, quote_rate: float = 0.0) -> str:
+    edited = edited_prompt(_found(_CURRENT, request), _found(_FEEDBACK, request))
+    return quoting_edit(edited, request, quote_rate) if quote_rate > 0 else edited
 
 
 def merged_prompt(prompts: list[str]) -> str:
@@ -183,9 +186,8 @@ def merged_prompt(prompts: list[str]) -> str:
     return "\n".join(body + finals)
 
 
-def merge_reply(request: str) -> str:
-    prompts = re.findall(r"<PROMPT>\n?(.*?)\n?</PROMPT>", request, re.DOTALL)
-    return f"<MERGED_PROMPT>\n{merged_prompt(prompts)}\n</MERGED_PROMPT>"
+def merge_text(request: str) -> str:
+    return merged_prompt(re.findall(r"<PROMPT>\n?(.*?)\n?</PROMPT>", request, re.DOTALL))
 
 
 def judge_reply(request: str) -> str:
@@ -196,27 +198,34 @@ def judge_reply(request: str) -> str:
     return "Yes" if stable_hash(request) % 5 == 0 else "No"
 
 
-def reply_for(messages: list[dict], quote_rate: float = 0.0) -> tuple[str, str]:
-    """(kind, reply text) for a well-behaved server; with quote_rate > 0 feedback quotes the question it
-    saw and that share of optimizer replies copies a quoted question into the prompt."""
+# The tags around the text of each kind of reply in the tag format (the judge answers with a bare word).
+_TAGS = {"optimizer": "IMPROVED_VARIABLE", "merge": "MERGED_PROMPT"}
+
+
+def reply_for(messages: list[dict], json_field: str | None = None, quote_rate: float = 0.0) -> tuple[str, str]:
+    """(kind, reply text) for a well-behaved server: with json_field (a structured request), a JSON object
+    holding the text under that field; else optimizer and merge texts between their tags. With
+    quote_rate > 0 feedback quotes the question it saw and that share of optimizer replies copies a
+    quoted question into the prompt."""
     kind = request_kind(messages)
     system = next((str(m.get("content") or "") for m in messages if m.get("role") == "system"), "")
     user = "\n".join(str(m.get("content") or "") for m in messages if m.get("role") == "user")
-    if kind == "feedback":
-        return kind, quoting_feedback(user) if quote_rate > 0 else feedback_reply(user)
-    if kind == "optimizer":
-        return kind, optimizer_reply(user, quote_rate)
-    if kind == "merge":
-        return kind, merge_reply(user)
-    if kind == "judge":
-        return kind, judge_reply(user)
-    return kind, answer_reply(system, user)
+    texts = {"feedback": quoting_feedback if quote_rate > 0 else feedback_reply,
+             "optimizer": lambda request: optimizer_text(request, quote_rate), "merge": merge_text,
+             "judge": judge_reply}
+    text = texts[kind](user) if kind in texts else answer_reply(system, user)
+    if json_field is not None:
+        return kind, json.dumps({json_field: text})
+    return kind, f"<{_TAGS[kind]}>\n{text}\n</{_TAGS[kind]}>" if kind in _TAGS else text
 
 
-def malformed_reply(kind: str, good_reply: str, variant: int) -> str:
-    """A reply a sloppy model might give: empty, chatter, or (optimizer/merge) the text without tags."""
+def malformed_reply(kind: str, good_reply: str, variant: int, structured: bool = False) -> str:
+    """A reply a sloppy model might give: empty, chatter, or (optimizer/merge) the text without its tags,
+    or (a structured request) its JSON cut in the middle."""
     if variant % 3 == 0:
         return ""
+    if variant % 3 == 2 and structured:
+        return good_reply[:len(good_reply) // 2]
     if variant % 3 == 1 or kind not in ("optimizer", "merge"):
         return "Sure! Here is what I think about it, in general terms."
     return re.sub(r"</?(IMPROVED_VARIABLE|MERGED_PROMPT)>", "", good_reply).strip()
@@ -234,6 +243,11 @@ def injected_answer(system: str) -> str | None:
     return match.group(1).strip() if match else None
 
 
+def _block(text: str, tag: str) -> str:
+    match = re.search(rf"<{tag}>\n?(.*?)\n?</{tag}>", text, re.DOTALL)
+    return match.group(1).strip() if match else ""
+
+
 def quoting_feedback(request: str) -> str:
     """Feedback that quotes the question it was shown, as careless reviewers do."""
     question = " ".join(_block(request, "INPUT").split())
@@ -243,7 +257,7 @@ def quoting_feedback(request: str) -> str:
 def quoting_edit(edited: str, request: str, quote_rate: float) -> str:
     """For a seeded share of optimizer requests, the edited prompt also quotes, before its last line, a
     question that the feedback quoted: the leak a small optimizer makes."""
-    quoted = _QUOTED.findall(_block(request, "FEEDBACK"))
+    quoted = _QUOTED.findall(_found(_FEEDBACK, request))
     if not quoted or stable_hash("quote", request) % 100 >= round(quote_rate * 100):
         return edited
     lines = edited.splitlines()

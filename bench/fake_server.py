@@ -9,6 +9,13 @@ and with `quote_rate` its optimizer copies into the prompt a training question t
 
     python bench/fake_server.py --port 8011 --latency 0.3 --slots 16 [--rate_500 0.2 ...]
 
+Structured output: `flavour` makes it check `response_format` the way one backend spells it
+(llama-cpp-python: {"type": "json_object", "schema": ...}; vllm, sglang, openai, ollama: {"type":
+"json_schema", "json_schema": {"name", "schema"}}), any other shape getting HTTP 400 naming the field;
+no flavour accepts both. `structured=False` plays a server without structured output (HTTP 400 for any
+response_format). A structured request is answered with a JSON object holding the text under the
+schema's one property. `cut_at_max_tokens` cuts replies longer than max_tokens (finish_reason "length").
+
 Besides the OpenAI routes it serves llama.cpp's GET /props and POST /tokenize (by the same count
 of tokens it applies to `max_context`), and GET /stats and POST /stats/reset, so a benchmark can
 run it in a separate process and still read its counters.
@@ -34,6 +41,9 @@ if __package__ in (None, ""):  # run as a script: make `bench`, `textgrad` and `
 from bench.fake_replies import estimate_tokens, malformed_reply, prompt_token_logprobs, reply_for  # noqa: E402
 
 FAULT_KINDS = ("http_500", "http_429", "timeout", "malformed")
+JSON_OBJECT_FLAVOURS = ("llama-cpp-python",)
+JSON_SCHEMA_FLAVOURS = ("vllm", "sglang", "openai", "ollama")
+FLAVOURS = JSON_OBJECT_FLAVOURS + JSON_SCHEMA_FLAVOURS
 CONTEXT_ERROR_MESSAGE = "the request exceeds the available context size, try increasing it"
 DEFAULT_N_CTX = 8192
 
@@ -45,9 +55,15 @@ class FakeServer:
                  rate_500: float = 0.0, rate_429: float = 0.0, rate_timeout: float = 0.0,
                  timeout_sleep: float = 30.0, rate_malformed: float = 0.0, max_context: int | None = None,
                  model: str = "fake-model", logprobs: bool = True, port: int = 0,
-                 prompts_kept: int = 2000, quote_rate: float = 0.0) -> None:
+                 prompts_kept: int = 2000, quote_rate: float = 0.0, flavour: str | None = None,
+                 structured: bool = True, cut_at_max_tokens: bool = False) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
+        if flavour is not None and flavour not in FLAVOURS:
+            raise ValueError(f"flavour must be one of {', '.join(FLAVOURS)}")
+        self.flavour = flavour
+        self.structured = structured
+        self.cut_at_max_tokens = cut_at_max_tokens
         if rate_500 + rate_429 + rate_timeout + rate_malformed > 1.0:
             raise ValueError("fault rates must add up to at most 1")
         if not 0.0 <= quote_rate <= 1.0:
@@ -121,6 +137,8 @@ class FakeServer:
         self._context_rejections = 0
         self._by_kind: dict[str, int] = collections.Counter()
         self._logprob_requests = 0
+        self._response_formats: dict[str, int] = collections.Counter()  # by type; "none" without the field
+        self._structured_rejections = 0
         self._prompts: collections.deque = collections.deque(maxlen=self._prompts_kept)
 
     def reset_stats(self) -> None:
@@ -139,6 +157,8 @@ class FakeServer:
                 "peak_processing": self._peak_processing,
                 "faults_by_kind": dict(self._faults), "context_rejections": self._context_rejections,
                 "requests_by_kind": dict(self._by_kind), "logprob_requests": self._logprob_requests,
+                "response_formats": dict(self._response_formats),
+                "structured_rejections": self._structured_rejections,
                 "prompts_seen": list(self._prompts),
             }
 
@@ -188,6 +208,24 @@ class FakeServer:
                 with self._lock:
                     self._processing -= 1
 
+    def _structured_field(self, request: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+        """(the JSON field to answer under, or None for plain text; a 400 body when the shape is refused)."""
+        shape = request.get("response_format")
+        with self._lock:
+            self._response_formats[shape.get("type", "?") if isinstance(shape, dict) else "none"] += 1
+        if shape is None:
+            return None, None
+        try:
+            field = check_response_format(shape, self.flavour) if self.structured else None
+            if field is None:
+                raise ValueError("response_format is not supported by this server")
+        except ValueError as exc:
+            with self._lock:
+                self._structured_rejections += 1
+            return None, {"error": {"code": 400, "message": str(exc), "type": "invalid_request_error",
+                                    "param": "response_format"}}
+        return field, None
+
     def chat(self, request: dict[str, Any]) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
         """(status, JSON body or None for a hang-up, extra headers) for one chat request."""
         messages = request.get("messages") or []
@@ -201,6 +239,9 @@ class FakeServer:
         error = self._context_error(prompt_chars, max_tokens)
         if error is not None:
             return 400, error, {}
+        json_field, refusal = self._structured_field(request)
+        if refusal is not None:
+            return 400, refusal, {}
         fault, variant = self._draw_fault()
         if fault == "timeout":
             with self._lock:
@@ -215,9 +256,12 @@ class FakeServer:
             status = 500 if fault == "http_500" else 429
             headers = {"Retry-After": "0"} if status == 429 else {}
             return status, {"error": {"message": f"injected fault: HTTP {status}", "code": status}}, headers
-        kind, text = reply_for(messages, self.quote_rate)
+        kind, text = reply_for(messages, json_field, self.quote_rate)
         if fault == "malformed":
-            text = malformed_reply(kind, text, variant)
+            text = malformed_reply(kind, text, variant, structured=json_field is not None)
+        finish_reason = "stop"
+        if self.cut_at_max_tokens and max_tokens and estimate_tokens(text) > max_tokens:
+            text, finish_reason = text[:max_tokens * 4], "length"
         with self._lock:
             if fault:
                 self._faults[fault] += 1
@@ -227,7 +271,8 @@ class FakeServer:
         return 200, {
             "id": f"chatcmpl-fake-{variant}", "object": "chat.completion", "created": int(time.time()),
             "model": self.model,
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "choices": [{"index": 0, "finish_reason": finish_reason,
+                         "message": {"role": "assistant", "content": text}}],
             "usage": {"prompt_tokens": estimate_tokens("x" * prompt_chars),
                       "completion_tokens": estimate_tokens(text),
                       "total_tokens": estimate_tokens("x" * prompt_chars) + estimate_tokens(text)},
@@ -279,6 +324,32 @@ class FakeServer:
         stats = self.stats
         stats["prompts_seen"] = len(stats["prompts_seen"])
         return stats
+
+
+def check_response_format(shape: Any, flavour: str | None) -> str:
+    """The one string property a structured request asks for; ValueError (the 400 message) for a shape
+    this flavour does not accept, or a schema beyond one string property (maxLength kills llama-cpp-python)."""
+    kind = shape.get("type") if isinstance(shape, dict) else None
+    accepted = ("json_object",) if flavour in JSON_OBJECT_FLAVOURS else ("json_schema",) if flavour else (
+        "json_object", "json_schema")
+    if kind not in accepted:
+        raise ValueError(f"response_format type {kind!r} is not accepted here; use {' or '.join(accepted)}")
+    if kind == "json_schema":
+        spec = shape.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ValueError("response_format.json_schema needs a name and a schema")
+        schema = spec.get("schema")
+    else:
+        schema = shape.get("schema")
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(properties, dict) or schema.get("type") != "object" or len(properties) != 1:
+        raise ValueError("response_format schema: expected an object with one property")
+    field, prop = next(iter(properties.items()))
+    if not isinstance(prop, dict) or prop.get("type") != "string" or "maxLength" in json.dumps(schema):
+        raise ValueError("response_format schema: expected one string property without maxLength")
+    if schema.get("required") != [field]:
+        raise ValueError(f"response_format schema: {field!r} must be required")
+    return field
 
 
 class _Listener(ThreadingHTTPServer):
@@ -385,12 +456,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no_logprobs", action="store_true")
     parser.add_argument("--quote_rate", type=float, default=0.0,
                         help="share of optimizer replies that copy a training question into the prompt")
+    parser.add_argument("--flavour", choices=FLAVOURS, default=None, help="check response_format as this backend")
+    parser.add_argument("--no_structured", action="store_true", help="refuse any response_format (HTTP 400)")
+    parser.add_argument("--cut_at_max_tokens", action="store_true", help="cut long replies (finish_reason length)")
     args = parser.parse_args(argv)
     server = FakeServer(latency=args.latency, slots=args.slots, seed=args.seed, rate_500=args.rate_500,
                         rate_429=args.rate_429, rate_timeout=args.rate_timeout,
                         timeout_sleep=args.timeout_sleep, rate_malformed=args.rate_malformed,
                         max_context=args.max_context, model=args.model, logprobs=not args.no_logprobs,
-                        port=args.port, quote_rate=args.quote_rate)
+                        port=args.port, quote_rate=args.quote_rate, flavour=args.flavour,
+                        structured=not args.no_structured, cut_at_max_tokens=args.cut_at_max_tokens)
     print(server.base_url, flush=True)
     try:
         server._httpd.serve_forever()

@@ -15,20 +15,19 @@ from textgrad.stats import EngineStats
 from utils.aggregation import MERGE_SYSTEM
 from utils.evaluation import JUDGE_SYSTEM
 
-_KEEP_LINE = re.compile(r"Keep this sentence word for word as the last line: (.*)")
-_CURRENT = re.compile(r"<CURRENT>\n(.*?)\n</CURRENT>", re.DOTALL)
+_CURRENT = re.compile(r"\nCurrent [^\n]*:\n(.*)\n\n", re.DOTALL)  # up to the last paragraph, the reply format
 
 
 class ScriptedEngine:
     def __init__(self, name: str = "scripted", answer: Callable[[str, str | None], str] | None = None,
-                 improve: Callable[[str, str], str | None] | None = None) -> None:
+                 improve: Callable[[str], str | None] | None = None) -> None:
         self.name = name
         self.model = name
         self.stats = EngineStats()
         self.calls: list[tuple[str, str | None, str]] = []  # (kind, system prompt, user prompt)
         self._answer = answer or (lambda question, system: "I think the Answer: 0")
-        # improve(current_prompt, format_line) -> new prompt text, or None for a reply without tags
-        self._improve = improve or (lambda current, fmt: current.replace(fmt, "").strip() + " Count carefully.\n" + fmt)
+        # improve(current_prompt) -> new prompt text, or None for a reply without tags
+        self._improve = improve or (lambda current: current.strip() + " Count carefully.")
         self._lock = threading.Lock()
 
     def kind_of(self, system: str | None) -> str:
@@ -47,8 +46,7 @@ class ScriptedEngine:
         if kind == "feedback":
             return "Tell the model to count every item one by one."
         if kind == "optimizer":
-            fmt = _KEEP_LINE.search(prompt).group(1).strip()
-            new = self._improve(_CURRENT.search(prompt).group(1), fmt)
+            new = self._improve(_CURRENT.search(prompt).group(1))
             return "no tags here" if new is None else f"<IMPROVED_VARIABLE>\n{new}\n</IMPROVED_VARIABLE>"
         if kind == "merge":
             parts = re.findall(r"<PROMPT>\n(.*?)\n</PROMPT>", prompt, re.DOTALL)

@@ -369,6 +369,38 @@ def test_a_prompt_grown_over_rounds_stays_within_the_window_on_the_real_server(s
         configure(max_context=None)
 
 
+def test_optimizer_and_merge_replies_may_be_as_long_as_the_text_they_return(monkeypatch: Any) -> None:
+    # The flags ask for 32 tokens, the text to give back is about 700 (by the bench server's count, which
+    # cuts longer replies with finish_reason "length"): each reply is given room for the whole text.
+    text = " ".join(f"Step {i}: check item {i} twice before you count it." for i in range(60))
+    with FakeServer(flavour="vllm", cut_at_max_tokens=True) as server:
+        monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
+        engine = get_engine("vllm-fake-model")
+        variable = tg.Variable(text, "system prompt")
+        variable.gradients.append(tg.Variable("Count carefully.", "feedback", requires_grad=False))
+        optimizer = tg.TGD([variable], engine=engine, max_tokens=32)
+        optimizer.step()
+        merged = aggregate_prompts([text, text + " Be brief."], "summarization", [resolve_task("GSM8K")], engine,
+                                   max_tokens=32)
+        asked = [max_tokens for _, max_tokens in server.stats["prompts_seen"]]
+    assert optimizer.failures == [None] and variable.value.startswith("Step 0:") and len(variable.value) > len(text)
+    assert merged.failure is None and merged.prompt.endswith("Be brief.")
+    assert len(asked) == 2 and min(asked) >= math.ceil(len(text) / 4) + 16
+
+
+def test_a_reply_cut_at_its_limit_is_a_truncated_step_never_no_tags(monkeypatch: Any) -> None:
+    task = resolve_task("synthetic_object_counting")
+    batch = [tg_example for tg_example in load_task_data(task, None, (3, 1, 1), 1).train]
+    with FakeServer(flavour="vllm", cut_at_max_tokens=True) as server:
+        monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
+        engine = get_engine("vllm-fake-model")
+        # A reply budget fixed too small for the text, as before: the room the budget adds is taken away.
+        monkeypatch.setattr(budget, "room_to_return", lambda engine, texts: 0)
+        _, outcome = local_step("Count. " * 40, batch, task, Engines(engine, engine),
+                                LocalSettings(optimizer_max_tokens=24, answer_max_tokens=64))
+    assert outcome.format_failure == "truncated" and not outcome.accepted
+
+
 @pytest.fixture
 def small_llama_server(monkeypatch: Any, tmp_path: Path) -> Iterator[str]:
     """A second real llama.cpp server (llama-cpp-python) with a 512-token window it does not report."""

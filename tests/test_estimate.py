@@ -28,7 +28,7 @@ from utils.prices import listed_price, parse_price_overrides
 from utils.report import build_report
 from utils.rounds import Client, Experiment
 from utils.runner import experiment_from_args
-from utils.tasks import Example, resolve_task
+from utils.tasks import Example, resolve_task, served_prompt
 
 COUNTING = resolve_task("synthetic_object_counting")
 ARITH = resolve_task("synthetic_multistep_arithmetic")
@@ -148,7 +148,9 @@ def test_tokens_of_the_zero_shot_answers() -> None:
     exp = experiment(central(2), val=3, test=4, steps=1, batch=2, rounds=1)
     plan = plan_calls(spec(exp, count_tokens=words))
     zero_shot = plan.by_phase()["zero-shot"]["T"]
-    prompt_words = len(COUNTING.starting_prompt().split())  # 35 words
+    # Served as the trained text plus the task's format line: 22 + 14 words.
+    prompt_words = len(COUNTING.starting_prompt().split()) + len(COUNTING.format_instruction.split())
+    assert prompt_words == 36
     assert CHAT_OVERHEAD == 8 + 6 * 2  # textgrad.context: per request, per message
     assert zero_shot.prompt_tokens == 7 * (prompt_words + 4 + 20)  # questions like "val question 0?"
     assert zero_shot.completion_tokens == 7 * 10  # the answer limit
@@ -156,7 +158,7 @@ def test_tokens_of_the_zero_shot_answers() -> None:
 
 def test_answers_already_in_the_cache_are_free() -> None:
     exp = experiment(central(2), val=3, test=4, steps=1, batch=2, rounds=1)
-    start = COUNTING.starting_prompt()
+    start = served_prompt(COUNTING.starting_prompt(), COUNTING)  # what the cache holds: the served request
     plan = plan_calls(dataclasses.replace(spec(exp), known_reply=lambda engine, messages, max_tokens:
                                           messages[0]["content"] == start and " val " in messages[1]["content"]))
     assert plan.by_phase()["zero-shot"]["T"].calls == 4 and plan.by_phase()["zero-shot"]["T"].cached == 3

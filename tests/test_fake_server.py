@@ -23,10 +23,11 @@ from utils.aggregation import MERGE_SYSTEM, merge_request
 from utils.evaluation import JUDGE_SYSTEM, JUDGE_TEMPLATE
 from utils.scoring import score_response
 from utils.synthetic import generate_examples
-from utils.tasks import has_format_instruction, resolve_task
+from utils.tasks import resolve_task
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COUNTING = resolve_task("synthetic_object_counting")
+LAST_SENTENCE = "Read the question closely and reason step by step, checking each intermediate result before moving on."
 
 
 def post(url: str, payload: dict[str, Any], timeout: float = 10.0) -> tuple[int, dict[str, Any], Any]:
@@ -94,34 +95,33 @@ def test_solver_knows_the_true_answers_of_synthetic_tasks() -> None:
 def test_feedback_and_judge_replies(server: FakeServer) -> None:
     status, body, _ = chat(server, "A language model worked with this ...", FEEDBACK_SYSTEM)
     assert status == 200 and "prompt" in content(body) and "Answer:" not in content(body)
-    same = JUDGE_TEMPLATE.format(target="12", response="Answer: 12")
+    same = JUDGE_TEMPLATE.format(target="12", response="Answer: 12", reply_format="")
     assert content(chat(server, same, JUDGE_SYSTEM)[1]) == "Yes"
-    verdicts = {content(chat(server, JUDGE_TEMPLATE.format(target="12", response=f"Answer: {n}"), JUDGE_SYSTEM)[1])
+    verdicts = {content(chat(server, JUDGE_TEMPLATE.format(target="12", response=f"Answer: {n}", reply_format=""), JUDGE_SYSTEM)[1])
                 for n in range(30, 60)}
     assert verdicts <= {"Yes", "No"} and "No" in verdicts
 
 
-def test_optimizer_inserts_a_sentence_and_keeps_the_format_line_last(server: FakeServer) -> None:
+def test_optimizer_inserts_a_sentence_and_keeps_the_last_sentence_last(server: FakeServer) -> None:
     current = COUNTING.starting_prompt()
     request = OPTIMIZER_TEMPLATE.format(role="system prompt", value=current, feedback="Count carefully.",
-                                        constraints="")
+                                        constraints="", reply_format="")
     new = extract_improved_value(content(chat(server, request, OPTIMIZER_SYSTEM)[1]))
     assert new is not None and len(new) > len(current)
-    assert new.splitlines()[-1] == COUNTING.format_instruction
-    assert has_format_instruction(new, COUNTING)
+    assert new.splitlines()[-1] == LAST_SENTENCE
 
 
-def test_merge_keeps_every_distinct_sentence_once_and_the_format_line_last(server: FakeServer) -> None:
+def test_merge_keeps_every_distinct_sentence_once_and_the_last_sentence_last(server: FakeServer) -> None:
     base = COUNTING.starting_prompt()
-    prompts = [base, base.replace(" Finish", "\nAlways list items first.\nFinish"),
-               base.replace(" Finish", "\nIgnore distractors.\nFinish")]
+    prompts = [base, base.replace(" Read", "\nAlways list items first.\nRead"),
+               base.replace(" Read", "\nIgnore distractors.\nRead")]
     status, body, _ = chat(server, merge_request(prompts, [COUNTING], uid=True), MERGE_SYSTEM)
     text = content(body)
     assert status == 200 and text.startswith("<MERGED_PROMPT>") and text.endswith("</MERGED_PROMPT>")
     merged = text.removeprefix("<MERGED_PROMPT>").removesuffix("</MERGED_PROMPT>").strip()
     assert merged == merged_prompt(prompts)
     lines = merged.splitlines()
-    assert lines[-1] == COUNTING.format_instruction and lines.count(COUNTING.format_instruction) == 1
+    assert lines[-1] == LAST_SENTENCE
     assert "Always list items first." in lines and "Ignore distractors." in lines
 
 
@@ -162,7 +162,8 @@ def test_injected_http_faults_are_seeded() -> None:
 
 
 def test_malformed_replies_have_no_usable_format(server: FakeServer) -> None:
-    request = OPTIMIZER_TEMPLATE.format(role="r", value=COUNTING.starting_prompt(), feedback="f", constraints="")
+    request = OPTIMIZER_TEMPLATE.format(role="r", value=COUNTING.starting_prompt(), feedback="f", constraints="",
+                                        reply_format="")
     with FakeServer(rate_malformed=1.0) as bad:
         replies = [content(chat(bad, request + str(i), OPTIMIZER_SYSTEM)[1]) for i in range(12)]
         answers = [content(chat(bad, f"I have a cat. How many animals do I have? {i}")[1]) for i in range(6)]
@@ -240,3 +241,151 @@ def test_command_line_prints_its_url_and_serves() -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- structured output, per backend flavour
+
+SCHEMA = {"type": "object", "properties": {"improved_variable": {"type": "string"}},
+          "required": ["improved_variable"], "additionalProperties": False}
+JSON_OBJECT = {"type": "json_object", "schema": SCHEMA}
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "improved_variable", "schema": SCHEMA}}
+OPTIMIZER_REQUEST = OPTIMIZER_TEMPLATE.format(role="system prompt", value=COUNTING.starting_prompt(),
+                                              feedback="Count carefully.", constraints="", reply_format="")
+
+
+def structured_chat(server: FakeServer, shape: Any) -> tuple[int, dict, Any]:
+    return post(f"{server.base_url}/chat/completions", {
+        "model": "fake-model", "max_tokens": 256, "response_format": shape,
+        "messages": [{"role": "system", "content": OPTIMIZER_SYSTEM}, {"role": "user", "content": OPTIMIZER_REQUEST}]})
+
+
+@pytest.mark.parametrize(("flavour", "right", "wrong"), [
+    ("llama-cpp-python", JSON_OBJECT, JSON_SCHEMA), ("vllm", JSON_SCHEMA, JSON_OBJECT),
+    ("sglang", JSON_SCHEMA, JSON_OBJECT), ("openai", JSON_SCHEMA, JSON_OBJECT), ("ollama", JSON_SCHEMA, JSON_OBJECT)])
+def test_each_flavour_accepts_its_own_shape_only_and_answers_it_with_json(flavour: str, right: dict,
+                                                                          wrong: dict) -> None:
+    with FakeServer(flavour=flavour) as server:
+        status, body, _ = structured_chat(server, right)
+        assert status == 200
+        reply = json.loads(content(body))
+        assert list(reply) == ["improved_variable"] and reply["improved_variable"].startswith("You are a careful")
+        status, body, _ = structured_chat(server, wrong)
+        assert status == 400 and "response_format" in body["error"]["message"]
+        assert server.stats["structured_rejections"] == 1
+
+
+def test_schemas_beyond_one_plain_string_are_refused() -> None:
+    long_limit = {**SCHEMA, "properties": {"improved_variable": {"type": "string", "maxLength": 1200}}}
+    two = {**SCHEMA, "properties": {"a": {"type": "string"}, "b": {"type": "string"}}}
+    with FakeServer(flavour="llama-cpp-python") as server:
+        for schema in (long_limit, two, "not a schema"):
+            assert structured_chat(server, {"type": "json_object", "schema": schema})[0] == 400
+
+
+def test_a_server_without_structured_output_refuses_the_field_and_still_answers_tags() -> None:
+    with FakeServer(flavour="vllm", structured=False) as server:
+        status, body, _ = structured_chat(server, JSON_SCHEMA)
+        assert status == 400 and "response_format" in body["error"]["message"]
+        status, body, _ = chat(server, OPTIMIZER_REQUEST, OPTIMIZER_SYSTEM, max_tokens=256)
+        assert status == 200 and extract_improved_value(content(body)) is not None
+
+
+def test_replies_longer_than_max_tokens_are_cut_when_asked() -> None:
+    with FakeServer(cut_at_max_tokens=True) as server:
+        _, body, _ = chat(server, OPTIMIZER_REQUEST, OPTIMIZER_SYSTEM, max_tokens=10)
+        assert body["choices"][0]["finish_reason"] == "length" and len(content(body)) == 40
+        _, body, _ = chat(server, OPTIMIZER_REQUEST, OPTIMIZER_SYSTEM, max_tokens=500)
+        assert body["choices"][0]["finish_reason"] == "stop"
+
+
+FLAVOUR_ENGINES = [  # (bench server flavour, engine name, the variable that points the engine at it)
+    ("llama-cpp-python", "local", "LOCAL_BASE_URL"),
+    ("vllm", "vllm-fake-model", "VLLM_BASE_URL"),
+    ("sglang", "sglang-fake-model", "SGLANG_BASE_URL"),
+    ("ollama", "ollama-fake-model", "OLLAMA_BASE_URL"),
+    ("openai", "fake-model", "OPENAI_BASE_URL"),
+]
+
+
+def engine_on(server: FakeServer, name: str, env: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from textgrad.engine import get_engine
+
+    monkeypatch.setenv(env, server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key")
+    return get_engine(name)
+
+
+def one_tgd_step(engine: Any, text: str = COUNTING.starting_prompt()) -> tuple[Any, Any]:
+    import textgrad as tg
+
+    variable = tg.Variable(text, "system prompt")
+    variable.gradients.append(tg.Variable("Count carefully.", "feedback", requires_grad=False))
+    optimizer = tg.TGD([variable], engine=engine)
+    optimizer.step()
+    return variable, optimizer
+
+
+@pytest.mark.parametrize(("flavour", "name", "env"), FLAVOUR_ENGINES)
+def test_optimizer_merge_and_judge_use_each_backends_structured_output(flavour: str, name: str, env: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from utils.aggregation import aggregate_prompts
+    from utils.evaluation import judge_answer
+
+    with FakeServer(flavour=flavour) as server:
+        engine = engine_on(server, name, env, monkeypatch)
+        variable, optimizer = one_tgd_step(engine)
+        assert optimizer.updated == [True] and optimizer.failures == [None]
+        assert set(json.loads(optimizer.last_replies[0])) == {"improved_text"}  # it came back as JSON
+        assert variable.value.startswith("You are a careful problem solver.\n")
+        merged = aggregate_prompts(["A. B.", "A. C."], "summarization", [COUNTING], engine)
+        assert merged.failure is None and merged.prompt == "A.\nB.\nC."
+        assert judge_answer(engine, "Answer: 12", "12") == 1
+        shape = "json_object" if flavour == "llama-cpp-python" else "json_schema"
+        assert server.stats["response_formats"] == {shape: 3}
+        assert server.stats["structured_rejections"] == 0
+
+
+def test_a_server_that_refuses_structured_output_switches_the_engine_to_tags_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from textgrad import structured
+
+    with FakeServer(flavour="vllm", structured=False) as server:
+        engine = engine_on(server, "vllm-fake-model", "VLLM_BASE_URL", monkeypatch)
+        for text in ("First prompt. Be careful.", "Second prompt. Be quick."):
+            variable, optimizer = one_tgd_step(engine, text)
+            assert optimizer.updated == [True] and "<IMPROVED_VARIABLE>" in optimizer.last_replies[0]
+        assert server.stats["structured_rejections"] == 1  # asked once, then tags for the rest of the run
+        assert server.stats["response_formats"] == {"json_schema": 1, "none": 2}
+        assert list(structured.fallbacks()) == ["vllm-fake-model"]
+        assert "response_format" in structured.fallbacks()["vllm-fake-model"]
+
+
+def test_structured_output_on_makes_a_refusal_an_error_and_off_never_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from textgrad import structured
+    from textgrad.engine import EngineError
+
+    structured.configure("on")
+    with FakeServer(flavour="vllm", structured=False) as server:
+        engine = engine_on(server, "vllm-fake-model", "VLLM_BASE_URL", monkeypatch)
+        with pytest.raises(EngineError, match="--structured_output"):
+            one_tgd_step(engine)
+    structured.configure("off")
+    with FakeServer(flavour="vllm") as server:
+        engine = engine_on(server, "sglang-fake-model", "SGLANG_BASE_URL", monkeypatch)
+        _, optimizer = one_tgd_step(engine)
+        assert optimizer.updated == [True] and server.stats["response_formats"] == {"none": 1}
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_a_merge_cut_at_its_token_limit_is_truncated_not_no_tags(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from textgrad import structured
+    from utils.aggregation import aggregate_prompts
+
+    structured.configure(mode)
+    # Four different prompts merge into one four times as long as any: more than the reply's room.
+    prompts = [f"Rule {i}: look at every item of kind {i} twice and write down its count first." for i in range(4)]
+    with FakeServer(flavour="vllm", cut_at_max_tokens=True) as server:
+        engine = engine_on(server, "vllm-fake-model", "VLLM_BASE_URL", monkeypatch)
+        merged = aggregate_prompts(prompts, "summarization", [COUNTING], engine, max_tokens=16)
+    assert merged.failure == "truncated" and merged.format_failure
+    assert merged.prompt == "\n\n".join(prompts)  # concatenated instead

@@ -22,7 +22,8 @@ from utils.tasks import Example, resolve_task
 COUNTING = resolve_task("synthetic_object_counting")
 SORTING = resolve_task("synthetic_word_sorting")
 ARITH = resolve_task("synthetic_multistep_arithmetic")
-DYCK = resolve_task("BBH_dyck_languages")  # free-form: scored by the LLM judge under --judge llm
+# A BBH-format file whose targets are free text (not one of the 27): scored by the LLM judge under --judge llm.
+FREE_FORM = resolve_task("BBH_my_free_text_task", kind_hint_targets=["a sunny day", "two cats"])
 
 
 # ------------------------------------------------------------------ best prompt
@@ -44,7 +45,7 @@ def _versioned_run(tmp_path: Path, correct_by_version: dict[int, int]) -> dict:
         right = question not in val_questions or val_questions.index(question) < correct_by_version[version]
         return f"Answer: {targets[question]}" if right else "Answer: -1"
 
-    engine = ScriptedEngine(answer=answer, improve=lambda cur, fmt: f"Version {next(versions)}.\n{fmt}")
+    engine = ScriptedEngine(answer=answer, improve=lambda cur: f"Version {next(versions)}.")
     return run(tmp_path, exp, engine)
 
 
@@ -108,10 +109,10 @@ def test_no_merge_call_when_every_client_returns_the_same_prompt(tmp_path):
     aggregate_prompts([f"Same.\n{fmt}", f"Other.\n{fmt}"], "summarization", [COUNTING], engine)
     assert engine.count("merge") == 1
 
-    same = ScriptedEngine(improve=lambda cur, fmt: f"Same.\n{fmt}")
+    same = ScriptedEngine(improve=lambda cur: "Same.")
     results = run(tmp_path, make_experiment([COUNTING], homo_clients(), rounds=2, method="sum_uid"), same)
     assert same.count("merge") == 0 and same.count("optimizer") == 3 * 2 * 2
-    assert results["final_prompt"] == f"Same.\n{fmt}"
+    assert results["final_prompt"] == "Same."  # the trained text: the format line is served, not trained
 
 
 # ------------------------------------------------------------------ LLM judge
@@ -144,7 +145,7 @@ def test_judge_reads_a_yes_or_no_word(reply, verdict):
 def test_judge_failures_are_counted_and_score_zero():
     judge = _Judge(["Yes", "unsure", "No", "Yes", "hmm"])
     examples = [Example(f"Complete the sequence {i}", "( )") for i in range(5)]
-    result = evaluate_prompt("Close the brackets.", examples, DYCK, ScriptedEngine(answer=lambda q, s: "( )"),
+    result = evaluate_prompt("Close the brackets.", examples, FREE_FORM, ScriptedEngine(answer=lambda q, s: "( )"),
                              judge=judge)
     assert sorted(result.correct) == [0, 0, 0, 1, 1] and result.judge_format_failures == 2
     # Tasks with a string scorer never ask the judge, even under --judge llm.
@@ -156,8 +157,8 @@ def test_judge_failures_count_once_per_evaluation_not_per_memoised_repeat(tmp_pa
     # zero-shot val 4 + test 4, the step's forward 2 + re-score 2, round val 4 + its test 4 = 20. The final
     # test of the last prompt and of the best (the starting one) come from the memo and add nothing.
     examples = [Example(f"Complete the sequence {i}", "( )") for i in range(10)]
-    exp = Experiment(module="test", tasks=[DYCK], clients=[Client("central", DYCK, examples[:2])],
-                     val_sets={DYCK.name: (DYCK, examples[2:6])}, test_sets={DYCK.name: (DYCK, examples[6:10])},
+    exp = Experiment(module="test", tasks=[FREE_FORM], clients=[Client("central", FREE_FORM, examples[:2])],
+                     val_sets={FREE_FORM.name: (FREE_FORM, examples[2:6])}, test_sets={FREE_FORM.name: (FREE_FORM, examples[6:10])},
                      aggregate_method=None, rounds=1, clients_per_round=1,
                      settings=LocalSettings(max_steps=1, batch_size=2), run_larger_model=False)
     engine = _Judge("It depends.")

@@ -16,10 +16,9 @@ from utils.scoring import (
 )
 from utils.tasks import (
     TaskError,
-    ensure_format_instruction,
     format_instruction_for,
-    has_format_instruction,
     resolve_task,
+    served_prompt,
 )
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -344,16 +343,14 @@ def test_unknown_task_names_raise(name):
         ("BBH_dyck_languages", "only the closing brackets"),
     ],
 )
-def test_ensure_format_instruction_appends_the_tasks_line(task_name, must_contain):
+def test_served_prompt_appends_the_tasks_own_format_line(task_name, must_contain):
     task = resolve_task(task_name)
     prompt = "Think carefully about the problem."
-    fixed = ensure_format_instruction(prompt, [task])
-    assert fixed.startswith(prompt)
-    assert fixed.splitlines()[-1] == task.format_instruction
-    assert must_contain in fixed.splitlines()[-1]
-    assert has_format_instruction(fixed, task)
-    assert not has_format_instruction(prompt, task)
-    assert ensure_format_instruction(fixed, [task]) == fixed
+    served = served_prompt(prompt, task)
+    assert served.splitlines() == [prompt, task.format_instruction]
+    assert must_contain in served.splitlines()[-1]
+    # A text that already ends with the line (an edit copied it) is not served with it twice.
+    assert served_prompt(served, task) == served
 
 
 def test_format_instructions_differ_per_kind():
@@ -366,30 +363,14 @@ def test_format_instructions_differ_per_kind():
     assert "Answer: <number>" in format_instruction_for("numeric")
 
 
-def test_ensure_format_instruction_for_several_tasks():
-    numeric, words, numeric_too = resolve_task("GSM8K"), resolve_task("BBH_word_sorting"), resolve_task("BBH_object_counting")
-    fixed = ensure_format_instruction("Solve it.", [numeric, words, numeric_too])
-    lines = fixed.splitlines()
-    assert lines == ["Solve it.", numeric.format_instruction, words.format_instruction]
-    assert ensure_format_instruction(fixed, [numeric, words, numeric_too]) == fixed
-
-
-def test_existing_instruction_is_recognised_despite_case_and_spacing():
-    task = resolve_task("GSM8K")
-    sloppy = "Be brief.\n" + "  ".join(task.format_instruction.upper().split())
-    assert has_format_instruction(sloppy, task)
-    assert ensure_format_instruction(sloppy, [task]) == sloppy
-
-
-def test_ensure_format_instruction_on_empty_prompt():
+def test_served_prompt_of_an_empty_text_is_the_format_line():
     task = resolve_task("BBH_navigate")
-    assert ensure_format_instruction("", [task]) == task.format_instruction
+    assert served_prompt("", task) == task.format_instruction
 
 
 @pytest.mark.parametrize("name", ["GSM8K", "BBH_snarks", "BBH_word_sorting", "BBH_navigate", "synthetic_object_counting"])
-def test_starting_prompt_ends_with_format_instruction(name):
+def test_starting_prompt_is_instructions_only(name):
     task = resolve_task(name)
     prompt = task.starting_prompt()
-    assert prompt.endswith(task.format_instruction)
     assert "step by step" in prompt
-    assert has_format_instruction(prompt, task)
+    assert "Answer:" not in prompt and task.format_instruction not in prompt

@@ -14,7 +14,8 @@ from utils.aggregation import aggregate_prompts, concat_prompts
 from utils.client import ClientUpdate, Engines, LocalSettings, keep_new_prompt, local_step, train_client
 from utils.rounds import Client, Experiment, run_experiment, select_clients
 from utils.synthetic import generate_examples
-from utils.tasks import Example, resolve_task
+from utils.tasks import STARTING_INSTRUCTIONS as STARTING
+from utils.tasks import Example, resolve_task, served_prompt
 from utils.tracking import open_run_log
 
 COUNTING = resolve_task("synthetic_object_counting")
@@ -58,8 +59,8 @@ def recording(exp: Experiment, engines: Engines, seen: list[ClientUpdate]):
 
 def test_clients_start_each_round_from_the_previous_aggregate(tmp_path):
     versions = iter(range(1000))  # every optimizer call writes a different prompt, so clients differ
-    engine = ScriptedEngine(answer=right_answer, improve=lambda cur, fmt: cur.replace(fmt, "").strip()
-                            + f" Count carefully (v{next(versions)}).\n" + fmt)
+    engine = ScriptedEngine(answer=right_answer, improve=lambda cur: cur.strip()
+                            + f" Count carefully (v{next(versions)}).")
     exp = make_experiment([COUNTING], homo_clients(), rounds=3, method="summarization")
     seen: list[ClientUpdate] = []
     results = run(tmp_path, exp, engine, recording(exp, Engines(engine, engine), seen))
@@ -89,8 +90,11 @@ def test_hetero_evaluates_every_task(tmp_path):
     for scores in (results["zero_shot"]["val"], results["rounds"][0]["val"], results["final_test"]["best"]):
         assert set(scores) == {t.name for t in tasks} | {"mean"}
     final = results["final_prompt"]
-    for t in tasks:  # the merged prompt carries every task's answer-format line
-        assert t.format_instruction in final
+    # the trained text carries no answer-format line; each task's served form carries its own, once
+    assert not any(t.format_instruction in final for t in tasks)
+    for t in tasks:
+        served = results["served_prompts"]["last"][t.name]
+        assert served == final + "\n" + t.format_instruction
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     evals = [e for e in events if e["type"] == "evaluation" and e["round"] == 1 and e["split"] == "val"]
     assert evals and all(t.name in evals[0] for t in tasks)
@@ -137,13 +141,27 @@ def test_local_step_reverts_when_worse_and_keeps_when_equal_unless_proximal():
 
 
 def test_format_failures_are_counted_not_raised():
-    no_tags = ScriptedEngine(improve=lambda cur, fmt: None)
+    no_tags = ScriptedEngine(improve=lambda cur: None)
     prompt, result = _step(no_tags, proximal=False)
     assert prompt == COUNTING.starting_prompt() and result.format_failure == "no_tags"
-    dropped = ScriptedEngine(improve=lambda cur, fmt: "Just answer.")
-    prompt, result = _step(dropped, proximal=False)
-    assert prompt == COUNTING.starting_prompt() and result.format_failure == "dropped_format_instruction"
-    assert dropped.count("answer") == 2  # no re-score of a prompt that was rejected anyway
+    assert no_tags.count("answer") == 2  # no re-score without a new prompt
+
+
+def test_an_edit_without_format_line_is_served_with_it_and_kept():
+    engine = ScriptedEngine(answer=lambda q, s: "Answer: 3", improve=lambda cur: "Just answer.")
+    prompt, result = _step(engine, proximal=False)
+    assert prompt == "Just answer." and result.accepted and result.format_failure is None
+    systems = [system for kind, system, _ in engine.calls if kind == "answer"]
+    assert systems[:2] == [STARTING + "\n" + COUNTING.format_instruction] * 2  # forward pass
+    assert systems[2:] == ["Just answer.\n" + COUNTING.format_instruction] * 2  # re-score
+    optimizer_request = next(p for kind, _, p in engine.calls if kind == "optimizer")
+    assert COUNTING.format_instruction not in optimizer_request  # the format line is never trained
+
+
+def test_starting_prompt_is_instructions_only():
+    for task in (COUNTING, SORTING, resolve_task("BBH_navigate"), resolve_task("GSM8K")):
+        assert task.starting_prompt() == STARTING
+        assert "Answer:" not in task.starting_prompt()
 
 
 def test_concat_removes_exact_duplicates_in_client_order():
@@ -155,21 +173,22 @@ def test_concat_removes_exact_duplicates_in_client_order():
 
 @pytest.mark.parametrize("task", [COUNTING, SORTING, resolve_task("BBH_date_understanding"),
                                   resolve_task("BBH_navigate"), resolve_task("BBH_dyck_languages")])
-def test_format_guard_appends_the_tasks_own_line(task):
+def test_merges_append_no_format_line_and_serving_adds_only_the_tasks_own(task):
     engine = ScriptedEngine()
     engine.generate = lambda *a, **k: "<MERGED_PROMPT>Think first. Then answer.</MERGED_PROMPT>"
-    merged = aggregate_prompts(["one", "two"], "summarization", [task], engine)
-    assert merged.prompt.splitlines()[-1].strip() == task.format_instruction
-    assert merged.format_line_appended
+    merged = aggregate_prompts(["one", "two"], "summarization", [task, COUNTING, SORTING], engine)
+    assert merged.prompt == "Think first. Then answer." and merged.failure is None
+    served = served_prompt(merged.prompt, task)
+    assert served == "Think first. Then answer.\n" + task.format_instruction
     others = {t.format_instruction for t in (COUNTING, SORTING)} - {task.format_instruction}
-    assert not any(o in merged.prompt for o in others)
+    assert not any(o in served for o in others)
 
 
 def test_merge_without_tags_falls_back_to_concat_and_counts():
     engine = ScriptedEngine()
     engine.generate = lambda *a, **k: "Sure! Here is a merged prompt: be careful."
     merged = aggregate_prompts(["one", "two"], "sum_uid", [COUNTING], engine)
-    assert merged.format_failure
+    assert merged.format_failure and merged.failure == "no_tags"
     assert merged.prompt.startswith("one\n\ntwo")
 
 
@@ -247,3 +266,35 @@ def test_llm_totals_count_only_this_runs_calls_across_runs_and_resume(tmp_path, 
     assert second["llm"]["calls"] == fake_server.chat_count - before
     rounds_sum = sum(r["llm"]["calls"] for r in second["rounds"])
     assert 0 < rounds_sum <= second["llm"]["calls"]
+
+
+def test_hetero_answer_requests_carry_exactly_their_own_tasks_format_line(tmp_path, shared_data, monkeypatch):
+    from bench.fake_replies import request_kind
+    from bench.fake_server import FakeServer
+    from main import main
+
+    names = ["BBH_date_understanding", "BBH_boolean_expressions"]  # option letter vs True/False lines
+    with FakeServer() as server:
+        monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
+        assert main(["--module", "train_hetero_fed", "--task", *names, "--data_dir", str(shared_data),
+                     "--split_sizes", "3,3,3", "--max_epochs", "1", "--max_steps", "1", "--batch_size", "2",
+                     "--test_engine", "vllm-fake-model", "--evaluation_engine", "vllm-fake-model",
+                     "--do_not_run_larger_model", "--aggregate_method", "summarization", "--output_dir",
+                     str(tmp_path), "--run_name", "run", "--comet_mode", "disabled"]) == 0
+        seen = [messages for messages, _ in server.stats["prompts_seen"] if request_kind(messages) == "answer"]
+    lines = {name: resolve_task(name).format_instruction for name in names}
+    checked = 0
+    for messages in seen:
+        system, question = messages[0]["content"], messages[-1]["content"]
+        # date_understanding questions list options; boolean_expressions ones are "... is"
+        own = names[0] if "Options:" in question else names[1]
+        assert system.count(lines[own]) == 1 and system.endswith("\n" + lines[own])
+        assert all(line not in system for name, line in lines.items() if name != own)
+        checked += 1
+    # zero-shot val and test (2 tasks x 3 + 3), forward and re-score (2 clients x 2 x 2), round validation
+    assert checked >= 2 * 6 + 2 * 2 + 2 * 3
+    trained = (tmp_path / "run" / "prompts" / "round_001" / "global.txt").read_text()
+    assert not any(line in trained for line in lines.values())
+    served = tmp_path / "run" / "prompts" / "round_000"
+    for name, line in lines.items():
+        assert (served / f"global.served.{name}.txt").read_text() == STARTING + "\n" + line + "\n"

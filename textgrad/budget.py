@@ -1,8 +1,10 @@
 """Every request within the context window: prompt tokens + max_tokens <= the engine's window.
 
 A request is a system and a user template whose fields are either fixed text or `Cuttable` text.
-`fitted_chat` sends the request as written when it fits. Otherwise the reply's max_tokens is lowered
-(to no less than a quarter of the window, or the caller's `min_output`) and the cuttable fields share
+The reply may use max(max_tokens, the caller's `min_output`) tokens: an optimizer or merge reply must have
+room to give its whole text back, whatever the flag says (`room_to_return`). `fitted_chat` sends the
+request as written when it fits. Otherwise the reply's budget is lowered (to no less than a quarter of
+the window, and never below `min_output`) and the cuttable fields share
 what is left of the window by weight: each field that needs less than its share keeps all of it,
 the rest are shortened in the middle, where a visible marker says how much was cut. A list of items
 (feedback on a batch, client prompts) is shared out item by item the same way; a list that may lose
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .context import message_overhead
-from .engine import engine_context_windows
+from .engine import ChatReply, engine_context_windows
 from .errors import ContextOverflowError
 from .tokenizers import estimate_tokens
 
@@ -149,7 +151,9 @@ def _render(system: str | None, user: str, values: Mapping[str, str]) -> list[di
 
 def fit_request(engine: Any, window: int, *, system: str | None, user: str, fields: Fields, max_tokens: int,
                 min_output: int = 0) -> Request:
-    """The request with its cuttable fields shortened so prompt + max_tokens <= window."""
+    """The request with its cuttable fields shortened so prompt + reply <= window; the reply asks for
+    max(max_tokens, min_output) tokens, lowered to fit but never below min_output."""
+    max_tokens = max(max_tokens, min_output)
     estimate: Count = getattr(engine, "estimate_tokens", estimate_tokens)
     count: Count = getattr(engine, "count_tokens", estimate_tokens)
     cuttables = {name: f for name, f in fields.items() if isinstance(f, Cuttable)}
@@ -198,6 +202,20 @@ def room_to_return(engine: Any, texts: Sequence[str]) -> int:
 
 def fitted_chat(engine: Any, *, system: str | None, user: str, fields: Fields | None = None, max_tokens: int,
                 min_output: int = 0) -> str:
+    """The reply text of fitted_reply."""
+    return fitted_reply(engine, system=system, user=user, fields=fields, max_tokens=max_tokens,
+                        min_output=min_output).text
+
+
+def _send(engine: Any, messages: list[dict[str, str]], max_tokens: int,
+          response_format: dict[str, Any] | None) -> ChatReply:
+    if hasattr(engine, "chat_reply"):
+        return engine.chat_reply(messages, max_tokens=max_tokens, response_format=response_format)
+    return ChatReply(engine.chat(messages, max_tokens=max_tokens))  # a plain engine: text only, tags only
+
+
+def fitted_reply(engine: Any, *, system: str | None, user: str, fields: Fields | None = None, max_tokens: int,
+                 min_output: int = 0, response_format: dict[str, Any] | None = None) -> ChatReply:
     """Send the request within the engine's window; shortened once more after an overflow reply.
 
     Raises ContextOverflowError (counted as context_skipped) when no version of it fits.
@@ -206,7 +224,8 @@ def fitted_chat(engine: Any, *, system: str | None, user: str, fields: Fields | 
     fields = fields or {}
     window = getattr(engine, "context_window", None)
     if window is None:
-        return engine.chat(_render(system, user, as_written(fields)), max_tokens=max_tokens)
+        return _send(engine, _render(system, user, as_written(fields)), max(max_tokens, min_output),
+                     response_format)
     stats = engine.stats
     sent: tuple[list[dict[str, str]], int] | None = None
     failure: ContextOverflowError | None = None
@@ -222,7 +241,7 @@ def fitted_chat(engine: Any, *, system: str | None, user: str, fields: Fields | 
         if request.shortened:
             stats.add(context_shortened=1)
         try:
-            return engine.chat(request.messages, max_tokens=request.max_tokens)
+            return _send(engine, request.messages, request.max_tokens, response_format)
         except ContextOverflowError as exc:
             failure, sent = exc, (request.messages, request.max_tokens)
             window = min(engine.context_window, int(window * RETRY_SHRINK))

@@ -11,9 +11,11 @@ variables (see ``textgrad.endpoints.route``). What a backend can do beyond chat
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import openai
 from . import context, endpoints, local_server
 from .cache import ResponseCache
 from .endpoints import Route, canonical_engine_name, endpoint_slots, fetch_models, http_client
-from .errors import ContextOverflowError, EngineError
+from .errors import ContextOverflowError, EngineError, StructuredOutputRejected
 from .settings import (
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_REQUEST_TIMEOUT_S,
@@ -69,6 +71,21 @@ def _normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _estimate_tokens(text: str) -> int:
     return len(text) // 4
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """A reply's text and why it ended: "stop", "length" (cut at max_tokens), None when the server does not say."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+def _names_response_format(status: int, body: Any) -> bool:
+    # llama-cpp-python (FastAPI) answers an unknown field shape with 422, the others with 400.
+    wording = json.dumps(body).casefold() if body is not None else ""
+    return status in (400, 422) and any(word in wording for word in
+                                        ("response_format", "json_schema", "json_object", "schema", "grammar"))
 
 
 class ChatEngine:
@@ -253,36 +270,47 @@ class ChatEngine:
 
     __call__ = generate
 
-    def chat(self, messages: list[dict[str, Any]], *, temperature: float = 0.0, max_tokens: int = 512) -> str:
+    def chat(self, messages: list[dict[str, Any]], *, temperature: float = 0.0, max_tokens: int = 512,
+             response_format: dict[str, Any] | None = None) -> str:
         """Send a chat and return the reply text ("" when the model says nothing)."""
+        return self.chat_reply(messages, temperature=temperature, max_tokens=max_tokens,
+                               response_format=response_format).text
+
+    def chat_reply(self, messages: list[dict[str, Any]], *, temperature: float = 0.0, max_tokens: int = 512,
+                   response_format: dict[str, Any] | None = None) -> ChatReply:
+        """chat, with the reply's finish_reason; response_format (textgrad.structured) goes to the server
+        as given. StructuredOutputRejected when the server refuses it."""
         self._ensure_ready()
         messages = _normalise_messages(messages)
         max_tokens = self._fit_reply(messages, int(max_tokens))
         key = None
         if self.cache is not None:
             # Looked up before the semaphore: a hit must never wait behind real requests.
-            key = ResponseCache.make_key(self.model, messages,
-                                         {"temperature": float(temperature), "max_tokens": int(max_tokens)})
+            params: dict[str, Any] = {"temperature": float(temperature), "max_tokens": int(max_tokens)}
+            if response_format is not None:  # absent otherwise, so earlier cache entries stay valid
+                params["response_format"] = response_format
+            key = ResponseCache.make_key(self.model, messages, params)
             hit = self.cache.get(key)
             if hit is not None and isinstance(hit.get("text"), str):
                 self.stats.add(cache_hits=1)
-                return hit["text"]
+                return ChatReply(hit["text"], hit.get("finish_reason"))
             self.stats.add(cache_misses=1)
 
-        text, prompt_tokens, completion_tokens = self._request(messages, temperature, max_tokens)
+        text, prompt_tokens, completion_tokens, finish_reason = self._request(messages, temperature, max_tokens,
+                                                                              response_format)
         self.stats.add(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         self.context.answered(prompt_tokens, max_tokens)
         if self.cache is not None and key is not None:
             try:
                 self.cache.put(key, {"model": self.model, "text": text, "prompt_tokens": prompt_tokens,
-                                     "completion_tokens": completion_tokens})
+                                     "completion_tokens": completion_tokens, "finish_reason": finish_reason})
             except OSError as exc:
                 # A full or read-only disk must not fail an experiment that already paid for the call.
                 logger.warning("could not write the response cache in %s: %s", self.cache.directory, exc)
-        return text
+        return ChatReply(text, finish_reason)
 
-    def _request(self, messages: list[dict[str, Any]], temperature: float,
-                 max_tokens: int) -> tuple[str, int, int]:
+    def _request(self, messages: list[dict[str, Any]], temperature: float, max_tokens: int,
+                 response_format: dict[str, Any] | None = None) -> tuple[str, int, int, str | None]:
         client = self._ensure_ready()
         assert self._semaphore is not None
         self.stats.add(calls=1)
@@ -295,15 +323,18 @@ class ChatEngine:
                     # The SDK's generic post, not chat.completions.create: that one converts the typed
                     # request and builds pydantic models of the reply, 2 of the 3 ms of CPU a call cost
                     # (measured with bench/). Errors and timeouts are raised exactly the same way.
-                    response = client.post("/chat/completions", cast_to=object, body={
-                        "model": self.model, "messages": messages,
-                        "temperature": temperature, "max_tokens": max_tokens,
-                    })
+                    body = {"model": self.model, "messages": messages,
+                            "temperature": temperature, "max_tokens": max_tokens}
+                    if response_format is not None:
+                        body["response_format"] = response_format
+                    response = client.post("/chat/completions", cast_to=object, body=body)
                 return self._parse(response, messages)
             except openai.APIStatusError as exc:
                 if context.is_overflow(exc.status_code, exc.body):
                     # Not transient: the same request would fail the same way, so it is never resent.
                     raise self._overflow(exc, messages, max_tokens) from None
+                if response_format is not None and _names_response_format(exc.status_code, exc.body):
+                    raise StructuredOutputRejected(str(self._status_error(exc))) from None
                 if exc.status_code != 429 and exc.status_code < 500:
                     self.stats.add(failures=1)
                     raise self._status_error(exc) from None
@@ -336,7 +367,7 @@ class ChatEngine:
         self.stats.add(failures=1)
         raise failure
 
-    def _parse(self, response: Any, messages: list[dict[str, Any]]) -> tuple[str, int, int]:
+    def _parse(self, response: Any, messages: list[dict[str, Any]]) -> tuple[str, int, int, str | None]:
         # The reply's JSON as sent: any part may be missing or of the wrong type on a sloppy server.
         body = response if isinstance(response, dict) else {}
         choices = body.get("choices")
@@ -344,6 +375,7 @@ class ChatEngine:
         message = first.get("message")
         content = message.get("content") if isinstance(message, dict) else None
         text = content if isinstance(content, str) else ""
+        finish_reason = first.get("finish_reason") if isinstance(first.get("finish_reason"), str) else None
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         prompt_tokens = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else None
         completion_tokens = (usage.get("completion_tokens")
@@ -354,7 +386,7 @@ class ChatEngine:
             self.context.calibrate(messages, prompt_tokens)
         if completion_tokens is None:
             completion_tokens = _estimate_tokens(text)
-        return text, int(prompt_tokens), int(completion_tokens)
+        return text, int(prompt_tokens), int(completion_tokens), finish_reason
 
     def check_available(self) -> None:
         """Fail fast, with one actionable line, if the endpoint cannot serve requests."""

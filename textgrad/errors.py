@@ -17,3 +17,7 @@ class ContextOverflowError(EngineError):
         super().__init__(message)
         self.window = window
         self.prompt_tokens = prompt_tokens
+
+
+class StructuredOutputRejected(EngineError):
+    """The server refused the request's response_format (HTTP 400/422 naming it): ask with tags instead."""

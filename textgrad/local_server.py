@@ -4,7 +4,9 @@ Running the model in a separate server process (rather than in-process through
 llama-cpp-python's Python API) lets the "local" engine use exactly the same
 OpenAI client code path, retries and concurrency cap as every remote backend.
 One server is started per Python process, on a free loopback port, and it is
-torn down at interpreter exit, on SIGTERM and on Ctrl-C.
+torn down at interpreter exit, on SIGTERM and on Ctrl-C. A server that dies on
+its own (a grammar it cannot build aborts the process) is restarted once on the
+same port, so the engine's retries reach the new one; restarts are counted.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 N_CTX = 8192
 STARTUP_TIMEOUT_S = 180.0
 STOP_GRACE_S = 5.0
+MAX_RESTARTS = 1
 _HOST = "127.0.0.1"
 _INSTALL_HINT = "pip install -r requirements.txt"
 
@@ -44,6 +47,7 @@ class _Server:
     base_url: str
     log_path: str
     model_path: str
+    port: int
 
 
 # An RLock because the signal handler may run in the main thread while that same
@@ -59,6 +63,8 @@ _atexit_registered = False
 _logs: list[str] = []
 _keep_logs = False
 _previous_handlers: dict[int, object] = {}
+_restarts = 0
+_signalled = False  # a signal stopped the server: its exit is no death to recover from
 
 
 def find_packaged_model() -> str:
@@ -152,14 +158,14 @@ def _models_endpoint_ready(base_url: str) -> bool:
         return False
 
 
-def _start(model_path: str) -> _Server:
+def _start(model_path: str, port: int | None = None) -> _Server:
     global _starting
     if importlib.util.find_spec("llama_cpp") is None:
         raise EngineError(
             f"llama-cpp-python is not installed, so the local engine cannot start: run `{_INSTALL_HINT}` "
             "or set LOCAL_BASE_URL to a running OpenAI-compatible server"
         )
-    port = _free_port()
+    port = port or _free_port()
     base_url = f"http://{_HOST}:{port}/v1"
     log_handle = tempfile.NamedTemporaryFile(prefix="fedtextgrad-llama-server-", suffix=".log", delete=False)
     log_path = log_handle.name
@@ -203,7 +209,34 @@ def _start(model_path: str) -> _Server:
     logger.info("embedded llama.cpp server ready at %s in %.1f s (log: %s)",
                 base_url, time.monotonic() - started_at, log_path)
     _logs.append(log_path)
-    return _Server(process=process, base_url=base_url, log_path=log_path, model_path=model_path)
+    server = _Server(process=process, base_url=base_url, log_path=log_path, model_path=model_path, port=port)
+    threading.Thread(target=_restart_when_dead, args=(server,), name="fedtextgrad-llama-watch", daemon=True).start()
+    return server
+
+
+def _restart_when_dead(server: _Server) -> None:
+    """Wait for the server to exit; if it died on its own, start it again once on the same port."""
+    global _server, _restarts
+    server.process.wait()
+    with _lock:
+        if _server is not server or _signalled:
+            return  # stopped on purpose, or already replaced
+        if _restarts >= MAX_RESTARTS:
+            logger.error("embedded llama.cpp server died again (code %s: %s); not restarting it",
+                         server.process.returncode, _last_log_line(server.log_path))
+            return
+        _restarts += 1
+        logger.warning("embedded llama.cpp server died (code %s: %s); restarting it on port %d",
+                       server.process.returncode, _last_log_line(server.log_path), server.port)
+        try:
+            _server = _start(server.model_path, server.port)
+        except EngineError as exc:
+            logger.error("could not restart the embedded llama.cpp server: %s", exc)
+
+
+def restart_count() -> int:
+    """How often an embedded server that died was restarted in this process."""
+    return _restarts
 
 
 def ensure_local_server() -> str:
@@ -232,7 +265,7 @@ def local_server_info() -> dict[str, object] | None:
     if server is None or server.process.poll() is not None:
         return None
     return {"pid": server.process.pid, "base_url": server.base_url,
-            "model_path": server.model_path, "log_path": server.log_path}
+            "model_path": server.model_path, "log_path": server.log_path, "restarts": _restarts}
 
 
 def served_model_path(base_url: str, model: str) -> str | None:
@@ -299,6 +332,8 @@ def _remove_logs() -> None:
 def _on_signal(signum: int, frame: object) -> None:
     # No lock here: another thread may hold it for the whole start-up, and a signal
     # handler must not wait on it. Terminating twice is harmless.
+    global _signalled
+    _signalled = True
     for process in (_starting, _server.process if _server else None):
         if process is not None:
             _terminate(process)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
-from . import budget, prompts
+from . import budget, prompts, structured
+from .engine import ChatReply
 from .errors import ContextOverflowError
 from .parallel import run_concurrently
 from .variable import Variable
@@ -13,29 +13,37 @@ from .variable import Variable
 if TYPE_CHECKING:
     from .config import EngineSpec
 
-_IMPROVED = re.compile(r"<IMPROVED_VARIABLE>(.*?)</IMPROVED_VARIABLE>", re.DOTALL | re.IGNORECASE)
+# The JSON field's name steers a small model as much as the request does: measured on SmolLM2-135M,
+# "improved_variable" drew placeholders ("The edited text is now: {0}"), "instructions" drew instructions.
+IMPROVED_REPLY = structured.ReplySpec(field="improved_text", tag="IMPROVED_VARIABLE",
+                                      what="the text rewritten to follow the feedback")
+INSTRUCTIONS_REPLY = structured.ReplySpec(field="instructions", tag="IMPROVED_VARIABLE",
+                                          what="the instructions rewritten to follow the feedback")
 
 
 def extract_improved_value(reply: str | None) -> str | None:
     """The text between the tags, or None when the reply lacks them or they hold nothing."""
-    match = _IMPROVED.search(reply or "")
-    if match is None:
-        return None
-    value = match.group(1).strip()
-    return value or None
+    return structured.extract(ChatReply(reply or ""), IMPROVED_REPLY, structured=False).value
 
 
 class TGD:
     """Textual gradient descent over a list of variables.
 
-    Small models often ignore the tag format. That is expected, not exceptional: the variable keeps
-    its value, `format_failures` counts it and `updated` tells the caller which variables changed.
+    The new value comes back as a one-field JSON object where the engine's backend has structured
+    output, else between tags (textgrad.structured). Small models still fail at times; that is expected,
+    not exceptional: the variable keeps its value, `format_failures` counts it, `failures` says why
+    (no_tags, unparseable_json, empty, truncated, context_overflow) and `updated` which variables changed.
 
     Within the context window, the text under edit is never cut (the reply must give it back whole,
     so the reply keeps room for it plus a quarter); the feedback items share the rest, each cut in the
     middle as needed, and when they still do not fit the earliest items are dropped. A variable whose
     request cannot fit at all keeps its value and is marked in `overflowed`.
+
+    `reply` names the text in the request and the JSON field that carries it back; set it to
+    INSTRUCTIONS_REPLY when the variables are prompts.
     """
+
+    reply: structured.ReplySpec = IMPROVED_REPLY
 
     def __init__(self, parameters: list[Variable], engine: EngineSpec | None = None,
                  constraints: list[str] | None = None, max_tokens: int = 512) -> None:
@@ -49,6 +57,7 @@ class TGD:
         self.updated: list[bool] = [False] * len(self.parameters)
         self.last_replies: list[str] = [""] * len(self.parameters)
         self.overflowed: list[bool] = [False] * len(self.parameters)
+        self.failures: list[str | None] = [None] * len(self.parameters)
 
     def zero_grad(self) -> None:
         for p in self.parameters:
@@ -67,31 +76,34 @@ class TGD:
 
     def build_request(self, variable: Variable) -> str:
         """The request as written, before any fitting to the context window."""
-        return prompts.OPTIMIZER_TEMPLATE.format(**budget.as_written(self._fields(variable)))
+        fields = budget.as_written(self._fields(variable))
+        reply_format = self.reply.instruction(structured.request_format(self.engine, self.reply) is not None)
+        return prompts.OPTIMIZER_TEMPLATE.format(**fields, reply_format=reply_format)
 
-    def _ask(self, variable: Variable) -> str | None:
-        """The optimizer's reply, or None when the request cannot fit the context window."""
+    def _ask(self, variable: Variable) -> structured.TextAnswer | None:
+        """The optimizer's answer, or None when the request cannot fit the context window."""
         try:
-            return budget.fitted_chat(self.engine, system=prompts.OPTIMIZER_SYSTEM, user=prompts.OPTIMIZER_TEMPLATE,
-                                      fields=self._fields(variable), max_tokens=self.max_tokens,
-                                      min_output=budget.room_to_return(self.engine, [variable.value]))
+            # The reply may be as long as the text it gives back needs, whatever max_tokens says.
+            return structured.ask_text(self.engine, self.reply, system=prompts.OPTIMIZER_SYSTEM,
+                                       user=prompts.OPTIMIZER_TEMPLATE, fields=self._fields(variable),
+                                       max_tokens=self.max_tokens,
+                                       min_output=budget.room_to_return(self.engine, [variable.value]))
         except ContextOverflowError:
             return None
 
     def step(self) -> None:
-        replies = run_concurrently([lambda p=p: self._ask(p) for p in self.parameters])
-        for i, (variable, reply) in enumerate(zip(self.parameters, replies, strict=True)):
-            self.overflowed[i] = reply is None
-            self.last_replies[i] = reply or ""
-            if reply is None:
-                self.updated[i] = False
+        answers = run_concurrently([lambda p=p: self._ask(p) for p in self.parameters])
+        for i, (variable, answer) in enumerate(zip(self.parameters, answers, strict=True)):
+            self.overflowed[i] = answer is None
+            self.last_replies[i] = answer.text if answer is not None else ""
+            self.failures[i] = structured.CONTEXT_OVERFLOW if answer is None else answer.failure
+            self.updated[i] = answer is not None and answer.value is not None
+            if answer is None:
                 continue
-            new_value = extract_improved_value(reply)
-            self.updated[i] = new_value is not None
-            if new_value is None:
+            if answer.value is None:
                 self.format_failures += 1
                 continue
-            variable.set_value(new_value)
+            variable.set_value(answer.value)
 
 
 TextualGradientDescent = TGD

@@ -29,25 +29,21 @@ How the answer was judged:
 In at most five sentences, say how the {role} should change so that answers to inputs like this one get better. Be specific."""
 
 OPTIMIZER_SYSTEM = (
-    "You edit a text that steers a language model, using feedback about how it performed. "
-    "Return the complete edited text between <IMPROVED_VARIABLE> and </IMPROVED_VARIABLE>."
+    "You rewrite a text that steers a language model so that it follows the feedback it got. "
+    "Your reply is the rewritten text and nothing else: no greeting, no heading, no comment on the changes."
 )
 
-OPTIMIZER_TEMPLATE = """Text to edit ({role}):
-<CURRENT>
-{value}
-</CURRENT>
-
-Feedback on it:
-<FEEDBACK>
+# Feedback first, the text last, plain labels. Measured on SmolLM2-135M under a JSON schema: with the
+# text first its replies described the task; with the text between <CURRENT> tags they copied it
+# verbatim (3 of 3); as here they rewrote it with the feedback (4 of 4).
+OPTIMIZER_TEMPLATE = """Feedback on the {role}:
 {feedback}
-</FEEDBACK>
 {constraints}
-Write the edited text that acts on the feedback. Reply in exactly this form:
-<IMPROVED_VARIABLE>
-the complete edited text
-</IMPROVED_VARIABLE>"""
+Current {role}:
+{value}
 
-CONSTRAINTS_HEADER = "\nRules the edited text must follow:\n"
+{reply_format}"""
+
+CONSTRAINTS_HEADER = "\nRules the rewritten text must follow:\n"
 
 TEXT_LOSS_ROLE = "evaluation of the output"

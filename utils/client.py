@@ -13,13 +13,18 @@ from dataclasses import asdict, dataclass, field
 import textgrad as tg
 from textgrad.engine import ChatEngine
 from textgrad.errors import ContextOverflowError
+from textgrad.optimizer import INSTRUCTIONS_REPLY
 from textgrad.parallel import run_concurrently
 
 from .evaluation import evaluate_prompt, score_answer
 from .leakage import LeakAudit
-from .tasks import Example, TaskSpec, has_format_instruction
+from .tasks import Example, TaskSpec, served_prompt
 
 PROMPT_ROLE = "system prompt that steers the model's answers to the task's questions"
+SERVED_ROLE = "system prompt the model answered with (the trained text plus the task's answer-format line)"
+# The format line is appended by the program when serving (utils.tasks.served_prompt), never trained.
+OPTIMIZER_CONSTRAINTS = ("Leave out how the final answer line is written: the program adds that line itself.",
+                         "Do not include any specific question or its answer.")
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,9 @@ class StepResult:
     batch_accuracy: float
     new_batch_accuracy: float | None  # None when no new prompt was produced
     accepted: bool
-    # "no_tags" | "dropped_format_instruction" | "context_overflow" (the step's requests could not fit
-    # the context window, so it was skipped) | None
+    # Why the optimizer gave no usable prompt: "no_tags" | "unparseable_json" | "empty" | "truncated" (cut at
+    # its token limit) | "context_overflow" (the step's requests could not fit the window, so it was skipped)
+    # | None
     format_failure: str | None
     judge_format_failures: int = 0
 
@@ -95,12 +101,22 @@ def keep_new_prompt(old_accuracy: float, new_accuracy: float, proximal: bool) ->
     return new_accuracy >= old_accuracy
 
 
+def served_variable(prompt: tg.Variable, task: TaskSpec) -> tg.Variable:
+    """The system prompt as the model sees it, in the graph between the answers and the trained text: the
+    feedback reviews what the model really got, and reaches the trained text unchanged."""
+    served = tg.Variable(served_prompt(prompt.value, task), SERVED_ROLE, requires_grad=True, predecessors=[prompt])
+    served.backward_fn = lambda engine: [(prompt, g) for g in served.gradients]
+    return served
+
+
 def local_step(prompt_text: str, batch: list[Example], task: TaskSpec, engines: Engines,
                settings: LocalSettings, step: int = 0) -> tuple[str, StepResult]:
-    """Forward, score, backward, TGD, re-score; returns the prompt to continue from and what happened."""
+    """Forward, score, backward, TGD, re-score; returns the prompt to continue from and what happened.
+
+    prompt_text is the trained text; every answer request is served with the task's format line."""
     prompt = tg.Variable(prompt_text, PROMPT_ROLE, requires_grad=True)
-    model = tg.BlackboxLLM(engines.test, system_prompt=prompt, max_tokens=settings.answer_max_tokens,
-                           feedback_max_tokens=settings.feedback_max_tokens)
+    model = tg.BlackboxLLM(engines.test, system_prompt=served_variable(prompt, task),
+                           max_tokens=settings.answer_max_tokens, feedback_max_tokens=settings.feedback_max_tokens)
     questions = [tg.Variable(ex.question, "question the model answers", requires_grad=False) for ex in batch]
     try:
         responses = run_concurrently([lambda q=q: model(q) for q in questions])
@@ -123,8 +139,8 @@ def local_step(prompt_text: str, batch: list[Example], task: TaskSpec, engines: 
 
     tg.sum(losses).backward(engines.evaluation)
     optimizer = tg.TGD([prompt], engine=engines.evaluation, max_tokens=settings.optimizer_max_tokens,
-                       constraints=[f"Keep this sentence word for word as the last line: {task.format_instruction}",
-                                    "Do not include any specific question or its answer."])
+                       constraints=list(OPTIMIZER_CONSTRAINTS))
+    optimizer.reply = INSTRUCTIONS_REPLY
     if not prompt.gradients and model.feedback_skipped:
         return prompt_text, StepResult(step, accuracy, None, False, "context_overflow", judge_failures)
     optimizer.step()
@@ -132,12 +148,8 @@ def local_step(prompt_text: str, batch: list[Example], task: TaskSpec, engines: 
     def result(new_accuracy: float | None, accepted: bool, failure: str | None, judged: int = 0) -> StepResult:
         return StepResult(step, accuracy, new_accuracy, accepted, failure, judge_failures + judged)
 
-    if optimizer.overflowed[0]:
-        return prompt_text, result(None, False, "context_overflow")
     if not optimizer.updated[0]:
-        return prompt_text, result(None, False, "no_tags")
-    if not has_format_instruction(prompt.value, task):
-        return prompt_text, result(None, False, "dropped_format_instruction")
+        return prompt_text, result(None, False, optimizer.failures[0])
     rescored = evaluate_prompt(prompt.value, batch, task, engines.test, max_tokens=settings.answer_max_tokens,
                                judge=engines.judge)
     accepted = keep_new_prompt(accuracy, rescored.accuracy, settings.proximal_update)

@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--feedback_max_tokens", type=_positive_int, default=256, help="length limit of each feedback call")
     add("--optimizer_max_tokens", type=_positive_int, default=512, help="length limit of each optimizer call")
     add("--merge_max_tokens", type=_positive_int, default=768, help="length limit of each merge call")
+    add("--structured_output", choices=("auto", "on", "off"), default="auto",
+        help="optimizer, merge and judge replies as a one-field JSON object through the backend's structured "
+             "output: auto (where the backend has it; tags after a server rejects it), on (a rejection is an "
+             "error), off (tags)")
     add("--max_context", type=_context_size, default=None,
         help="context window in tokens (prompt + reply) of every engine; default: what the server reports, "
              "else 8192 for the embedded server, 2048 for other self-hosted ones")

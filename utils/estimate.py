@@ -27,23 +27,21 @@ from typing import Any
 
 from textgrad import prompts as tg_prompts
 from textgrad.context import message_overhead
+from textgrad.optimizer import INSTRUCTIONS_REPLY
 
-from .aggregation import MERGE_SYSTEM, MERGE_TEMPLATE, UID_GUIDANCE
-from .client import PROMPT_ROLE, LocalSettings, round_batches
-from .evaluation import JUDGE_SYSTEM, JUDGE_TEMPLATE
+from .aggregation import MERGE_SYSTEM, merge_request
+from .client import OPTIMIZER_CONSTRAINTS, PROMPT_ROLE, LocalSettings, round_batches
+from .evaluation import JUDGE_MAX_TOKENS, JUDGE_REPLY, JUDGE_SYSTEM, JUDGE_TEMPLATE
 from .rounds import Client, Experiment, select_clients, starting_prompt
-from .tasks import Example, TaskSpec
+from .tasks import Example, TaskSpec, served_prompt
 
 # Kinds of request. logprob: the UID measure of a prompt (a /completions request, not a chat call).
 CHAT_KINDS = ("answer", "feedback", "optimizer", "merge", "judge")
 LOGPROB = "logprob"
-JUDGE_MAX_TOKENS = 8  # utils.evaluation.judge_answer asks for one word
 # Every request we send has a system and a user message.
 CHAT_OVERHEAD = message_overhead([{"role": "system"}, {"role": "user"}])
 # The verdict a wrong answer's feedback request carries (utils.client builds it); its tokens only.
 VERDICT = "Checking the final answer against the reference: incorrect; the expected final answer is "
-# The optimizer's two rules besides the task's format line (utils.client.local_step), in tokens.
-CONSTRAINT_WORDS = 24
 ZERO_SHOT, FINAL_TEST, UID_PHASE = "zero-shot", "final test", "UID measures"
 
 
@@ -122,6 +120,7 @@ class PlanSpec:
     known_reply: Callable[[str, list[dict[str, str]], int], bool] = lambda engine, messages, max_tokens: False
     first_round: int = 1           # > 1 when resuming after a checkpoint
     first_prompt: str | None = None  # the global prompt the run starts (or resumes) from
+    structured: bool = True        # optimizer, merge and judge requests ask for a JSON reply (textgrad.structured)
 
 
 @dataclass
@@ -228,8 +227,8 @@ class _Planner:
             return []
         sets = self.exp.test_sets.values()
         calls = sum(len(examples) for _, examples in sets)
-        tokens = sum(self._answer_request(self.spec.test_engine, last, ex, self.settings.answer_max_tokens)
-                     .prompt_tokens + self.spec.completion["answer"] for _, examples in sets for ex in examples)
+        tokens = sum(self._answer_request(self.spec.test_engine, last, task, ex, self.settings.answer_max_tokens)
+                     .prompt_tokens + self.spec.completion["answer"] for task, examples in sets for ex in examples)
         return [("the best validation is an earlier round's prompt (its own final test)", calls, tokens)]
 
     # -- the server -----------------------------------------------------------------------
@@ -287,13 +286,13 @@ class _Planner:
         self.memo.add(memo)
         sets = self.exp.val_sets if split == "val" else self.exp.test_sets
         examples = [(task, ex) for task, items in sets.values() for ex in items]
-        self._send(phase, [self._answer_request(engine, prompt, ex, self.settings.answer_max_tokens)
-                           for _, ex in examples])
+        self._send(phase, [self._answer_request(engine, prompt, task, ex, self.settings.answer_max_tokens)
+                           for task, ex in examples])
         self._judge_all(phase, prompt, examples)
 
     def _answer_all(self, phase: str, engine: str, prompt: _Prompt, batch: list[Example], task: TaskSpec,
                     max_tokens: int) -> None:
-        self._send(phase, [self._answer_request(engine, prompt, ex, max_tokens) for ex in batch])
+        self._send(phase, [self._answer_request(engine, prompt, task, ex, max_tokens) for ex in batch])
         self._judge_all(phase, prompt, [(task, ex) for ex in batch])
 
     def _judge_all(self, phase: str, prompt: _Prompt, examples: list[tuple[TaskSpec, Example]]) -> None:
@@ -310,12 +309,16 @@ class _Planner:
 
     # -- the requests ---------------------------------------------------------------------
 
-    def _answer_request(self, engine: str, prompt: _Prompt, ex: Example, max_tokens: int) -> _Request:
+    def _answer_request(self, engine: str, prompt: _Prompt, task: TaskSpec, ex: Example,
+                        max_tokens: int) -> _Request:
+        # Served as the trained text plus the task's format line (utils.tasks.served_prompt).
         messages = None
         if prompt.text is not None:
-            messages = [{"role": "system", "content": prompt.text}, {"role": "user", "content": ex.question}]
-        return _Request(engine, "answer", ("answer", engine, prompt.id, ex.question, max_tokens),
-                        prompt.tokens + self.count(ex.question) + CHAT_OVERHEAD, max_tokens, messages)
+            messages = [{"role": "system", "content": served_prompt(prompt.text, task)},
+                        {"role": "user", "content": ex.question}]
+        size = prompt.tokens + self.count(task.format_instruction) + self.count(ex.question) + CHAT_OVERHEAD
+        return _Request(engine, "answer", ("answer", engine, prompt.id, ex.question, max_tokens), size, max_tokens,
+                        messages)
 
     def _feedback_request(self, prompt: _Prompt, ex: Example) -> _Request:
         fixed = self.fixed(tg_prompts.FEEDBACK_SYSTEM, tg_prompts.FEEDBACK_TEMPLATE.format(
@@ -326,25 +329,25 @@ class _Planner:
                         self.settings.feedback_max_tokens)
 
     def _optimizer_request(self, task: TaskSpec, prompt: _Prompt, batch: list[Example]) -> _Request:
+        constraints = tg_prompts.CONSTRAINTS_HEADER + "\n".join(f"- {c}" for c in OPTIMIZER_CONSTRAINTS) + "\n"
         fixed = self.fixed(tg_prompts.OPTIMIZER_SYSTEM, tg_prompts.OPTIMIZER_TEMPLATE.format(
-            role=PROMPT_ROLE, value="", feedback="", constraints=tg_prompts.CONSTRAINTS_HEADER))
-        constraints = self.count(task.format_instruction) + CONSTRAINT_WORDS
-        size = fixed + constraints + prompt.tokens + len(batch) * (self.spec.completion["feedback"] + 1)
+            role=PROMPT_ROLE, value="", feedback="", constraints=constraints,
+            reply_format=INSTRUCTIONS_REPLY.instruction(self.spec.structured)))
+        size = fixed + prompt.tokens + len(batch) * (self.spec.completion["feedback"] + 1)
         return _Request(self.spec.evaluation_engine, "optimizer",
                         ("optimizer", prompt.id, tuple(ex.question for ex in batch)), size,
                         self.settings.optimizer_max_tokens)
 
     def _merge_request(self, key: tuple[Any, ...], distinct: list[_Prompt]) -> _Request:
-        formats = "\n".join(dict.fromkeys(t.format_instruction for t in self.exp.tasks))
-        extra = UID_GUIDANCE if self.exp.aggregate_method == "sum_uid" else ""
-        fixed = self.fixed(MERGE_SYSTEM, MERGE_TEMPLATE.format(
-            count=len(distinct), numbered="", extra=extra, formats=formats))
-        wrapper = self.count("Prompt 1:\n<PROMPT>\n\n</PROMPT>\n\n")
-        size = fixed + sum(p.tokens + wrapper for p in distinct)
+        # The request as written around empty client prompts: their own tokens are added to it.
+        fixed = self.fixed(MERGE_SYSTEM, merge_request([""] * len(distinct), self.exp.tasks,
+                                                       self.exp.aggregate_method == "sum_uid", self.spec.structured))
+        size = fixed + sum(p.tokens for p in distinct)
         return _Request(self.spec.evaluation_engine, "merge", key, size, self.exp.merge_max_tokens)
 
     def _judge_request(self, prompt: _Prompt, ex: Example) -> _Request:
-        fixed = self.fixed(JUDGE_SYSTEM, JUDGE_TEMPLATE.format(target="", response=""))
+        fixed = self.fixed(JUDGE_SYSTEM, JUDGE_TEMPLATE.format(target="", response="",
+                                                               reply_format=JUDGE_REPLY.instruction(self.spec.structured)))
         answer = min(self.spec.completion["answer"], 16)  # the judge sees the final answer only
         return _Request(self.spec.evaluation_engine, "judge", ("judge", prompt.id, ex.question),
                         fixed + self.count(ex.target) + answer, JUDGE_MAX_TOKENS)

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from textgrad import budget
+from textgrad import budget, structured
 from textgrad.engine import ChatEngine
 from textgrad.errors import ContextOverflowError
 from textgrad.parallel import run_concurrently
 
 from .scoring import extract_answer, score_response
-from .tasks import Example, TaskSpec
+from .tasks import Example, TaskSpec, served_prompt
 
-JUDGE_SYSTEM = "You check answers against a reference. Reply with one word: Yes or No."
+JUDGE_SYSTEM = "You check answers against a reference. Your verdict is Yes or No."
 JUDGE_TEMPLATE = """Reference answer: {target}
 
 Response to check (its final answer is what counts):
 {response}
 
-Does the response's final answer mean the same as the reference answer? Reply Yes or No."""
+Does the response's final answer mean the same as the reference answer? {reply_format}"""
+JUDGE_REPLY = structured.ReplySpec(field="verdict", tag=None, what="your verdict", choices=("Yes", "No"))
+# Room for the JSON object around the word ({"verdict": "Yes"} is about 8 tokens).
+JUDGE_MAX_TOKENS = 16
 
 
 @dataclass
@@ -36,11 +38,11 @@ def judge_answer(judge: ChatEngine, response: str, target: str) -> int | None:
     """
     fields = {"target": budget.Cuttable.text(target), "response": budget.Cuttable.text(extract_answer(response))}
     try:
-        reply = budget.fitted_chat(judge, system=JUDGE_SYSTEM, user=JUDGE_TEMPLATE, fields=fields, max_tokens=8)
+        answer = structured.ask_text(judge, JUDGE_REPLY, system=JUDGE_SYSTEM, user=JUDGE_TEMPLATE, fields=fields,
+                                     max_tokens=JUDGE_MAX_TOKENS)
     except ContextOverflowError:
         return 0
-    word = re.search(r"\b(yes|no)\b", reply or "", re.IGNORECASE)
-    return None if word is None else int(word.group(1).lower() == "yes")
+    return None if answer.value is None else int(answer.value == "Yes")
 
 
 def score_answer(task: TaskSpec, response: str, target: str, judge: ChatEngine | None = None, *,
@@ -56,9 +58,12 @@ def score_answer(task: TaskSpec, response: str, target: str, judge: ChatEngine |
 
 def evaluate_prompt(prompt: str, examples: list[Example], task: TaskSpec, engine: ChatEngine, *,
                     max_tokens: int = 512, judge: ChatEngine | None = None) -> EvalResult:
+    """Accuracy of the trained text `prompt`, served with the task's own format line."""
+    system = served_prompt(prompt, task)
+
     def answer_and_score(example: Example) -> tuple[int, bool]:
         try:
-            response = budget.generate(engine, example.question, system_prompt=prompt, max_tokens=max_tokens)
+            response = budget.generate(engine, example.question, system_prompt=system, max_tokens=max_tokens)
         except ContextOverflowError:
             return 0, False  # skipped: scores 0, counted by the engine as context_skipped
         return score_answer(task, response, example.target, judge, question=example.question)

@@ -19,12 +19,14 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from textgrad import local_server, structured
 from textgrad.budget import context_results
 from textgrad.engine import ChatEngine, all_engine_stats
 from textgrad.errors import EngineError
 from textgrad.parallel import run_concurrently
 from textgrad.slots import background
 from textgrad.stats import metered
+from textgrad.structured import CONTEXT_OVERFLOW, REPLY_FAILURES
 
 from .aggregation import aggregate_prompts
 from .client import ClientUpdate, Engines, LocalSettings, train_client
@@ -33,7 +35,7 @@ from .leakage import leakage_results, record_leakage
 from .outbound import OutboundPlan, release_update
 from .prompt_stats import measure_prompt
 from .screening import ScreenSettings, record_screening, screen_updates, screening_results
-from .tasks import Example, TaskSpec, ensure_format_instruction
+from .tasks import Example, TaskSpec, served_prompt
 from .tracking import RunLog
 
 EvalSets = dict[str, tuple[TaskSpec, list[Example]]]
@@ -86,7 +88,18 @@ class Experiment:
 
 
 def starting_prompt(tasks: list[TaskSpec]) -> str:
-    return ensure_format_instruction(tasks[0].starting_prompt(), tasks)
+    """The trained text every run starts from: instructions only, the same for every task."""
+    return tasks[0].starting_prompt()
+
+
+def served_prompts(prompt: str, tasks: list[TaskSpec]) -> dict[str, str]:
+    """The trained text as each task's questions are answered with it."""
+    return {task.name: served_prompt(prompt, task) for task in tasks}
+
+
+def reply_failures(kinds: list[str | None]) -> dict[str, int]:
+    """Counts of each way an optimizer or merge reply can be unusable (every kind listed, zeros too)."""
+    return {kind: kinds.count(kind) for kind in (*REPLY_FAILURES, CONTEXT_OVERFLOW)}
 
 
 def select_clients(client_ids: list[str], per_round: int, seed: int, round_index: int) -> list[str]:
@@ -290,6 +303,11 @@ class Evaluator:
 def _zero_shot_state(exp: Experiment, engines: Engines, log: RunLog, evaluate: Callable) -> dict[str, Any]:
     prompt = starting_prompt(exp.tasks)
     log.save_prompt(0, "global", prompt)
+    # The saved prompts are trained texts; once per run, what each task's questions are really sent with.
+    for task, served in served_prompts(prompt, exp.tasks).items():
+        log.save_prompt(0, f"global.served.{task}", served)
+    log.event("answer_format", round=0, lines={t.name: t.format_instruction for t in exp.tasks},
+              served_as="trained prompt, newline, the question's own task's line")
     calls = [lambda: evaluate(prompt, exp.val_sets), lambda: evaluate(prompt, exp.test_sets)]
     if exp.run_larger_model:
         calls.append(lambda: evaluate(prompt, exp.test_sets, engines.evaluation))
@@ -318,7 +336,7 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
                                round_index=round_index, max_tokens=settings.answer_max_tokens, judge=engines.judge)
     merged_from = screening.kept(returned) if screening else returned
     lengths: dict[str, dict[str, Any]] = {}
-    merged: tuple[str, bool, bool, dict[str, float], dict[str, Any]] | None = None
+    merged: tuple[str, str | None, dict[str, float], dict[str, Any]] | None = None
     if returned:
         # Everything after training depends only on the returned prompts, so the UID measures of the
         # client prompts overlap the merge and the validation of its result (the critical path).
@@ -344,9 +362,9 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         raise RoundFailed(f"every client failed in round {round_index} ({updates[0].error}); fix the cause and "
                           f"continue with --resume")
 
-    aggregate_prompt, merge_failure, format_appended, val, length = merged
+    aggregate_prompt, merge_failure, val, length = merged
     log.event("aggregate", round=round_index, method=exp.aggregate_method or "none", clients=[u.client_id for u in
-              merged_from], format_failure=merge_failure, format_line_appended=format_appended, **length)
+              merged_from], failure=merge_failure, **length)
     log.event("evaluation", round=round_index, split="val", prompt="global", engine=engines.test.name, **val)
     for task, acc in val.items():
         log.metric(f"val/{task}", acc, round_index)
@@ -366,11 +384,9 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         "steps": len([s for u in updates for s in u.steps]),
         "accepted_steps": len([s for u in updates for s in u.steps if s.accepted]),
         "skipped_steps": sum(u.skipped_steps for u in updates),
-        "optimizer_format_failures": len([s for u in updates for s in u.steps if s.format_failure == "no_tags"]),
-        "dropped_format_instruction": len([s for u in updates for s in u.steps
-                                           if s.format_failure == "dropped_format_instruction"]),
+        "optimizer_failures": reply_failures([s.format_failure for u in updates for s in u.steps]),
         "judge_format_failures": sum(s.judge_format_failures for u in updates for s in u.steps),
-        "aggregation_format_failure": merge_failure,
+        "aggregation_failure": merge_failure,
         "poisoned_clients": [u.client_id for u in updates if u.client_id in exp.outbound.malicious],
     }
     summary.update(record_leakage(log, round_index, {u.client_id: u.leakage for u in updates if u.leakage}))
@@ -378,16 +394,27 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
     return summary
 
 
+def format_failures(history: list[dict[str, Any]], eval_judge_failures: int) -> dict[str, int]:
+    """Unusable optimizer and merge replies by kind, and judge replies; one flat count per key, so their sum
+    is the total. Context overflows are counted under results.json's `context`."""
+    optimizer = {kind: sum(r["optimizer_failures"][kind] for r in history) for kind in REPLY_FAILURES}
+    merges = reply_failures([r["aggregation_failure"] for r in history])
+    return {**{f"optimizer_{kind}": n for kind, n in optimizer.items()},
+            **{f"aggregation_{kind}": merges[kind] for kind in REPLY_FAILURES},
+            "judge": sum(r["judge_format_failures"] for r in history) + eval_judge_failures,
+            # Steps whose requests could not fit the context window: not in train_accuracy.
+            "skipped_steps": sum(r.get("skipped_steps", 0) for r in history)}
+
+
 def _merge_and_validate(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, round_index: int,
-                        returned: list[ClientUpdate]) -> tuple[str, bool, bool, dict[str, float], dict[str, Any]]:
-    """(aggregate, merge format failure, format line appended, validation scores, aggregate length)."""
+                        returned: list[ClientUpdate]) -> tuple[str, str | None, dict[str, float], dict[str, Any]]:
+    """(aggregate, why the merge reply was unusable or None, validation scores, aggregate length)."""
     if exp.aggregate_method is None:
-        aggregate_prompt, merge_failure, format_appended = returned[0].prompt, False, False
+        aggregate_prompt, merge_failure = returned[0].prompt, None
     else:
         merged = aggregate_prompts([u.prompt for u in returned], exp.aggregate_method, exp.tasks,
                                    engines.evaluation, max_tokens=exp.merge_max_tokens)
-        aggregate_prompt, merge_failure, format_appended = (merged.prompt, merged.format_failure,
-                                                            merged.format_line_appended)
+        aggregate_prompt, merge_failure = merged.prompt, merged.failure
     log.save_prompt(round_index, "global", aggregate_prompt)
     jobs = [lambda: evaluate(aggregate_prompt, exp.val_sets),
             lambda: measure_prompt(aggregate_prompt, engines.test)]
@@ -396,7 +423,7 @@ def _merge_and_validate(exp: Experiment, engines: Engines, log: RunLog, evaluate
         # no validation result, so it overlaps the validation instead of following it.
         jobs.append(lambda: evaluate(aggregate_prompt, exp.test_sets))
     val, length = run_concurrently(jobs)[:2]
-    return aggregate_prompt, merge_failure, format_appended, val, length
+    return aggregate_prompt, merge_failure, val, length
 
 
 def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, state: dict[str, Any],
@@ -426,15 +453,13 @@ def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator,
         "prompt_tokens_estimated": any(r.get("prompt_tokens_estimated", True) for r in history),
         "best": state["best"],
         "final_prompt": last,
+        # final_prompt and best.prompt are trained texts; these are what each task's questions are sent with.
+        "served_prompts": {"last": served_prompts(last, exp.tasks), "best": served_prompts(best, exp.tasks)},
         "final_test": {"last": last_test, "best": best_test},
         "steps": {"total": sum(r["steps"] for r in history), "accepted": sum(r["accepted_steps"] for r in history)},
-        "format_failures": {
-            "optimizer_no_tags": sum(r["optimizer_format_failures"] for r in history),
-            "dropped_format_instruction": sum(r["dropped_format_instruction"] for r in history),
-            "aggregation": sum(bool(r["aggregation_format_failure"]) for r in history),
-            "judge": sum(r["judge_format_failures"] for r in history) + evaluate.judge_failures,
-            "skipped_steps": sum(r.get("skipped_steps", 0) for r in history),
-        },
+        "format_failures": format_failures(history, evaluate.judge_failures),
+        "structured_output": {"mode": structured.current_mode(), "fallbacks_to_tags": structured.fallbacks()},
+        "embedded_server_restarts": local_server.restart_count(),
         "llm": {**_add(state["llm"], _delta(llm_totals(), llm_mark)),
                 "by_engine_this_process": all_engine_stats()},
         "wall_seconds": round(state["wall_seconds"] + time.monotonic() - started, 3),

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from textgrad import structured
 from textgrad.engine import configure, get_engine
 
 from .client import Engines, LocalSettings
@@ -44,6 +45,7 @@ def make_engines(args: argparse.Namespace, check: bool = True) -> Engines:
     if getattr(args, "request_timeout", None) is not None:
         configure(request_timeout=args.request_timeout)
     configure(max_context=getattr(args, "max_context", None))
+    structured.configure(getattr(args, "structured_output", "auto"))
     test = get_engine(args.test_engine)
     evaluation = get_engine(args.evaluation_engine)
     for engine in dict.fromkeys([test, evaluation]) if check else ():
@@ -157,6 +159,12 @@ def _defence_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _by_kind(failures: dict[str, int], prefix: str) -> str:
+    counts = {k[len(prefix):]: n for k, n in failures.items() if k.startswith(prefix)}
+    named = ", ".join(f"{kind} {n}" for kind, n in counts.items() if n)
+    return f"{sum(counts.values())}" + (f" ({named})" if named else "")
+
+
 def print_summary(results: dict[str, Any], run_dir: Path) -> None:
     llm = results["llm"]
     ff = results["format_failures"]
@@ -172,9 +180,8 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
         f"final test     last {_fmt(results['final_test']['last'])}   best {_fmt(results['final_test']['best'])}",
         f"LLM            {llm['calls']} calls, {llm['prompt_tokens']}+{llm['completion_tokens']} tokens, "
         f"cache {llm['cache_hits']} hits / {llm['cache_misses']} misses, {llm['retries']} retries",
-        f"format fails   optimizer {ff['optimizer_no_tags']}, dropped format line "
-        f"{ff['dropped_format_instruction']}, merge {ff['aggregation']}, judge {ff['judge']}; "
-        f"steps skipped (context) {ff['skipped_steps']}",
+        f"format fails   optimizer {_by_kind(ff, 'optimizer_')}; merge {_by_kind(ff, 'aggregation_')}; "
+        f"judge {ff['judge']}; steps skipped (context) {ff['skipped_steps']}",
         _context_line(results),
         *_defence_lines(results),
         f"wall time      {results['wall_seconds']:.1f} s",

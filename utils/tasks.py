@@ -2,9 +2,11 @@
 
 The format instruction is the contract between the prompt and the scorer: every
 instruction asks for a last line starting with ``Answer:``, which is what
-``utils.scoring.extract_answer`` looks for. Prompts that lose it score near zero,
-so the training loop uses ``has_format_instruction`` / ``ensure_format_instruction``
-to detect and repair that.
+``utils.scoring.extract_answer`` looks for. It is not part of the trained text: the
+prompt that TGD edits, clients send and the server merges holds instructions only,
+and every answer request is served as ``served_prompt(prompt, task)``, that text
+plus the format line of the question's own task. No edit or merge can lose it, and
+in a heterogeneous run each task's questions carry their own line and no other.
 """
 
 from __future__ import annotations
@@ -78,6 +80,11 @@ _ACCEPTED_FORMS = (
     + ", ".join(SYNTHETIC_TASKS)
 )
 
+STARTING_INSTRUCTIONS = (
+    "You are a careful problem solver. Read the question closely and reason step by step, "
+    "checking each intermediate result before moving on."
+)
+
 _OPTION_TARGET = re.compile(r"^\([A-Za-z]\)$")
 _NUMBER_TARGET = re.compile(r"^-?\d[\d,]*(\.\d+)?$")
 _CLOSING_BRACKETS = re.compile(r"^[)\]}>\s]+$")
@@ -123,11 +130,8 @@ class TaskSpec:
     format_instruction: str
 
     def starting_prompt(self) -> str:
-        """Our zero-shot system prompt; the format instruction stays the last sentence."""
-        return (
-            "You are a careful problem solver. Read the question closely and reason step by step, "
-            "checking each intermediate result before moving on. " + self.format_instruction
-        )
+        """Our zero-shot instructions (the trained text: no format line, see served_prompt)."""
+        return STARTING_INSTRUCTIONS
 
 
 def _is_sorted_words(target: str) -> bool:
@@ -196,20 +200,12 @@ def with_kind_from_targets(task: TaskSpec, targets: list[str]) -> TaskSpec:
     return _bbh_spec(task.subtask, targets)
 
 
-def _squash(text: str) -> str:
-    return " ".join(text.split()).casefold()
+def served_prompt(prompt: str, task: TaskSpec) -> str:
+    """The system prompt an answer request is sent with: the trained text, then the task's format line.
 
-
-def has_format_instruction(prompt: str, task: TaskSpec) -> bool:
-    """True if the prompt still contains the task's format instruction (ignoring case and spacing)."""
-    return _squash(task.format_instruction) in _squash(prompt or "")
-
-
-def ensure_format_instruction(prompt: str, tasks: list[TaskSpec]) -> str:
-    """Append each task's missing format instruction as a new last line; a no-op when none is missing."""
-    result = prompt or ""
-    for task in tasks:
-        if has_format_instruction(result, task):
-            continue
-        result = f"{result.rstrip()}\n{task.format_instruction}" if result.strip() else task.format_instruction
-    return result
+    A text that already ends with that line (an edit copied it) is served as it is, not with it twice.
+    """
+    text = (prompt or "").rstrip()
+    if text.endswith(task.format_instruction):
+        return text
+    return f"{text}\n{task.format_instruction}" if text else task.format_instruction

@@ -1,0 +1,245 @@
+"""Replies that carry one text (an edited prompt, a merge, a verdict): a one-field JSON object through the
+backend's structured output where it has one, tags elsewhere.
+
+Structured output makes the server constrain decoding to a JSON schema, so even a 135M model returns a
+parseable object; tags depend on the model following an instruction, which small models rarely do. Each
+backend spells the request field its own way (keyed by the engine's route kind):
+
+- llama-cpp-python (the embedded `local` engine, `LOCAL_BASE_URL`): {"type": "json_object", "schema": ...}
+- vLLM, SGLang, OpenAI and Ollama's OpenAI-compatible API: {"type": "json_schema", "json_schema": ...}
+
+Schemas stay minimal (one string property, no length limits): llama-cpp-python's grammar builder aborts,
+killing the server process, on a `maxLength` in the hundreds. A server that rejects the field switches
+that engine to tags for the rest of the process, counted in `fallbacks()`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import budget
+from .endpoints import BACKENDS
+from .engine import ChatReply
+from .errors import EngineError, StructuredOutputRejected
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "on", "off")
+# Why a reply holds no usable text. "truncated": cut at max_tokens (finish_reason "length"), whatever else
+# is wrong with it. A verdict that is none of the allowed words is "not_a_choice". A request that could
+# not fit the window is "context_overflow" (no reply at all).
+REPLY_FAILURES = ("no_tags", "unparseable_json", "empty", "truncated")
+NOT_A_CHOICE = "not_a_choice"
+CONTEXT_OVERFLOW = "context_overflow"
+
+
+# Openers small models put before the text itself ("The edited text is:"); never part of a prompt.
+_PREAMBLE = re.compile(r"^\s*(?:here(?: is|'s)\s+)?(?:the\s+)?(?:edited|improved|new|merged|revised|updated|combined|"
+                       r"corrected|rewritten)\s+(?:system\s+)?(?:text|prompt|instructions?|version)"
+                       r"(?:\s+(?:is|are))?(?:\s+now)?\s*:\s*", re.IGNORECASE)
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ReplySpec:
+    """What one request wants back, in both formats."""
+
+    field: str             # the JSON property that holds the text
+    tag: str | None        # the tags around it in the fallback format; None: the whole reply is the text
+    what: str              # the text, as the request names it ("the edited text")
+    choices: tuple[str, ...] = ()  # the only values allowed (a verdict), else any text
+
+    def schema(self) -> dict[str, Any]:
+        prop: dict[str, Any] = {"type": "string"}
+        if self.choices:
+            prop["enum"] = list(self.choices)
+        return {"type": "object", "properties": {self.field: prop}, "required": [self.field],
+                "additionalProperties": False}
+
+    def instruction(self, structured: bool) -> str:
+        """The request's last sentence: how to reply. No example to copy and nothing inviting a preamble."""
+        if structured and self.choices:
+            return f'Reply with a JSON object whose one field "{self.field}" is {" or ".join(self.choices)}.'
+        if structured:
+            return (f'Reply with a JSON object whose one field "{self.field}" holds {self.what}, '
+                    f"from the first word to the last.")
+        if self.tag is None:
+            return f"Reply with one word: {' or '.join(self.choices)}." if self.choices else f"Reply with {self.what}."
+        return f"Reply with {self.what} between <{self.tag}> and </{self.tag}>, and nothing else."
+
+
+@dataclass(frozen=True)
+class TextAnswer:
+    """value: the usable text, or None with failure saying why. text: the reply as received."""
+
+    value: str | None
+    failure: str | None
+    text: str
+    structured: bool
+
+
+# ---------------------------------------------------------------- settings and fallbacks
+
+_lock = threading.Lock()
+_mode = "auto"
+_tags_only: dict[str, str] = {}  # engine name -> why its server refused structured output
+
+
+def configure(mode: str) -> None:
+    """--structured_output: auto (structured where the backend has it, tags after a rejection), on (a
+    rejection is an error), off (tags always)."""
+    global _mode
+    if mode not in MODES:
+        raise ValueError(f"structured output mode must be one of {', '.join(MODES)}, not {mode!r}")
+    _mode = mode
+
+
+def current_mode() -> str:
+    return _mode
+
+
+def fallbacks() -> dict[str, str]:
+    """Engines switched to tags because their server rejected structured output, with the reason."""
+    with _lock:
+        return dict(_tags_only)
+
+
+def reset() -> None:
+    """Forget fallbacks and go back to auto (tests; a new process starts this way)."""
+    configure("auto")
+    with _lock:
+        _tags_only.clear()
+
+
+def _backend_kind(engine: Any) -> str | None:
+    return getattr(getattr(engine, "context", None), "kind", None)
+
+
+def response_format(kind: str | None, spec: ReplySpec) -> dict[str, Any] | None:
+    """The request's response_format for this backend kind, or None where it has no structured output
+    (which flavour each backend speaks is textgrad.endpoints' knowledge)."""
+    backend = BACKENDS.get(kind) if kind else None  # type: ignore[call-overload]
+    flavour = backend.structured_output if backend else None
+    if flavour == "json_object_schema":
+        return {"type": "json_object", "schema": spec.schema()}
+    if flavour == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": spec.field, "schema": spec.schema(), "strict": True}}
+    return None
+
+
+def request_format(engine: Any, spec: ReplySpec) -> dict[str, Any] | None:
+    """What this engine is sent now; None means tags (mode off, no support, or an earlier rejection)."""
+    if _mode == "off" or not hasattr(engine, "chat_reply"):
+        return None
+    with _lock:
+        if engine.name in _tags_only:
+            return None
+    return response_format(_backend_kind(engine), spec)
+
+
+def _fall_back(engine: Any, exc: StructuredOutputRejected) -> None:
+    if _mode == "on":
+        raise EngineError(f"{exc}; --structured_output auto falls back to tags, off never asks") from None
+    with _lock:
+        first = engine.name not in _tags_only
+        _tags_only.setdefault(engine.name, str(exc))
+    if first:
+        logger.warning("%s; using tags instead for the rest of the run", exc)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _strip_preamble(text: str) -> str:
+    rest = _PREAMBLE.sub("", text, count=1).strip()
+    return rest or text.strip()
+
+
+def json_field(text: str, field: str) -> str | None:
+    """The string under `field` of the JSON object in text (code fences and chatter around it allowed)."""
+    raw = text.strip()
+    fenced = _FENCE.match(raw)
+    candidates = [fenced.group(1) if fenced else raw]
+    start, end = raw.find("{"), raw.rfind("}")
+    if 0 <= start < end:
+        candidates.append(raw[start:end + 1])
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(value, Mapping) and isinstance(value.get(field), str):
+            return value[field]
+    return None
+
+
+def tagged(text: str, tag: str) -> str | None:
+    """The text between <tag> and </tag> (any case), or None when either tag is missing."""
+    match = re.search(rf"<{tag}>(.*?)</{tag}>", text, re.DOTALL | re.IGNORECASE)
+    return None if match is None else match.group(1)
+
+
+def _choice(text: str, choices: tuple[str, ...]) -> str | None:
+    words = [w.casefold() for w in choices]
+    found = re.search(r"\b(" + "|".join(map(re.escape, words)) + r")\b", text, re.IGNORECASE)
+    return None if found is None else choices[words.index(found.group(1).casefold())]
+
+
+def _raw_value(text: str, spec: ReplySpec, structured: bool) -> tuple[str | None, str]:
+    """(the reply's text field before cleaning, or None; the failure kind when it is missing)."""
+    if structured:
+        return json_field(text, spec.field), "unparseable_json"
+    if spec.tag is not None:
+        return tagged(text, spec.tag), "no_tags"
+    return text, NOT_A_CHOICE
+
+
+def _clean(raw: str | None, spec: ReplySpec) -> str | None:
+    value = (raw or "").strip()
+    if not value:
+        return None
+    return _choice(value, spec.choices) if spec.choices else _strip_preamble(value)
+
+
+def extract(reply: ChatReply, spec: ReplySpec, structured: bool) -> TextAnswer:
+    """The usable text of a reply, or the kind of failure. A reply cut at the token limit is `truncated`,
+    unless its text came back whole anyway (the tags closed before the model rambled on)."""
+    text = reply.text or ""
+    raw, missing = _raw_value(text, spec, structured)
+    value = _clean(raw, spec)
+    if value:
+        return TextAnswer(value, None, text, structured)
+    if reply.finish_reason == "length":
+        failure = "truncated"
+    elif not text.strip() or (raw is not None and not raw.strip()):
+        failure = "empty"
+    elif spec.choices and raw is not None:
+        failure = NOT_A_CHOICE
+    else:
+        failure = missing
+    return TextAnswer(None, failure, text, structured)
+
+
+# ---------------------------------------------------------------- asking
+
+
+def ask_text(engine: Any, spec: ReplySpec, *, system: str, user: str, fields: budget.Fields,
+             max_tokens: int, min_output: int = 0) -> TextAnswer:
+    """One request whose reply is one text, in the engine's reply format; the template's `{reply_format}`
+    field receives the matching instruction. Raises ContextOverflowError when it cannot fit the window."""
+    while True:
+        shape = request_format(engine, spec)
+        values = {**fields, "reply_format": spec.instruction(shape is not None)}
+        try:
+            reply = budget.fitted_reply(engine, system=system, user=user, fields=values, max_tokens=max_tokens,
+                                        min_output=min_output, response_format=shape)
+        except StructuredOutputRejected as exc:
+            _fall_back(engine, exc)  # the next turn asks for tags
+            continue
+        return extract(reply, spec, structured=shape is not None)
