@@ -2,7 +2,7 @@
 
 Runs the quickstart config (SmolLM2-135M-Instruct on the embedded llama.cpp server, unless the config
 says otherwise) once per seed with `--structured_output on` and once with `off`, each with a fresh
-response cache, and prints one row per mode from the runs' results.json:
+response cache (or one shared `--cache_dir`), and prints one row per mode from the runs' results.json:
 
     python bench/structured_replies.py                      # the quickstart, seed 42
     python bench/structured_replies.py --seeds 42 43 44     # more optimizer calls per row
@@ -62,11 +62,11 @@ class Row:
         return f"{100 * n / self.calls:.0f}" if self.calls else "-"
 
 
-def run_once(config: str, mode: str, seed: int, workdir: Path, extra: list[str]) -> dict:
+def run_once(config: str, mode: str, seed: int, workdir: Path, cache_dir: str | None, extra: list[str]) -> dict:
     name = f"{mode}-seed{seed}"
     command = [sys.executable, str(REPO / "main.py"), "--config", config, "--structured_output", mode,
                "--seed", str(seed), "--output_dir", str(workdir / "runs"), "--run_name", name,
-               "--cache_dir", str(workdir / f"cache-{name}"), "--comet_mode", "disabled", *extra]
+               "--cache_dir", cache_dir or str(workdir / f"cache-{name}"), "--comet_mode", "disabled", *extra]
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return json.loads((workdir / "runs" / name / "results.json").read_text())
 
@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--modes", nargs="+", default=["on", "off"], choices=["on", "off", "auto"])
+    parser.add_argument("--cache_dir", default=None,
+                        help="one response cache for every run (requests both modes share are paid once; wall "
+                             "times then are not comparable); default: a fresh cache per run")
     args, extra = parser.parse_known_args(argv)
     load_before = os.getloadavg()
     rows = []
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         for mode in args.modes:
             row = Row(mode)
             for seed in args.seeds:
-                row.add(run_once(args.config, mode, seed, Path(tmp), extra))
+                row.add(run_once(args.config, mode, seed, Path(tmp), args.cache_dir, extra))
             rows.append(row)
     load_after = os.getloadavg()
     print(f"{Path(args.config).name}, seeds {' '.join(map(str, args.seeds))}; load average (1 min) "

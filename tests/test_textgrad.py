@@ -83,6 +83,7 @@ def test_tgd_updates_from_tags_and_counts_missing_tags():
     ('{"improved_text": "Count twice."}', "stop", True, "Count twice.", None),
     ('{ "improved_text" : "The edited text is: Count twice." }', "stop", True, "Count twice.", None),
     ('Here it is:\n```json\n{"improved_text": "List items."}\n```', "stop", True, "List items.", None),
+    ('{ "improved_text": "Count.\nThen check." }', "stop", True, "Count.\nThen check.", None),  # raw newline
     ('{"improved_text": "List it', "stop", True, None, "unparseable_json"),
     ('{"improved_text": "List it', "length", True, None, "truncated"),
     ('{"other": "List items."}', "stop", True, None, "unparseable_json"),

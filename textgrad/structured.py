@@ -171,7 +171,8 @@ def json_field(text: str, field: str) -> str | None:
         candidates.append(raw[start:end + 1])
     for candidate in candidates:
         try:
-            value = json.loads(candidate)
+            # strict=False: grammar-constrained servers (llama-cpp-python) let raw newlines into strings.
+            value = json.loads(candidate, strict=False)
         except ValueError:
             continue
         if isinstance(value, Mapping) and isinstance(value.get(field), str):
