@@ -35,6 +35,8 @@ def load_data(args: argparse.Namespace) -> list[TaskData]:
 
 def make_engines(args: argparse.Namespace) -> Engines:
     configure(use_cache=not args.no_cache, max_concurrency=args.max_concurrency)
+    if getattr(args, "local_servers", None) is not None:
+        configure(local_servers=args.local_servers)
     if args.cache_dir is not None:  # otherwise keep the process default (or a caller's choice)
         configure(cache_dir=args.cache_dir)
     if getattr(args, "request_timeout", None) is not None:
