@@ -205,7 +205,7 @@ def test_server_stops_with_its_process(ending: str, tmp_path: Path) -> None:
 
 def _main(argv: list[str], tmp_path: Path, vllm_url: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "LOCAL_BASE_URL"}
-    env.update(TMPDIR=str(tmp_path / "tmp"), VLLM_BASE_URL=vllm_url, HF_HUB_OFFLINE="1")
+    env.update(TMPDIR=str(tmp_path / "tmp"), VLLM_BASE_URL=vllm_url, HF_HUB_OFFLINE="1", LOCAL_SERVERS="2")
     (tmp_path / "tmp").mkdir(exist_ok=True)
     flags = ["--module", "train_centralized", "--task", "synthetic_object_counting", "--test_engine", "local",
              "--evaluation_engine", "vllm-fake-model", "--output_dir", str(tmp_path / "out"),
@@ -222,9 +222,10 @@ def test_main_keeps_the_server_log_of_a_failed_run_and_names_it(tmp_path: Path) 
     done = _main(["--run_name", "failed"], tmp_path, closed)
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
     logs = list((tmp_path / "tmp").glob(LOG_GLOB))
-    assert len(logs) == 1 and logs[0].stat().st_size > 0
+    assert len(logs) == 2 and all(log.stat().st_size > 0 for log in logs)  # one per server of the pool
     assert "cannot reach the vllm endpoint" in done.stderr
-    assert done.stderr.rstrip().endswith(f"(embedded llama.cpp server log kept: {logs[0]})")
+    named = done.stderr.rstrip().split("(embedded llama.cpp server log kept: ")[-1].rstrip(")").split(", ")
+    assert sorted(named) == sorted(str(log) for log in logs)
 
 
 def test_main_removes_the_server_log_after_a_clean_run(tmp_path: Path) -> None:

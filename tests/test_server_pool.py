@@ -157,3 +157,20 @@ def test_one_request_at_a_time_always_reaches_the_first_server(
     for i in range(3):
         engine.generate(f"sequential {i}", max_tokens=8)
     assert [s.chat_count for s in servers] == [3, 0]
+
+
+def test_a_bad_local_servers_variable_stops_main_with_one_line(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**{k: v for k, v in os.environ.items() if k != "LOCAL_BASE_URL"}, "LOCAL_SERVERS": "0"}
+    done = subprocess.run([sys.executable, str(repo / "main.py"), "--config", str(repo / "configs/quickstart.yaml"),
+                           "--output_dir", str(tmp_path), "--comet_mode", "disabled"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: LOCAL_SERVERS=0 is not a number of servers: set it to 1..16 (1 = one embedded llama.cpp server) "
+        "or unset it"]

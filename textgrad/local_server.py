@@ -382,6 +382,13 @@ def _restart(index: int) -> None:
     logger.info("embedded llama.cpp server restarted at %s", server.base_url)
 
 
+def shared_base_url() -> str:
+    """Start the pool and return it as a LOCAL_BASE_URL for child processes: every server's URL,
+    comma-separated (textgrad.endpoints.route reads it as one pool)."""
+    ensure_local_server()
+    return ",".join(s.base_url for s in list(_servers))
+
+
 def local_server_info() -> dict[str, object] | None:
     """pid, URL, model and log of the running embedded server (the pool's first), the whole pool under
     "servers" and the restarts so far, or None (for reports and tests)."""
