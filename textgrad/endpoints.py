@@ -200,7 +200,7 @@ def route(name: str) -> Route:
     if not url:
         return Route(backend, model, None, key)
     # LOCAL_BASE_URL may name several identical servers, comma-separated (scripts/llamacpp_serve.sh
-    # --servers N): the first stands for the pool, requests are spread over all (textgrad.server_pool).
+    # LLAMACPP_SERVERS=N): the first stands for the pool, requests are spread over all (textgrad.server_pool).
     urls = tuple(clean_url(u) for u in url.split(",") if u.strip()) if backend.kind == "local" else (clean_url(url),)
     if not urls:
         raise EngineError(f"{backend.url_env}={url!r} names no server: give one URL, or several separated by commas")
