@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -63,14 +64,14 @@ def throughput(prompts: list[str], in_flight: int, max_tokens: int, cache_dir: s
     return (engine.stats.as_dict()["completion_tokens"] - before) / seconds, replies
 
 
-def quickstart(servers: int, workdir: Path) -> tuple[float, dict[str, object]]:
+def quickstart(servers: int, workdir: Path, extra: list[str]) -> tuple[float, dict[str, object]]:
     """(wall seconds, what the run decided: accuracies and every prompt) of the quickstart on `servers`."""
     name = f"quickstart-{servers}"
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_BASE_URL", "LOCAL_SERVERS")}
     started = time.monotonic()
     subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "--config", str(REPO_ROOT / "configs/quickstart.yaml"),
                     "--local_servers", str(servers), "--cache_dir", str(workdir / f"cache-{name}"), "--comet_mode",
-                    "disabled", "--output_dir", str(workdir), "--run_name", name],
+                    "disabled", "--output_dir", str(workdir), "--run_name", name, *extra],
                    cwd=workdir, env=env, check=True, capture_output=True)
     seconds = time.monotonic() - started
     run = workdir / name
@@ -95,6 +96,9 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=8)
     parser.add_argument("--max_tokens", type=int, default=128)
     parser.add_argument("--no-quickstart", action="store_true")
+    parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument("--quickstart_args", default="",
+                        help='main.py flags added to the quickstart, e.g. "--split_sizes 3,2,2 --max_epochs 1"')
     opts = parser.parse_args()
     setups = opts.servers or [1, local_server.pool_size()]
     prompts = questions(opts.questions)
@@ -109,7 +113,7 @@ def main() -> None:
             local_server.ensure_local_server()
             print(f"servers={servers}: ready in {time.monotonic() - started:.1f} s (load {load()})", flush=True)
             cache = str(workdir / f"cache-{servers}")
-            for in_flight in (1, 8):
+            for in_flight in () if opts.no_throughput else (1, 8):
                 subset = prompts[: max(2, opts.questions // 2)] if in_flight == 1 else prompts
                 rate, answered = throughput(subset, in_flight, opts.max_tokens, cache)
                 if in_flight == 8:
@@ -120,12 +124,13 @@ def main() -> None:
             print(f"servers={servers}: peak RSS of the servers {peak_rss_mib(pids):.0f} MiB", flush=True)
             local_server.stop_local_server()
             if not opts.no_quickstart:
-                seconds, runs[servers] = quickstart(servers, workdir)
+                seconds, runs[servers] = quickstart(servers, workdir, shlex.split(opts.quickstart_args))
                 print(f"servers={servers}: quickstart {seconds:.1f} s wall (load {load()})", flush=True)
     first = setups[0]
     for servers in setups[1:]:
-        same = replies[servers] == replies[first]
-        print(f"replies at 8 in flight, {servers} vs {first} servers: {'same' if same else 'DIFFERENT'}")
+        if replies:
+            same = replies[servers] == replies[first]
+            print(f"replies at 8 in flight, {servers} vs {first} servers: {'same' if same else 'DIFFERENT'}")
         if runs:
             a, b = runs[first], runs[servers]
             print(f"quickstart {servers} vs {first} servers: prompts "
