@@ -51,8 +51,13 @@ def _isolated_engine_cache(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def local_engine_url() -> Iterator[str]:
-    """One real embedded llama.cpp server shared by every test that needs it."""
-    url = local_server.ensure_local_server()
+    """One real embedded llama.cpp pool of two servers shared by every test that needs it (two whatever the
+    machine's cores, so the pool's behaviour is tested everywhere)."""
+    engine_module.configure(local_servers=2)
+    try:
+        url = local_server.ensure_local_server()
+    finally:
+        engine_module.configure(local_servers=None)
     yield url
     local_server.stop_local_server()
 

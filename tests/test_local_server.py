@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from textgrad import local_server
+from textgrad.endpoints import post_json
 from textgrad.engine import EngineError, get_engine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ if mode == "thread":
 else:
     local_server.ensure_local_server()
 info = local_server.local_server_info()
-print(info["pid"], info["base_url"].split(":")[-1].split("/")[0], flush=True)
+print(" ".join(f'{s["pid"]} {s["base_url"].split(":")[-1].split("/")[0]}' for s in info["servers"]), flush=True)
 if mode != "exit":
     time.sleep(120)
 """
@@ -111,18 +112,69 @@ def test_local_engine_answers_counts_and_caches(monkeypatch: pytest.MonkeyPatch,
     assert after["completion_tokens"] == stats["completion_tokens"]
 
 
-def test_one_server_per_process(local_engine_url: str) -> None:
+def test_one_pool_per_process(local_engine_url: str) -> None:
     info = local_server.local_server_info()
     assert info is not None and info["base_url"] == local_engine_url
     assert local_server.ensure_local_server() == local_engine_url
     assert local_server.local_server_info()["pid"] == info["pid"]
+    servers = info["servers"]
+    assert len(servers) == 2 and servers[0]["base_url"] == local_engine_url
+    assert len({s["pid"] for s in servers}) == 2 and len({s["base_url"] for s in servers}) == 2
+    # The cores split evenly: two servers on two cores get one thread each.
+    assert [s["threads"] for s in servers] == [max(1, local_server._thread_count() // 2)] * 2
+
+
+QUESTIONS = [f"What is {n} plus {n}? Answer with a number." for n in range(1, 5)]
+
+
+def _answer_concurrently(engine, questions: list[str]) -> list[str]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(questions)) as pool:
+        return list(pool.map(lambda q: engine.generate(q, max_tokens=12), questions))
+
+
+def _ask_server(base_url: str, question: str) -> str:
+    body = post_json(f"{base_url}/chat/completions", "local", {
+        "model": get_engine("local").model, "temperature": 0.0, "max_tokens": 12,
+        "messages": [{"role": "user", "content": question}]}, timeout=300)
+    return body["choices"][0]["message"]["content"]
+
+
+def test_every_server_of_the_pool_gives_the_same_reply_at_temperature_0(
+        monkeypatch: pytest.MonkeyPatch, local_engine_url: str) -> None:
+    monkeypatch.delenv("LOCAL_BASE_URL", raising=False)
+    replies = set()
+    for server in local_server.local_server_info()["servers"]:
+        replies.add(_ask_server(server["base_url"], QUESTIONS[0]))
+    assert len(replies) == 1 and next(iter(replies)).strip()
+
+
+def test_a_dead_server_is_restarted_once_and_its_calls_answered_by_the_other(
+        monkeypatch: pytest.MonkeyPatch, local_engine_url: str) -> None:
+    monkeypatch.delenv("LOCAL_BASE_URL", raising=False)
+    engine = get_engine("local")
+    expected = _answer_concurrently(engine, QUESTIONS)
+    before = local_server.local_server_info()
+    victim = before["servers"][1]
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    uncached = get_engine("local", use_cache=False)
+    assert _answer_concurrently(uncached, QUESTIONS) == expected
+    assert uncached.stats.as_dict()["failures"] == 0
+    assert _wait_until(lambda: local_server.local_server_info()["restarts"] == before["restarts"] + 1, 180)
+    after = local_server.local_server_info()["servers"]
+    assert after[0]["pid"] == before["servers"][0]["pid"]
+    assert after[1]["pid"] != victim["pid"] and after[1]["running"]
+    assert _ask_server(after[1]["base_url"], QUESTIONS[0]) == expected[0]  # it answers, and alike
 
 
 @pytest.mark.slow  # starts llama.cpp in child processes and kills them
 @pytest.mark.parametrize("ending", list(ENDINGS))
 def test_server_stops_with_its_process(ending: str, tmp_path: Path) -> None:
     mode, signum, expected_code, logs_left = ENDINGS[ending]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TMPDIR": str(tmp_path)}  # where the log goes
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TMPDIR": str(tmp_path),  # where the logs go
+           "LOCAL_SERVERS": "2"}
     env.pop("LOCAL_BASE_URL", None)
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD_SCRIPT, mode],
@@ -132,9 +184,11 @@ def test_server_stops_with_its_process(ending: str, tmp_path: Path) -> None:
         assert child.stdout is not None
         line = child.stdout.readline()
         assert line, f"child failed: {child.stderr.read() if child.stderr else ''}"
-        server_pid, port = (int(part) for part in line.split())
+        numbers = [int(part) for part in line.split()]
+        servers = list(zip(numbers[::2], numbers[1::2], strict=True))
+        assert len(servers) == 2  # LOCAL_SERVERS below
         if signum is not None:
-            assert _port_open(port) and not _process_gone(server_pid)
+            assert all(_port_open(port) and not _process_gone(pid) for pid, port in servers)
             child.send_signal(signum)
         child.wait(timeout=30)
     finally:
@@ -143,14 +197,15 @@ def test_server_stops_with_its_process(ending: str, tmp_path: Path) -> None:
             child.wait()
 
     assert child.returncode == expected_code
-    assert _wait_until(lambda: _process_gone(server_pid), timeout=10)
-    assert not _port_open(port)
-    assert len(list(tmp_path.glob(LOG_GLOB))) == logs_left
+    for pid, port in servers:
+        assert _wait_until(lambda pid=pid: _process_gone(pid), timeout=10)
+        assert not _port_open(port)
+    assert len(list(tmp_path.glob(LOG_GLOB))) == logs_left * len(servers)
 
 
 def _main(argv: list[str], tmp_path: Path, vllm_url: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "LOCAL_BASE_URL"}
-    env.update(TMPDIR=str(tmp_path / "tmp"), VLLM_BASE_URL=vllm_url, HF_HUB_OFFLINE="1")
+    env.update(TMPDIR=str(tmp_path / "tmp"), VLLM_BASE_URL=vllm_url, HF_HUB_OFFLINE="1", LOCAL_SERVERS="2")
     (tmp_path / "tmp").mkdir(exist_ok=True)
     flags = ["--module", "train_centralized", "--task", "synthetic_object_counting", "--test_engine", "local",
              "--evaluation_engine", "vllm-fake-model", "--output_dir", str(tmp_path / "out"),
@@ -167,9 +222,10 @@ def test_main_keeps_the_server_log_of_a_failed_run_and_names_it(tmp_path: Path) 
     done = _main(["--run_name", "failed"], tmp_path, closed)
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
     logs = list((tmp_path / "tmp").glob(LOG_GLOB))
-    assert len(logs) == 1 and logs[0].stat().st_size > 0
+    assert len(logs) == 2 and all(log.stat().st_size > 0 for log in logs)  # one per server of the pool
     assert "cannot reach the vllm endpoint" in done.stderr
-    assert done.stderr.rstrip().endswith(f"(embedded llama.cpp server log kept: {logs[0]})")
+    named = done.stderr.rstrip().split("(embedded llama.cpp server log kept: ")[-1].rstrip(")").split(", ")
+    assert sorted(named) == sorted(str(log) for log in logs)
 
 
 def test_main_removes_the_server_log_after_a_clean_run(tmp_path: Path) -> None:

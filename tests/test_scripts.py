@@ -168,6 +168,20 @@ def test_llamacpp_launcher_serves_the_packaged_model_under_its_stem() -> None:
     assert words[words.index("--port") + 1] == "9123" and words[-2:] == ["--n_batch", "256"]
 
 
+def test_llamacpp_launcher_starts_a_pool_on_consecutive_ports_and_lists_them() -> None:
+    done = _run("llamacpp_serve.sh", "--dry-run", env={"LLAMACPP_PORT": "9123", "LLAMACPP_SERVERS": "2"})
+    assert done.returncode == 0, done.stderr
+    assert "export LOCAL_BASE_URL=http://127.0.0.1:9123/v1,http://127.0.0.1:9124/v1" in done.stdout
+    commands = [shlex.split(line) for line in done.stdout.splitlines() if "llama_cpp.server" in line]
+    assert [words[words.index("--port") + 1] for words in commands] == ["9123", "9124"]
+    cores = os.cpu_count() or 2
+    assert {words[words.index("--n_threads") + 1] for words in commands} == {str(max(1, cores // 2))}
+    for bad in ("0", "x", "17"):
+        done = _run("llamacpp_serve.sh", "--dry-run", env={"LLAMACPP_SERVERS": bad})
+        assert done.returncode == 2 and done.stderr.startswith(f"error: LLAMACPP_SERVERS={bad} ")
+        assert done.stderr.count("\n") == 1
+
+
 def test_vllm_launcher_without_vllm_says_how_to_install() -> None:
     assert shutil.which("vllm", path="/usr/bin:/bin") is None
     done = _run("vllm_serve.sh", env={"PATH": "/usr/bin:/bin"})

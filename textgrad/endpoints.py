@@ -154,6 +154,7 @@ class Route:
     model: str | None     # None: ask the server's /models listing
     base_url: str | None  # None: start the embedded llama.cpp server
     api_key: str = field(repr=False, default="")
+    pool_urls: tuple[str, ...] = ()  # every server behind base_url when it names several (LOCAL_BASE_URL)
 
     @property
     def kind(self) -> BackendKind:
@@ -196,7 +197,14 @@ def route(name: str) -> Route:
         raise EngineError(f"{backend.key_env} is not set: export it, or choose a local engine "
                           "(--evaluation_engine local)")
     url = os.environ.get(backend.url_env) or backend.default_url
-    return Route(backend, model, clean_url(url) if url else None, key)
+    if not url:
+        return Route(backend, model, None, key)
+    # LOCAL_BASE_URL may name several identical servers, comma-separated (scripts/llamacpp_serve.sh
+    # LLAMACPP_SERVERS=N): the first stands for the pool, requests are spread over all (textgrad.server_pool).
+    urls = tuple(clean_url(u) for u in url.split(",") if u.strip()) if backend.kind == "local" else (clean_url(url),)
+    if not urls:
+        raise EngineError(f"{backend.url_env}={url!r} names no server: give one URL, or several separated by commas")
+    return Route(backend, model, urls[0], key, pool_urls=urls)
 
 
 def server_root(base_url: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import openai
 
-from . import context, endpoints, local_server
+from . import context, endpoints, local_server, server_pool
 from .cache import ResponseCache
 from .endpoints import Route, canonical_engine_name, endpoint_slots, fetch_models, http_client
 from .errors import ContextOverflowError, EngineError, StructuredOutputRejected
@@ -135,6 +135,7 @@ class ChatEngine:
                 return self._client
             if self._base_url is None:
                 self._base_url = local_server.ensure_local_server()
+            server_pool.register_urls(self._route.pool_urls)
             if self._model is None:
                 self._model = self._discover_model()
             self._client = openai.OpenAI(
@@ -319,7 +320,8 @@ class ChatEngine:
         timeouts = 0
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                with self._semaphore:
+                # A pool of servers is one endpoint for the cap; the least busy server answers.
+                with self._semaphore, server_pool.member(self._base_url) as server_url:
                     # The SDK's generic post, not chat.completions.create: that one converts the typed
                     # request and builds pydantic models of the reply, 2 of the 3 ms of CPU a call cost
                     # (measured with bench/). Errors and timeouts are raised exactly the same way.
@@ -327,7 +329,7 @@ class ChatEngine:
                             "temperature": temperature, "max_tokens": max_tokens}
                     if response_format is not None:
                         body["response_format"] = response_format
-                    response = client.post("/chat/completions", cast_to=object, body=body)
+                    response = client.post(f"{server_url}/chat/completions", cast_to=object, body=body)
                 return self._parse(response, messages)
             except openai.APIStatusError as exc:
                 if context.is_overflow(exc.status_code, exc.body):
@@ -442,9 +444,9 @@ class ChatEngine:
         if hit is not None and isinstance(hit.get("logprobs"), list):
             return [(str(token), float(value)) for token, value in hit["logprobs"]]
         # Under the endpoint's cap like every chat call: measurements run beside validation requests.
-        with self.request_slot():
+        with self.request_slot(), server_pool.member(self.base_url) as server_url:
             response = http_client(self.base_url).post(
-                f"{self.base_url}/completions", headers={"Authorization": f"Bearer {self._route.api_key}"},
+                f"{server_url}/completions", headers={"Authorization": f"Bearer {self._route.api_key}"},
                 timeout=self.request_timeout, json={"model": self.model, "prompt": prompt, "max_tokens": 1,
                                                     "temperature": 0.0, "echo": True, "logprobs": 1})
         response.raise_for_status()

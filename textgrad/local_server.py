@@ -1,20 +1,21 @@
-"""The embedded default engine: a llama.cpp OpenAI-compatible server in a child process.
+"""The embedded default engine: a pool of llama.cpp OpenAI-compatible servers in child processes.
 
 Running the model in a separate server process (rather than in-process through
 llama-cpp-python's Python API) lets the "local" engine use exactly the same
 OpenAI client code path, retries and concurrency cap as every remote backend.
-One server is started per Python process, on a free loopback port, and it is
-torn down at interpreter exit, on SIGTERM and on Ctrl-C. A server that dies on
-its own (a grammar it cannot build aborts the process) is restarted once on the
-same port, so the engine's retries reach the new one; restarts are counted.
+One pool is started per Python process (pool_size() servers, each on a free loopback port with its
+share of the cores, started in parallel), requests go to the least busy of them (textgrad.server_pool),
+a server that dies is restarted once, and all are torn down at interpreter exit, on SIGTERM and on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from . import server_pool
 from .endpoints import http_client
 from .errors import EngineError
 
@@ -36,7 +38,6 @@ logger = logging.getLogger(__name__)
 N_CTX = 8192
 STARTUP_TIMEOUT_S = 180.0
 STOP_GRACE_S = 5.0
-MAX_RESTARTS = 1
 _HOST = "127.0.0.1"
 _INSTALL_HINT = "pip install -r requirements.txt"
 
@@ -48,14 +49,18 @@ class _Server:
     log_path: str
     model_path: str
     port: int
+    threads: int
+    restarted: bool = False  # each server of the pool is restarted at most once
+    dead: bool = False  # its death was noticed (and its restart, if any, requested)
 
 
 # An RLock because the signal handler may run in the main thread while that same
 # thread is inside ensure_local_server.
 _lock = threading.RLock()
-_server: _Server | None = None
-# The process being started, so a Ctrl-C during the (slow) start-up still kills it.
-_starting: subprocess.Popen[bytes] | None = None
+_servers: list[_Server] = []  # the pool; _servers[0].base_url is the URL engines hold
+_restarts = 0  # servers of the pool restarted after they died
+# The processes being started, so a Ctrl-C during the (slow) start-up still kills them.
+_starting: list[subprocess.Popen[bytes]] = []
 _atexit_registered = False
 # Logs of the servers this process started and that are still running or stopped by us: removed when
 # they stop, unless a failure named them (keep_server_logs). A start-up failure's log, and a log of a
@@ -63,8 +68,8 @@ _atexit_registered = False
 _logs: list[str] = []
 _keep_logs = False
 _previous_handlers: dict[int, object] = {}
-_restarts = 0
-_signalled = False  # a signal stopped the server: its exit is no death to recover from
+MAX_POOL_DEFAULT = 4
+MAX_POOL = 16
 
 
 def find_packaged_model() -> str:
@@ -103,6 +108,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the server binds it (uvicorn sets SO_REUSEADDR): connections of the dead one in TIME_WAIT
+        # do not make the port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((_HOST, port))
+        except OSError:
+            return False
+        return True
+
+
 def _thread_count() -> int:
     # llama-cpp-python's server defaults to one thread, which halves decoding speed on
     # two cores; beyond ~8 threads a 135M model gains nothing and only contends.
@@ -113,7 +130,25 @@ def _thread_count() -> int:
     return max(1, min(available, 8))
 
 
-def _server_command(model_path: str, port: int) -> list[str]:
+def pool_size() -> int:
+    """Servers in the embedded pool: --local_servers, else LOCAL_SERVERS, else one per core (at most 4).
+
+    llama-cpp-python's server answers one request at a time, so on a small machine several one-thread
+    servers serve concurrent requests faster than one server with all the threads (see README)."""
+    from .settings import defaults  # here: settings imports context, which imports this module
+
+    if defaults.local_servers is not None:
+        return defaults.local_servers
+    raw = os.environ.get("LOCAL_SERVERS", "").strip()
+    if not raw:
+        return min(_thread_count(), MAX_POOL_DEFAULT)
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_POOL:
+        raise EngineError(f"LOCAL_SERVERS={raw} is not a number of servers: set it to 1..{MAX_POOL} "
+                          "(1 = one embedded llama.cpp server) or unset it")
+    return int(raw)
+
+
+def _server_command(model_path: str, port: int, threads: int) -> list[str]:
     return [
         sys.executable, "-m", "llama_cpp.server",
         "--model", model_path,
@@ -123,7 +158,7 @@ def _server_command(model_path: str, port: int) -> list[str]:
         "--host", _HOST,
         "--port", str(port),
         "--n_ctx", str(N_CTX),
-        "--n_threads", str(_thread_count()),
+        "--n_threads", str(threads),
     ]
 
 
@@ -158,123 +193,227 @@ def _models_endpoint_ready(base_url: str) -> bool:
         return False
 
 
-def _start(model_path: str, port: int | None = None) -> _Server:
-    global _starting
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise EngineError(
-            f"llama-cpp-python is not installed, so the local engine cannot start: run `{_INSTALL_HINT}` "
-            "or set LOCAL_BASE_URL to a running OpenAI-compatible server"
-        )
-    port = port or _free_port()
-    base_url = f"http://{_HOST}:{port}/v1"
+def _spawn(model_path: str, port: int, threads: int, *, die_with_parent: bool) -> _Server:
+    """Start one server process (not yet ready). die_with_parent only from a thread that lives as long as
+    the process: PR_SET_PDEATHSIG fires when the *thread* that forked exits."""
     log_handle = tempfile.NamedTemporaryFile(prefix="fedtextgrad-llama-server-", suffix=".log", delete=False)
-    log_path = log_handle.name
-    # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only safe
-    # from the main thread, which lives as long as the process.
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    started_at = time.monotonic()
     with log_handle:
         process = subprocess.Popen(
-            _server_command(model_path, port),
+            _server_command(model_path, port, threads),
             stdin=subprocess.DEVNULL,
             stdout=log_handle,
             stderr=subprocess.STDOUT,
             # Own session: a terminal's Ctrl-C reaches only us, and we stop the server in order.
             start_new_session=True,
-            preexec_fn=_die_with_parent if in_main_thread and sys.platform.startswith("linux") else None,
+            preexec_fn=_die_with_parent if die_with_parent and sys.platform.startswith("linux") else None,
         )
-    _starting = process
+    _starting.append(process)
+    return _Server(process=process, base_url=f"http://{_HOST}:{port}/v1", log_path=log_handle.name,
+                   model_path=model_path, port=port, threads=threads)
+
+
+def _wait_ready(servers: list[_Server]) -> None:
+    """Wait until every server answers; on failure or interrupt stop them all (EngineError names a log)."""
+    started_at = time.monotonic()
+    waiting = list(servers)
     try:
-        while True:
-            if process.poll() is not None:
-                raise EngineError(
-                    f"the embedded llama.cpp server exited with code {process.returncode} during start-up: "
-                    f"{_last_log_line(log_path)} (full log: {log_path})"
-                )
-            if _models_endpoint_ready(base_url):
-                break
-            if time.monotonic() - started_at > STARTUP_TIMEOUT_S:
+        while waiting:
+            for server in list(waiting):
+                process, log_path = server.process, server.log_path
+                if process.poll() is not None:
+                    raise EngineError(
+                        f"the embedded llama.cpp server exited with code {process.returncode} during start-up: "
+                        f"{_last_log_line(log_path)} (full log: {log_path})")
+                if _models_endpoint_ready(server.base_url):
+                    waiting.remove(server)
+            if waiting and time.monotonic() - started_at > STARTUP_TIMEOUT_S:
+                log_path = waiting[0].log_path
                 raise EngineError(
                     f"the embedded llama.cpp server did not answer within {STARTUP_TIMEOUT_S:.0f} s: "
-                    f"{_last_log_line(log_path)} (full log: {log_path})"
-                )
-            time.sleep(0.25)
+                    f"{_last_log_line(log_path)} (full log: {log_path})")
+            if waiting:
+                time.sleep(0.25)
     except BaseException as exc:
-        _terminate(process)
-        if not isinstance(exc, EngineError):  # interrupted: no error line names the log
-            Path(log_path).unlink(missing_ok=True)
+        _discard(servers, str(exc) if isinstance(exc, EngineError) else "")
         raise
     finally:
-        _starting = None
-    logger.info("embedded llama.cpp server ready at %s in %.1f s (log: %s)",
-                base_url, time.monotonic() - started_at, log_path)
-    _logs.append(log_path)
-    server = _Server(process=process, base_url=base_url, log_path=log_path, model_path=model_path, port=port)
-    threading.Thread(target=_restart_when_dead, args=(server,), name="fedtextgrad-llama-watch", daemon=True).start()
-    return server
+        for server in servers:
+            if server.process in _starting:
+                _starting.remove(server.process)
+    for server in servers:
+        _logs.append(server.log_path)
+    logger.info("%d embedded llama.cpp server(s) ready at %s in %.1f s", len(servers),
+                ", ".join(s.base_url for s in servers), time.monotonic() - started_at)
 
 
-def _restart_when_dead(server: _Server) -> None:
-    """Wait for the server to exit; if it died on its own, start it again once on the same port."""
-    global _server, _restarts
-    server.process.wait()
-    with _lock:
-        if _server is not server or _signalled:
-            return  # stopped on purpose, or already replaced
-        if _restarts >= MAX_RESTARTS:
-            logger.error("embedded llama.cpp server died again (code %s: %s); not restarting it",
-                         server.process.returncode, _last_log_line(server.log_path))
-            return
-        _restarts += 1
-        logger.warning("embedded llama.cpp server died (code %s: %s); restarting it on port %d",
-                       server.process.returncode, _last_log_line(server.log_path), server.port)
-        try:
-            _server = _start(server.model_path, server.port)
-        except EngineError as exc:
-            logger.error("could not restart the embedded llama.cpp server: %s", exc)
+def _start_pool(model_path: str, size: int) -> list[_Server]:
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise EngineError(
+            f"llama-cpp-python is not installed, so the local engine cannot start: run `{_INSTALL_HINT}` "
+            "or set LOCAL_BASE_URL to a running OpenAI-compatible server"
+        )
+    threads = max(1, _thread_count() // size)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    # All processes first, then one wait for all of them: they load the model in parallel.
+    servers: list[_Server] = []
+    try:
+        for _ in range(size):
+            servers.append(_spawn(model_path, _free_port(), threads, die_with_parent=in_main_thread))
+    except BaseException:
+        _discard(servers)
+        raise
+    _wait_ready(servers)
+    return servers
 
 
-def restart_count() -> int:
-    """How often an embedded server that died was restarted in this process."""
-    return _restarts
+def _discard(servers: list[_Server], error_line: str = "") -> None:
+    """Stop servers that never became ready; keep only a log that error_line names."""
+    for server in servers:
+        _terminate(server.process)
+        if server.log_path not in error_line:
+            Path(server.log_path).unlink(missing_ok=True)
+        if server.process in _starting:
+            _starting.remove(server.process)
 
 
 def ensure_local_server() -> str:
-    """Start the embedded server once per process (idempotent) and return its base URL."""
-    global _server, _atexit_registered
+    """Start the embedded pool once per process (idempotent) and return the URL engines use for it."""
+    global _atexit_registered
     with _lock:
-        if _server is not None:
-            if _server.process.poll() is None:
-                return _server.base_url
-            logger.warning("embedded llama.cpp server exited (code %s: %s); starting a new one (log kept: %s)",
-                           _server.process.returncode, _last_log_line(_server.log_path), _server.log_path)
-            _forget_log(_server.log_path)
-            _server = None
+        if _servers and any(s.process.poll() is None or not s.restarted for s in _servers):
+            return _servers[0].base_url  # deaths are handled by the pool (_on_request_failure)
+        if _servers:
+            logger.warning("every embedded llama.cpp server exited (last: %s); starting new ones",
+                           _last_log_line(_servers[0].log_path))
+            _drop_pool()
         model_path = find_packaged_model()
+        size = pool_size()
         install_signal_handlers()
         if not _atexit_registered:
             atexit.register(stop_local_server)
             _atexit_registered = True
-        _server = _start(model_path)
-        return _server.base_url
+        _servers.extend(_start_pool(model_path, size))
+        server_pool.register(server_pool.Pool([s.base_url for s in _servers], on_failure=_on_request_failure))
+        return _servers[0].base_url
+
+
+def _drop_pool() -> list[_Server]:
+    servers = list(_servers)
+    _servers.clear()
+    if servers:
+        server_pool.unregister(servers[0].base_url)
+    return servers
+
+
+def _on_request_failure(index: int, exc: BaseException) -> float:
+    """A request to server `index` failed: if its process died, avoid it and restart it once, in the
+    background; the request is retried (by the engine) on the others meanwhile."""
+    with _lock:
+        if index >= len(_servers):
+            return 0.0
+        server = _servers[index]
+    if isinstance(exc, server_pool.CONNECTION_ERRORS):
+        # The kernel closes a dying process's sockets a moment before its exit status can be read.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.process.wait(timeout=1.0)
+    with _lock:
+        if server.process.poll() is None or _servers[index] is not server:
+            return 0.0
+        if server.dead:  # another in-flight call already reported this death
+            return float("inf")
+        server.dead = True
+        if server.restarted:
+            logger.warning("embedded llama.cpp server %s died again (code %s); not restarted twice (log kept: %s)",
+                           server.base_url, server.process.returncode, server.log_path)
+            _forget_log(server.log_path)
+            return float("inf")
+        server.restarted = True
+    logger.warning("embedded llama.cpp server %s died (code %s: %s); restarting it (log kept: %s)",
+                   server.base_url, server.process.returncode, _last_log_line(server.log_path), server.log_path)
+    _forget_log(server.log_path)
+    _restart_queue().put(index)
+    return float("inf")
+
+
+_restarts_pending: queue.Queue[int] | None = None
+
+
+def _restart_queue() -> queue.Queue[int]:
+    global _restarts_pending
+    with _lock:
+        if _restarts_pending is None:
+            _restarts_pending = queue.Queue()
+            threading.Thread(target=_restarter, args=(_restarts_pending,), name="llama-restarter",
+                             daemon=True).start()
+        return _restarts_pending
+
+
+def _restarter(pending: queue.Queue[int]) -> None:
+    # One thread for the life of the process, so the servers it forks may use the parent-death signal.
+    while True:
+        _restart(pending.get())
+
+
+def _restart(index: int) -> None:
+    global _restarts
+    with _lock:
+        if index >= len(_servers):
+            return
+        dead = _servers[index]
+        pool_url = _servers[0].base_url
+    # The same port if it is free, so the pool's URL (held by engines) stays valid when the first one died.
+    port = dead.port if _port_is_free(dead.port) else _free_port()
+    try:
+        server = _spawn(dead.model_path, port, dead.threads, die_with_parent=True)
+        _wait_ready([server])
+    except EngineError as exc:
+        logger.warning("could not restart an embedded llama.cpp server: %s", exc)
+        return
+    server.restarted = True
+    with _lock:
+        if index >= len(_servers) or _servers[index] is not dead:  # the pool was stopped meanwhile
+            _terminate(server.process)
+            return
+        _servers[index] = server
+        _restarts += 1
+    pool = server_pool.pool_of(pool_url)
+    if pool is not None:
+        pool.replace(index, server.base_url)
+    logger.info("embedded llama.cpp server restarted at %s", server.base_url)
+
+
+def shared_base_url() -> str:
+    """Start the pool and return it as a LOCAL_BASE_URL for child processes: every server's URL,
+    comma-separated (textgrad.endpoints.route reads it as one pool)."""
+    ensure_local_server()
+    return ",".join(s.base_url for s in list(_servers))
+
+
+def restart_count() -> int:
+    """How many servers of the pool that died were restarted in this process."""
+    return _restarts
 
 
 def local_server_info() -> dict[str, object] | None:
-    """pid, URL, model and log of the running embedded server, or None (for reports and tests)."""
-    server = _server
-    if server is None or server.process.poll() is not None:
+    """pid, URL, model and log of the running embedded server (the pool's first), the whole pool under
+    "servers" and the restarts so far, or None (for reports and tests)."""
+    servers = list(_servers)
+    if not servers or servers[0].process.poll() is not None:
         return None
-    return {"pid": server.process.pid, "base_url": server.base_url,
-            "model_path": server.model_path, "log_path": server.log_path, "restarts": _restarts}
+    first = servers[0]
+    return {"pid": first.process.pid, "base_url": first.base_url, "model_path": first.model_path,
+            "log_path": first.log_path, "restarts": _restarts,
+            "servers": [{"pid": s.process.pid, "base_url": s.base_url, "threads": s.threads,
+                         "running": s.process.poll() is None} for s in servers]}
 
 
 def served_model_path(base_url: str, model: str) -> str | None:
     """The GGUF file behind a llama.cpp server at base_url: the embedded server's, or for LOCAL_BASE_URL the
     one LOCAL_MODEL_PATH / the packaged model names, if the server reports that model (our alias is the
     file's stem, as scripts/llamacpp_serve.sh and the embedded server set it)."""
-    info = local_server_info()
-    if info is not None and info["base_url"] == base_url:
-        return str(info["model_path"])
+    servers = list(_servers)
+    if servers and servers[0].base_url == base_url:
+        return servers[0].model_path
     path = find_packaged_model()
     return path if model in (Path(path).stem, path) else None
 
@@ -293,12 +432,15 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
 
 
 def stop_local_server() -> None:
-    """Stop the embedded server if this process started one, and remove its log unless a failure
-    asked to keep it; safe to call repeatedly."""
-    global _server
+    """Stop the embedded pool if this process started one, and remove its logs unless a failure
+    asked to keep them; safe to call repeatedly."""
     with _lock:
-        server, _server = _server, None
-    if server is not None:
+        servers = _drop_pool()
+    for server in servers:  # signalled all at once, so they stop in parallel
+        if server.process.poll() is None:
+            with contextlib.suppress(OSError):
+                server.process.terminate()
+    for server in servers:
         _terminate(server.process)
     _remove_logs()
 
@@ -332,11 +474,8 @@ def _remove_logs() -> None:
 def _on_signal(signum: int, frame: object) -> None:
     # No lock here: another thread may hold it for the whole start-up, and a signal
     # handler must not wait on it. Terminating twice is harmless.
-    global _signalled
-    _signalled = True
-    for process in (_starting, _server.process if _server else None):
-        if process is not None:
-            _terminate(process)
+    for process in [*_starting, *(s.process for s in _servers)]:
+        _terminate(process)
     _remove_logs()  # a stop on request is no failure (SIGTERM's default action skips atexit)
     previous = _previous_handlers.get(signum)
     if callable(previous):

@@ -22,6 +22,7 @@ class Settings:
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
     max_context: int | None = None  # None: ask the server, else a default per kind of engine
+    local_servers: int | None = None  # None: LOCAL_SERVERS, else one per core (textgrad.local_server.pool_size)
 
 
 defaults = Settings()  # changed only through configure()
@@ -35,6 +36,7 @@ def configure(
     max_concurrency: int = _UNSET,
     request_timeout: float = _UNSET,
     max_context: int | None = _UNSET,
+    local_servers: int | None = _UNSET,
 ) -> None:
     """Set the defaults that get_engine uses for arguments left as None.
 
@@ -57,6 +59,10 @@ def configure(
         if max_context is not None and int(max_context) < MIN_PLAUSIBLE_WINDOW:
             raise ValueError(f"max_context must be at least {MIN_PLAUSIBLE_WINDOW} tokens")
         defaults.max_context = None if max_context is None else int(max_context)
+    if local_servers is not _UNSET:
+        if local_servers is not None and int(local_servers) < 1:
+            raise ValueError("local_servers must be at least 1")
+        defaults.local_servers = None if local_servers is None else int(local_servers)
 
 
 def default_cache_dir() -> str:

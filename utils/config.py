@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--run_name", default=None)
     add("--resume", action="store_true", help="continue --run_name from its last completed round")
     add("--max_concurrency", type=_positive_int, default=16, help="in-flight requests per endpoint")
+    add("--local_servers", type=_positive_int, default=None,
+        help="llama.cpp servers of the embedded `local` engine (default: LOCAL_SERVERS, else one per core, "
+             "at most 4; 1 = a single server)")
     add("--request_timeout", type=_positive_float, default=None,
         help="seconds before an LLM request is abandoned and retried (default 600)")
     add("--cache_dir", default=None, help="LLM response cache (default ~/.cache/fedtextgrad)")

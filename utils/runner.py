@@ -40,6 +40,8 @@ def make_engines(args: argparse.Namespace, check: bool = True) -> Engines:
     """The run's engines; with check, each endpoint is asked once whether it serves (the embedded one is
     started). Without, only names, keys and routes are checked: nothing is contacted."""
     configure(use_cache=not args.no_cache, max_concurrency=args.max_concurrency)
+    if getattr(args, "local_servers", None) is not None:
+        configure(local_servers=args.local_servers)
     if args.cache_dir is not None:  # otherwise keep the process default (or a caller's choice)
         configure(cache_dir=args.cache_dir)
     if getattr(args, "request_timeout", None) is not None:
