@@ -239,27 +239,3 @@ def test_main_removes_the_server_log_after_a_clean_run(tmp_path: Path) -> None:
     assert '"engine": "local"' in events  # the embedded server ran and answered
     assert "embedded llama.cpp server" not in done.stderr
     assert not list((tmp_path / "tmp").glob(LOG_GLOB))
-
-
-RESTART_SCRIPT = """
-import os, signal, time
-from textgrad import local_server
-from textgrad.engine import configure, get_engine
-configure(use_cache=False)
-engine = get_engine("local")
-first = engine.generate("Say hi.", max_tokens=4)
-before = local_server.local_server_info()
-os.kill(before["pid"], signal.SIGKILL)  # a death mid-run, as a grammar the server cannot build causes
-second = engine.generate("Say hello.", max_tokens=4)
-after = local_server.local_server_info()
-print(local_server.restart_count(), before["base_url"] == after["base_url"], before["pid"] != after["pid"],
-      engine.stats.as_dict()["failures"], flush=True)
-"""
-
-
-def test_a_server_that_dies_mid_run_is_restarted_once_on_its_port_and_counted() -> None:
-    child = subprocess.run([sys.executable, "-c", RESTART_SCRIPT], cwd=REPO_ROOT, capture_output=True, text=True,
-                           timeout=600)
-    assert child.returncode == 0, child.stderr[-2000:]
-    restarts, same_url, new_process, failures = child.stdout.split()
-    assert (restarts, same_url, new_process, failures) == ("1", "True", "True", "0")
