@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from utils.config import UsageError, parse_args
@@ -19,17 +20,22 @@ from utils.tasks import TaskError
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        return run(args)
     except UsageError as exc:
         return _fail(exc, 2)
-    return run(args)
+    except KeyboardInterrupt:  # before the run started (imports): nothing to resume
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        return 130
 
 
 def run(args: argparse.Namespace) -> int:
     # Imported only once the flags are known good: the LLM client libraries take a second or more to load,
     # and a typo deserves an instant answer.
+    from textgrad import interrupt
     from textgrad.engine import EngineError
     from utils.rounds import RoundFailed
 
+    interrupt.install_sigint_handler()
     try:
         importlib.import_module(args.module).main(args)
     except (UsageError, TaskError, DataError, EngineError) as exc:
@@ -39,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     except RoundFailed as exc:
         return _fail(exc, 1)
     except KeyboardInterrupt:
+        interrupt.request_stop()
         hint = f": continue with python main.py --resume --run_name {args.run_name} --output_dir {args.output_dir}"
-        print("\ninterrupted" + (hint if args.run_name else ""), file=sys.stderr)
+        print("\ninterrupted" + (hint if args.run_name else ""), file=sys.stderr, flush=True)
         return 130
     return 0
 
@@ -50,5 +57,19 @@ def _fail(exc: BaseException, code: int) -> int:
     return code
 
 
+def _exit(code: int) -> None:
+    if code == 130:
+        # Interrupted: calls still in flight to a remote server are not waited for (they retry no more, see
+        # textgrad.interrupt), so the process ends now, with the resume hint as its last line. The embedded
+        # server was already stopped by the signal; every file is written atomically or line by line.
+        local_server = sys.modules.get("textgrad.local_server")
+        if local_server is not None:
+            local_server.stop_local_server()  # atexit does not run after os._exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import openai
 
-from textgrad import context
+from textgrad import context, interrupt
 from textgrad.cache import ResponseCache
 from textgrad.engine_names import canonical_engine_name
 from textgrad.slots import EndpointSlots
@@ -490,6 +490,7 @@ class ChatEngine:
                  max_tokens: int) -> tuple[str, int, int]:
         client = self._ensure_ready()
         assert self._semaphore is not None
+        interrupt.check()  # after Ctrl-C no new request
         self.stats.add(calls=1)
         started = time.monotonic()
         delay = BACKOFF_BASE_S
@@ -534,10 +535,12 @@ class ChatEngine:
                 wait = delay
             if attempt == MAX_ATTEMPTS:
                 break
+            interrupt.check()  # after Ctrl-C: no retry, and no blame on the server
             self.stats.add(retries=1)
             logger.warning("%s: attempt %d failed (%s); retrying in %.1f s", self.name, attempt, failure, wait)
-            time.sleep(wait)
+            interrupt.sleep(wait)
             delay = min(delay * 2, BACKOFF_CAP_S)
+        interrupt.check()
         self.stats.add(failures=1)
         raise failure
 

@@ -25,6 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from textgrad import interrupt
 from textgrad.engine import EngineError
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 N_CTX = 8192
 STARTUP_TIMEOUT_S = 180.0
 STOP_GRACE_S = 5.0
+SIGNAL_STOP_GRACE_S = 0.5
 _HOST = "127.0.0.1"
 _INSTALL_HINT = "pip install -r requirements.txt"
 
@@ -228,12 +230,12 @@ def local_server_info() -> dict[str, object] | None:
             "model_path": server.model_path, "log_path": server.log_path}
 
 
-def _terminate(process: subprocess.Popen[bytes]) -> None:
+def _terminate(process: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> None:
     if process.poll() is not None:
         return
     try:
         process.terminate()
-        process.wait(timeout=STOP_GRACE_S)
+        process.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=STOP_GRACE_S)
@@ -253,9 +255,11 @@ def stop_local_server() -> None:
 def _on_signal(signum: int, frame: object) -> None:
     # No lock here: another thread may hold it for the whole start-up, and a signal
     # handler must not wait on it. Terminating twice is harmless.
+    interrupt.request_stop()  # first: the calls the server's end breaks must not retry or blame it
     for process in (_starting, _server.process if _server else None):
         if process is not None:
-            _terminate(process)
+            # A short grace: uvicorn would otherwise finish the generation in flight before exiting.
+            _terminate(process, grace=SIGNAL_STOP_GRACE_S)
     previous = _previous_handlers.get(signum)
     if callable(previous):
         previous(signum, frame)  # e.g. default_int_handler raises KeyboardInterrupt

@@ -175,8 +175,9 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
             with background(), metered() as zero_shot_cost:
                 state = _with_retries("the zero-shot evaluation", log, evaluate, engines,
                                       lambda _: _zero_shot_state(exp, engines, log, evaluate))
-        except BaseException:
-            if early_round is not None:  # no training thread is left running behind the caller's back
+        except BaseException as exc:
+            # No training thread is left running behind the caller's back; after Ctrl-C it stops by itself.
+            if early_round is not None and not isinstance(exc, KeyboardInterrupt):
                 early_round.exception()
                 steps_bar.close()  # type: ignore[union-attr]
             raise
