@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 from textgrad.engine import configure, get_engine
 
+from . import progress
 from .client import Engines, LocalSettings
 from .config import UsageError, resolved_config
 from .data import TaskData, load_task_data
@@ -40,8 +42,11 @@ def make_engines(args: argparse.Namespace) -> Engines:
     configure(max_context=getattr(args, "max_context", None))
     test = get_engine(args.test_engine)
     evaluation = get_engine(args.evaluation_engine)
-    for engine in dict.fromkeys([test, evaluation]):
-        engine.check_available()
+    embedded = "local" in (args.test_engine, args.evaluation_engine) and not os.environ.get("LOCAL_BASE_URL")
+    desc = "starting the embedded llama.cpp server" if embedded else "checking the LLM endpoints"
+    with progress.current().phase("server_startup", desc, None):
+        for engine in dict.fromkeys([test, evaluation]):
+            engine.check_available()
     return Engines(test=test, evaluation=evaluation, judge=evaluation if args.judge == "llm" else None)
 
 
@@ -50,6 +55,12 @@ def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate:
     """Everything is checked (data, clients, engines, run folder) before the first file is written.
 
     make_train_round swaps the in-process clients for a transport (Flower)."""
+    with progress.run_console():
+        return _run_module(args, build_clients, aggregate, make_train_round)
+
+
+def _run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate: bool,
+                make_train_round: Callable[[Experiment, Engines, RunLog], TrainRound] | None) -> dict[str, Any]:
     data = load_data(args)
     try:
         clients = build_clients(args, data)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,10 @@ class RunLog:
         self.comet.parameters(config)
 
     def event(self, kind: str, **fields: Any) -> None:
-        # One line per write under a lock: lines from concurrent clients never interleave.
-        line = json.dumps({"type": kind, **fields}, ensure_ascii=False) + "\n"
+        # One line per write under a lock: lines from concurrent clients never interleave. The time is
+        # local, with its UTC offset, to the millisecond.
+        stamp = datetime.now().astimezone().isoformat(timespec="milliseconds")
+        line = json.dumps({"type": kind, "time": stamp, **fields}, ensure_ascii=False) + "\n"
         with self._lock, open(self.events_path, "a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
