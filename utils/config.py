@@ -13,6 +13,8 @@ from typing import Any, NoReturn
 
 import yaml
 
+from .tasks import TaskError, check_bbh_subtask
+
 MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
 AGGREGATE_METHODS = ("concat", "summarization", "sum_uid")
 ENGINE_PREFIXES = ("local", "ollama-", "vllm-", "sglang-")
@@ -170,6 +172,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     config_argv = _config_to_argv(parser, first.config) if first.config else []
     if first.resume and first.run_name:
         # A resumed run continues with the settings it was started with; flags given now still win.
+        check_resumable(first)  # before anything else is asked of a run that does not exist
         saved = Path(first.output_dir) / first.run_name / "config.yaml"
         if saved.is_file():
             config_argv = _config_to_argv(parser, str(saved), skip=("config", "resume", "run_name", "output_dir"))
@@ -189,6 +192,11 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UsageError(f"{args.module} takes exactly one --task; use train_hetero_fed for several tasks")
     if len(set(args.task)) != len(args.task):
         raise UsageError("--task lists a task twice: name each task once")
+    for task in args.task:
+        try:
+            check_bbh_subtask(task, args.data_dir)
+        except TaskError as exc:
+            raise UsageError(str(exc)) from None
     clients = num_clients(args)
     if args.clients_per_round is not None and args.clients_per_round > clients:
         raise UsageError(f"--clients_per_round {args.clients_per_round} exceeds the {clients} clients of "
@@ -212,8 +220,8 @@ def check_resumable(args: argparse.Namespace) -> None:
     run_dir = Path(args.output_dir) / args.run_name
     # config.yaml alone is a run that stopped before its first checkpoint: it resumes from the start.
     if not (run_dir / "checkpoint.json").is_file() and not (run_dir / "config.yaml").is_file():
-        raise UsageError(f"nothing to resume: {run_dir} holds no started run; check --run_name and "
-                         "--output_dir, or drop --resume to start it")
+        raise UsageError(f"nothing to resume: there is no run {args.run_name!r} in {args.output_dir} ({run_dir} "
+                         "holds no started run); check --run_name and --output_dir, or drop --resume to start it")
 
 
 def check_engine_name(name: str, flag: str = "engine") -> None:

@@ -9,8 +9,10 @@ to detect and repair that.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 AnswerKind = Literal["numeric", "multiple_choice", "binary", "word_sort", "free_form"]
@@ -168,6 +170,22 @@ def resolve_task(name: str, kind_hint_targets: list[str] | None = None) -> TaskS
         if re.fullmatch(r"[a-z0-9_]+", subtask):
             return _bbh_spec(subtask, kind_hint_targets)
     raise TaskError(f"unknown task {name!r}; use one of: {_ACCEPTED_FORMS}")
+
+
+def check_bbh_subtask(name: str, data_dir: str | None) -> None:
+    """A BBH task must name one of the 27 subtasks or a `<subtask>.json` of --data_dir (or its bbh/): a typo
+    is rejected at once, naming the closest subtask, instead of after the hub's retries."""
+    spec = resolve_task(name)
+    if spec.source != "bbh" or spec.subtask in BBH_SUBTASKS:
+        return
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        if any((folder / f"{spec.subtask}.json").is_file() for folder in (root, root / "bbh")):
+            return
+    closest = difflib.get_close_matches(spec.subtask or "", list(BBH_SUBTASKS), n=1, cutoff=0.0)
+    where = f"nor a file {spec.subtask}.json in --data_dir {data_dir}" if data_dir else "and no --data_dir holds it"
+    raise TaskError(f"--task {name}: {spec.subtask!r} is not one of the 27 BBH subtasks {where}; "
+                    f"did you mean BBH_{closest[0]}?")
 
 
 def _squash(text: str) -> str:
