@@ -265,10 +265,16 @@ def secret_values() -> list[str]:
     return [v for k, v in os.environ.items() if _looks_secret(k) and len(v) >= 8]
 
 
+def unused_flags(module: str | None) -> tuple[str, ...]:
+    """Flags a module never reads, left out of its config.yaml so it records only what shaped the run."""
+    return () if module == "train_homo_fed" else ("homo_split_num",)
+
+
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
     """The flags as saved to config.yaml: secret-named flags, and any value holding a key from the
     environment (a key pasted into --run_name, say), are redacted."""
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
+              if k not in unused_flags(args.module)}
     secrets = secret_values()
     for key, value in config.items():
         if _looks_secret(key) or any(secret in str(value) for secret in secrets):

@@ -320,7 +320,6 @@ def _zero_shot_state(exp: Experiment, engines: Engines, log: RunLog, evaluate: C
 
 def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, round_index: int,
                   updates: list[ClientUpdate], state: dict[str, Any]) -> dict[str, Any]:
-    settings = exp.settings
     returned = [u for u in updates if not u.error]
     lengths: dict[str, dict[str, Any]] = {}
     merged: tuple[str, bool, bool, dict[str, float], dict[str, Any]] | None = None
@@ -334,9 +333,9 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         lengths = {u.client_id: length for u, length in zip(returned, outcomes[1:], strict=True)}
     for update in updates:
         for s in update.steps:
-            global_step = (round_index - 1) * settings.max_steps + s.step + 1
             log.event("step", round=round_index, client=update.client_id, **vars(s))
-            log.metric(f"train/{update.client_id}/batch_accuracy", s.batch_accuracy, global_step)
+            # Every metric is on the round axis: a round's local steps are its points of this one.
+            log.metric(f"train/{update.client_id}/batch_accuracy", s.batch_accuracy, round_index)
         if update.error:
             log.event("client_failed", round=round_index, client=update.client_id, error=update.error)
         else:
@@ -430,6 +429,7 @@ def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator,
         "rounds": [{k: v for k, v in r.items() if k != "aggregate"} for r in history],
         "best": state["best"],
         "final_prompt": last,
+        "starting_prompt_tokens": measure_prompt(state["starting_prompt"])["tokens"],  # round 0 of the length plots
         "final_test": {"last": last_test, "best": best_test},
         "steps": {"total": sum(r["steps"] for r in history), "accepted": sum(r["accepted_steps"] for r in history)},
         "format_failures": {

@@ -89,7 +89,7 @@ def _run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate
         run_larger_model=not args.do_not_run_larger_model and args.evaluation_engine != args.test_engine,
     )
     comet_path = Path(args.comet_log_path) if args.comet_log_path else Path(args.output_dir) / "comet"
-    log = open_run_log(run_dir, args.comet_mode, args.comet_project_name, comet_path)
+    log = open_run_log(run_dir, args.comet_mode, args.comet_project_name, comet_path, resume=args.resume)
     try:
         if not args.resume:
             log.write_config(resolved_config(args))
