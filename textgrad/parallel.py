@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -34,6 +34,12 @@ def run_concurrently(calls: Sequence[Callable[[], T]]) -> list[T]:
         # Each call runs in a copy of the caller's context, so settings such as textgrad.slots.background()
         # reach the threads (one copy per call: a context cannot be entered by two threads at once).
         futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                if isinstance(future.exception(), KeyboardInterrupt):  # a call stopped by Ctrl-C: stop now
+                    raise future.exception()  # type: ignore[misc]
         outcomes: list[tuple[bool, object]] = []
         for future in futures:
             try:

@@ -67,9 +67,15 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 class _Formatter(logging.Formatter):
+    """"warning: message", on one line (server errors quoted in a message often carry line breaks)."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {super().format(record)}"
+        return f"{record.levelname.lower()}: {_one_line(super().format(record))}"
 
 
 class RepeatedWarnings(logging.Filter):
@@ -91,7 +97,7 @@ class RepeatedWarnings(logging.Filter):
                 self._counts[key] += 1
                 return False
             self._counts[key] = 0
-            self._first[key] = record.getMessage()
+            self._first[key] = _one_line(record.getMessage())
         return True
 
     def reset(self) -> None:
@@ -124,6 +130,10 @@ def configure_logging() -> None:
 # ---------------------------------------------------------------------------------- phases
 
 
+def _postfix(cache_hits: int, retries: int) -> str:
+    return f"cache hits {cache_hits}, retries {retries}"
+
+
 class Phase:
     """One phase of a run: its bar, the calls made inside it (from any thread that runs its work
     through `run`), and its seconds."""
@@ -139,7 +149,7 @@ class Phase:
         if show:
             fmt = "{desc}: {elapsed}{postfix}" if total is None else None
             self.bar = tqdm(total=total, desc=desc, unit="call", leave=False, dynamic_ncols=True,
-                            file=sys.stderr, bar_format=fmt, mininterval=REFRESH_S)
+                            file=sys.stderr, bar_format=fmt, mininterval=REFRESH_S, postfix=_postfix(0, 0))
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """fn(*args, **kwargs) with its LLM calls (also those of the threads it starts) counted in this phase."""
@@ -175,13 +185,14 @@ class Phase:
         done = counts["calls"] + counts["cache_hits"]
         if self.total is not None and done > self.total:
             self.set_total(done)  # a retried phase replays its calls
-        self.bar.set_postfix_str(f"cache hits {counts['cache_hits']}, retries {counts['retries']}", refresh=False)
+        self.bar.set_postfix_str(_postfix(counts["cache_hits"], counts["retries"]), refresh=False)
         if done > self.bar.n:
             self.bar.update(done - self.bar.n)
         else:
             self.bar.refresh()
 
     def close(self) -> None:
+        self.refresh()  # its final count, drawn once before the bar is cleared
         with self._lock:
             if self._closed:
                 return

@@ -39,7 +39,7 @@ class CometSink:
 
         options: dict[str, Any] = dict(
             project_name=project, display_summary_level=0, auto_output_logging=False, auto_param_logging=False,
-            auto_metric_logging=False, log_code=False, log_git_metadata=False, log_git_patch=False)
+            auto_metric_logging=False, parse_args=False, log_code=False, log_git_metadata=False, log_git_patch=False)
         if mode == "offline":
             log_path.mkdir(parents=True, exist_ok=True)
             options.update(offline_directory=str(log_path), log_env_details=False, log_env_gpu=False,
