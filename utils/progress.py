@@ -214,11 +214,11 @@ class StepsPhase(Phase):
     steps finished (a reverted step skips its re-score), counting the steps of clients running side by
     side as half done."""
 
-    def __init__(self, console: RunConsole, key: str, desc: str, steps: int, calls_per_step: int,
+    def __init__(self, console: RunConsole, key: str, desc: str, steps: int, most_calls: int,
                  clients: int, show: bool) -> None:
-        super().__init__(console, key, f"{desc} 0/{steps}", steps * calls_per_step, show)
+        super().__init__(console, key, f"{desc} 0/{steps}", most_calls, show)
         self.base_desc, self.steps, self.clients, self.steps_done = desc, steps, clients, 0
-        self.most = steps * calls_per_step
+        self.most = most_calls
 
     def step_done(self) -> None:
         with self._lock:
@@ -250,8 +250,9 @@ class RunConsole:
         """A phase of `total` LLM calls (None: a count-less bar of elapsed time; 0: no bar)."""
         return self._track(Phase(self, key, desc, total, self.show_bars and total != 0))
 
-    def steps_phase(self, key: str, desc: str, steps: int, calls_per_step: int, clients: int) -> StepsPhase:
-        return self._track(StepsPhase(self, key, desc, steps, calls_per_step, clients, self.show_bars))
+    def steps_phase(self, key: str, desc: str, steps: int, most_calls: int, clients: int) -> StepsPhase:
+        """`steps` local steps of `clients` clients side by side, making at most `most_calls` LLM calls."""
+        return self._track(StepsPhase(self, key, desc, steps, most_calls, clients, self.show_bars))
 
     def _track(self, phase: Any) -> Any:
         with self._lock:
@@ -333,18 +334,17 @@ def run_console() -> Iterator[RunConsole]:
 
 @dataclass
 class RunPlan:
-    """The LLM calls a run still has to make, by phase, as planned from its settings."""
+    """The LLM calls a run makes at most, by phase, as planned from its settings (fewer when steps are
+    reverted before their re-score, or a prompt comes back that was evaluated before)."""
 
-    rounds: int            # rounds left to train
-    steps_per_round: int   # local steps of all participating clients in a round
-    calls_per_step: float  # forward + feedback + optimizer + re-score (measured once steps have finished)
-    merge_calls: int       # per round: 1 with a merge method and several clients, else 0
-    val_calls: int         # per round
-    test_calls: int        # the final test of the last prompt
+    rounds: int        # rounds to train
+    step_calls: float  # per round: the local steps of all participating clients
+    merge_calls: int   # per round: 1 with a merge method and several clients, else 0
+    val_calls: int     # per round
+    test_calls: int    # the final test of the last prompt
 
     def calls(self) -> int:
-        per_round = self.steps_per_round * self.calls_per_step + self.merge_calls + self.val_calls
-        return round(self.rounds * per_round + self.test_calls)
+        return round(self.rounds * (self.step_calls + self.merge_calls + self.val_calls) + self.test_calls)
 
 
 def _duration(seconds: float) -> str:
@@ -360,7 +360,7 @@ def estimate_line(elapsed: float, calls_done: int, requests_sent: int, remaining
     pace = elapsed / max(1, requests_sent)  # seconds of run per request sent: cache hits are free
     total = elapsed + remaining_calls * pace
     finish = time.strftime("%H:%M", time.localtime(time.time() + total - elapsed))
-    line = (f"estimate: the whole run takes about {_duration(total)} (done around {finish}): "
-            f"{calls_done + remaining_calls} LLM calls at {pace:.2f} s each so far; "
+    line = (f"estimate: the whole run takes up to about {_duration(total)} (done around {finish}): "
+            f"at most {calls_done + remaining_calls} LLM calls at {pace:.2f} s each so far; "
             f"--split_sizes, --max_steps and --max_epochs make it shorter")
     return line, total

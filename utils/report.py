@@ -30,6 +30,9 @@ GROUP_KEYS = (("module", "module"), ("tasks", "tasks"), ("aggregation", "aggrega
 # config.yaml settings that also separate groups; shown as columns only when they differ between runs.
 EXTRA_KEYS = ("test_engine", "evaluation_engine", "partition", "dirichlet_alpha", "clients_per_round",
               "proximal_update", "split_sizes", "max_epochs", "judge", "max_tokens")
+# Shorter names of settings in plot legends.
+SHORT_TITLES = {"split_sizes": "split", "test_engine": "test", "evaluation_engine": "eval",
+                "clients_per_round": "clients/round", "dirichlet_alpha": "alpha", "max_epochs": "rounds"}
 # (metric, column title, decimals)
 METRICS = (("zero_shot_test", "zero-shot test", 3), ("best_val", "best val", 3),
            ("test_last", "test (last)", 3), ("test_best", "test (best)", 3),
@@ -241,7 +244,10 @@ def series_label(group: Group, groups: list[Group], leave_out: str = "") -> str:
         if key == leave_out or len({g.value(key) for g in groups}) <= 1:
             continue
         value = group.value(key)
-        parts.append(str(value) if key in ("module", "tasks", "aggregation") else f"{titles.get(key, key)} {value}")
+        if key == "tasks":
+            value = str(value).replace("BBH_", "")  # the BBH subtask names say enough
+        parts.append(str(value) if key in ("module", "tasks", "aggregation") else
+                     f"{SHORT_TITLES.get(key, titles.get(key, key))} {value}")
     return ", ".join(parts) or str(group.value("aggregation"))
 
 

@@ -128,6 +128,7 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
     started = time.monotonic()
     settings = exp.settings
     client_ids = [c.client_id for c in exp.clients]
+    by_id = {c.client_id: c for c in exp.clients}
     console = progress.current()
     steps_bar: progress.StepsPhase | None = None
 
@@ -139,8 +140,8 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
         nonlocal steps_bar
         selected = select_clients(client_ids, exp.clients_per_round, settings.seed, round_index)
         steps_bar = console.steps_phase("local_steps", f"round {round_index}: local steps",
-                                        len(selected) * settings.max_steps, calls_per_step(settings),
-                                        len(selected))
+                                        len(selected) * settings.max_steps,
+                                        step_calls(exp, [by_id[c] for c in selected]), len(selected))
         return selected
 
     in_process = train_round is None
@@ -454,9 +455,11 @@ def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator,
     return results
 
 
-def calls_per_step(settings: LocalSettings) -> int:
-    """The most LLM calls of a local step: forward, feedback and re-score per example, one optimizer call."""
-    return 3 * settings.batch_size + 1
+def step_calls(exp: Experiment, clients: list[Client]) -> int:
+    """The most LLM calls of one round of these clients' local steps: per step, forward, feedback and
+    re-score of each example of the batch (no larger than the client's shard), one optimizer call."""
+    batch = exp.settings.batch_size
+    return exp.settings.max_steps * sum(3 * min(batch, len(c.examples)) + 1 for c in clients)
 
 
 def _zero_shot_calls(exp: Experiment, evaluate: Evaluator, engines: Engines) -> int:
@@ -476,19 +479,18 @@ def _print_estimate(exp: Experiment, log: RunLog, done: dict[str, int], started:
     """After the zero-shot phase: the time the whole run will take at the pace of its calls so far
     (`done`: the run's LLM counters until now)."""
     calls_done = done["calls"] + done["cache_hits"]
-    # Round 1's local steps so far tell how many calls a step makes (its bar's expected total).
-    per_step = steps.total / steps.steps if steps is not None and steps.total else calls_per_step(exp.settings)
-    steps_per_round = min(exp.clients_per_round, len(exp.clients)) * exp.settings.max_steps
+    # Round 1's local steps so far tell how many calls a round's steps make (its bar's expected total).
+    per_round = steps.total if steps is not None and steps.total else step_calls(
+        exp, exp.clients[:exp.clients_per_round])
     plan = progress.RunPlan(
-        rounds=exp.rounds, steps_per_round=steps_per_round, calls_per_step=per_step,
+        rounds=exp.rounds, step_calls=per_round,
         merge_calls=int(exp.aggregate_method not in (None, "concat") and len(exp.clients) > 1),
         val_calls=eval_calls(exp.val_sets, judged), test_calls=eval_calls(exp.test_sets, judged))
     # Round 1's calls so far are part of calls_done already.
     remaining = max(0, plan.calls() - (steps.done() if steps is not None else 0))
     line, seconds = progress.estimate_line(time.monotonic() - started, calls_done, done["calls"], remaining)
     progress.note(line)
-    log.event("estimate", seconds=round(seconds, 1), llm_calls=calls_done + remaining,
-              calls_per_step=round(per_step, 2))
+    log.event("estimate", seconds=round(seconds, 1), llm_calls=calls_done + remaining)
 
 
 def _resume_note(log: RunLog, state: dict[str, Any] | None, rounds: int) -> str:
