@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from utils.config import UsageError, parse_args
@@ -19,18 +20,23 @@ from utils.tasks import TaskError
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        return run(args)
     except UsageError as exc:
         return _fail(exc, 2)
-    return run(args)
+    except KeyboardInterrupt:  # before the run started (imports): nothing to resume
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        return 130
 
 
 def run(args: argparse.Namespace) -> int:
     # Imported only once the flags are known good: the LLM client libraries take a second or more to load,
     # and a typo deserves an instant answer.
+    from textgrad import interrupt
     from textgrad.errors import EngineError
     from textgrad.local_server import failure_note
     from utils.rounds import RoundFailed
 
+    interrupt.install_sigint_handler()
     # On a failure the embedded server's log stays in the temp folder and the error line names it;
     # otherwise it is removed when the server stops at exit.
     try:
@@ -42,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     except RoundFailed as exc:
         return _fail(exc, 1, failure_note())
     except KeyboardInterrupt:
+        interrupt.request_stop()
         hint = f": continue with python main.py --resume --run_name {args.run_name} --output_dir {args.output_dir}"
-        print("\ninterrupted" + (hint if args.run_name else ""), file=sys.stderr)
+        print("\ninterrupted" + (hint if args.run_name else ""), file=sys.stderr, flush=True)
         return 130
     except Exception:  # a bug: its traceback follows
         print("error: unexpected failure" + failure_note(), file=sys.stderr)
@@ -56,5 +63,19 @@ def _fail(exc: BaseException, code: int, note: str = "") -> int:
     return code
 
 
+def _exit(code: int) -> None:
+    if code == 130:
+        # Interrupted: calls still in flight to a remote server are not waited for (they retry no more, see
+        # textgrad.interrupt), so the process ends now, with the resume hint as its last line. The embedded
+        # server was already stopped by the signal; every file is written atomically or line by line.
+        local_server = sys.modules.get("textgrad.local_server")
+        if local_server is not None:
+            local_server.stop_local_server()  # atexit does not run after os._exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

@@ -460,12 +460,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no_structured", action="store_true", help="refuse any response_format (HTTP 400)")
     parser.add_argument("--cut_at_max_tokens", action="store_true", help="cut long replies (finish_reason length)")
     args = parser.parse_args(argv)
-    server = FakeServer(latency=args.latency, slots=args.slots, seed=args.seed, rate_500=args.rate_500,
-                        rate_429=args.rate_429, rate_timeout=args.rate_timeout,
-                        timeout_sleep=args.timeout_sleep, rate_malformed=args.rate_malformed,
-                        max_context=args.max_context, model=args.model, logprobs=not args.no_logprobs,
-                        port=args.port, quote_rate=args.quote_rate, flavour=args.flavour,
-                        structured=not args.no_structured, cut_at_max_tokens=args.cut_at_max_tokens)
+    try:
+        server = FakeServer(latency=args.latency, slots=args.slots, seed=args.seed, rate_500=args.rate_500,
+                            rate_429=args.rate_429, rate_timeout=args.rate_timeout,
+                            timeout_sleep=args.timeout_sleep, rate_malformed=args.rate_malformed,
+                            max_context=args.max_context, model=args.model, logprobs=not args.no_logprobs,
+                            port=args.port, quote_rate=args.quote_rate, flavour=args.flavour,
+                            structured=not args.no_structured, cut_at_max_tokens=args.cut_at_max_tokens)
+    except OSError as exc:  # most often the port is taken, by an earlier bench server still running
+        print(f"error: cannot listen on 127.0.0.1:{args.port} ({exc.strerror or exc}): stop the process using it "
+              f"(e.g. an earlier fake_server.py) or pass another --port", file=sys.stderr)
+        sys.exit(2)
     print(server.base_url, flush=True)
     try:
         server._httpd.serve_forever()

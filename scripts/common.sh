@@ -138,6 +138,49 @@ run_cell() {
     ((status == 0)) || FAILED+=("$out/$name (exit $status)")
 }
 
+# endpoint_url ENGINE: the server URL a run of ENGINE talks to, empty when no server of ours is involved
+# (the embedded server, which main.py starts itself, and OpenAI).
+endpoint_url() {
+    case "$1" in
+        local) printf '%s\n' "${LOCAL_BASE_URL:-}" ;;
+        vllm-*) printf '%s\n' "${VLLM_BASE_URL:-http://localhost:8000/v1}" ;;
+        sglang-*) printf '%s\n' "${SGLANG_BASE_URL:-http://localhost:30000/v1}" ;;
+        ollama-*) printf '%s\n' "${OLLAMA_BASE_URL:-http://localhost:11434/v1}" ;;
+        *) printf '\n' ;;
+    esac
+}
+
+# wait_for_servers: a server started just before (scripts/llamacpp_serve.sh &) needs seconds to load its
+# model; wait until each engine's server answers, at most FEDTEXTGRAD_SERVER_WAIT seconds (default 300).
+wait_for_servers() {
+    local engine url
+    for engine in "$TEST_ENGINE" "$EVAL_ENGINE"; do
+        url="$(endpoint_url "$engine")"
+        [[ -n "$url" ]] || continue
+        "$PYTHON" - "$url" "${FEDTEXTGRAD_SERVER_WAIT:-300}" <<'PY' ||
+import sys, time, urllib.error, urllib.parse, urllib.request
+url, limit = sys.argv[1].rstrip("/"), float(sys.argv[2])
+host = urllib.parse.urlsplit(url).hostname or ""
+opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if host in ("localhost", "127.0.0.1", "::1") else []))
+deadline, told = time.monotonic() + limit, False
+while True:
+    try:
+        opener.open(url + "/models", timeout=5).close()
+        break
+    except urllib.error.HTTPError:
+        break  # it answers, if not with a model list
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit(1)
+    if not told:
+        print(f"waiting for the LLM server at {url} to answer (up to {limit:.0f} s)", file=sys.stderr, flush=True)
+        told = True
+    time.sleep(1)
+PY
+            die "no LLM server answers at $url after ${FEDTEXTGRAD_SERVER_WAIT:-300} s: start it (e.g. scripts/llamacpp_serve.sh) or fix its URL variable"
+    done
+}
+
 # run_grid GROUP SETTING "TASKS" "METHODS" FLAG "VALUES": one run per task x method x value x seed.
 # METHODS "-" means no aggregation flag (centralized); FLAG "" means no swept flag.
 run_grid() {
@@ -145,6 +188,7 @@ run_grid() {
     local task method value seed name
     [[ "$setting" != hetero ]] || tasks="hetero"
     [[ -n "$flag" ]] || values="-"
+    ((DRY_RUN)) || wait_for_servers
     for task in $tasks; do
         setting_args "$setting" "$task"
         for method in $methods; do
@@ -250,13 +294,18 @@ print_exports() {
     echo "export FEDTEXTGRAD_TEST_ENGINE=$3 FEDTEXTGRAD_EVAL_ENGINE=$3"
 }
 
-# serve "$@": print the server command (dry run) or replace this shell with it.
+# serve "$@": print the server command (dry run) or replace this shell with it; with SERVE_LOG set, the
+# server's output goes to that file instead of the terminal.
 serve() {
     if ((DRY_RUN)); then
         print_cmd "$@"
         return 0
     fi
     echo "+ $(print_cmd "$@")" >&2
+    if [[ -n "${SERVE_LOG:-}" ]]; then
+        mkdir -p "$(dirname "$SERVE_LOG")"
+        exec "$@" >>"$SERVE_LOG" 2>&1
+    fi
     exec "$@"
 }
 

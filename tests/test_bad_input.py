@@ -67,6 +67,10 @@ CASES = [
     Case("no_module", lambda r: ["--task", "synthetic_object_counting"], "--module"),
     Case("unknown_module", lambda r: ["--module", "train_magic"], "--module"),
     Case("unknown_task", homo("--task", "object_counting"), "unknown task"),
+    # A typo is caught at once (no hub retries: HF_HUB_OFFLINE is not what saves it), naming the subtask meant.
+    Case("bbh_typo", homo("--task", "BBH_object_countin"), "did you mean BBH_object_counting?"),
+    Case("bbh_typo_with_data_dir", homo("--task", "BBH_word_sortng", "--data_dir", str(SHARED_DATA)),
+         "nor a file word_sortng.json in --data_dir"),
     Case("unknown_engine_prefix", homo("--test_engine", "olama-llama3"), "unknown engine prefix"),
     Case("unknown_engine", homo("--evaluation_engine", "llama3"), "not a known engine"),
     Case("engine_without_model", homo("--test_engine", "vllm-"), "names no model"),
@@ -108,6 +112,7 @@ CASES = [
     Case("config_bad_value", lambda r: [*HOMO, *config(r, "max_steps: many\n")], "--max_steps"),
     Case("config_missing", lambda r: [*HOMO, "--config", str(r / "absent.yaml")], "does not exist"),
     Case("resume_nothing", homo("--resume", "--run_name", "ghost"), "nothing to resume"),
+    Case("resume_no_such_run", lambda r: ["--resume", "--run_name", "nope"], "there is no run 'nope'"),
     Case("resume_without_run_name", homo("--resume"), "--run_name"),
     Case("run_name_taken", started_run, "already holds a run"),
     Case("output_dir_under_a_file", lambda r: [*HOMO, "--output_dir", str(write(r / "file.txt", "x") / "out")],
@@ -126,6 +131,10 @@ CASES = [
     Case("endpoint_down_at_start", lambda r: HOMO, "cannot reach the vllm endpoint"),
     Case("cache_dir_is_a_file", lambda r: [*HOMO, "--cache_dir", str(write(r / "cache", "x"))], "--cache_dir"),
 ]
+
+
+# Run with the hub reachable in principle: a typo must not wait on it.
+HUB_ONLINE = ("bbh_typo",)
 
 
 class Outcome(NamedTuple):
@@ -148,8 +157,8 @@ def run_case(case: Case, root: Path) -> Outcome:
         argv += ["--output_dir", str(root / "out")]
     if "--cache_dir" not in argv:
         argv += ["--cache_dir", str(root / "cache")]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "VLLM_"))}
-    env.update(HF_HUB_OFFLINE="1", VLLM_BASE_URL="http://127.0.0.1:9/v1", FEDTEXTGRAD_CACHE_DIR=str(root / "cache"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "VLLM_", "HF_"))}
+    env.update(HF_HUB_OFFLINE="1" if case.name not in HUB_ONLINE else "0", VLLM_BASE_URL="http://127.0.0.1:9/v1", FEDTEXTGRAD_CACHE_DIR=str(root / "cache"))
     before = snapshot(root)
     done = subprocess.run([sys.executable, str(REPO / "main.py"), *argv], cwd=root, env=env, capture_output=True,
                           text=True, timeout=120)

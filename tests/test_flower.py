@@ -523,9 +523,13 @@ def test_flower_run_command_runs_a_local_federation(tmp_path, fake_llm, no_stray
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": port,
-           "FLWR_DISABLE_UPDATE_CHECK": "1", "VLLM_BASE_URL": fake_llm.base_url}
+    # Every Flower process comes from this interpreter's environment, activated or not: the SuperLink
+    # starts `flower-superexec` (and `flwr run` a SuperLink) by PATH lookup, so the interpreter's bin/
+    # goes first on a PATH that holds no other Python (a venv that is not activated).
     bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": port,
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "VLLM_BASE_URL": fake_llm.base_url,
+           "PATH": os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"])}
     superlink = subprocess.Popen(
         [str(bin_dir / "flower-superlink"), "--insecure", "--simulation", "--disable-runtime-dependency-installation",
          "--host", "127.0.0.1", "--port", port, "--log-file", str(tmp_path / "superlink.log")],

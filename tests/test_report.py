@@ -88,7 +88,9 @@ def test_report_rows_match_results_json(sweep: dict[str, Any]) -> None:
         assert row["best val"] == _cell([r["best"]["val"] for r in results], 3)
         assert row["test (last)"] == _cell([r["final_test"]["last"]["mean"] for r in results], 3)
         assert row["test (best)"] == _cell([r["final_test"]["best"]["mean"] for r in results], 3)
-        assert row["LLM calls"] == _cell([r["llm"]["calls"] for r in results], 0)
+        assert row["calls made (cache hits included)"] == _cell(
+            [r["llm"]["calls"] + r["llm"]["cache_hits"] for r in results], 0)
+        assert row["requests sent"] == _cell([r["llm"]["calls"] for r in results], 0)
         assert row["tokens"] == _cell([r["llm"]["prompt_tokens"] + r["llm"]["completion_tokens"] for r in results], 0)
         assert row["wall s"] == _cell([r["wall_seconds"] for r in results], 1)
         assert row["prompt tokens"] == _cell([r["rounds"][-1]["aggregate_tokens"] for r in results], 0)

@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from run_helpers import ServerProcess
 
+from textgrad import local_server
 from textgrad.engine import get_engine
 from textgrad.local_server import find_packaged_model
 from utils.config import parse_args
@@ -147,7 +151,7 @@ def test_sweep_clients_refuses_the_hetero_setting() -> None:
     ("vllm_serve.sh", "VLLM_BASE_URL", 8000, "vllm-meta-llama/Llama-3.1-8B-Instruct", "vllm serve"),
     ("sglang_serve.sh", "SGLANG_BASE_URL", 30000, "sglang-meta-llama/Llama-3.1-8B-Instruct", "sglang.launch_server"),
     ("ollama_serve.sh", "OLLAMA_BASE_URL", 11434, "ollama-llama3.1:8b", "ollama serve"),
-    ("llamacpp_serve.sh", "LOCAL_BASE_URL", 8080, "local", "llama_cpp.server"),
+    ("llamacpp_serve.sh", "LOCAL_BASE_URL", 8080, "local", "textgrad.llamacpp_server"),
 ])
 def test_server_launchers_print_what_to_export(script: str, url_var: str, port: int, engine: str,
                                                command: str) -> None:
@@ -195,15 +199,18 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow  # starts llama.cpp through the launcher
-def test_llamacpp_launcher_starts_a_server_the_local_engine_shares(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_llamacpp_launcher_starts_a_server_the_local_engine_shares(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "LOCAL_BASE_URL"}
+    log = tmp_path / "server.log"
     server = subprocess.Popen([str(SCRIPTS / "llamacpp_serve.sh")], env={**env, "LLAMACPP_PORT": str(port),
-                              "PYTHON": sys.executable}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True, start_new_session=True)
+                              "PYTHON": sys.executable, "LLAMACPP_LOG": str(log)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        exports = [server.stdout.readline().strip() for _ in range(3)]
+        exports = [server.stdout.readline().strip() for _ in range(4)]
         assert exports[1] == f"export LOCAL_BASE_URL=http://127.0.0.1:{port}/v1"
+        assert exports[3] == f"# server log: {log}"
         url = exports[1].split("=", 1)[1]
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + 180
@@ -224,6 +231,57 @@ def test_llamacpp_launcher_starts_a_server_the_local_engine_shares(monkeypatch: 
         assert engine.base_url == url
         measures = uid_measures("Count the objects, then add them.", engine)
         assert measures is not None and measures["tokens"] >= 5
+        # One model, one window: the embedded server's 8192 tokens, reported by the server (/props).
+        assert (engine.context_window, engine.context.source) == (local_server.N_CTX, "reported by the server")
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the script exec'd the server: its own session
         server.wait(timeout=30)
+    # The server's own lines went to its log file, not to the terminal.
+    assert "Uvicorn running" in log.read_text() or "llama" in log.read_text().lower()
+    assert server.stdout.read() == "" and "Uvicorn" not in server.stderr.read()
+
+
+def test_launchers_wait_until_the_server_answers(tmp_path: Path) -> None:
+    """The README's `server &` then a sweep: the sweep waits for the server instead of failing."""
+    port = _free_port()
+    env = {"FEDTEXTGRAD_OUTPUT_DIR": str(tmp_path), "FEDTEXTGRAD_TEST_ENGINE": "vllm-fake-model",
+           "FEDTEXTGRAD_EVAL_ENGINE": "vllm-fake-model", "VLLM_BASE_URL": f"http://127.0.0.1:{port}/v1",
+           "FEDTEXTGRAD_SPLIT_SIZES": "3,3,3", "FEDTEXTGRAD_ROUNDS": "1", "GRID": "1", "TASKS": "synthetic_object_counting",
+           "HF_HUB_OFFLINE": "1"}
+    starter = threading.Timer(3.0, lambda: started.append(ServerProcess("--latency", "0").start(port)))
+    started: list[ServerProcess] = []
+    starter.start()
+    try:
+        done = _run("sweep_local_steps.sh", "--comet_mode", "disabled", "--cache_dir", str(tmp_path / "cache"),
+                    env=env, timeout=300)
+    finally:
+        starter.join()
+        for server in started:
+            server.kill()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"waiting for the LLM server at http://127.0.0.1:{port}/v1 to answer" in done.stderr
+    assert (tmp_path / "sweep_local_steps_homo" / "synthetic_object_counting-sum_uid-max_steps1-seed42" /
+            "results.json").is_file()
+
+
+def test_launchers_give_up_on_a_server_that_never_answers(tmp_path: Path) -> None:
+    env = {"FEDTEXTGRAD_OUTPUT_DIR": str(tmp_path), "LOCAL_BASE_URL": f"http://127.0.0.1:{_free_port()}/v1",
+           "FEDTEXTGRAD_SERVER_WAIT": "2"}
+    done = _run("run_centralized.sh", env=env)
+    assert done.returncode == 2 and done.stderr.splitlines()[-1].startswith("error: no LLM server answers at")
+    assert not (tmp_path / "centralized").exists()
+
+
+def test_readme_blocks_stop_what_they_start() -> None:
+    """A README block that starts a background process (`... &`) also stops it (`kill ...`)."""
+    blocks, block = [], []
+    for line in (REPO_ROOT / "README.md").read_text().splitlines():
+        if line.startswith("    ") and line.strip():
+            block.append(line.strip())
+        elif block and line.strip():
+            blocks.append(block)
+            block = []
+    starting = [b for b in blocks if any(re.search(r"&(\s*#.*)?$", line) for line in b)]
+    assert starting, "the README starts servers in the background somewhere"
+    for b in starting:
+        assert any(line.startswith("kill ") for line in b), b

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import openai
 
-from . import context, endpoints, local_server, server_pool
+from . import context, endpoints, interrupt, local_server, server_pool
 from .cache import ResponseCache
 from .endpoints import Route, canonical_engine_name, endpoint_slots, fetch_models, http_client
 from .errors import ContextOverflowError, EngineError, StructuredOutputRejected
@@ -314,6 +314,7 @@ class ChatEngine:
                  response_format: dict[str, Any] | None = None) -> tuple[str, int, int, str | None]:
         client = self._ensure_ready()
         assert self._semaphore is not None
+        interrupt.check()  # after Ctrl-C no new request
         self.stats.add(calls=1)
         started = time.monotonic()
         delay = BACKOFF_BASE_S
@@ -362,10 +363,12 @@ class ChatEngine:
                 wait = delay
             if attempt == MAX_ATTEMPTS:
                 break
+            interrupt.check()  # after Ctrl-C: no retry, and no blame on the server
             self.stats.add(retries=1)
             logger.warning("%s: attempt %d failed (%s); retrying in %.1f s", self.name, attempt, failure, wait)
-            time.sleep(wait)
+            interrupt.sleep(wait)
             delay = min(delay * 2, BACKOFF_CAP_S)
+        interrupt.check()
         self.stats.add(failures=1)
         raise failure
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from . import server_pool
+from . import interrupt, server_pool
 from .endpoints import http_client
 from .errors import EngineError
 
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 N_CTX = 8192
 STARTUP_TIMEOUT_S = 180.0
 STOP_GRACE_S = 5.0
+SIGNAL_STOP_GRACE_S = 0.5
 _HOST = "127.0.0.1"
 _INSTALL_HINT = "pip install -r requirements.txt"
 
@@ -418,12 +419,12 @@ def served_model_path(base_url: str, model: str) -> str | None:
     return path if model in (Path(path).stem, path) else None
 
 
-def _terminate(process: subprocess.Popen[bytes]) -> None:
+def _terminate(process: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> None:
     if process.poll() is not None:
         return
     try:
         process.terminate()
-        process.wait(timeout=STOP_GRACE_S)
+        process.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=STOP_GRACE_S)
@@ -474,8 +475,10 @@ def _remove_logs() -> None:
 def _on_signal(signum: int, frame: object) -> None:
     # No lock here: another thread may hold it for the whole start-up, and a signal
     # handler must not wait on it. Terminating twice is harmless.
+    interrupt.request_stop()  # first: the calls the server's end breaks must not retry or blame it
     for process in [*_starting, *(s.process for s in _servers)]:
-        _terminate(process)
+        # A short grace: uvicorn would otherwise finish the generation in flight before exiting.
+        _terminate(process, grace=SIGNAL_STOP_GRACE_S)
     _remove_logs()  # a stop on request is no failure (SIGTERM's default action skips atexit)
     previous = _previous_handlers.get(signum)
     if callable(previous):

@@ -19,6 +19,7 @@ from textgrad.endpoints import engine_name_problem
 
 from .attacks import ATTACKS
 from .leakage import LEAK_GUARDS
+from .tasks import TaskError, check_bbh_subtask
 
 MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
 AGGREGATE_METHODS = ("concat", "summarization", "sum_uid")
@@ -251,6 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if first.resume and first.run_name:
         check_run_name(first.run_name)  # before it names a file to read
         # A resumed run continues with the settings it was started with; flags given now still win.
+        check_resumable(first)  # before anything else is asked of a run that does not exist
         saved = Path(first.output_dir) / first.run_name / "config.yaml"
         if saved.is_file():
             config_argv = _config_to_argv(parser, str(saved), skip=("config", "resume", "run_name", "output_dir"))
@@ -270,6 +272,11 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UsageError(f"{args.module} takes exactly one --task; use train_hetero_fed for several tasks")
     if len(set(args.task)) != len(args.task):
         raise UsageError("--task lists a task twice: name each task once")
+    for task in args.task:
+        try:
+            check_bbh_subtask(task, args.data_dir)
+        except TaskError as exc:
+            raise UsageError(str(exc)) from None
     clients = num_clients(args)
     if args.clients_per_round is not None and args.clients_per_round > clients:
         raise UsageError(f"--clients_per_round {args.clients_per_round} exceeds the {clients} clients of "
@@ -296,8 +303,8 @@ def check_resumable(args: argparse.Namespace) -> None:
     run_dir = Path(args.output_dir) / args.run_name
     # config.yaml alone is a run that stopped before its first checkpoint: it resumes from the start.
     if not (run_dir / "checkpoint.json").is_file() and not (run_dir / "config.yaml").is_file():
-        raise UsageError(f"nothing to resume: {run_dir} holds no started run; check --run_name and "
-                         "--output_dir, or drop --resume to start it")
+        raise UsageError(f"nothing to resume: there is no run {args.run_name!r} in {args.output_dir} ({run_dir} "
+                         "holds no started run); check --run_name and --output_dir, or drop --resume to start it")
 
 
 def check_run_name(name: str) -> None:
@@ -347,10 +354,16 @@ def secret_values() -> list[str]:
     return [v for k, v in os.environ.items() if _looks_secret(k) and len(v) >= 8]
 
 
+def unused_flags(module: str | None) -> tuple[str, ...]:
+    """Flags a module never reads, left out of its config.yaml so it records only what shaped the run."""
+    return () if module == "train_homo_fed" else ("homo_split_num",)
+
+
 def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
     """The flags as saved to config.yaml: secret-named flags, and any value holding a key from the
     environment (a key pasted into --run_name, say), are redacted."""
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
+              if k not in unused_flags(args.module)}
     secrets = secret_values()
     for key, value in config.items():
         if _looks_secret(key) or any(secret in str(value) for secret in secrets):

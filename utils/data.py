@@ -7,8 +7,11 @@ that names the file or the two sources and what to do next.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,10 +161,25 @@ def _hub_rows(path: str, config: str, split: str) -> list[dict[str, Any]]:
     except ImportError:
         raise _HubFailure("the datasets package is not installed") from None
     try:
-        rows = datasets.load_dataset(path, config, split=split)
+        with _quiet_hub_logging():
+            rows = datasets.load_dataset(path, config, split=split)
     except Exception as exc:  # noqa: BLE001 - any hub failure becomes one combined user error
         raise _HubFailure(_short_reason(exc)) from None
     return [dict(row) for row in rows]
+
+
+@contextlib.contextmanager
+def _quiet_hub_logging() -> Iterator[None]:
+    """The hub's and datasets' own retry warnings stay quiet: a failure becomes our one-line error."""
+    loggers = [logging.getLogger(name) for name in ("datasets", "huggingface_hub", "fsspec", "urllib3")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _hub_bbh(subtask: str) -> list[Example]:

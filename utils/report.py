@@ -12,7 +12,6 @@ the PNG plots there.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .files import write_bytes_atomic, write_text_atomic
+from .files import write_text_atomic
 from .prompt_stats import token_axis_label
 
 # (column, title) of the keys that always define a group.
@@ -33,9 +32,13 @@ GROUP_KEYS = (("module", "module"), ("tasks", "tasks"), ("aggregation", "aggrega
 EXTRA_KEYS = ("test_engine", "evaluation_engine", "partition", "dirichlet_alpha", "clients_per_round",
               "proximal_update", "split_sizes", "max_epochs", "judge", "max_tokens",
               "leak_guard", "malicious_clients", "attack", "robust_aggregation")
+# Shorter names of settings in plot legends.
+SHORT_TITLES = {"split_sizes": "split", "test_engine": "test", "evaluation_engine": "eval",
+                "clients_per_round": "clients/round", "dirichlet_alpha": "alpha", "max_epochs": "rounds"}
 # (metric, column title, decimals)
 METRICS = (("zero_shot_test", "zero-shot test", 3), ("best_val", "best val", 3),
-           ("test_last", "test (last)", 3), ("test_best", "test (best)", 3), ("llm_calls", "LLM calls", 0),
+           ("test_last", "test (last)", 3), ("test_best", "test (best)", 3),
+           ("llm_calls", "calls made (cache hits included)", 0), ("llm_requests", "requests sent", 0),
            ("llm_tokens", "tokens", 0), ("wall_seconds", "wall s", 1),
            ("prompt_tokens", "prompt tokens", 0), ("uid_variance", "UID var", 2),
            ("leak_run", "copied run", 0), ("leak_share", "shingle share", 3))
@@ -149,7 +152,9 @@ def run_metrics(results: dict[str, Any]) -> dict[str, float | None]:
         "best_val": results["best"]["val"],
         "test_last": results["final_test"]["last"]["mean"],
         "test_best": results["final_test"]["best"]["mean"],
-        "llm_calls": llm.get("calls"),
+        # What the method costs (the same for runs that share a cache) and what reached the servers.
+        "llm_calls": llm["calls"] + llm.get("cache_hits", 0) if "calls" in llm else None,
+        "llm_requests": llm.get("calls"),
         "llm_tokens": (llm["prompt_tokens"] + llm["completion_tokens"]) if "prompt_tokens" in llm else None,
         "wall_seconds": results.get("wall_seconds"),
         "prompt_tokens": last.get("aggregate_tokens"),  # the final global prompt
@@ -224,7 +229,7 @@ def markdown_report(groups: list[Group]) -> str:
     for group in groups:
         row = summarise(group)
         rows.append([str(row[k]) for k, _ in GROUP_KEYS] + [str(row[k]) for k in extras]
-                    + [str(len(row["seeds"]))] + [fmt(row[name], d) for name, _, d in METRICS])
+                    + [str(len(set(row["seeds"])))] + [fmt(row[name], d) for name, _, d in METRICS])
     parts = [
         "## Results",
         "",
@@ -232,14 +237,14 @@ def markdown_report(groups: list[Group]) -> str:
         "",
         "Accuracies are means over tasks; cells are mean ± sample std over seeds. test (last/best): test "
         "accuracy of the final and of the best-on-validation global prompt. prompt tokens and UID var: "
-        f"the final global prompt's length ({token_axis_label(_all_results(groups))}) and variance of its per-token "
-        "surprisal "
-        "(nats², from the test engine's log-probabilities; n/a where the engine gives none). LLM calls "
-        "and tokens count requests sent to the servers: answers from the response cache are not in them "
-        "(compare costs of runs made with --no_cache). copied run and shingle share: the leak audit's "
-        "largest values over rounds and clients for the updates that left the clients (after the leak guard): "
-        "the longest run of words copied from one of the client's own training examples, and the share of "
-        "the client's distinct 8-word shingles found in its update.",
+        f"the final global prompt's length ({token_axis_label(_all_results(groups))}) and variance of its "
+        "per-token surprisal (nats², from the test engine's log-probabilities; n/a where the engine gives none). "
+        "calls made: every LLM call of the run, answers from the response cache included (what the method "
+        "costs); requests sent and tokens: what reached the servers (runs sharing a cache send fewer). seeds: "
+        "distinct seeds among the group's runs. copied run and shingle share: the leak audit's largest values "
+        "over rounds and clients for the updates that left the clients (after the leak guard): the longest run "
+        "of words copied from one of the client's own training examples, and the share of the client's "
+        "distinct 8-word shingles found in its update.",
     ]
     parts += estimate_section([run for group in groups for run in group.runs])
     multi_task = [g for g in groups if len(g.runs[0].results["tasks"]) > 1]
@@ -282,11 +287,26 @@ def estimate_section(runs: list[Run]) -> list[str]:
 
 
 def series_label(group: Group, groups: list[Group], leave_out: str = "") -> str:
-    """The key parts that tell this group apart from the others (the aggregation method if none)."""
-    names = [k for k, _ in GROUP_KEYS] + list(EXTRA_KEYS)
-    parts = [f"{k}={group.value(k)}" for k in names
-             if k != leave_out and len({g.value(k) for g in groups}) > 1]
+    """The settings that tell this group apart from the others, briefly (the aggregation method if none):
+    values alone for module, tasks and aggregation, "title value" for the rest."""
+    titles = dict(GROUP_KEYS)
+    parts = []
+    for key in [k for k, _ in GROUP_KEYS] + list(EXTRA_KEYS):
+        if key == leave_out or len({g.value(key) for g in groups}) <= 1:
+            continue
+        value = group.value(key)
+        if key == "tasks":
+            value = str(value).replace("BBH_", "")  # the BBH subtask names say enough
+        parts.append(str(value) if key in ("module", "tasks", "aggregation") else
+                     f"{SHORT_TITLES.get(key, titles.get(key, key))} {value}")
     return ", ".join(parts) or str(group.value("aggregation"))
+
+
+def group_colours(groups: list[Group]) -> dict[tuple, str]:
+    """One colour per group, the same in every plot of the report."""
+    from .plots import colour
+
+    return {group.key: colour(i) for i, group in enumerate(groups)}
 
 
 def _round_series(group: Group, value: Callable[[dict[str, Any]], float | None],
@@ -311,72 +331,66 @@ def _uid_variance(entry: dict[str, Any]) -> float | None:
     return (entry.get("aggregate_uid") or {}).get("variance")
 
 
-def _save_png(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
+def round_series(groups: list[Group], value: Callable[[dict[str, Any]], float | None],
+                 zero: Callable[[dict[str, Any]], float | None] | None) -> list[Any]:
+    """One line per group, in the group's colour."""
+    from .plots import Series
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
-    return path
+    colours = group_colours(groups)
+    series = []
+    for group in groups:
+        xs, means, stds = _round_series(group, value, zero)
+        series.append(Series(series_label(group, groups), list(xs), means, colours[group.key],
+                             yerr=stds if len(group.runs) > 1 else None))
+    return series
 
 
 def _per_round_plot(groups: list[Group], path: Path, value: Callable[[dict[str, Any]], float | None],
                     zero: Callable[[dict[str, Any]], float | None] | None, ylabel: str, title: str,
                     accuracy: bool = False) -> Path:
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    from .plots import draw, save_png
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    rounds: set[int] = set()
-    for group in groups:
-        xs, means, stds = _round_series(group, value, zero)
-        rounds.update(xs)
-        ax.errorbar(xs, means, yerr=stds if len(group.runs) > 1 else None, marker="o", capsize=3,
-                    label=series_label(group, groups))
-    if len(rounds) <= 12:
-        ax.set_xticks(sorted(rounds))
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="round" + (" (0 = starting prompt)" if zero else ""), ylabel=ylabel, title=title)
-    if accuracy:
-        ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize="small")
-    return _save_png(fig, path)
+    series = round_series(groups, value, zero)
+    rounds = sorted({x for s in series for x in s.xs})
+    fig = draw(series, xlabel="round" + (" (0 = starting prompt)" if zero else ""), ylabel=ylabel, title=title,
+               accuracy=accuracy, xticks=rounds)
+    return save_png(fig, path, dpi=150)
 
 
-def _versus_plot(groups: list[Group], key: str, xlabel: str, path: Path) -> Path:
+def versus_series(groups: list[Group], key: str) -> list[Any]:
     """Final test accuracy (best prompt) against one setting; one line per combination of the rest."""
-    import matplotlib.pyplot as plt
+    from .plots import Series, colour
 
     lines: dict[str, list[tuple[Any, tuple[float, float, int]]]] = {}
     for group in groups:
         stat = mean_std([run_metrics(r.results)["test_best"] for r in group.runs])
         if stat is not None:
             lines.setdefault(series_label(group, groups, leave_out=key), []).append((group.value(key), stat))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, points in lines.items():
+    series = []
+    for index, (label, points) in enumerate(lines.items()):
         points.sort(key=lambda p: p[0])
-        ax.errorbar([p[0] for p in points], [p[1][0] for p in points], yerr=[p[1][1] for p in points],
-                    marker="o", capsize=3, label=label)
-    values = sorted({g.value(key) for g in groups})
-    ax.set_xticks(values)
-    ax.set(xlabel=xlabel, ylabel="test accuracy (best prompt)", title=f"Accuracy vs {xlabel}", ylim=(-0.02, 1.02))
-    ax.legend(fontsize="small")
-    return _save_png(fig, path)
+        series.append(Series(label, [p[0] for p in points], [p[1][0] for p in points], colour(index),
+                             yerr=[p[1][1] for p in points]))
+    return series
+
+
+def _versus_plot(groups: list[Group], key: str, xlabel: str, path: Path) -> Path:
+    from .plots import draw, save_png
+
+    fig = draw(versus_series(groups, key), xlabel=xlabel, ylabel="test accuracy (best prompt)",
+               title=f"Accuracy vs {xlabel}", accuracy=True, xticks=sorted({g.value(key) for g in groups}))
+    return save_png(fig, path, dpi=150)
 
 
 def write_plots(groups: list[Group], out_dir: Path) -> list[Path]:
     """The per-round plots always; an accuracy-vs-setting plot for each setting the runs vary."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     paths = [
         _per_round_plot(groups, out_dir / "validation_by_round.png", lambda e: e["val"]["mean"],
                         lambda r: r["zero_shot"]["val"]["mean"], "validation accuracy",
                         "Validation accuracy of the global prompt", accuracy=True),
-        _per_round_plot(groups, out_dir / "prompt_length_by_round.png", lambda e: e.get("aggregate_tokens"), None,
-                        token_axis_label(_all_results(groups)), "Length of the global prompt"),
+        _per_round_plot(groups, out_dir / "prompt_length_by_round.png", lambda e: e.get("aggregate_tokens"),
+                        lambda r: r.get("starting_prompt_tokens"), token_axis_label(_all_results(groups)),
+                        "Length of the global prompt"),
     ]
     if any(_uid_variance(e) is not None for g in groups for r in g.runs for e in r.results.get("rounds") or []):
         paths.append(_per_round_plot(groups, out_dir / "uid_variance_by_round.png", _uid_variance, None,

@@ -28,12 +28,13 @@ from textgrad.slots import background
 from textgrad.stats import metered
 from textgrad.structured import CONTEXT_OVERFLOW, REPLY_FAILURES
 
+from . import progress
 from .aggregation import aggregate_prompts
 from .client import ClientUpdate, Engines, LocalSettings, train_client
 from .evaluation import evaluate_on_tasks
 from .leakage import leakage_results, record_leakage
 from .outbound import OutboundPlan, release_update
-from .prompt_stats import measure_prompt
+from .prompt_stats import measure_prompt, token_count
 from .screening import ScreenSettings, record_screening, screen_updates, screening_results
 from .tasks import Example, TaskSpec, served_prompt
 from .tracking import RunLog
@@ -129,19 +130,6 @@ def train_in_process(clients: list[Client], engines: Engines, settings: LocalSet
     return train_round
 
 
-class _Progress:
-    """tqdm bars that never get in the way of logs (stderr, cleared when done)."""
-
-    def __init__(self, total: int, desc: str) -> None:
-        self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-    def tick(self) -> None:
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def llm_totals() -> dict[str, int]:
     """Every engine counter summed over engines (calls, tokens, cache hits, retries, ...)."""
     totals = dict.fromkeys(("calls", "prompt_tokens", "completion_tokens", "cache_hits", "cache_misses",
@@ -165,17 +153,20 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
     started = time.monotonic()
     settings = exp.settings
     client_ids = [c.client_id for c in exp.clients]
-
-    steps_bar: _Progress | None = None
+    by_id = {c.client_id: c for c in exp.clients}
+    console = progress.current()
+    steps_bar: progress.StepsPhase | None = None
 
     def tick() -> None:
         if steps_bar is not None:
-            steps_bar.tick()
+            steps_bar.step_done()
 
     def open_steps_bar(round_index: int) -> list[str]:
         nonlocal steps_bar
         selected = select_clients(client_ids, exp.clients_per_round, settings.seed, round_index)
-        steps_bar = _Progress(len(selected) * settings.max_steps, f"round {round_index} local steps")
+        steps_bar = console.steps_phase("local_steps", f"round {round_index}: local steps",
+                                        len(selected) * settings.max_steps,
+                                        step_calls(exp, [by_id[c] for c in selected]), len(selected))
         return selected
 
     in_process = train_round is None
@@ -187,8 +178,14 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
     # per process, and a process may host several runs (tests, a Flower server) or half of one.
     llm_mark = llm_totals()
     state = log.load_checkpoint() if resume else None  # None: it stopped before its first checkpoint
+    if resume:
+        progress.note(_resume_note(log, state, exp.rounds))
+    console.open_rounds(exp.rounds, state["round"] if state is not None else 0)
+    # Seconds per phase of the processes before this one; this one's are in console.seconds.
+    seconds_before: dict[str, float] = {}
     if state is not None:
         evaluate = Evaluator(exp, engines, state["eval_judge_failures"])
+        seconds_before = dict(state.get("phase_seconds", {}))
         log.event("resume", from_round=state["round"])
     else:
         evaluate = Evaluator(exp, engines)
@@ -196,13 +193,17 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
             # Round 1 trains from the starting prompt and needs the zero-shot accuracies only when it is
             # recorded, so it starts now; the zero-shot calls run at background priority in the endpoint
             # slots its training leaves idle. (A Flower transport owns its clients: it keeps the order.)
-            early_round = _start_in_thread(train_round, open_steps_bar(1), starting_prompt(exp.tasks), 1)
+            selected = open_steps_bar(1)
+            early_round = _start_in_thread(steps_bar.run, train_round,  # type: ignore[union-attr]
+                                           selected, starting_prompt(exp.tasks), 1)
         try:
-            with background(), metered() as zero_shot_cost:
-                state = _with_retries("the zero-shot evaluation", log, engines,
+            with background(), metered() as zero_shot_cost, console.phase(
+                    "zero_shot", "zero-shot", _zero_shot_calls(exp, evaluate, engines)) as zero_shot:
+                state = zero_shot.run(_with_retries, "the zero-shot evaluation", log, engines,
                                       lambda _: _zero_shot_state(exp, engines, log, evaluate))
-        except BaseException:
-            if early_round is not None:  # no training thread is left running behind the caller's back
+        except BaseException as exc:
+            # No training thread is left running behind the caller's back; after Ctrl-C it stops by itself.
+            if early_round is not None and not isinstance(exc, KeyboardInterrupt):
                 early_round.exception()
                 steps_bar.close()  # type: ignore[union-attr]
             raise
@@ -210,6 +211,9 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
         # Its own meter counts the zero-shot calls; round 1, running beside it, counts from the same mark.
         state["llm"] = zero_shot_cost.as_dict()
         llm_mark = _add(llm_mark, state["llm"])
+        state["phase_seconds"] = dict(console.seconds)
+        _print_estimate(exp, log, _add(state["llm"], _delta(llm_totals(), llm_mark)), started, steps_bar,
+                        judged=engines.judge is not None)
         log.save_checkpoint(state)
 
     def train_and_record(round_index: int, last_try: bool) -> dict[str, Any]:
@@ -223,7 +227,8 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
         else:
             selected = open_steps_bar(round_index)
             try:
-                updates = train_round(selected, state["global_prompt"], round_index)
+                updates = steps_bar.run(train_round, selected, state["global_prompt"],  # type: ignore[union-attr]
+                                        round_index)
             finally:
                 steps_bar.close()  # type: ignore[union-attr]
         lost = [error for error in map(_engine_failure, updates) if error]
@@ -235,13 +240,13 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
         return _record_round(exp, engines, log, evaluate, round_index, updates, state)
 
     def keep_cost_of_failed_tries() -> None:
-        # A stopped phase's calls and retries are still the run's cost: kept with the last checkpoint
+        # A stopped phase's calls, retries and time are still the run's cost: kept with the last checkpoint
         # (events.jsonl is already back at its size).
         state["llm"] = _add(state["llm"], _delta(llm_totals(), llm_mark))
+        state["phase_seconds"] = _add_seconds(seconds_before, console.seconds)
         log.save_checkpoint(state)
 
-    for round_index in tqdm(range(state["round"] + 1, exp.rounds + 1), desc="rounds", initial=state["round"],
-                            total=exp.rounds, dynamic_ncols=True):
+    for round_index in range(state["round"] + 1, exp.rounds + 1):
         summary = _with_retries(f"round {round_index}", log, engines,
                                 functools.partial(train_and_record, round_index), keep_cost_of_failed_tries)
         # What this round cost, including its retries: in-process counters, so a Flower run's remote
@@ -257,12 +262,22 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
         state["round"] = round_index
         state["eval_judge_failures"] = evaluate.judge_failures
         state["wall_seconds"] += time.monotonic() - started
+        state["phase_seconds"] = _add_seconds(seconds_before, console.seconds)
         started = time.monotonic()
         log.save_checkpoint(state)
+        console.round_done(summary["val"]["mean"], state["best"]["val"], state["best"]["round"])
 
-    return _with_retries("the final test evaluation", log, engines,
-                         lambda _: _finish(exp, engines, log, evaluate, state, started, llm_mark),
-                         keep_cost_of_failed_tries)
+    def finish(_: bool) -> dict[str, Any]:
+        last, best = state["global_prompt"], state["best"]["prompt"]
+        total = evaluate.pending_calls(last, exp.test_sets) + evaluate.pending_calls(best, exp.test_sets)
+        with console.phase("final_test", "final test", total) as final:
+            # Usually answered from the evaluator's memo: the last round tested its aggregate, zero-shot the start.
+            tests = final.run(run_concurrently, [lambda: evaluate(last, exp.test_sets),
+                                                 lambda: evaluate(best, exp.test_sets)])
+        return _finish(exp, engines, log, evaluate, state, started, llm_mark, tests,
+                       _add_seconds(seconds_before, console.seconds))
+
+    return _with_retries("the final test evaluation", log, engines, finish, keep_cost_of_failed_tries)
 
 
 class Evaluator:
@@ -298,6 +313,19 @@ class Evaluator:
         with self._memo_lock:
             known = self._memo.setdefault(key, known)  # two threads racing on one key: the first one counts
         return dict(known[0])
+
+    def pending_calls(self, prompt: str, sets: EvalSets, engine: ChatEngine | None = None) -> int:
+        """LLM calls evaluating prompt on sets would make: 0 when remembered, else eval_calls."""
+        engine = engine or self.engines.test
+        with self._memo_lock:
+            if (prompt, id(sets), engine.name) in self._memo:
+                return 0
+        return eval_calls(sets, judged=self.engines.judge is not None)
+
+
+def eval_calls(sets: EvalSets, judged: bool) -> int:
+    """An answer per example, plus a judge call per free-form answer with --judge llm."""
+    return sum(len(examples) * (2 if judged and task.kind == "free_form" else 1) for task, examples in sets.values())
 
 
 def _zero_shot_state(exp: Experiment, engines: Engines, log: RunLog, evaluate: Callable) -> dict[str, Any]:
@@ -347,9 +375,9 @@ def _record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         lengths = {u.client_id: length for u, length in zip(returned, outcomes[1:], strict=True)}
     for update in updates:
         for s in update.steps:
-            global_step = (round_index - 1) * settings.max_steps + s.step + 1
             log.event("step", round=round_index, client=update.client_id, **vars(s))
-            log.metric(f"train/{update.client_id}/batch_accuracy", s.batch_accuracy, global_step)
+            # Every metric is on the round axis: a round's local steps are its points of this one.
+            log.metric(f"train/{update.client_id}/batch_accuracy", s.batch_accuracy, round_index)
         if update.error:
             log.event("client_failed", round=round_index, client=update.client_id, error=update.error)
         else:
@@ -409,29 +437,37 @@ def format_failures(history: list[dict[str, Any]], eval_judge_failures: int) -> 
 def _merge_and_validate(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, round_index: int,
                         returned: list[ClientUpdate]) -> tuple[str, str | None, dict[str, float], dict[str, Any]]:
     """(aggregate, why the merge reply was unusable or None, validation scores, aggregate length)."""
+    console = progress.current()
     if exp.aggregate_method is None:
         aggregate_prompt, merge_failure = returned[0].prompt, None
     else:
-        merged = aggregate_prompts([u.prompt for u in returned], exp.aggregate_method, exp.tasks,
-                                   engines.evaluation, max_tokens=exp.merge_max_tokens)
+        # concat, or the same prompt from everyone: no call
+        calls = int(exp.aggregate_method != "concat" and len({u.prompt.strip() for u in returned}) > 1)
+        with console.phase("aggregation", f"round {round_index}: merge", calls) as merge:
+            merged = merge.run(aggregate_prompts, [u.prompt for u in returned], exp.aggregate_method, exp.tasks,
+                               engines.evaluation, max_tokens=exp.merge_max_tokens)
         aggregate_prompt, merge_failure = merged.prompt, merged.failure
     log.save_prompt(round_index, "global", aggregate_prompt)
-    jobs = [lambda: evaluate(aggregate_prompt, exp.val_sets),
-            lambda: measure_prompt(aggregate_prompt, engines.test)]
-    if round_index == exp.rounds:
-        # The last aggregate is the final "last" prompt: its test accuracy, which _finish reports, needs
-        # no validation result, so it overlaps the validation instead of following it.
-        jobs.append(lambda: evaluate(aggregate_prompt, exp.test_sets))
-    val, length = run_concurrently(jobs)[:2]
+    last_round = round_index == exp.rounds
+    with console.phase("validation", f"round {round_index}: validation",
+                       evaluate.pending_calls(aggregate_prompt, exp.val_sets)) as validation, \
+            console.phase("final_test", "final test (last prompt)",
+                          evaluate.pending_calls(aggregate_prompt, exp.test_sets) if last_round else 0) as test:
+        jobs = [lambda: validation.run(evaluate, aggregate_prompt, exp.val_sets),
+                lambda: measure_prompt(aggregate_prompt, engines.test)]
+        if last_round:
+            # The last aggregate is the final "last" prompt: its test accuracy, which _finish reports, needs
+            # no validation result, so it overlaps the validation instead of following it.
+            jobs.append(lambda: test.run(evaluate, aggregate_prompt, exp.test_sets))
+        val, length = run_concurrently(jobs)[:2]
     return aggregate_prompt, merge_failure, val, length
 
 
 def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, state: dict[str, Any],
-            started: float, llm_mark: dict[str, int]) -> dict[str, Any]:
+            started: float, llm_mark: dict[str, int], tests: list[dict[str, float]],
+            phase_seconds: dict[str, float]) -> dict[str, Any]:
     last, best = state["global_prompt"], state["best"]["prompt"]
-    # Usually answered from the evaluator's memo: the last round tested its aggregate, zero-shot the start.
-    last_test, best_test = run_concurrently([lambda: evaluate(last, exp.test_sets),
-                                             lambda: evaluate(best, exp.test_sets)])
+    last_test, best_test = tests
     for label, scores in (("last", last_test), ("best", best_test)):
         log.event("evaluation", round=state["round"], split="test", prompt=label, engine=engines.test.name,
                   **scores)
@@ -455,6 +491,8 @@ def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator,
         "final_prompt": last,
         # final_prompt and best.prompt are trained texts; these are what each task's questions are sent with.
         "served_prompts": {"last": served_prompts(last, exp.tasks), "best": served_prompts(best, exp.tasks)},
+        # Round 0 of the length plots, in the same tokenizer as every later prompt.
+        "starting_prompt_tokens": token_count(state["starting_prompt"], engines.test).tokens,
         "final_test": {"last": last_test, "best": best_test},
         "steps": {"total": sum(r["steps"] for r in history), "accepted": sum(r["accepted_steps"] for r in history)},
         "format_failures": format_failures(history, evaluate.judge_failures),
@@ -463,6 +501,10 @@ def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator,
         "llm": {**_add(state["llm"], _delta(llm_totals(), llm_mark)),
                 "by_engine_this_process": all_engine_stats()},
         "wall_seconds": round(state["wall_seconds"] + time.monotonic() - started, 3),
+        # Wall seconds of each phase, summed over rounds and resumed processes. The zero-shot evaluation
+        # runs beside round 1's local steps, and the last validation beside the final test of the last
+        # prompt, so they add up to more than wall_seconds.
+        "phase_seconds": {key: round(value, 3) for key, value in sorted(phase_seconds.items())},
     }
     results.update(context_results(results["llm"]))
     results.update({**leakage_results(history), **screening_results(history)})
@@ -471,6 +513,54 @@ def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator,
     for task, acc in results["final_test"]["best"].items():
         log.metric(f"final/best_test/{task}", acc, state["round"])
     return results
+
+
+def step_calls(exp: Experiment, clients: list[Client]) -> int:
+    """The most LLM calls of one round of these clients' local steps: per step, forward, feedback and
+    re-score of each example of the batch (no larger than the client's shard), one optimizer call."""
+    batch = exp.settings.batch_size
+    return exp.settings.max_steps * sum(3 * min(batch, len(c.examples)) + 1 for c in clients)
+
+
+def _zero_shot_calls(exp: Experiment, evaluate: Evaluator, engines: Engines) -> int:
+    prompt = starting_prompt(exp.tasks)
+    calls = evaluate.pending_calls(prompt, exp.val_sets) + evaluate.pending_calls(prompt, exp.test_sets)
+    if exp.run_larger_model:
+        calls += evaluate.pending_calls(prompt, exp.test_sets, engines.evaluation)
+    return calls
+
+
+def _add_seconds(before: dict[str, float], now: dict[str, float]) -> dict[str, float]:
+    return {k: before.get(k, 0.0) + now.get(k, 0.0) for k in {*before, *now}}
+
+
+def _print_estimate(exp: Experiment, log: RunLog, done: dict[str, int], started: float,
+                    steps: progress.StepsPhase | None, judged: bool) -> None:
+    """After the zero-shot phase: the time the whole run will take at the pace of its calls so far
+    (`done`: the run's LLM counters until now)."""
+    calls_done = done["calls"] + done["cache_hits"]
+    # Round 1's local steps so far tell how many calls a round's steps make (its bar's expected total).
+    per_round = steps.total if steps is not None and steps.total else step_calls(
+        exp, exp.clients[:exp.clients_per_round])
+    plan = progress.RunPlan(
+        rounds=exp.rounds, step_calls=per_round,
+        merge_calls=int(exp.aggregate_method not in (None, "concat") and len(exp.clients) > 1),
+        val_calls=eval_calls(exp.val_sets, judged), test_calls=eval_calls(exp.test_sets, judged))
+    # Round 1's calls so far are part of calls_done already.
+    remaining = max(0, plan.calls() - (steps.done() if steps is not None else 0))
+    line, seconds = progress.estimate_line(time.monotonic() - started, calls_done, done["calls"], remaining)
+    progress.note(line)
+    log.event("estimate", seconds=round(seconds, 1), llm_calls=calls_done + remaining)
+
+
+def _resume_note(log: RunLog, state: dict[str, Any] | None, rounds: int) -> str:
+    name = log.run_dir.name
+    if state is None:
+        return f"resuming {name}: it stopped before its first checkpoint, so it starts over"
+    done = state["round"]
+    if done >= rounds:
+        return f"resuming {name}: all {rounds} rounds are done; only the final test is left"
+    return f"resuming {name} from its checkpoint after round {done}: continuing with round {done + 1} of {rounds}"
 
 
 def _start_in_thread(fn: Callable[..., T], *args: Any) -> Future[T]:

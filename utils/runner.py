@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 from textgrad import structured
 from textgrad.engine import configure, get_engine
 
+from . import progress
 from .client import Engines, LocalSettings
 from .config import UsageError, resolved_config
 from .data import TaskData, load_task_data
@@ -50,8 +52,11 @@ def make_engines(args: argparse.Namespace, check: bool = True) -> Engines:
     structured.configure(getattr(args, "structured_output", "auto"))
     test = get_engine(args.test_engine)
     evaluation = get_engine(args.evaluation_engine)
-    for engine in dict.fromkeys([test, evaluation]) if check else ():
-        engine.check_available()
+    embedded = "local" in (args.test_engine, args.evaluation_engine) and not os.environ.get("LOCAL_BASE_URL")
+    desc = "starting the embedded llama.cpp server" if embedded else "checking the LLM endpoints"
+    with progress.current().phase("server_startup", desc, None):
+        for engine in dict.fromkeys([test, evaluation]) if check else ():
+            engine.check_available()
     return Engines(test=test, evaluation=evaluation, judge=evaluation if args.judge == "llm" else None)
 
 
@@ -60,6 +65,12 @@ def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate:
     """Everything is checked (data, clients, engines, run folder) before the first file is written.
 
     make_train_round swaps the in-process clients for a transport (Flower)."""
+    with progress.run_console():
+        return _run_module(args, build_clients, aggregate, make_train_round)
+
+
+def _run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate: bool,
+                make_train_round: Callable[[Experiment, Engines, RunLog], TrainRound] | None) -> dict[str, Any]:
     data = load_data(args)
     try:
         clients = build_clients(args, data)
@@ -77,7 +88,7 @@ def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate:
         return {}
     comet_path = Path(args.comet_log_path) if args.comet_log_path else Path(args.output_dir) / "comet"
     try:
-        log = open_run_log(run_dir, args.comet_mode, args.comet_project_name, comet_path)
+        log = open_run_log(run_dir, args.comet_mode, args.comet_project_name, comet_path, resume=args.resume)
     except OSError as exc:  # the up-front check passed, yet the folder cannot be made (full disk, /proc)
         raise UsageError(f"cannot create {exc.filename or run_dir} ({exc.strerror}): choose an --output_dir "
                          "(and --comet_log_path) you can write to") from None

@@ -11,8 +11,10 @@ in a heterogeneous run each task's questions carry their own line and no other.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 AnswerKind = Literal["numeric", "multiple_choice", "binary", "word_sort", "brackets", "free_form"]
@@ -198,6 +200,22 @@ def with_kind_from_targets(task: TaskSpec, targets: list[str]) -> TaskSpec:
     if task.source != "bbh" or task.subtask is None or task.subtask in BBH_SUBTASKS:
         return task
     return _bbh_spec(task.subtask, targets)
+
+
+def check_bbh_subtask(name: str, data_dir: str | None) -> None:
+    """A BBH task must name one of the 27 subtasks or a `<subtask>.json` of --data_dir (or its bbh/): a typo
+    is rejected at once, naming the closest subtask, instead of after the hub's retries."""
+    spec = resolve_task(name)
+    if spec.source != "bbh" or spec.subtask in BBH_SUBTASKS:
+        return
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        if any((folder / f"{spec.subtask}.json").is_file() for folder in (root, root / "bbh")):
+            return
+    closest = difflib.get_close_matches(spec.subtask or "", list(BBH_SUBTASKS), n=1, cutoff=0.0)
+    where = f"nor a file {spec.subtask}.json in --data_dir {data_dir}" if data_dir else "and no --data_dir holds it"
+    raise TaskError(f"--task {name}: {spec.subtask!r} is not one of the 27 BBH subtasks {where}; "
+                    f"did you mean BBH_{closest[0]}?")
 
 
 def served_prompt(prompt: str, task: TaskSpec) -> str:
