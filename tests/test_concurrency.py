@@ -72,7 +72,8 @@ def test_concurrent_and_sequential_runs_give_the_same_prompts_and_accuracies(
     concurrent, sequential = runs["concurrent"], runs["sequential"]
     assert sequential["peak"] == 1 and concurrent["peak"] > 1
     assert prompts_by_round(tmp_path / "concurrent") == prompts_by_round(tmp_path / "sequential")
-    assert len(prompts_by_round(tmp_path / "concurrent")) == 1 + 2 * (3 + 1)  # start, then 3 clients + merge
+    # start and its served form, then 3 clients + merge
+    assert len(prompts_by_round(tmp_path / "concurrent")) == 2 + 2 * (3 + 1)
     for key in ("zero_shot", "final_test", "best", "final_prompt", "steps", "format_failures"):
         assert concurrent[key] == sequential[key], key
     assert [r["val"] for r in concurrent["rounds"]] == [r["val"] for r in sequential["rounds"]]
