@@ -9,6 +9,7 @@ import zipfile
 import pytest
 
 from main import main
+from utils.tasks import resolve_task
 
 TINY = ["--split_sizes", "2,2,2", "--max_epochs", "1", "--max_steps", "1", "--batch_size", "1",
         "--max_tokens", "24", "--feedback_max_tokens", "32", "--optimizer_max_tokens", "64",
@@ -47,6 +48,9 @@ def test_module_runs_on_the_real_server_and_writes_every_output(module, tasks, e
     assert results["llm"]["calls"] > 0 and results["llm"]["completion_tokens"] > 0
     assert results["steps"]["total"] == len(clients)  # one step per client
     assert results["wall_seconds"] > 0
+    # llama-cpp-python took our schemas: no fallback to tags, and no server died building their grammar
+    assert results["structured_output"] == {"mode": "auto", "fallbacks_to_tags": {}}
+    assert results["embedded_server_restarts"] == 0
 
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     kinds = {e["type"] for e in events}
@@ -54,7 +58,12 @@ def test_module_runs_on_the_real_server_and_writes_every_output(module, tasks, e
     assert sorted(e["client"] for e in events if e["type"] == "step") == sorted(clients)
 
     prompts = run / "prompts"
-    assert (prompts / "round_000" / "global.txt").read_text().strip()
+    start = (prompts / "round_000" / "global.txt").read_text()
+    assert start.strip() and "Answer:" not in start  # the trained text: instructions only
+    for task in tasks:  # served with its own task's format line, once per run
+        assert (prompts / "round_000" / f"global.served.{task}.txt").read_text() == \
+            start.rstrip("\n") + "\n" + resolve_task(task).format_instruction + "\n"
+        assert results["served_prompts"]["last"][task].endswith("\n" + resolve_task(task).format_instruction)
     assert sorted(p.stem for p in (prompts / "round_001").iterdir()) == sorted(
         ["global", *[f"client_{c}" for c in clients]])
     final = (prompts / "round_001" / "global.txt").read_text()
