@@ -103,8 +103,10 @@ def simulate(run_config: dict[str, Any], clients: ClientApp = client_app.app,
 
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """results.json and the events, without their wall-clock `time` (two runs compared never share it)."""
     results = json.loads((run_dir / "results.json").read_text())
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    events = [{k: v for k, v in json.loads(line).items() if k != "time"}
+              for line in (run_dir / "events.jsonl").read_text().splitlines()]
     return results, events
 
 
