@@ -188,7 +188,7 @@ run_grid() {
     local task method value seed name
     [[ "$setting" != hetero ]] || tasks="hetero"
     [[ -n "$flag" ]] || values="-"
-    ((DRY_RUN)) || wait_for_servers
+    ((DRY_RUN || ESTIMATE)) || wait_for_servers  # an estimate calls no LLM
     for task in $tasks; do
         setting_args "$setting" "$task"
         for method in $methods; do
