@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from textgrad import engine as engine_module
-from textgrad import local_server, structured
+from textgrad import interrupt, local_server, structured
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -47,6 +47,7 @@ def _isolated_engine_cache(tmp_path: Path) -> Iterator[Path]:
     yield cache_dir
     engine_module.configure(cache_dir=None, use_cache=True)
     structured.reset()  # the --structured_output mode and servers' fallbacks to tags are per process
+    interrupt.reset()  # a test that stops a run (Ctrl-C, SIGTERM) must not stop the next test's calls
 
 
 @pytest.fixture(scope="session")

@@ -177,6 +177,8 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
     # The run's LLM cost is accumulated in the checkpoint, phase by phase: engine counters are
     # per process, and a process may host several runs (tests, a Flower server) or half of one.
     llm_mark = llm_totals()
+    # Restarts are counted per process, which may host several runs (tests, a Flower server): this run's own.
+    restarts_mark = local_server.restart_count()
     state = log.load_checkpoint() if resume else None  # None: it stopped before its first checkpoint
     if resume:
         progress.note(_resume_note(log, state, exp.rounds))
@@ -275,7 +277,7 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
             tests = final.run(run_concurrently, [lambda: evaluate(last, exp.test_sets),
                                                  lambda: evaluate(best, exp.test_sets)])
         return _finish(exp, engines, log, evaluate, state, started, llm_mark, tests,
-                       _add_seconds(seconds_before, console.seconds))
+                       _add_seconds(seconds_before, console.seconds), restarts_mark)
 
     return _with_retries("the final test evaluation", log, engines, finish, keep_cost_of_failed_tries)
 
@@ -465,7 +467,7 @@ def _merge_and_validate(exp: Experiment, engines: Engines, log: RunLog, evaluate
 
 def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, state: dict[str, Any],
             started: float, llm_mark: dict[str, int], tests: list[dict[str, float]],
-            phase_seconds: dict[str, float]) -> dict[str, Any]:
+            phase_seconds: dict[str, float], restarts_mark: int = 0) -> dict[str, Any]:
     last, best = state["global_prompt"], state["best"]["prompt"]
     last_test, best_test = tests
     for label, scores in (("last", last_test), ("best", best_test)):
@@ -497,7 +499,7 @@ def _finish(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator,
         "steps": {"total": sum(r["steps"] for r in history), "accepted": sum(r["accepted_steps"] for r in history)},
         "format_failures": format_failures(history, evaluate.judge_failures),
         "structured_output": {"mode": structured.current_mode(), "fallbacks_to_tags": structured.fallbacks()},
-        "embedded_server_restarts": local_server.restart_count(),
+        "embedded_server_restarts": local_server.restart_count() - restarts_mark,
         "llm": {**_add(state["llm"], _delta(llm_totals(), llm_mark)),
                 "by_engine_this_process": all_engine_stats()},
         "wall_seconds": round(state["wall_seconds"] + time.monotonic() - started, 3),
