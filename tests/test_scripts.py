@@ -176,7 +176,7 @@ def test_llamacpp_launcher_starts_a_pool_on_consecutive_ports_and_lists_them() -
     done = _run("llamacpp_serve.sh", "--dry-run", env={"LLAMACPP_PORT": "9123", "LLAMACPP_SERVERS": "2"})
     assert done.returncode == 0, done.stderr
     assert "export LOCAL_BASE_URL=http://127.0.0.1:9123/v1,http://127.0.0.1:9124/v1" in done.stdout
-    commands = [shlex.split(line) for line in done.stdout.splitlines() if "llama_cpp.server" in line]
+    commands = [shlex.split(line) for line in done.stdout.splitlines() if "llamacpp_server" in line]
     assert [words[words.index("--port") + 1] for words in commands] == ["9123", "9124"]
     cores = os.cpu_count() or 2
     assert {words[words.index("--n_threads") + 1] for words in commands} == {str(max(1, cores // 2))}
