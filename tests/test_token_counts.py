@@ -25,9 +25,9 @@ SMOLLM2_TOKENS = 17
 ESTIMATED_TOKENS = 32
 # SmolLM2's tokens of synthetic_object_counting's starting prompt, read once from its tokenizer: You| are| a|
 # careful| problem| solver|.| Read| the| question| closely| and| reason| step| by| step|,| checking| each|
-# intermediate| result| before| moving| on|.| Finish| with| a| final| line| of| the| form| '|Answer|:| <|number|
-# >'| containing| only| the| number|.  (220 characters: characters / 4 would record 55.)
-STARTING_PROMPT_TOKENS = 44
+# intermediate| result| before| moving| on|.  (136 characters: characters / 4 would record 34.) The trained
+# text only: the answer-format line is appended when a question is served.
+STARTING_PROMPT_TOKENS = 25
 
 
 def test_the_embedded_models_vocabulary_counts_exactly() -> None:
@@ -98,8 +98,7 @@ def test_a_seeded_run_on_the_embedded_default_records_exact_token_counts(
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     updates = [e for e in events if e["type"] in ("client_update", "aggregate")]
     assert updates and all(e["tokens_estimated"] is False for e in updates)
-    # At temperature 0 SmolLM2's optimizer reply in this seeded run has no tags (a counted format
-    # failure), so the step is reverted and the recorded prompt is the starting one, of known length.
-    assert results["steps"]["accepted"] == 0
-    assert results["final_prompt"] == resolve_task("synthetic_object_counting").starting_prompt()
-    assert final["aggregate_tokens"] == STARTING_PROMPT_TOKENS
+    # Round 0 of the length plots is the starting prompt, of known length (whether SmolLM2's edit in
+    # this seeded run is kept or not, which structured replies now make possible).
+    assert resolve_task("synthetic_object_counting").starting_prompt().startswith("You are a careful problem")
+    assert results["starting_prompt_tokens"] == STARTING_PROMPT_TOKENS
