@@ -170,7 +170,7 @@ def test_forward_backward_tgd_on_real_bbh_examples_with_the_real_server(shared_d
     assert stats["prompt_tokens"] > 0 and stats["completion_tokens"] > 0
     # A structured reply: SmolLM2 rarely writes tags, but under the server's JSON grammar it returns a prompt.
     assert optimizer.failures == [None] and optimizer.updated == [True]
-    assert set(json.loads(optimizer.last_replies[0])) == {"instructions"}
+    assert set(json.loads(optimizer.last_replies[0], strict=False)) == {"instructions"}  # raw newlines pass the grammar
     assert len(prompt.value.split()) >= 3 and "{" not in prompt.value
 
     again, _ = one_step()
