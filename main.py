@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from textgrad.local_server import failure_note
     from utils.rounds import RoundFailed
 
-    interrupt.install_sigint_handler()
+    interrupt.install_sigint_handler(lambda: _interrupted_line(args))
     # On a failure the embedded server's log stays in the temp folder and the error line names it;
     # otherwise it is removed when the server stops at exit.
     try:
@@ -49,13 +49,19 @@ def run(args: argparse.Namespace) -> int:
         return _fail(exc, 1, failure_note())
     except KeyboardInterrupt:
         interrupt.request_stop()
-        hint = f": continue with python main.py --resume --run_name {args.run_name} --output_dir {args.output_dir}"
-        print("\ninterrupted" + (hint if args.run_name else ""), file=sys.stderr, flush=True)
+        print("\n" + _interrupted_line(args), file=sys.stderr, flush=True)
         return 130
     except Exception:  # a bug: its traceback follows
         print("error: unexpected failure" + failure_note(), file=sys.stderr)
         raise
     return 0
+
+
+def _interrupted_line(args: argparse.Namespace) -> str:
+    """The last line after Ctrl-C: how to continue (once the run has a name: after the flags' checks)."""
+    if not args.run_name:
+        return "interrupted"
+    return f"interrupted: continue with python main.py --resume --run_name {args.run_name} --output_dir {args.output_dir}"
 
 
 def _fail(exc: BaseException, code: int, note: str = "") -> int:

@@ -136,6 +136,7 @@ class FakeServer:
         self._faults = dict.fromkeys(FAULT_KINDS, 0)
         self._context_rejections = 0
         self._by_kind: dict[str, int] = collections.Counter()
+        self._malformed_by_kind: dict[str, int] = collections.Counter()  # malformed replies sent, by kind
         self._logprob_requests = 0
         self._response_formats: dict[str, int] = collections.Counter()  # by type; "none" without the field
         self._structured_rejections = 0
@@ -258,7 +259,12 @@ class FakeServer:
             return status, {"error": {"message": f"injected fault: HTTP {status}", "code": status}}, headers
         kind, text = reply_for(messages, json_field, self.quote_rate)
         if fault == "malformed":
-            text = malformed_reply(kind, text, variant, structured=json_field is not None)
+            # Each kind of request cycles through the malformations in order, so a run with a few
+            # malformed optimizer replies meets every one of them, whatever order its threads send in.
+            with self._lock:
+                nth = self._malformed_by_kind[kind]
+                self._malformed_by_kind[kind] += 1
+            text = malformed_reply(kind, text, nth, structured=json_field is not None)
         finish_reason = "stop"
         if self.cut_at_max_tokens and max_tokens and estimate_tokens(text) > max_tokens:
             text, finish_reason = text[:max_tokens * 4], "length"

@@ -4,6 +4,8 @@ tokenizer is reachable, and flagged as estimates where it is not."""
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from main import main
 from tests.scripted_engine import ScriptedEngine
 from textgrad.engine import get_engine
 from textgrad.local_server import find_packaged_model
-from textgrad.tokenizers import TokenCount, vocab_tokenizer
+from textgrad.tokenizers import ServerTokenizer, TokenCount, vocab_tokenizer
 from utils.prompt_stats import measure_prompt, token_axis_label
 from utils.tasks import resolve_task
 
@@ -102,3 +104,74 @@ def test_a_seeded_run_on_the_embedded_default_records_exact_token_counts(
     # this seeded run is kept or not, which structured replies now make possible).
     assert resolve_task("synthetic_object_counting").starting_prompt().startswith("You are a careful problem")
     assert results["starting_prompt_tokens"] == STARTING_PROMPT_TOKENS
+
+
+class TokenizeServer:
+    """A server whose POST /tokenize answers statuses from a script (200 counts the words), in order."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = statuses
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                server.requests += 1
+                status = server.statuses.pop(0) if server.statuses else 200
+                payload = {"count": len(body["content"].split())} if status == 200 else {"error": "no"}
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def tokenize_server() -> Any:
+    servers: list[TokenizeServer] = []
+
+    def make(statuses: list[int]) -> TokenizeServer:
+        servers.append(TokenizeServer(statuses))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def test_a_busy_tokenize_route_estimates_that_count_and_is_asked_again(tokenize_server: Any) -> None:
+    server = tokenize_server([503, 200])
+    tokenizer = ServerTokenizer(server.base_url, "m", "key", ("/tokenize",))
+    assert tokenizer.count("one two three") is None  # overloaded for a moment: this count is estimated ...
+    assert tokenizer.count("one two three four") == 4  # ... and the route is not given up
+    assert server.requests == 2
+
+
+def test_a_server_without_a_tokenize_route_is_asked_once(tokenize_server: Any) -> None:
+    server = tokenize_server([404, 404, 404])
+    tokenizer = ServerTokenizer(server.base_url, "m", "key", ("/tokenize", "/extras/tokenize/count"))
+    assert tokenizer.count("one two") is None and tokenizer.count("three") is None
+    assert server.requests == 2  # each route once, then estimates without asking
+
+
+def test_a_llamacpp_server_given_by_url_is_counted_with_the_packaged_vocabulary(
+        make_fake_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LOCAL_BASE_URL serving the packaged model: counted in-process, never queued behind a generation
+    (llama-cpp-python's server answers tokenize requests only between completions)."""
+    server = make_fake_server(model_ids=(Path(find_packaged_model()).stem,))
+    monkeypatch.setenv("LOCAL_BASE_URL", server.base_url)
+    engine = get_engine("local")
+    assert engine.token_count(SENTENCE) == TokenCount(SMOLLM2_TOKENS, exact=True)
+    assert engine.estimate_tokens(SENTENCE) == SMOLLM2_TOKENS  # in-process, so the cheap count is exact too

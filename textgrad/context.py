@@ -14,6 +14,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -172,6 +173,17 @@ REJECTED_REMEMBERED = 4096
 MAX_COUNT_SCALE = 4.0
 
 
+@dataclass(frozen=True)
+class Connection:
+    """Where an engine's model is served, once its server is up."""
+
+    base_url: str
+    model: str
+    api_key: str
+    embedded: bool          # the embedded server, started by this process with local_server.N_CTX
+    model_file: str | None  # the GGUF file behind a llama.cpp server, when it is on this machine
+
+
 class EngineContext:
     """The window of one engine and token counts against it, learned as the run goes.
 
@@ -181,8 +193,9 @@ class EngineContext:
     `estimate_tokens`, scaled up whenever the server reports more prompt tokens than we counted.
     """
 
-    def __init__(self, route: Route, model_hint: str | None, override: int | None, connect: Any) -> None:
-        # connect() -> (base_url, model, api_key, embedded model path or None), after starting the server
+    def __init__(self, route: Route, model_hint: str | None, override: int | None,
+                 connect: Callable[[], Connection]) -> None:
+        # connect() starts the embedded server if it is one, then says where the model is
         self.kind = route.kind
         self._route = route
         self.override = override
@@ -211,12 +224,12 @@ class EngineContext:
             return self._window
 
     def _resolve(self) -> tuple[int, str]:
-        base_url, model, api_key, embedded_path = self._connect()
-        self._tokenizer = self._pick_tokenizer(base_url, model, api_key, embedded_path)
-        if embedded_path is not None:
+        where = self._connect()
+        self._tokenizer = self._pick_tokenizer(where)
+        if where.embedded:
             reported: int | None = local_server.N_CTX  # we started it with this --n_ctx
         else:
-            reported = discover_window(self.kind, base_url, model, api_key)
+            reported = discover_window(self.kind, where.base_url, where.model, where.api_key)
         if reported is not None and self.override is not None:
             return (min(reported, self.override),
                     "--max_context" if self.override <= reported else "reported by the server")
@@ -224,22 +237,21 @@ class EngineContext:
             return reported, "reported by the server"
         if self.override is not None:
             return self.override, "--max_context"
-        return default_window(self.kind, model), f"default for {self.kind} engines"
+        return default_window(self.kind, where.model), f"default for {self.kind} engines"
 
-    def _pick_tokenizer(self, base_url: str, model: str, api_key: str,
-                        embedded_path: str | None) -> Tokenizer | None:
-        """The route's exact counter (endpoints.Route.tokenizer); the server's tokenize route where the
-        embedded model's vocabulary cannot be loaded here; None where there is nothing to ask."""
-        source = self._route.tokenizer
-        if source == "vocab" and embedded_path is not None:
-            vocab = vocab_tokenizer(embedded_path)
+    def _pick_tokenizer(self, where: Connection) -> Tokenizer | None:
+        """The backend's exact counter (endpoints.Backend.tokenizer); the server's tokenize route where the
+        model's vocabulary cannot be loaded here; None where there is nothing to ask."""
+        source = self._route.backend.tokenizer
+        if source == "vocab" and where.model_file is not None:
+            vocab = vocab_tokenizer(where.model_file)
             if vocab is not None:
                 self._local_tokenizer = True
                 return vocab
         if source == "tiktoken":
-            return TiktokenTokenizer(model)
+            return TiktokenTokenizer(where.model)
         routes = self._route.backend.tokenize_routes
-        return ServerTokenizer(base_url, model, api_key, routes) if routes else None
+        return ServerTokenizer(where.base_url, where.model, where.api_key, routes) if routes else None
 
     def shrink_to(self, window: int, source: str) -> None:
         with self._lock:

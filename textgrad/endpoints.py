@@ -42,8 +42,11 @@ StructuredOutput = Literal["json_object_schema", "json_schema"]
 PromptLogprobs = Literal["llama_cpp_echo", "echo"]
 # Where a server states its context window (see textgrad.context.discover_window).
 WindowProbe = Literal["ollama_show", "model_listing", "props"]
-# Where exact token counts come from: the server's tokenize route, or tiktoken for OpenAI models. The
-# embedded server is counted in-process from its GGUF vocabulary (Route.tokenizer).
+# Where exact token counts come from: the server's tokenize route, tiktoken for OpenAI models, or the GGUF
+# vocabulary in-process for llama.cpp servers whose model file is on this machine (the embedded one, or a
+# LOCAL_BASE_URL server reporting the packaged model). In-process counts do not queue behind generations:
+# llama-cpp-python's server answers a tokenize request only between completions, so under load a
+# tokenize route times out and the count would silently become an estimate.
 TokenizerSource = Literal["server", "tiktoken", "vocab"]
 
 
@@ -71,7 +74,7 @@ BACKENDS: dict[BackendKind, Backend] = {
     "local": Backend(kind="local", prefix="local", url_env="LOCAL_BASE_URL", default_url=None,
                      key_env="LOCAL_API_KEY", placeholder_key="local", structured_output="json_object_schema",
                      prompt_logprobs="llama_cpp_echo", window_probes=("model_listing", "props"),
-                     tokenizer="server", tokenize_routes=("/tokenize", "/extras/tokenize/count")),
+                     tokenizer="vocab", tokenize_routes=("/tokenize", "/extras/tokenize/count")),
     "ollama": Backend(kind="ollama", prefix="ollama-", url_env="OLLAMA_BASE_URL",
                       default_url="http://localhost:11434/v1", key_env="OLLAMA_API_KEY", placeholder_key="ollama",
                       structured_output="json_schema", prompt_logprobs=None,
@@ -172,10 +175,6 @@ class Route:
     def embedded(self) -> bool:
         """The embedded llama.cpp server, started by this process (no LOCAL_BASE_URL)."""
         return self.base_url is None
-
-    @property
-    def tokenizer(self) -> TokenizerSource | None:
-        return "vocab" if self.embedded else self.backend.tokenizer
 
 
 def clean_url(url: str) -> str:

@@ -154,14 +154,17 @@ class ChatEngine:
         assert self._semaphore is not None
         return self._semaphore
 
-    def _connection(self) -> tuple[str, str, str, str | None]:
-        """(base URL, model, key, GGUF path if this is the embedded server) for EngineContext."""
+    def _connection(self) -> context.Connection:
+        """Where the model is, for EngineContext (after starting the embedded server)."""
         self._ensure_ready()
-        embedded = None
+        model_file = None
         if self._route.embedded:
             info = local_server.local_server_info()
-            embedded = str(info["model_path"]) if info else None
-        return self.base_url, self.model, self._route.api_key, embedded
+            model_file = str(info["model_path"]) if info else None
+        elif self._route.kind == "local":
+            model_file = local_server.served_model_path(self.base_url, self.model)
+        return context.Connection(self.base_url, self.model, self._route.api_key,
+                                  embedded=self._route.embedded and model_file is not None, model_file=model_file)
 
     # -- the context window ---------------------------------------------------------
 

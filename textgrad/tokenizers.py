@@ -1,7 +1,7 @@
 """Token counts of text: exact from the model's own tokenizer wherever one is reachable, else an estimate.
 
-Exact sources, by backend (see textgrad.endpoints.Route.tokenizer): the embedded llama.cpp server's
-GGUF vocabulary loaded in-process through llama-cpp-python; a server's tokenize route (llama.cpp's
+Exact sources, by backend (see textgrad.endpoints.Backend.tokenizer): a llama.cpp server's GGUF
+vocabulary loaded in-process through llama-cpp-python, where the file is on this machine; a server's tokenize route (llama.cpp's
 llama-server, vLLM and SGLang answer /tokenize, llama-cpp-python /extras/tokenize/count); tiktoken for
 the OpenAI models it knows. tiktoken downloads its encodings at first use, so offline (or for a model
 name it does not know) OpenAI counts are estimated, and say so.
@@ -120,7 +120,11 @@ class ServerTokenizer:
                 return None
             try:
                 n = self._ask(route, text)
-            except (httpx.HTTPError, httpx.InvalidURL, ValueError, AttributeError, TypeError):
+            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                if not _route_absent(exc):
+                    return None  # busy or unreachable now: this one count is estimated, the route kept
+                continue
+            except (httpx.InvalidURL, ValueError, AttributeError, TypeError):
                 continue
             with self._lock:
                 self._route, self._probed = route, True
@@ -132,6 +136,11 @@ class ServerTokenizer:
             logger.info("%s offers no tokenizer endpoint; token counts are estimated", self.root)
             self._probed = True
         return None
+
+
+def _route_absent(exc: httpx.TransportError | httpx.HTTPStatusError) -> bool:
+    """The server has no such route (as opposed to being slow, overloaded or down for a moment)."""
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (400, 404, 405, 422, 501)
 
 
 # ---------------------------------------------------------------- the embedded model's vocabulary

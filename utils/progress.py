@@ -178,7 +178,7 @@ class Phase:
         if self.bar is not None:
             self.bar.total = total
 
-    def refresh(self) -> None:
+    def refresh(self, final: bool = False) -> None:
         if self.bar is None or self._closed:
             return
         counts = self.counts()
@@ -187,12 +187,14 @@ class Phase:
             self.set_total(done)  # a retried phase replays its calls
         self.bar.set_postfix_str(_postfix(counts["cache_hits"], counts["retries"]), refresh=False)
         if done > self.bar.n:
-            self.bar.update(done - self.bar.n)
+            self.bar.update(done - self.bar.n)  # drawn only if mininterval has passed since the last draw
+            if final:
+                self.bar.refresh()
         else:
             self.bar.refresh()
 
     def close(self) -> None:
-        self.refresh()  # its final count, drawn once before the bar is cleared
+        self.refresh(final=True)  # its final count, drawn once before the bar is cleared
         with self._lock:
             if self._closed:
                 return
