@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from textgrad import local_server
-from textgrad.engine import all_engine_stats
 from textgrad.errors import EngineError
 from textgrad.parallel import run_concurrently
 from textgrad.slots import background
@@ -76,15 +75,6 @@ def train_in_process(clients: list[Client], engines: Engines, settings: LocalSet
 
     return train_round
 
-
-def llm_totals() -> dict[str, int]:
-    """Every engine counter summed over engines (calls, tokens, cache hits, retries, ...)."""
-    totals = dict.fromkeys(("calls", "prompt_tokens", "completion_tokens", "cache_hits", "cache_misses",
-                            "retries"), 0)
-    for stats in all_engine_stats().values():
-        for key, value in stats.items():
-            totals[key] = totals.get(key, 0) + value
-    return totals
 
 def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bool = False,
                    train_round: TrainRound | None = None) -> dict[str, Any]:
