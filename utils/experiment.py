@@ -52,19 +52,13 @@ def served_prompts(prompt: str, tasks: list[TaskSpec]) -> dict[str, str]:
     """The trained text as each task's questions are answered with it."""
     return {task.name: served_prompt(prompt, task) for task in tasks}
 
+
 def step_calls(exp: Experiment, clients: list[Client]) -> int:
     """The most LLM calls of one round of these clients' local steps: per step, forward, feedback and
     re-score of each example of the batch (no larger than the client's shard), one optimizer call."""
     batch = exp.settings.batch_size
     return exp.settings.max_steps * sum(3 * min(batch, len(c.examples)) + 1 for c in clients)
 
-
-def _zero_shot_calls(exp: Experiment, evaluate: Evaluator, engines: Engines) -> int:
-    prompt = starting_prompt(exp.tasks)
-    calls = evaluate.pending_calls(prompt, exp.val_sets) + evaluate.pending_calls(prompt, exp.test_sets)
-    if exp.run_larger_model:
-        calls += evaluate.pending_calls(prompt, exp.test_sets, engines.evaluation)
-    return calls
 
 class Evaluator:
     """Accuracy of a prompt on validation or test sets; counts the LLM judge's unusable replies.

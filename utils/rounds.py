@@ -244,6 +244,7 @@ class _RoundLoop:
                              started=self.started, phase_seconds=add_seconds(self.seconds_before, self.console.seconds),
                              restarts_mark=self.restarts_mark)
 
+
 def _zero_shot_calls(exp: Experiment, evaluate: Evaluator, engines: Engines) -> int:
     prompt = starting_prompt(exp.tasks)
     calls = evaluate.pending_calls(prompt, exp.val_sets) + evaluate.pending_calls(prompt, exp.test_sets)
