@@ -12,9 +12,9 @@ import time
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from textgrad.stats import metered
 from utils.client import train_client
 from utils.outbound import release_update
-from utils.rounds import llm_totals
 from utils.runner import make_engines
 from utils.tasks import Example
 
@@ -35,18 +35,17 @@ def identify(message: Message, context: Context) -> Message:
 def train(message: Message, context: Context) -> Message:
     experiment, client_id, prompt, round_index, settings = read_train_content(message.content)
     started = time.monotonic()
-    llm_before = llm_totals()  # counters are per process; a client process trains one node at a time
     examples: list[Example] = []
-    try:
-        args = node_args(experiment, context.node_config)
-        client = load_own_client(args, context.node_config, client_id)
-        examples = client.examples
-        engines = make_engines(args)
-        update = train_client(client.client_id, client.task, examples, prompt, round_index, engines, settings)
-    except Exception as exc:  # any failure is this client's failure, not the round's
-        update = failed_update(client_id, round_index, prompt, f"{type(exc).__name__}: {exc}")
-    # The last step before anything leaves this node: the leak guard and audit, as in-process.
-    update = release_update(update, examples, read_policy(message.content))
-    report = {**{key: value - llm_before.get(key, 0) for key, value in llm_totals().items()},
-              "seconds": round(time.monotonic() - started, 3)}
+    with metered() as cost:  # this node's calls only, even where a process hosts several
+        try:
+            args = node_args(experiment, context.node_config)
+            client = load_own_client(args, context.node_config, client_id)
+            examples = client.examples
+            engines = make_engines(args)
+            update = train_client(client.client_id, client.task, examples, prompt, round_index, engines, settings)
+        except Exception as exc:  # any failure is this client's failure, not the round's
+            update = failed_update(client_id, round_index, prompt, f"{type(exc).__name__}: {exc}")
+        # The last step before anything leaves this node: the leak guard and audit, as in-process.
+        update = release_update(update, examples, read_policy(message.content))
+    report = {**cost.as_dict(), "seconds": round(time.monotonic() - started, 3)}
     return Message(update_content(update, report), reply_to=message)

@@ -50,10 +50,11 @@ _meters: contextvars.ContextVar[tuple[EngineStats, ...]] = contextvars.ContextVa
 
 
 @contextlib.contextmanager
-def metered() -> Iterator[EngineStats]:
+def metered(meter: EngineStats | None = None) -> Iterator[EngineStats]:
     """Counters of the calls made inside the block, by any engine, also from the threads it starts
-    through textgrad.parallel: the cost of one phase of a run while other phases run beside it."""
-    meter = EngineStats()
+    through textgrad.parallel: the cost of one phase of a run while other phases run beside it.
+    Given a meter, the block counts on into it (a phase that began in another thread or block)."""
+    meter = meter if meter is not None else EngineStats()
     token = _meters.set((*_meters.get(), meter))
     try:
         yield meter

@@ -281,7 +281,7 @@ class _Planner:
 
     def _evaluate(self, phase: str, prompt: _Prompt, split: str, engine: str) -> None:
         memo = (prompt.id, split, engine)
-        if memo in self.memo:  # utils.rounds.Evaluator remembers results per (prompt, sets, engine)
+        if memo in self.memo:  # utils.experiment.Evaluator remembers results per (prompt, sets, engine)
             return
         self.memo.add(memo)
         sets = self.exp.val_sets if split == "val" else self.exp.test_sets
