@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
 import time
@@ -165,6 +166,63 @@ class FakeOpenAIServer:
         if last != "__nousage__":
             payload["usage"] = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
         return payload
+
+
+class JsonServer:
+    """Answers JSON per path on loopback (GET or POST): a fixed payload with 200, or a function of the
+    request's JSON body returning (status, payload); 404 on any other path. Counts requests per path."""
+
+    def __init__(self, routes: dict[str, Any]) -> None:
+        self.routes = routes
+        self.requests: collections.Counter[str] = collections.Counter()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                server.requests[self.path] += 1
+                route = routes.get(self.path)
+                if callable(route):
+                    status, payload = route(body)
+                elif route is None:
+                    status, payload = 404, {"error": "no route"}
+                else:
+                    status, payload = 200, route
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _reply
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def json_server() -> Iterator[Any]:
+    """Factory for JsonServer instances, all stopped after the test."""
+    servers: list[JsonServer] = []
+
+    def make(routes: dict[str, Any]) -> JsonServer:
+        servers.append(JsonServer(routes))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture

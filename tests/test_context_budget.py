@@ -12,12 +12,10 @@ import math
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -116,52 +114,6 @@ def test_other_bad_requests_are_not_overflows() -> None:
 
 
 # ---------------------------------------------------------------- what the server says
-
-
-class JsonServer:
-    """Answers fixed JSON per path, to stand for the discovery routes of vLLM and Ollama."""
-
-    def __init__(self, routes: dict[str, Any]) -> None:
-        self.routes = routes
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _reply(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                payload = routes.get(self.path)
-                body = json.dumps(payload if payload is not None else {"error": "no route"}).encode()
-                self.send_response(200 if payload is not None else 404)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = _reply
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-
-@pytest.fixture
-def json_server() -> Iterator[Any]:
-    servers: list[JsonServer] = []
-
-    def make(routes: dict[str, Any]) -> JsonServer:
-        servers.append(JsonServer(routes))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.stop()
 
 
 def test_windows_are_read_from_vllm_llama_server_and_ollama(json_server: Any) -> None:

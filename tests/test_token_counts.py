@@ -4,8 +4,6 @@ tokenizer is reachable, and flagged as estimates where it is not."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -106,64 +104,27 @@ def test_a_seeded_run_on_the_embedded_default_records_exact_token_counts(
     assert results["starting_prompt_tokens"] == STARTING_PROMPT_TOKENS
 
 
-class TokenizeServer:
-    """A server whose POST /tokenize answers statuses from a script (200 counts the words), in order."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = statuses
-        self.requests = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                server.requests += 1
-                status = server.statuses.pop(0) if server.statuses else 200
-                payload = {"count": len(body["content"].split())} if status == 200 else {"error": "no"}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+def scripted_counts(statuses: list[int]) -> Any:
+    """A tokenize route answering the statuses in order (200: the count of the text's words), then 200."""
+    def answer(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        status = statuses.pop(0) if statuses else 200
+        return status, {"count": len(body["content"].split())} if status == 200 else {"error": "no"}
+    return answer
 
 
-@pytest.fixture
-def tokenize_server() -> Any:
-    servers: list[TokenizeServer] = []
-
-    def make(statuses: list[int]) -> TokenizeServer:
-        servers.append(TokenizeServer(statuses))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.stop()
-
-
-def test_a_busy_tokenize_route_estimates_that_count_and_is_asked_again(tokenize_server: Any) -> None:
-    server = tokenize_server([503, 200])
+def test_a_busy_tokenize_route_estimates_that_count_and_is_asked_again(json_server: Any) -> None:
+    server = json_server({"/tokenize": scripted_counts([503, 200])})
     tokenizer = ServerTokenizer(server.base_url, "m", "key", ("/tokenize",))
     assert tokenizer.count("one two three") is None  # overloaded for a moment: this count is estimated ...
     assert tokenizer.count("one two three four") == 4  # ... and the route is not given up
-    assert server.requests == 2
+    assert server.requests["/tokenize"] == 2
 
 
-def test_a_server_without_a_tokenize_route_is_asked_once(tokenize_server: Any) -> None:
-    server = tokenize_server([404, 404, 404])
+def test_a_server_without_a_tokenize_route_is_asked_once(json_server: Any) -> None:
+    server = json_server({})  # 404 on every path
     tokenizer = ServerTokenizer(server.base_url, "m", "key", ("/tokenize", "/extras/tokenize/count"))
     assert tokenizer.count("one two") is None and tokenizer.count("three") is None
-    assert server.requests == 2  # each route once, then estimates without asking
+    assert server.requests == {"/tokenize": 1, "/extras/tokenize/count": 1}  # each once, then estimates
 
 
 def test_a_llamacpp_server_given_by_url_is_counted_with_the_packaged_vocabulary(
