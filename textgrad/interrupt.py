@@ -62,7 +62,7 @@ def _on_sigint(signum: int, frame: Any) -> None:
         _end_now("a second Ctrl-C")
     _sigint.set()
     request_stop()
-    if _wake is not None:  # the C-level wake-up below may have been taken over (asyncio sets its own)
+    if _wake is not None:  # the C-level wake-up may have been taken over since (asyncio sets its own)
         with contextlib.suppress(OSError):
             _wake.send(bytes([signal.SIGINT]))
     raise KeyboardInterrupt
