@@ -48,14 +48,14 @@ def make_engines(args: RunConfig, check: bool = True) -> Engines:
     """The run's engines; with check, each endpoint is asked once whether it serves (the embedded one is
     started). Without, only names, keys and routes are checked: nothing is contacted."""
     configure(use_cache=not args.no_cache, max_concurrency=args.max_concurrency)
-    if getattr(args, "local_servers", None) is not None:
+    if args.local_servers is not None:
         configure(local_servers=args.local_servers)
     if args.cache_dir is not None:  # otherwise keep the process default (or a caller's choice)
         configure(cache_dir=args.cache_dir)
-    if getattr(args, "request_timeout", None) is not None:
+    if args.request_timeout is not None:
         configure(request_timeout=args.request_timeout)
-    configure(max_context=getattr(args, "max_context", None))
-    structured.configure(getattr(args, "structured_output", "auto"))
+    configure(max_context=args.max_context)
+    structured.configure(args.structured_output)
     test = get_engine(args.test_engine)
     evaluation = get_engine(args.evaluation_engine)
     embedded = "local" in (args.test_engine, args.evaluation_engine) and not os.environ.get("LOCAL_BASE_URL")
