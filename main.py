@@ -7,13 +7,13 @@ and can continue with --resume; 130 interrupted (Ctrl-C), also resumable.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
 
 from utils.config import UsageError, parse_args
 from utils.data import DataError
+from utils.run_config import RunConfig
 from utils.tasks import TaskError
 
 
@@ -28,14 +28,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: RunConfig) -> int:
     # Imported only once the flags are known good: the LLM client libraries take a second or more to load,
     # and a typo deserves an instant answer.
     from textgrad import interrupt
     from textgrad.errors import EngineError
     from textgrad.local_server import failure_note
     from utils.rounds import RoundFailed
+    from utils.runner import with_run_name
 
+    # Named before the handler is installed: the resume line after Ctrl-C has to name the run the
+    # module goes on to create, generated name included.
+    args = with_run_name(args)
     interrupt.install_sigint_handler(lambda: _interrupted_line(args))
     # On a failure the embedded server's log stays in the temp folder and the error line names it;
     # otherwise it is removed when the server stops at exit.
@@ -57,10 +61,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupted_line(args: argparse.Namespace) -> str:
-    """The last line after Ctrl-C: how to continue (once the run has a name: after the flags' checks)."""
-    if not args.run_name:
-        return "interrupted"
+def _interrupted_line(args: RunConfig) -> str:
+    """The last line after Ctrl-C: how to continue the (named) run."""
     return f"interrupted: continue with python main.py --resume --run_name {args.run_name} --output_dir {args.output_dir}"
 
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from utils.data import TaskData
 from utils.rounds import Client
+from utils.run_config import RunConfig
 from utils.runner import run_module
 
 
-def build_clients(args: argparse.Namespace, data: list[TaskData]) -> list[Client]:
+def build_clients(args: RunConfig, data: list[TaskData]) -> list[Client]:
     return [Client(d.task.name, d.task, d.train) for d in data]
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
+def main(args: RunConfig) -> dict[str, Any]:
     return run_module(args, build_clients, aggregate=True)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 from utils.data import TaskData
 from utils.partition import dirichlet_partition, iid_partition
 from utils.rounds import Client
+from utils.run_config import RunConfig
 from utils.runner import run_module
 
 
-def build_clients(args: argparse.Namespace, data: list[TaskData]) -> list[Client]:
+def build_clients(args: RunConfig, data: list[TaskData]) -> list[Client]:
     task_data = data[0]
     if args.partition == "dirichlet":
         shards = dirichlet_partition(task_data.train, args.homo_split_num, args.dirichlet_alpha, args.seed)
@@ -20,5 +20,5 @@ def build_clients(args: argparse.Namespace, data: list[TaskData]) -> list[Client
     return [Client(f"client{i}", task_data.task, shard) for i, shard in enumerate(shards)]
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
+def main(args: RunConfig) -> dict[str, Any]:
     return run_module(args, build_clients, aggregate=True)

@@ -16,14 +16,17 @@ Node config keys (`flower-supernode --node-config '...'`; the simulation sets th
 
 from __future__ import annotations
 
-import argparse
 import importlib
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from utils.rounds import Client
+from utils.run_config import RunConfig
 from utils.runner import load_data
 from utils.tasks import resolve_task
+
+from .records import FlowerExperiment
 
 _ENGINE_OVERRIDES = {"data-dir": "data_dir", "test-engine": "test_engine", "evaluation-engine": "evaluation_engine",
                      "cache-dir": "cache_dir"}
@@ -45,32 +48,29 @@ def _partition_id(node_config: Mapping[str, Any], client_ids: list[str]) -> int:
     return pid
 
 
-def own_task(experiment: argparse.Namespace, node_config: Mapping[str, Any]) -> str:
+def own_task(experiment: FlowerExperiment, node_config: Mapping[str, Any]) -> str:
     """train_hetero_fed: the task this node trains on."""
     if node_config.get("task"):
         return str(node_config["task"])
-    return experiment.task[_partition_id(node_config, experiment.client_ids)]
+    return experiment.config.task[_partition_id(node_config, experiment.client_ids)]
 
 
-def client_id_of(experiment: argparse.Namespace, node_config: Mapping[str, Any]) -> str:
+def client_id_of(experiment: FlowerExperiment, node_config: Mapping[str, Any]) -> str:
     """The in-process client id this node stands for (client ids come from the server, in order)."""
-    if experiment.module == HETERO:
+    if experiment.config.module == HETERO:
         return resolve_task(own_task(experiment, node_config)).name
     return experiment.client_ids[_partition_id(node_config, experiment.client_ids)]
 
 
-def node_args(experiment: argparse.Namespace, node_config: Mapping[str, Any]) -> argparse.Namespace:
+def node_args(experiment: FlowerExperiment, node_config: Mapping[str, Any]) -> RunConfig:
     """The experiment's flags with this node's own data dir, engines and cache."""
-    args = argparse.Namespace(**vars(experiment))
-    for key, flag in _ENGINE_OVERRIDES.items():
-        if node_config.get(key):
-            setattr(args, flag, str(node_config[key]))
-    if experiment.module == HETERO:
-        args.task = [own_task(experiment, node_config)]  # load only this node's task
-    return args
+    own = {flag: str(node_config[key]) for key, flag in _ENGINE_OVERRIDES.items() if node_config.get(key)}
+    if experiment.config.module == HETERO:
+        own["task"] = [own_task(experiment, node_config)]  # load only this node's task
+    return replace(experiment.config, **own)
 
 
-def load_own_client(args: argparse.Namespace, node_config: Mapping[str, Any], client_id: str) -> Client:
+def load_own_client(args: RunConfig, node_config: Mapping[str, Any], client_id: str) -> Client:
     """This node's client with its training examples, built by the module's own build_clients."""
     data = load_data(args)
     mode = str(node_config.get("train-data", "shard"))

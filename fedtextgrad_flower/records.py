@@ -8,11 +8,10 @@ its leak audit's numbers, never examples) and a report of what the round cost it
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,10 @@ from pydantic import TypeAdapter, ValidationError
 
 from textgrad.engine import ChatEngine
 from utils.client import ClientUpdate, LocalSettings, StepResult
+from utils.config import default_run_config
 from utils.leakage import LeakAudit, LeakGuard
 from utils.outbound import ClientPolicy
+from utils.run_config import RunConfig
 
 # The flags a client needs to rebuild its own data shard and engines exactly as in-process.
 EXPERIMENT_KEYS = ("module", "task", "data_dir", "split_sizes", "seed", "homo_split_num", "partition",
@@ -31,7 +32,16 @@ EXPERIMENT_KEYS = ("module", "task", "data_dir", "split_sizes", "seed", "homo_sp
 _PATH_KEYS = ("data_dir", "cache_dir")
 
 
-def experiment_record(args: argparse.Namespace, client_ids: list[str]) -> ConfigRecord:
+@dataclass(frozen=True)
+class FlowerExperiment:
+    """A client's view of the server's run: the ordered client ids, and a RunConfig holding the server's
+    EXPERIMENT_KEYS values over the parser's defaults (no other flag crosses the wire)."""
+
+    config: RunConfig
+    client_ids: list[str]
+
+
+def experiment_record(args: RunConfig, client_ids: list[str]) -> ConfigRecord:
     values: dict[str, Any] = {"client_ids": list(client_ids)}
     for key in EXPERIMENT_KEYS:
         value = getattr(args, key)
@@ -43,10 +53,15 @@ def experiment_record(args: argparse.Namespace, client_ids: list[str]) -> Config
     return ConfigRecord(values)
 
 
-def experiment_from_record(record: ConfigRecord) -> argparse.Namespace:
+def experiment_from_record(record: ConfigRecord) -> FlowerExperiment:
     values = dict(record)
-    return argparse.Namespace(client_ids=list(values["client_ids"]),
-                              **{key: values.get(key) for key in EXPERIMENT_KEYS})
+    # A key the record lacks was None on the server, which is also its default here.
+    sent = {key: values[key] for key in EXPERIMENT_KEYS if key in values}
+    if "task" in sent:
+        sent["task"] = list(sent["task"])
+    if "split_sizes" in sent:  # a list on the wire, a tuple as the parser makes it
+        sent["split_sizes"] = tuple(sent["split_sizes"])
+    return FlowerExperiment(replace(default_run_config(), **sent), list(values["client_ids"]))
 
 
 def train_content(experiment: ConfigRecord, client_id: str, prompt: str, round_index: int,
@@ -66,7 +81,7 @@ def read_policy(content: RecordDict) -> ClientPolicy:
                         str(record["attack"]) or None, int(record["seed"]))
 
 
-def read_train_content(content: RecordDict) -> tuple[argparse.Namespace, str, str, int, LocalSettings]:
+def read_train_content(content: RecordDict) -> tuple[FlowerExperiment, str, str, int, LocalSettings]:
     """(experiment, client id, global prompt, round, settings) of a train message."""
     round_record = content["round"]
     return (experiment_from_record(content["experiment"]), str(round_record["client_id"]),

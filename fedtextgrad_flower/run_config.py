@@ -16,14 +16,14 @@ process's FEDTEXTGRAD_ALLOWED_DIRS (separated by ':'), by default its working di
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from utils.config import UsageError, build_parser, mapping_to_argv, parse_args
+from utils.run_config import RunConfig
 
 SOURCE = "the Flower run config"
 ALLOWED_DIRS_VARIABLE = "FEDTEXTGRAD_ALLOWED_DIRS"
@@ -37,7 +37,7 @@ class FlowerSettings:
     max_update_tokens: int = 0
 
 
-def parse_run_config(run_config: Mapping[str, Any]) -> tuple[argparse.Namespace, FlowerSettings]:
+def parse_run_config(run_config: Mapping[str, Any]) -> tuple[RunConfig, FlowerSettings]:
     values = {key: value for key, value in run_config.items() if value != ""}
     flower = {field.name: _setting(field.name, values.pop(field.name))
               for field in fields(FlowerSettings) if field.name in values}
@@ -45,7 +45,7 @@ def parse_run_config(run_config: Mapping[str, Any]) -> tuple[argparse.Namespace,
         values["task"] = values["task"].replace(",", " ").split()
     check_allowed_paths(values)  # before a path is read (a resumed run's config.yaml) or written
     args = parse_args(mapping_to_argv(build_parser(), values, SOURCE))
-    check_allowed_paths(vars(args))  # the defaults, and paths a resumed run's saved config brought
+    check_allowed_paths(asdict(args))  # the defaults, and paths a resumed run's saved config brought
     return args, FlowerSettings(**flower)
 
 

@@ -6,7 +6,6 @@ clients' training happens on their nodes (client_app.py), reached through the gr
 
 from __future__ import annotations
 
-import argparse
 import importlib
 from collections.abc import Mapping
 from logging import ERROR
@@ -22,6 +21,7 @@ from utils.client import Engines
 from utils.config import UsageError
 from utils.data import DataError, TaskData
 from utils.rounds import Client, Experiment, RoundFailed, TrainRound
+from utils.run_config import RunConfig
 from utils.runner import load_data, run_module
 from utils.tasks import TaskError
 from utils.tracking import RunLog
@@ -51,7 +51,7 @@ def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
     args, flower = parse_run_config(run_config)
     module = importlib.import_module(args.module)
 
-    def client_list(run_args: argparse.Namespace, data: list[TaskData]) -> list[Client]:
+    def client_list(run_args: RunConfig, data: list[TaskData]) -> list[Client]:
         # The module's own clients, for their ids and order; their examples stay on the nodes.
         try:
             return [Client(c.client_id, c.task, []) for c in module.build_clients(run_args, data)]

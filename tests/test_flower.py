@@ -330,7 +330,7 @@ def test_flower_node_gets_exactly_its_in_process_shard(tmp_path, shared_data):
     args = parse_args(as_argv(flags))
     in_process = train_homo_fed.build_clients(args, load_data(args))
     experiment = experiment_from_record(experiment_record(args, [c.client_id for c in in_process]))
-    assert experiment.data_dir == str(shared_data.resolve()) and experiment.split_sizes == [6, 3, 3]
+    assert experiment.config.data_dir == str(shared_data.resolve()) and experiment.config.split_sizes == (6, 3, 3)
     for pid, expected in enumerate(in_process):
         node = {"partition-id": pid, "num-partitions": 3}
         client_id = client_id_of(experiment, node)

@@ -9,6 +9,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,6 +20,7 @@ from textgrad.endpoints import engine_name_problem
 
 from .attacks import ATTACKS
 from .leakage import LEAK_GUARDS
+from .run_config import RunConfig
 from .tasks import TaskError, check_bbh_subtask
 
 MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
@@ -158,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_run_config() -> RunConfig:
+    """Every flag at its default (module None): what a run is before any flag is given."""
+    return RunConfig.from_namespace(build_parser().parse_args([]))
+
+
 # ---------------------------------------------------------------- privacy and robustness (issue 16)
 ROBUST_AGGREGATIONS = ("none", "screen")
 
@@ -194,7 +201,7 @@ def _add_privacy_and_robustness_flags(p: argparse.ArgumentParser) -> None:
         help="screening leaves out prompts whose accuracy is below the round's best by more than this")
 
 
-def _check_privacy_and_robustness(args: argparse.Namespace, clients: int) -> None:
+def _check_privacy_and_robustness(args: RunConfig, clients: int) -> None:
     if args.malicious_clients > clients:
         raise UsageError(f"--malicious_clients {args.malicious_clients} exceeds the {clients} clients of this run: "
                          "lower it or add clients")
@@ -244,10 +251,10 @@ def mapping_to_argv(parser: argparse.ArgumentParser, data: dict[str, Any], path:
     return argv
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> RunConfig:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    first, _ = parser.parse_known_args(argv)
+    first = RunConfig.from_namespace(parser.parse_known_args(argv)[0])
     config_argv = _config_to_argv(parser, first.config) if first.config else []
     if first.resume and first.run_name:
         check_run_name(first.run_name)  # before it names a file to read
@@ -256,12 +263,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         saved = Path(first.output_dir) / first.run_name / "config.yaml"
         if saved.is_file():
             config_argv = _config_to_argv(parser, str(saved), skip=("config", "resume", "run_name", "output_dir"))
-    args = parser.parse_args(config_argv + argv)  # later flags win: the command line beats the file
+    # Later flags win: the command line beats the file.
+    args = RunConfig.from_namespace(parser.parse_args(config_argv + argv))
     validate_args(args)
     return args
 
 
-def validate_args(args: argparse.Namespace) -> None:
+def validate_args(args: RunConfig) -> None:
     if args.module is None:
         raise UsageError("no --module given: choose one of " + ", ".join(MODULES))
     for flag in ("evaluation_engine", "test_engine"):
@@ -297,7 +305,7 @@ def validate_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--{flag} {value} is not writable: choose a folder you can write to")
 
 
-def check_resumable(args: argparse.Namespace) -> None:
+def check_resumable(args: RunConfig) -> None:
     if not args.run_name:
         raise UsageError("--resume needs --run_name naming the run to continue")
     run_dir = Path(args.output_dir) / args.run_name
@@ -321,7 +329,7 @@ def check_engine_name(name: str, flag: str = "engine") -> None:
         raise UsageError(f"--{flag} {name!r} {problem}")
 
 
-def num_clients(args: argparse.Namespace) -> int:
+def num_clients(args: RunConfig) -> int:
     return {"train_centralized": 1, "train_homo_fed": args.homo_split_num}.get(args.module, len(args.task))
 
 
@@ -359,10 +367,10 @@ def unused_flags(module: str | None) -> tuple[str, ...]:
     return () if module == "train_homo_fed" else ("homo_split_num",)
 
 
-def resolved_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags as saved to config.yaml: secret-named flags, and any value holding a key from the
-    environment (a key pasted into --run_name, say), are redacted."""
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
+def resolved_config(args: RunConfig) -> dict[str, Any]:
+    """The flags as saved to config.yaml, in the parser's order: secret-named flags, and any value holding
+    a key from the environment (a key pasted into --run_name, say), are redacted."""
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(args).items()
               if k not in unused_flags(args.module)}
     secrets = secret_values()
     for key, value in config.items():

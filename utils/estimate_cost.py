@@ -10,7 +10,6 @@ the same way (or --estimate_latency). Money: engines with a price (utils.prices 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from .files import write_json_atomic
 from .prices import Price, engine_price, parse_price_overrides
 from .prompt_stats import uid_enabled
 from .rounds import Experiment
+from .run_config import RunConfig
 from .token_count import token_counter
 
 ESTIMATE_FILE = "estimate.json"
@@ -268,7 +268,7 @@ def _rows(plan: CallPlan, kinds: tuple[str, ...], factors: dict[str, Calibration
     return rows
 
 
-def estimate_run(args: argparse.Namespace, exp: Experiment, run_dir: Path) -> Estimate:
+def estimate_run(args: RunConfig, exp: Experiment, run_dir: Path) -> Estimate:
     """The estimate of the run these (validated) flags and this experiment describe."""
     names = list(dict.fromkeys([args.test_engine, args.evaluation_engine]))
     facts = {name: engine_facts(name) for name in names}
@@ -303,7 +303,7 @@ def estimate_run(args: argparse.Namespace, exp: Experiment, run_dir: Path) -> Es
         cache_note=_cache_note(args.no_cache, cache_dir, plan))
 
 
-def _prices(args: argparse.Namespace, facts: dict[str, EngineFacts]) -> dict[str, Price | None]:
+def _prices(args: RunConfig, facts: dict[str, EngineFacts]) -> dict[str, Price | None]:
     try:
         price_in = parse_price_overrides(args.price_in, "--price_in")
         price_out = parse_price_overrides(args.price_out, "--price_out")

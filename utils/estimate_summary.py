@@ -18,6 +18,7 @@ from typing import Any
 from .config import UsageError
 from .estimate_cost import ESTIMATE_FILE, Estimate, estimate_run, write_estimate
 from .rounds import Experiment
+from .run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def format_estimate(e: Estimate) -> str:
     return "\n".join(lines)
 
 
-def print_estimate(args: argparse.Namespace, exp: Experiment, run_dir: Path) -> None:
+def print_estimate(args: RunConfig, exp: Experiment, run_dir: Path) -> None:
     """main.py --estimate: the table on stdout, and with --estimate_json the record in that file."""
     estimate = estimate_run(args, exp, run_dir)
     print(format_estimate(estimate), flush=True)
@@ -110,7 +111,7 @@ def print_estimate(args: argparse.Namespace, exp: Experiment, run_dir: Path) -> 
                              "choose a file in a folder you can write to") from None
 
 
-def record_estimate(args: argparse.Namespace, exp: Experiment, run_dir: Path) -> None:
+def record_estimate(args: RunConfig, exp: Experiment, run_dir: Path) -> None:
     """Every run keeps its estimate beside its results: utils.report compares them, and later estimates of
     the same engine calibrate against them. A failure here costs the comparison, never the run."""
     try:

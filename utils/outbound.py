@@ -4,13 +4,13 @@ simulation and the Flower ClientApp both call release_update, so both paths send
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .attacks import choose_malicious, poisoned_prompt
 from .client import ClientUpdate
 from .leakage import LeakGuard, guard_prompt, redact_copies
+from .run_config import RunConfig
 from .tasks import Example
 
 
@@ -33,7 +33,7 @@ class OutboundPlan:
     seed: int = 42
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, client_ids: list[str]) -> OutboundPlan:
+    def from_args(cls, args: RunConfig, client_ids: list[str]) -> OutboundPlan:
         return cls(LeakGuard(args.leak_guard, args.leak_min_words), args.attack,
                    choose_malicious(client_ids, args.malicious_clients, args.seed), args.seed)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,35 +21,41 @@ from .estimate_summary import print_estimate, record_estimate
 from .outbound import OutboundPlan
 from .plots import plot_run
 from .rounds import Client, Experiment, TrainRound, run_experiment
+from .run_config import RunConfig
 from .screening import ScreenSettings
 from .tasks import resolve_task
 from .tracking import RunLog, open_run_log
 
-BuildClients = Callable[[argparse.Namespace, list[TaskData]], list[Client]]
+BuildClients = Callable[[RunConfig, list[TaskData]], list[Client]]
 
 
-def default_run_name(args: argparse.Namespace) -> str:
+def default_run_name(args: RunConfig) -> str:
     method = args.aggregate_method if args.module != "train_centralized" else "central"
     return f"{args.module}-{'+'.join(args.task)}-{method}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def load_data(args: argparse.Namespace) -> list[TaskData]:
+def with_run_name(args: RunConfig) -> RunConfig:
+    """args with its --run_name, or with a generated one (module, tasks, method, seed, time) if none was given."""
+    return args if args.run_name else replace(args, run_name=default_run_name(args))
+
+
+def load_data(args: RunConfig) -> list[TaskData]:
     sizes = None if args.split_sizes is None else tuple(args.split_sizes)
     return [load_task_data(resolve_task(name), args.data_dir, sizes, args.seed) for name in args.task]
 
 
-def make_engines(args: argparse.Namespace, check: bool = True) -> Engines:
+def make_engines(args: RunConfig, check: bool = True) -> Engines:
     """The run's engines; with check, each endpoint is asked once whether it serves (the embedded one is
     started). Without, only names, keys and routes are checked: nothing is contacted."""
     configure(use_cache=not args.no_cache, max_concurrency=args.max_concurrency)
-    if getattr(args, "local_servers", None) is not None:
+    if args.local_servers is not None:
         configure(local_servers=args.local_servers)
     if args.cache_dir is not None:  # otherwise keep the process default (or a caller's choice)
         configure(cache_dir=args.cache_dir)
-    if getattr(args, "request_timeout", None) is not None:
+    if args.request_timeout is not None:
         configure(request_timeout=args.request_timeout)
-    configure(max_context=getattr(args, "max_context", None))
-    structured.configure(getattr(args, "structured_output", "auto"))
+    configure(max_context=args.max_context)
+    structured.configure(args.structured_output)
     test = get_engine(args.test_engine)
     evaluation = get_engine(args.evaluation_engine)
     embedded = "local" in (args.test_engine, args.evaluation_engine) and not os.environ.get("LOCAL_BASE_URL")
@@ -60,7 +66,7 @@ def make_engines(args: argparse.Namespace, check: bool = True) -> Engines:
     return Engines(test=test, evaluation=evaluation, judge=evaluation if args.judge == "llm" else None)
 
 
-def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate: bool,
+def run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
                make_train_round: Callable[[Experiment, Engines, RunLog], TrainRound] | None = None) -> dict[str, Any]:
     """Everything is checked (data, clients, engines, run folder) before the first file is written.
 
@@ -69,21 +75,20 @@ def run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate:
         return _run_module(args, build_clients, aggregate, make_train_round)
 
 
-def _run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate: bool,
+def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
                 make_train_round: Callable[[Experiment, Engines, RunLog], TrainRound] | None) -> dict[str, Any]:
     data = load_data(args)
     try:
         clients = build_clients(args, data)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    args.run_name = args.run_name or default_run_name(args)
+    args = with_run_name(args)
     run_dir = Path(args.output_dir) / args.run_name
     if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
         raise UsageError(f"{run_dir} already holds a run: pass --resume to continue it or pick another --run_name")
     experiment = build_experiment(args, data, clients, aggregate)
-    estimate_only = getattr(args, "estimate", False)
-    engines = make_engines(args, check=not estimate_only)
-    if estimate_only:
+    engines = make_engines(args, check=not args.estimate)
+    if args.estimate:
         print_estimate(args, experiment, run_dir)
         return {}
     comet_path = Path(args.comet_log_path) if args.comet_log_path else Path(args.output_dir) / "comet"
@@ -105,7 +110,7 @@ def _run_module(args: argparse.Namespace, build_clients: BuildClients, aggregate
     return results
 
 
-def build_experiment(args: argparse.Namespace, data: list[TaskData], clients: list[Client],
+def build_experiment(args: RunConfig, data: list[TaskData], clients: list[Client],
                      aggregate: bool) -> Experiment:
     return Experiment(
         module=args.module,
@@ -128,7 +133,7 @@ def build_experiment(args: argparse.Namespace, data: list[TaskData], clients: li
     )
 
 
-def experiment_from_args(args: argparse.Namespace) -> Experiment:
+def experiment_from_args(args: RunConfig) -> Experiment:
     """The experiment main.py runs for these (parsed) flags: data loaded and clients built, no engine."""
     data = load_data(args)
     clients = importlib.import_module(args.module).build_clients(args, data)
