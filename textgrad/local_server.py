@@ -160,6 +160,9 @@ def _server_command(model_path: str, port: int, threads: int) -> list[str]:
         "--port", str(port),
         "--n_ctx", str(N_CTX),
         "--n_threads", str(threads),
+        # Prompt processing has its own thread count, by default every core: in a pool of one-thread
+        # servers that oversubscribes the cores, and llama.cpp's spinning threads then wait on each other.
+        "--n_threads_batch", str(threads),
     ]
 
 
