@@ -35,7 +35,7 @@ server_log() {  # server_log PORT: where that server of the pool writes its log
 server_cmd() {  # server_cmd PORT: the command of one server of the pool
     SERVER_CMD=(env "PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m textgrad.llamacpp_server
         --model "$MODEL_PATH" --model_alias "$ALIAS" --host "$SERVE_HOST" --port "$1" --n_ctx "${N_CTX:-8192}"
-        --n_threads "$THREADS" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
+        --n_threads "$THREADS" --n_threads_batch "$THREADS" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
 }
 
 URLS="$(server_url "$PORT")"

@@ -180,6 +180,7 @@ def test_llamacpp_launcher_starts_a_pool_on_consecutive_ports_and_lists_them() -
     assert [words[words.index("--port") + 1] for words in commands] == ["9123", "9124"]
     cores = os.cpu_count() or 2
     assert {words[words.index("--n_threads") + 1] for words in commands} == {str(max(1, cores // 2))}
+    assert {words[words.index("--n_threads_batch") + 1] for words in commands} == {str(max(1, cores // 2))}
     for bad in ("0", "x", "17"):
         done = _run("llamacpp_serve.sh", "--dry-run", env={"LLAMACPP_SERVERS": bad})
         assert done.returncode == 2 and done.stderr.startswith(f"error: LLAMACPP_SERVERS={bad} ")

@@ -100,6 +100,8 @@ def test_threads_are_split_evenly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local_server, "_thread_count", lambda: 8)
     command = local_server._server_command("/m/SmolLM2.gguf", 9000, threads=8 // 3)
     assert command[command.index("--n_threads") + 1] == "2"
+    # Prompt processing too: llama-cpp-python's own default is every core, which oversubscribes a pool.
+    assert command[command.index("--n_threads_batch") + 1] == "2"
 
 
 def test_local_servers_flag_is_checked() -> None:
