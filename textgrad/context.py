@@ -21,6 +21,7 @@ import httpx
 
 from . import local_server
 from .endpoints import BACKENDS, Route, WindowProbe, get_json, post_json, server_root
+from .settings import MIN_PLAUSIBLE_WINDOW
 from .tokenizers import (
     ServerTokenizer,
     TiktokenTokenizer,
@@ -33,9 +34,6 @@ from .tokenizers import (
 logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 5.0
-# A window no server will ask us to respect is no window: ignore absurd reports.
-MIN_PLAUSIBLE_WINDOW = 64
-
 # Chat templates wrap each message in role markers (~5 tokens with ChatML), and some (SmolLM2's) add
 # a default system message of ~20 tokens when the request has none.
 MESSAGE_OVERHEAD = 6

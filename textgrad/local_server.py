@@ -31,6 +31,7 @@ import httpx
 from . import interrupt, server_pool
 from .endpoints import http_client
 from .errors import EngineError
+from .settings import defaults
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +137,6 @@ def pool_size() -> int:
 
     llama-cpp-python's server answers one request at a time, so on a small machine several one-thread
     servers serve concurrent requests faster than one server with all the threads (see README)."""
-    from .settings import defaults  # here: settings imports context, which imports this module
-
     if defaults.local_servers is not None:
         return defaults.local_servers
     raw = os.environ.get("LOCAL_SERVERS", "").strip()

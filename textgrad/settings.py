@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .context import MIN_PLAUSIBLE_WINDOW
+# A window no server will ask us to respect is no window: reports and --max_context below it are absurd.
+MIN_PLAUSIBLE_WINDOW = 64
 
 DEFAULT_MAX_CONCURRENCY = 16
 # Long on purpose: the embedded server answers one request at a time, so a request
