@@ -54,8 +54,8 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     def visit(module: str, path: list[str]) -> list[str] | None:
         state[module] = "open"
         for target in sorted(graph.get(module, ())):
-            if state.get(target) == "open":
-                return path[path.index(target):] + [target] if target in path else [module, target]
+            if state.get(target) == "open":  # open modules are exactly those on the current path
+                return path[path.index(target):] + [target]
             if target not in state and (found := visit(target, path + [target])):
                 return found
         state[module] = "done"
