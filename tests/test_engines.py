@@ -142,6 +142,20 @@ def test_cache_hit_and_misses(monkeypatch: pytest.MonkeyPatch, fake_server, _iso
     assert fresh.stats.cache_hits == 1 and fresh.stats.calls == 0
 
 
+def test_cache_never_answers_for_another_server(monkeypatch: pytest.MonkeyPatch, make_fake_server) -> None:
+    # One model name on two servers (an OpenAI-compatible proxy and a vLLM box, say) may be two models:
+    # a reply cached from the first must not be served as the second's.
+    first, second = make_fake_server(), make_fake_server()
+    monkeypatch.setenv("VLLM_BASE_URL", first.base_url)
+    get_engine("vllm-shared").generate("Same question?")
+    monkeypatch.setattr(engine_module, "_engines", {})  # a later run, same cache directory
+    monkeypatch.setenv("VLLM_BASE_URL", second.base_url)
+    engine = get_engine("vllm-shared")
+    engine.generate("Same question?")
+    assert (first.chat_count, second.chat_count) == (1, 1)
+    assert engine.stats.cache_hits == 0
+
+
 def test_no_cache_always_calls(monkeypatch: pytest.MonkeyPatch, fake_server) -> None:
     monkeypatch.setenv("VLLM_BASE_URL", fake_server.base_url)
     engine = get_engine("vllm-m", use_cache=False)
@@ -322,17 +336,20 @@ def test_run_concurrently_order_errors_and_nesting() -> None:
 
 def test_make_key_is_canonical_and_sensitive() -> None:
     messages = [{"role": "user", "content": "hi"}]
-    key = ResponseCache.make_key("m", messages, {"temperature": 0.0, "max_tokens": 5})
+    url = "http://a:1/v1"
+    key = ResponseCache.make_key("m", messages, {"temperature": 0.0, "max_tokens": 5}, endpoint=url)
     assert key == ResponseCache.make_key("m", [{"content": "hi", "role": "user"}],
-                                         {"max_tokens": 5, "temperature": 0.0})
+                                         {"max_tokens": 5, "temperature": 0.0}, endpoint=url)
     assert len(key) == 64
-    assert key != ResponseCache.make_key("m2", messages, {"temperature": 0.0, "max_tokens": 5})
-    assert key != ResponseCache.make_key("m", messages, {"temperature": 0.5, "max_tokens": 5})
+    assert key != ResponseCache.make_key("m2", messages, {"temperature": 0.0, "max_tokens": 5}, endpoint=url)
+    assert key != ResponseCache.make_key("m", messages, {"temperature": 0.5, "max_tokens": 5}, endpoint=url)
+    assert key != ResponseCache.make_key("m", messages, {"temperature": 0.0, "max_tokens": 5},
+                                         endpoint="http://b:1/v1")
 
 
 def test_corrupt_entry_reads_as_miss(tmp_path: Path) -> None:
     cache = ResponseCache(tmp_path)
-    key = ResponseCache.make_key("m", [], {})
+    key = ResponseCache.make_key("m", [], {}, endpoint="e")
     cache.put(key, {"text": "ok"})
     assert cache.get(key) == {"text": "ok"}
     path = tmp_path / key[:2] / f"{key}.json"
@@ -348,7 +365,8 @@ def _write_entries(directory: str, worker: int, count: int) -> None:
     for i in range(count):
         # Half the keys are shared, so both processes race on the same files.
         shared = i % 2 == 0
-        key = ResponseCache.make_key("m", [{"role": "user", "content": str(i if shared else (worker, i))}], {})
+        key = ResponseCache.make_key("m", [{"role": "user", "content": str(i if shared else (worker, i))}], {},
+                                     endpoint="e")
         cache.put(key, {"text": "x" * 2000, "i": i, "worker": worker})
 
 
@@ -367,7 +385,7 @@ def test_two_processes_share_a_cache_without_losing_entries(tmp_path: Path) -> N
     for worker in range(2):
         for i in range(count):
             content = str(i if i % 2 == 0 else (worker, i))
-            expected.add(ResponseCache.make_key("m", [{"role": "user", "content": content}], {}))
+            expected.add(ResponseCache.make_key("m", [{"role": "user", "content": content}], {}, endpoint="e"))
     assert len(expected) == 300  # 100 shared keys + 100 private keys per process
     for key in expected:
         value = cache.get(key)

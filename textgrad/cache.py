@@ -25,10 +25,11 @@ class ResponseCache:
         return f"ResponseCache({str(self.directory)!r})"
 
     @staticmethod
-    def make_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
-        """Hash of the request; sorted keys and fixed separators make it stable across runs."""
+    def make_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any], *, endpoint: str) -> str:
+        """Hash of the request and of the server it goes to; sorted keys and fixed separators make it
+        stable across runs."""
         canonical = json.dumps(
-            {"model": model, "messages": messages, "params": params},
+            {"endpoint": endpoint, "model": model, "messages": messages, "params": params},
             sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=False,

@@ -129,6 +129,18 @@ class ChatEngine:
         assert self._model is not None
         return self._model
 
+    @property
+    def cache_endpoint(self) -> str:
+        """Which server answers, as the response cache keys it: two servers may serve one model name
+        with different weights, so a reply of one must never be served as the other's. The embedded
+        server listens on a new port every run, so it is named by its model file instead."""
+        self._ensure_ready()
+        if self._route.embedded:
+            info = local_server.local_server_info()
+            return f"embedded:{info['model_path']}" if info else "embedded"
+        assert self._base_url is not None
+        return self._base_url
+
     def _ensure_ready(self) -> openai.OpenAI:
         with self._setup_lock:
             if self._client is not None:
@@ -293,7 +305,7 @@ class ChatEngine:
             params: dict[str, Any] = {"temperature": float(temperature), "max_tokens": int(max_tokens)}
             if response_format is not None:  # absent otherwise, so earlier cache entries stay valid
                 params["response_format"] = response_format
-            key = ResponseCache.make_key(self.model, messages, params)
+            key = ResponseCache.make_key(self.model, messages, params, endpoint=self.cache_endpoint)
             hit = self.cache.get(key)
             if hit is not None and isinstance(hit.get("text"), str):
                 self.stats.add(cache_hits=1)
@@ -445,7 +457,8 @@ class ChatEngine:
 
     def _echo_logprobs(self, prompt: str) -> list[tuple[str, float]]:
         """(token, log-probability) of every echoed prompt token that has one (not the first)."""
-        key = ResponseCache.make_key(self.model, [{"role": "echo", "content": prompt}], {"logprobs": 1})
+        key = ResponseCache.make_key(self.model, [{"role": "echo", "content": prompt}], {"logprobs": 1},
+                                     endpoint=self.cache_endpoint)
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None and isinstance(hit.get("logprobs"), list):
             return [(str(token), float(value)) for token, value in hit["logprobs"]]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from textgrad.cache import ResponseCache
-from textgrad.endpoints import canonical_engine_name, split_engine_name
+from textgrad.endpoints import canonical_engine_name, clean_url, split_engine_name
 from textgrad.engine import EngineError, default_cache_dir
 
 from .config import UsageError
@@ -50,6 +50,7 @@ class EngineFacts:
     model_path: str | None  # the GGUF file of the local engine
     logprobs: bool          # utils.uid asks it for log-probabilities
     openai_routed: bool     # served by OpenAI itself, so its list price applies
+    endpoint: str | None = None  # the server as the response cache keys it (ChatEngine.cache_endpoint)
 
 
 def engine_facts(name: str) -> EngineFacts:
@@ -63,11 +64,14 @@ def engine_facts(name: str) -> EngineFacts:
             if not external:  # the embedded server needs the model: a normal start fails the same way
                 raise
             path = None
-        return EngineFacts(name, "local", None if external or path is None else Path(path).stem, path,
-                           logprobs=True, openai_routed=False)
+        embedded = not external and path is not None
+        return EngineFacts(name, "local", Path(path).stem if embedded else None, path,
+                           logprobs=True, openai_routed=False, endpoint=f"embedded:{path}" if embedded else None)
     backend, model = split_engine_name(canonical_engine_name(name))
+    url = os.environ.get(backend.url_env) or backend.default_url
     return EngineFacts(name, backend.kind, (model or "").strip(), None, logprobs=backend.prompt_logprobs is not None,
-                       openai_routed=backend.kind == "openai" and not os.environ.get("OPENAI_BASE_URL"))
+                       openai_routed=backend.kind == "openai" and not os.environ.get("OPENAI_BASE_URL"),
+                       endpoint=clean_url(url) if url else None)
 
 
 # ---------------------------------------------------------------- calibration
@@ -236,10 +240,11 @@ def _limits(exp: Experiment) -> dict[str, float]:
 def _cache_probe(facts: dict[str, EngineFacts], cache: ResponseCache | None
                  ) -> Callable[[str, list[dict[str, str]], int], bool]:
     def known(engine: str, messages: list[dict[str, str]], max_tokens: int) -> bool:
-        model = facts[engine].model
-        if cache is None or model is None:
+        model, endpoint = facts[engine].model, facts[engine].endpoint
+        if cache is None or model is None or endpoint is None:
             return False
-        key = ResponseCache.make_key(model, messages, {"temperature": 0.0, "max_tokens": int(max_tokens)})
+        key = ResponseCache.make_key(model, messages, {"temperature": 0.0, "max_tokens": int(max_tokens)},
+                                     endpoint=endpoint)
         hit = cache.get(key)
         return hit is not None and isinstance(hit.get("text"), str)
 
