@@ -1,9 +1,9 @@
 """What a seeded run on the bench server finds and costs, as one JSON object: proof a refactor moved nothing.
 
-    python bench/behaviour_snapshot.py
+    python bench/behaviour_snapshot.py [homo|hetero|centralized]
 
-Runs `python main.py` in-process (train_homo_fed, 3 clients, 2 rounds of 2 steps, summarization, no
-response cache) against bench/fake_server.py, whose replies are a pure function of the request, and
+Runs `python main.py` in-process (homo: train_homo_fed, 3 clients, 2 rounds of 2 steps, summarization;
+hetero: train_hetero_fed on the three synthetic tasks, sum_uid; centralized; no response cache) against bench/fake_server.py, whose replies are a pure function of the request, and
 prints the accuracies, the prompts (their SHA-256 and the final one in full), the run's LLM call and
 token counts and the server's request counts by kind. tests/test_behaviour_pinned.py compares this with
 the values printed before the engine layer was split (issue 14).
@@ -25,18 +25,30 @@ if str(REPO_ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(REPO_ROOT))
 
 ENGINE = "vllm-fake-model"
-RUN_ARGS = ["--module", "train_homo_fed", "--task", "synthetic_object_counting", "--homo_split_num", "3",
-            "--aggregate_method", "summarization", "--max_epochs", "2", "--max_steps", "2", "--batch_size", "2",
-            "--split_sizes", "12,8,8", "--seed", "7", "--test_engine", ENGINE, "--evaluation_engine", ENGINE,
-            "--no_cache", "--comet_mode", "disabled", "--run_name", "pinned"]
+COMMON_ARGS = ["--max_epochs", "2", "--max_steps", "2", "--batch_size", "2", "--seed", "7",
+               "--test_engine", ENGINE, "--evaluation_engine", ENGINE, "--no_cache", "--comet_mode", "disabled",
+               "--run_name", "pinned"]
+# One seeded run per module; the heterogeneous one merges with UID guidance, so all three merges but
+# concat (which makes no call) are pinned somewhere.
+RUNS: dict[str, list[str]] = {
+    "homo": ["--module", "train_homo_fed", "--task", "synthetic_object_counting", "--homo_split_num", "3",
+             "--aggregate_method", "summarization", "--split_sizes", "12,8,8", *COMMON_ARGS],
+    "hetero": ["--module", "train_hetero_fed", "--task", "synthetic_object_counting", "synthetic_word_sorting",
+               "synthetic_multistep_arithmetic", "--aggregate_method", "sum_uid", "--split_sizes", "6,6,6",
+               *COMMON_ARGS],
+    "centralized": ["--module", "train_centralized", "--task", "synthetic_multistep_arithmetic",
+                    "--split_sizes", "8,6,6", *COMMON_ARGS],
+}
+RUN_ARGS = RUNS["homo"]
 
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def snapshot(work_dir: Path) -> dict[str, Any]:
-    """Run the seeded experiment in work_dir against a fresh bench server and describe what it did."""
+def snapshot(work_dir: Path, run: str = "homo") -> dict[str, Any]:
+    """Run the seeded experiment `run` (a key of RUNS) in work_dir against a fresh bench server and
+    describe what it did."""
     from bench.fake_server import FakeServer
     from main import main
 
@@ -45,7 +57,7 @@ def snapshot(work_dir: Path) -> dict[str, Any]:
         os.environ["VLLM_BASE_URL"] = server.base_url
         try:
             with contextlib.redirect_stdout(sys.stderr):  # the run's summary; stdout carries the JSON
-                code = main([*RUN_ARGS, "--output_dir", str(work_dir)])
+                code = main([*RUNS[run], "--output_dir", str(work_dir)])
         finally:
             if previous is None:
                 os.environ.pop("VLLM_BASE_URL", None)
@@ -82,8 +94,11 @@ def snapshot(work_dir: Path) -> dict[str, Any]:
 
 
 def main() -> None:
+    run = sys.argv[1] if len(sys.argv) > 1 else "homo"
+    if run not in RUNS:
+        raise SystemExit(f"usage: python bench/behaviour_snapshot.py [{'|'.join(RUNS)}]")
     with tempfile.TemporaryDirectory(prefix="fedtextgrad-snapshot-") as tmp:
-        print(json.dumps(snapshot(Path(tmp)), indent=1, sort_keys=True))
+        print(json.dumps(snapshot(Path(tmp), run), indent=1, sort_keys=True))
 
 
 if __name__ == "__main__":
