@@ -535,7 +535,7 @@ def test_flower_run_stops_before_writing_when_a_client_has_no_supernode(tmp_path
 
 
 def test_flower_run_command_runs_a_local_federation(tmp_path, fake_llm, no_stray_processes):
-    """The README's commands: a SuperLink we start (and stop by its pid), then `flwr run .`."""
+    """docs/flower.md's commands: a SuperLink we start (and stop by its pid), then `flwr run .`."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])

@@ -18,7 +18,7 @@ ROUND = {
     "judge_format_failures": 0, "aggregation_failure": None, "poisoned_clients": [],
     "leakage": {"max_longest_run": 1, "redacted_updates": 0}, "screening": None, "llm": LLM, "context_overflows": 0,
 }
-# checkpoint.json as the round loop has always written it (README: Reliability), keys in file order.
+# checkpoint.json as the round loop has always written it (docs/reliability.md), keys in file order.
 CHECKPOINT = {
     "round": 1, "global_prompt": "merged prompt", "starting_prompt": "start", "zero_shot": {
         "val": {"t": 0.25, "mean": 0.25}, "test": {"t": 0.5, "mean": 0.5}},

@@ -1,7 +1,7 @@
 """All 27 BBH subtasks and GSM8K: gold answers in every phrasing score 1, another example's answer 0.
 
-The phrasings are bench/scoring_rates.py's (which measures the rates on every example for README);
-here a sample of each subtask runs, plus every example whose target is an option text.
+The phrasings are bench/scoring_rates.py's (which measures the rates on every example for
+docs/benchmarks.md); here a sample of each subtask runs, plus every example whose target is an option text.
 """
 
 from __future__ import annotations

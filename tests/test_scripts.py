@@ -243,7 +243,7 @@ def test_llamacpp_launcher_starts_a_server_the_local_engine_shares(monkeypatch: 
 
 
 def test_launchers_wait_until_the_server_answers(tmp_path: Path) -> None:
-    """The README's `server &` then a sweep: the sweep waits for the server instead of failing."""
+    """docs/experiments.md's `server &` then a sweep: the sweep waits for the server instead of failing."""
     port = _free_port()
     env = {"FEDTEXTGRAD_OUTPUT_DIR": str(tmp_path), "FEDTEXTGRAD_TEST_ENGINE": "vllm-fake-model",
            "FEDTEXTGRAD_EVAL_ENGINE": "vllm-fake-model", "VLLM_BASE_URL": f"http://127.0.0.1:{port}/v1",
@@ -274,15 +274,16 @@ def test_launchers_give_up_on_a_server_that_never_answers(tmp_path: Path) -> Non
 
 
 def test_readme_blocks_stop_what_they_start() -> None:
-    """A README block that starts a background process (`... &`) also stops it (`kill ...`)."""
+    """A block of README or docs/ that starts a background process (`... &`) also stops it (`kill ...`)."""
     blocks, block = [], []
-    for line in (REPO_ROOT / "README.md").read_text().splitlines():
-        if line.startswith("    ") and line.strip():
-            block.append(line.strip())
-        elif block and line.strip():
-            blocks.append(block)
-            block = []
+    for page in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]:
+        for line in [*page.read_text().splitlines(), "end of page"]:
+            if line.startswith("    ") and line.strip():
+                block.append(line.strip())
+            elif block and line.strip():
+                blocks.append(block)
+                block = []
     starting = [b for b in blocks if any(re.search(r"&(\s*#.*)?$", line) for line in b)]
-    assert starting, "the README starts servers in the background somewhere"
+    assert len(starting) >= 6, "README and docs/ start servers in the background in several places"
     for b in starting:
         assert any(line.startswith("kill ") for line in b), b
