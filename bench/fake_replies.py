@@ -15,9 +15,9 @@ import math
 import re
 
 from textgrad.prompts import FEEDBACK_SYSTEM, OPTIMIZER_SYSTEM
-from utils.aggregation import MERGE_SYSTEM
-from utils.evaluation import JUDGE_SYSTEM
-from utils.synthetic import _CATEGORIES  # our own word lists: lets the server count their items
+from utils.federated.aggregation import MERGE_SYSTEM
+from utils.tasks.evaluation import JUDGE_SYSTEM
+from utils.tasks.synthetic import _CATEGORIES  # our own word lists: lets the server count their items
 
 RIGHT_PERCENT = 40
 

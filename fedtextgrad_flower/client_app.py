@@ -1,7 +1,7 @@
 """The ClientApp: a node trains the server's prompt on its own examples with its own engines.
 
 `query` tells the server which client this node is; `train` runs exactly max_steps local steps
-(utils.client.train_client, as in-process) and replies with the update. A failure is caught and
+(utils.federated.client.train_client, as in-process) and replies with the update. A failure is caught and
 sent as a failed update, so the server aggregates the others and records the failure.
 """
 
@@ -13,10 +13,10 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from textgrad.stats import metered
-from utils.client import train_client
-from utils.outbound import release_update
-from utils.runner import make_engines
-from utils.tasks import Example
+from utils.federated.client import train_client
+from utils.federated.runner import make_engines
+from utils.privacy.outbound import release_update
+from utils.tasks.registry import Example
 
 from .node import client_id_of, load_own_client, node_args
 from .records import experiment_from_record, failed_update, read_policy, read_train_content, update_content

@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from utils.client import ClientUpdate
-from utils.rounds import Experiment, TrainRound
-from utils.tracking import RunLog
+from utils.federated.client import ClientUpdate
+from utils.federated.rounds import Experiment, TrainRound
+from utils.reporting.tracking import RunLog
 
 from .records import UpdateLimits, short_reason, train_content, update_from_reply
 

@@ -11,8 +11,8 @@ from scripted_engine import ScriptedEngine
 
 import main
 from bench.fake_server import FakeServer
-from utils.client import Engines, LocalSettings, batch_indices, train_client
-from utils.tasks import Example, resolve_task
+from utils.federated.client import Engines, LocalSettings, batch_indices, train_client
+from utils.tasks.registry import Example, resolve_task
 
 COUNTING = resolve_task("synthetic_object_counting")
 BBH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh"

@@ -28,11 +28,11 @@ from textgrad import budget, context
 from textgrad.engine import ContextOverflowError, configure, get_engine
 from textgrad.local_server import find_packaged_model
 from textgrad.tokenizers import vocab_tokenizer
-from utils.aggregation import aggregate_prompts
-from utils.client import Engines, LocalSettings, local_step
-from utils.data import load_task_data
-from utils.evaluation import evaluate_prompt
-from utils.tasks import resolve_task
+from utils.federated.aggregation import aggregate_prompts
+from utils.federated.client import Engines, LocalSettings, local_step
+from utils.tasks.data import load_task_data
+from utils.tasks.evaluation import evaluate_prompt
+from utils.tasks.registry import resolve_task
 
 
 def words(n: int, start: int = 0) -> str:

@@ -1,4 +1,4 @@
-"""The estimate of a run's bill (utils.estimate, utils.estimate_cost, main.py --estimate, the launchers).
+"""The estimate of a run's bill (utils.estimate.requests, utils.estimate.cost, main.py --estimate, the launchers).
 
 Counting by hand on tiny experiments pins each rule of the call structure (the memo, the cache, the
 merge, the re-score). Against the bench server the count, given the decisions a finished run recorded,
@@ -21,14 +21,14 @@ import pytest
 from run_helpers import REPO, ServerProcess, main_env, run_args, run_main
 from scripted_engine import ScriptedEngine
 
-from utils.client import Engines, LocalSettings, train_client
 from utils.config import parse_args
-from utils.estimate import CHAT_OVERHEAD, Outcomes, PlanSpec, plan_calls, planned_batches
-from utils.prices import listed_price, parse_price_overrides
-from utils.report import build_report
-from utils.rounds import Client, Experiment
-from utils.runner import experiment_from_args
-from utils.tasks import Example, resolve_task, served_prompt
+from utils.estimate.prices import listed_price, parse_price_overrides
+from utils.estimate.requests import CHAT_OVERHEAD, Outcomes, PlanSpec, plan_calls, planned_batches
+from utils.federated.client import Engines, LocalSettings, train_client
+from utils.federated.rounds import Client, Experiment
+from utils.federated.runner import experiment_from_args
+from utils.reporting.report import build_report
+from utils.tasks.registry import Example, resolve_task, served_prompt
 
 COUNTING = resolve_task("synthetic_object_counting")
 ARITH = resolve_task("synthetic_multistep_arithmetic")

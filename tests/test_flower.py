@@ -44,12 +44,12 @@ from fedtextgrad_flower.run_config import ALLOWED_DIRS_VARIABLE, PATH_KEYS, pars
 from fedtextgrad_flower.simulation import simulate as run_in_simulation
 from main import main as main_cli
 from textgrad.engine import get_engine
-from utils.client import ClientUpdate, LocalSettings, StepResult
 from utils.config import UsageError, parse_args
-from utils.leakage import REDACTED, LeakAudit, LeakGuard
-from utils.outbound import ClientPolicy, release_update
-from utils.runner import load_data
-from utils.tasks import Example
+from utils.federated.client import ClientUpdate, LocalSettings, StepResult
+from utils.federated.runner import load_data
+from utils.privacy.leakage import REDACTED, LeakAudit, LeakGuard
+from utils.privacy.outbound import ClientPolicy, release_update
+from utils.tasks.registry import Example
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

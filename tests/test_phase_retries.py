@@ -10,12 +10,12 @@ import pytest
 from scripted_engine import ScriptedEngine
 
 from textgrad.engine import EngineError
-from utils import rounds
-from utils.client import Engines, LocalSettings
-from utils.rounds import Client, Experiment, RunStopped, run_experiment
-from utils.synthetic import generate_examples
-from utils.tasks import resolve_task
-from utils.tracking import open_run_log
+from utils.federated import rounds
+from utils.federated.client import Engines, LocalSettings
+from utils.federated.rounds import Client, Experiment, RunStopped, run_experiment
+from utils.reporting.tracking import open_run_log
+from utils.tasks.registry import resolve_task
+from utils.tasks.synthetic import generate_examples
 
 COUNTING = resolve_task("synthetic_object_counting")
 

@@ -12,8 +12,16 @@ import matplotlib.pyplot as plt
 import pytest
 
 from utils.config import parse_args, resolved_config
-from utils.plots import OVERALL, draw, plot_run, run_series
-from utils.report import Group, Run, group_runs, markdown_report, round_series, run_key, versus_series
+from utils.reporting.plots import OVERALL, draw, plot_run, run_series
+from utils.reporting.report import (
+    Group,
+    Run,
+    group_runs,
+    markdown_report,
+    round_series,
+    run_key,
+    versus_series,
+)
 
 TASKS = ["BBH_object_counting", "BBH_multistep_arithmetic_two", "GSM8K"]
 

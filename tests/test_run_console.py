@@ -46,7 +46,7 @@ from run_helpers import (
 from textgrad import interrupt
 from textgrad.engine import get_engine
 from textgrad.parallel import run_concurrently
-from utils import progress
+from utils.reporting import progress
 
 EXPERIMENT = ["--module", "train_homo_fed", "--task", "synthetic_object_counting", "--split_sizes", "9,6,6",
               "--homo_split_num", "3", "--max_epochs", "3", "--max_steps", "1", "--seed", "5"]
@@ -383,7 +383,7 @@ def test_run_concurrently_returns_at_once_when_a_call_is_interrupted() -> None:
 
 
 def test_warnings_repeat_once_per_run_with_their_count(capsys: pytest.CaptureFixture[str]) -> None:
-    logger = logging.getLogger("utils.uid")
+    logger = logging.getLogger("utils.reporting.uid")
     with progress.run_console():
         for index in range(5):
             logger.warning("UID measures not available from %s: %s", "local", f"error\nnumber {index}")
@@ -406,9 +406,9 @@ def test_estimate_line_uses_the_pace_of_requests_sent() -> None:
 
 
 def test_a_step_plans_calls_for_the_batch_its_shard_allows() -> None:
-    from utils.client import LocalSettings
-    from utils.rounds import Client, Experiment, step_calls
-    from utils.tasks import Example, resolve_task
+    from utils.federated.client import LocalSettings
+    from utils.federated.rounds import Client, Experiment, step_calls
+    from utils.tasks.registry import Example, resolve_task
 
     task = resolve_task("synthetic_object_counting")
     clients = [Client(f"client{i}", task, [Example("q", "1")] * n) for i, n in enumerate((2, 5))]
@@ -432,8 +432,8 @@ def test_fake_server_on_a_port_in_use_is_one_line_and_exit_2() -> None:
 def test_hub_failures_are_reported_without_the_hubs_own_log_lines(monkeypatch: pytest.MonkeyPatch,
                                                                     capfd: pytest.CaptureFixture[str]) -> None:
     datasets = pytest.importorskip("datasets")
-    from utils.data import DataError, load_examples
-    from utils.tasks import resolve_task
+    from utils.tasks.data import DataError, load_examples
+    from utils.tasks.registry import resolve_task
 
     def failing_load(*args: Any, **kwargs: Any) -> None:
         for name in ("huggingface_hub", "datasets", "urllib3"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from utils.run_state import BestPrompt, RoundSummary, RunState, add_counts
+from utils.federated.run_state import BestPrompt, RoundSummary, RunState, add_counts
 
 LLM = {"calls": 7, "prompt_tokens": 700, "completion_tokens": 70, "cache_hits": 1, "cache_misses": 7, "retries": 0,
        "failures": 0, "context_overflows": 0, "context_shortened": 0, "context_skipped": 0}
@@ -29,7 +29,7 @@ CHECKPOINT = {
 
 
 def test_a_checkpoint_reads_back_to_the_same_file():
-    saved = {**CHECKPOINT, "events_size": 1234, "comet_experiment_key": None}  # utils.tracking's own keys
+    saved = {**CHECKPOINT, "events_size": 1234, "comet_experiment_key": None}  # utils.reporting.tracking's own keys
     state = RunState.from_dict(json.loads(json.dumps(saved)))
     assert state.best == BestPrompt(1, 0.5, "merged prompt") and state.history[0].client_prompt_tokens == {"client0": 4}
     written = state.to_dict()

@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from utils.scoring import (
+from utils.tasks.registry import (
+    TaskError,
+    format_instruction_for,
+    resolve_task,
+    served_prompt,
+)
+from utils.tasks.scoring import (
     extract_answer,
     score_binary,
     score_exact,
@@ -13,12 +19,6 @@ from utils.scoring import (
     score_numeric,
     score_response,
     score_word_sort,
-)
-from utils.tasks import (
-    TaskError,
-    format_instruction_for,
-    resolve_task,
-    served_prompt,
 )
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -15,7 +15,7 @@ from bench.fake_server import FakeServer
 from textgrad import config as tg_config
 from textgrad import prompts
 from textgrad.engine import EngineError
-from utils.synthetic import generate_examples
+from utils.tasks.synthetic import generate_examples
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,8 @@ from tests.scripted_engine import ScriptedEngine
 from textgrad.engine import get_engine
 from textgrad.local_server import find_packaged_model
 from textgrad.tokenizers import ServerTokenizer, TokenCount, vocab_tokenizer
-from utils.prompt_stats import measure_prompt, token_axis_label
-from utils.tasks import resolve_task
+from utils.reporting.prompt_stats import measure_prompt, token_axis_label
+from utils.tasks.registry import resolve_task
 
 SENTENCE = "Read the question closely, list each item with its count, then add them up."
 # SmolLM2-135M-Instruct's tokens of SENTENCE, read once from its tokenizer (17 pieces): Read| the| question|

@@ -10,13 +10,20 @@ from pathlib import Path
 import pytest
 from scripted_engine import ScriptedEngine
 
-from utils.aggregation import aggregate_prompts, concat_prompts
-from utils.client import ClientUpdate, Engines, LocalSettings, keep_new_prompt, local_step, train_client
-from utils.rounds import Client, Experiment, run_experiment, select_clients
-from utils.synthetic import generate_examples
-from utils.tasks import STARTING_INSTRUCTIONS as STARTING
-from utils.tasks import Example, resolve_task, served_prompt
-from utils.tracking import open_run_log
+from utils.federated.aggregation import aggregate_prompts, concat_prompts
+from utils.federated.client import (
+    ClientUpdate,
+    Engines,
+    LocalSettings,
+    keep_new_prompt,
+    local_step,
+    train_client,
+)
+from utils.federated.rounds import Client, Experiment, run_experiment, select_clients
+from utils.reporting.tracking import open_run_log
+from utils.tasks.registry import STARTING_INSTRUCTIONS as STARTING
+from utils.tasks.registry import Example, resolve_task, served_prompt
+from utils.tasks.synthetic import generate_examples
 
 COUNTING = resolve_task("synthetic_object_counting")
 SORTING = resolve_task("synthetic_word_sorting")
@@ -193,7 +200,7 @@ def test_merge_without_tags_falls_back_to_concat_and_counts():
 
 
 def test_uid_guidance_only_in_sum_uid():
-    from utils.aggregation import UID_GUIDANCE, merge_request
+    from utils.federated.aggregation import UID_GUIDANCE, merge_request
     assert UID_GUIDANCE in merge_request(["a", "b"], [COUNTING], uid=True)
     assert UID_GUIDANCE not in merge_request(["a", "b"], [COUNTING], uid=False)
 

@@ -18,9 +18,9 @@ from tests.scripted_engine import ScriptedEngine
 from textgrad.engine import get_engine
 from textgrad.local_server import find_packaged_model
 from textgrad.tokenizers import bos_token
-from utils import prompt_stats
-from utils.prompt_stats import measure_prompt
-from utils.uid import surprisal_stats, uid_measures
+from utils.reporting import prompt_stats
+from utils.reporting.prompt_stats import measure_prompt
+from utils.reporting.uid import surprisal_stats, uid_measures
 
 # Short on purpose: llama-cpp-python spends about 0.1 s of CPU per echoed token.
 SENTENCE = "Count each object in the list, then add the counts. "

@@ -17,11 +17,11 @@ import yaml
 
 # The engine-name grammar is textgrad.endpoints' (a cheap import: no LLM client library loads with it).
 from textgrad.endpoints import engine_name_problem
+from utils.privacy.attacks import ATTACKS
+from utils.privacy.leakage import LEAK_GUARDS
+from utils.tasks.registry import TaskError, check_bbh_subtask
 
-from .attacks import ATTACKS
-from .leakage import LEAK_GUARDS
 from .run_config import RunConfig
-from .tasks import TaskError, check_bbh_subtask
 
 MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
 AGGREGATE_METHODS = ("concat", "summarization", "sum_uid")
@@ -77,7 +77,7 @@ def _split_sizes(text: str) -> tuple[int, int, int]:
 
 
 def _price(text: str) -> str:
-    from .prices import parse_price_overrides
+    from utils.estimate.prices import parse_price_overrides
 
     try:
         parse_price_overrides([text], "price")
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max_context", type=_context_size, default=None,
         help="context window in tokens (prompt + reply) of every engine; default: what the server reports, "
              "else 8192 for the embedded server, 2048 for other self-hosted ones")
-    # The bill before the run (utils.estimate, utils.estimate_cost).
+    # The bill before the run (utils.estimate.requests, utils.estimate.cost).
     add("--estimate", action="store_true",
         help="check everything, print calls, tokens, time and money per phase and engine; call no LLM")
     add("--estimate_latency", type=_positive_float, default=None, metavar="SECONDS",

@@ -2,7 +2,7 @@
 
 A round: send the global prompt to the chosen clients -> each runs its local steps -> merge the
 returned prompts -> validate the merge -> keep the best so far -> the merge is the next global prompt.
-What a run is: utils.experiment; what the loop records: utils.round_record; its state: utils.run_state.
+What a run is: utils.federated.experiment; what the loop records: utils.federated.recording; its state: utils.federated.run_state.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from textgrad.errors import EngineError
 from textgrad.parallel import run_concurrently
 from textgrad.slots import background
 from textgrad.stats import EngineStats, metered
+from utils.privacy.outbound import OutboundPlan, release_update
+from utils.reporting import progress
+from utils.reporting.tracking import RunLog
 
-from . import progress
 from .client import ClientUpdate, Engines, LocalSettings, train_client
 from .experiment import Client, Evaluator, Experiment, eval_calls, starting_prompt, step_calls
-from .outbound import OutboundPlan, release_update
-from .round_record import RoundFailed, record_round, write_results, zero_shot_state
+from .recording import RoundFailed, record_round, write_results, zero_shot_state
 from .run_state import RoundSummary, RunState, add_counts, add_seconds
-from .tracking import RunLog
 
 # (client ids, global prompt, round) -> one update per client id, in the same order. In-process
 # simulation and Flower each provide one.

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .files import TEMP_SUFFIX, write_json_atomic, write_text_atomic
+from utils.files import TEMP_SUFFIX, write_json_atomic, write_text_atomic
 
 CHECKPOINT = "checkpoint.json"
 

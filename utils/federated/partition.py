@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from utils.tasks import Example
+from utils.tasks.registry import Example
 
 
 def _check_clients(examples: list[Example], num_clients: int) -> None:

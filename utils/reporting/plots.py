@@ -1,5 +1,5 @@
 """PNG plots of a run, drawn from the round history in results.json, and the drawing both they and the
-report (utils.report) share.
+report (utils.reporting.report) share.
 
 Readable with any number of lines: the legend sits outside the axes, every line has its own marker,
 lines that would lie exactly on top of each other are shifted sideways a little, and a task keeps one
@@ -19,7 +19,8 @@ matplotlib.use("Agg")  # no screen on servers
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .files import write_bytes_atomic  # noqa: E402
+from utils.files import write_bytes_atomic  # noqa: E402
+
 from .prompt_stats import token_axis_label  # noqa: E402
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",

@@ -15,11 +15,11 @@ from typing import Any
 
 from textgrad.engine import ChatEngine, metered
 from textgrad.parallel import run_concurrently
+from utils.reporting.tracking import RunLog
+from utils.tasks.evaluation import evaluate_on_tasks
+from utils.tasks.registry import Example, TaskSpec
 
 from .client import ClientUpdate
-from .evaluation import evaluate_on_tasks
-from .tasks import Example, TaskSpec
-from .tracking import RunLog
 
 _SETS = dict[str, tuple[TaskSpec, list[Example]]]
 

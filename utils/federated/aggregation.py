@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from textgrad import budget, structured
 from textgrad.engine import ChatEngine
 from textgrad.errors import ContextOverflowError
-
-from .tasks import TaskSpec
+from utils.tasks.registry import TaskSpec
 
 MERGE_SYSTEM = (
     "You combine several system prompts, written independently for the same purpose, into one system prompt. "

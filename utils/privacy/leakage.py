@@ -18,8 +18,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .tasks import Example
-from .tracking import RunLog
+from utils.reporting.tracking import RunLog
+from utils.tasks.registry import Example
 
 LEAK_GUARDS = ("off", "redact", "reject")
 SHINGLE_WORDS = 8

@@ -15,14 +15,13 @@ from textgrad.engine import ChatEngine
 from textgrad.errors import ContextOverflowError
 from textgrad.optimizer import INSTRUCTIONS_REPLY
 from textgrad.parallel import run_concurrently
-
-from .evaluation import evaluate_prompt, score_answer
-from .leakage import LeakAudit
-from .tasks import Example, TaskSpec, served_prompt
+from utils.privacy.leakage import LeakAudit
+from utils.tasks.evaluation import evaluate_prompt, score_answer
+from utils.tasks.registry import Example, TaskSpec, served_prompt
 
 PROMPT_ROLE = "system prompt that steers the model's answers to the task's questions"
 SERVED_ROLE = "system prompt the model answered with (the trained text plus the task's answer-format line)"
-# The format line is appended by the program when serving (utils.tasks.served_prompt), never trained.
+# The format line is appended by the program when serving (utils.tasks.registry.served_prompt), never trained.
 OPTIMIZER_CONSTRAINTS = ("Leave out how the final answer line is written: the program adds that line itself.",
                          "Do not include any specific question or its answer.")
 
@@ -68,7 +67,7 @@ class ClientUpdate:
     prompt: str
     steps: list[StepResult] = field(default_factory=list)
     error: str | None = None  # set when the client failed; the server aggregates the others
-    leakage: LeakAudit | None = None  # set by utils.outbound.release_update as the update leaves the client
+    leakage: LeakAudit | None = None  # set by utils.privacy.outbound.release_update as the update leaves the client
 
     @property
     def train_accuracy(self) -> float | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from utils.tasks import Example, TaskError
+from utils.tasks.registry import Example, TaskError
 
 # (singular, plural) pairs; each category's items are unambiguous members of it.
 _CATEGORIES: dict[str, list[tuple[str, str]]] = {

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.synthetic import generate_examples
-from utils.tasks import Example, TaskSpec, with_kind_from_targets
+from utils.tasks.registry import Example, TaskSpec, with_kind_from_targets
+from utils.tasks.synthetic import generate_examples
 
 PAPER_SPLIT = (50, 100, 100)
 

@@ -1,6 +1,6 @@
 """Results tables and plots over many runs, ready for a paper draft.
 
-    python -m utils.report RUN_DIR_OR_FOLDER... [--out DIR]
+    python -m utils.reporting.report RUN_DIR_OR_FOLDER... [--out DIR]
 
 Every folder holding a results.json (given directly or found below a given folder) is one run. Runs
 are grouped by module / tasks / aggregation / local steps / clients / batch size (plus any other
@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from .files import write_text_atomic
+from utils.files import write_text_atomic
+
 from .prompt_stats import token_axis_label
 
 # (column, title) of the keys that always define a group.
@@ -53,7 +54,7 @@ class Run:
     path: Path
     results: dict[str, Any]
     key: tuple[tuple[str, Any], ...]  # (name, value) pairs, GROUP_KEYS then the extras
-    estimate: dict[str, Any] | None = None  # the estimate.json the run recorded at its start (utils.estimate_cost)
+    estimate: dict[str, Any] | None = None  # the estimate.json the run recorded at its start (utils.estimate.cost)
 
     @property
     def seed(self) -> Any:
@@ -423,7 +424,7 @@ def build_report(paths: list[str | Path], out_dir: Path | None = None) -> tuple[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m utils.reporting.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run folders, or folders holding runs")
     parser.add_argument("--out", type=Path, default=None, help="also write report.md and PNG plots here")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Prices of OpenAI models, in US dollars per million tokens, for the cost estimate (utils.estimate).
+"""Prices of OpenAI models, in US dollars per million tokens, for the cost estimate (utils.estimate.requests).
 
 Standard-tier list prices (no batch or cached-input discount) as OpenAI's pricing page gave them on
 PRICES_DATE. Prices change: check https://platform.openai.com/docs/pricing before trusting a

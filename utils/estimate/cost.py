@@ -1,11 +1,11 @@
-"""The bill of a run before it starts: calls and tokens (utils.estimate), then time and money.
+"""The bill of a run before it starts: calls and tokens (utils.estimate.requests), then time and money.
 
 Token counts come from the engine's tokenizer where it is reachable without a server
-(utils.token_count). Completion tokens are first the token limits (an upper bound); once this
+(utils.estimate.tokens). Completion tokens are first the token limits (an upper bound); once this
 engine has finished runs under --output_dir (each run keeps its estimate.json beside results.json),
 the measured tokens per call of those runs scale the estimate, and failing that the averages of the
 engine's replies in the response cache. Time is calls / --max_concurrency x seconds per call, measured
-the same way (or --estimate_latency). Money: engines with a price (utils.prices or --price_in/--price_out).
+the same way (or --estimate_latency). Money: engines with a price (utils.estimate.prices or --price_in/--price_out).
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from typing import Any
 from textgrad.cache import ResponseCache
 from textgrad.endpoints import canonical_engine_name, clean_url, split_engine_name
 from textgrad.engine import EngineError, default_cache_dir
+from utils.config import UsageError
+from utils.federated.rounds import Experiment
+from utils.files import write_json_atomic
+from utils.reporting.prompt_stats import uid_enabled
+from utils.run_config import RunConfig
 
-from .config import UsageError
-from .estimate import CHAT_KINDS, JUDGE_MAX_TOKENS, LOGPROB, CallPlan, PlanSpec, Tally, plan_calls
-from .files import write_json_atomic
 from .prices import Price, engine_price, parse_price_overrides
-from .prompt_stats import uid_enabled
-from .rounds import Experiment
-from .run_config import RunConfig
-from .token_count import token_counter
+from .requests import CHAT_KINDS, JUDGE_MAX_TOKENS, LOGPROB, CallPlan, PlanSpec, Tally, plan_calls
+from .tokens import token_counter
 
 ESTIMATE_FILE = "estimate.json"
 FORMAT_VERSION = 1
@@ -48,7 +48,7 @@ class EngineFacts:
     kind: str               # local | ollama | vllm | sglang | openai
     model: str | None       # the model id its requests carry (cache keys); None when only the server knows
     model_path: str | None  # the GGUF file of the local engine
-    logprobs: bool          # utils.uid asks it for log-probabilities
+    logprobs: bool          # utils.reporting.uid asks it for log-probabilities
     openai_routed: bool     # served by OpenAI itself, so its list price applies
     endpoint: str | None = None  # the server as the response cache keys it (ChatEngine.cache_endpoint)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from utils.tasks import TaskSpec
+from utils.tasks.registry import TaskSpec
 
 # ---------------------------------------------------------------- the final answer statement
 

@@ -64,7 +64,7 @@ def token_count(text: str, engine: Any = None) -> TokenCount:
 def measure_prompt(text: str, engine: Any = None) -> dict[str, Any]:
     """Length in characters and tokens (the test engine's tokenizer where reachable; "tokens_estimated"
     says when it was not); with an engine, also the UID measures of the text (mean/variance/max
-    per-token surprisal in nats, see utils.uid) where that engine exposes log-probabilities, else None."""
+    per-token surprisal in nats, see utils.reporting.uid) where that engine exposes log-probabilities, else None."""
     tokens = token_count(text, engine)
     uid = cached_uid(text, engine) if engine is not None else None
     return {"chars": len(text), "tokens": tokens.tokens, "tokens_estimated": not tokens.exact, "uid": uid}

@@ -2,7 +2,7 @@
 
 Their dictionaries are the documented file formats: to_dict() writes exactly the keys and values the
 files have always held, from_dict() reads them back (a checkpoint's extra keys, such as events_size,
-belong to utils.tracking).
+belong to utils.reporting.tracking).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ class RoundSummary:
     judge_format_failures: int = 0
     aggregation_failure: str | None = None
     poisoned_clients: list[str] = field(default_factory=list)
-    leakage: dict[str, Any] | None = None     # utils.leakage.record_leakage
-    screening: dict[str, Any] | None = None   # utils.screening.record_screening
+    leakage: dict[str, Any] | None = None     # utils.privacy.leakage.record_leakage
+    screening: dict[str, Any] | None = None   # utils.federated.screening.record_screening
     # Set once the round is done: its LLM counters, retries included (in-process calls only).
     llm: dict[str, int] = field(default_factory=dict)
     context_overflows: int = 0

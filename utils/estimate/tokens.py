@@ -1,4 +1,4 @@
-"""Token counts of texts for an engine without starting or asking any server (for utils.estimate).
+"""Token counts of texts for an engine without starting or asking any server (for utils.estimate.requests).
 
 The counters are textgrad.tokenizers' (the project's one token counter); this only picks the one that
 works offline and before any server runs, and says how its counts are made:

@@ -12,19 +12,19 @@ from typing import Any
 
 from textgrad import structured
 from textgrad.engine import configure, get_engine
+from utils.config import UsageError, resolved_config
+from utils.estimate.summary import print_estimate, record_estimate
+from utils.privacy.outbound import OutboundPlan
+from utils.reporting import progress
+from utils.reporting.plots import plot_run
+from utils.reporting.tracking import RunLog, open_run_log
+from utils.run_config import RunConfig
+from utils.tasks.data import TaskData, load_task_data
+from utils.tasks.registry import resolve_task
 
-from . import progress
 from .client import Engines, LocalSettings
-from .config import UsageError, resolved_config
-from .data import TaskData, load_task_data
-from .estimate_summary import print_estimate, record_estimate
-from .outbound import OutboundPlan
-from .plots import plot_run
 from .rounds import Client, Experiment, TrainRound, run_experiment
-from .run_config import RunConfig
 from .screening import ScreenSettings
-from .tasks import resolve_task
-from .tracking import RunLog, open_run_log
 
 BuildClients = Callable[[RunConfig, list[TaskData]], list[Client]]
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from utils.federated.client import ClientUpdate
+from utils.run_config import RunConfig
+from utils.tasks.registry import Example
+
 from .attacks import choose_malicious, poisoned_prompt
-from .client import ClientUpdate
 from .leakage import LeakGuard, guard_prompt, redact_copies
-from .run_config import RunConfig
-from .tasks import Example
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,12 @@ import threading
 from dataclasses import dataclass, field
 
 from textgrad.engine import ChatEngine
+from utils.privacy.outbound import OutboundPlan
+from utils.tasks.evaluation import evaluate_on_tasks
+from utils.tasks.registry import Example, TaskSpec, served_prompt
 
 from .client import Engines, LocalSettings
-from .evaluation import evaluate_on_tasks
-from .outbound import OutboundPlan
 from .screening import ScreenSettings
-from .tasks import Example, TaskSpec, served_prompt
 
 EvalSets = dict[str, tuple[TaskSpec, list[Example]]]
 

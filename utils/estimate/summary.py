@@ -1,6 +1,6 @@
 """Estimates as text: one run's table (main.py --estimate), and a grid's total with its costliest cells.
 
-    python -m utils.estimate_summary FOLDER [--top N]
+    python -m utils.estimate.summary FOLDER [--top N]
 
 FOLDER holds one estimate JSON per grid cell (what `main.py --estimate --estimate_json FILE` writes);
 the launchers in scripts/ call this after estimating every cell of their grid.
@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import UsageError
-from .estimate_cost import ESTIMATE_FILE, Estimate, estimate_run, write_estimate
-from .rounds import Experiment
-from .run_config import RunConfig
+from utils.config import UsageError
+from utils.federated.rounds import Experiment
+from utils.run_config import RunConfig
+
+from .cost import ESTIMATE_FILE, Estimate, estimate_run, write_estimate
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def print_estimate(args: RunConfig, exp: Experiment, run_dir: Path) -> None:
 
 
 def record_estimate(args: RunConfig, exp: Experiment, run_dir: Path) -> None:
-    """Every run keeps its estimate beside its results: utils.report compares them, and later estimates of
+    """Every run keeps its estimate beside its results: utils.reporting.report compares them, and later estimates of
     the same engine calibrate against them. A failure here costs the comparison, never the run."""
     try:
         write_estimate(estimate_run(args, exp, run_dir), run_dir / ESTIMATE_FILE)
@@ -168,7 +169,7 @@ def load_cells(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.estimate_summary", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m utils.estimate.summary", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--top", type=int, default=5, help="how many of the costliest cells to list")
     args = parser.parse_args(argv)

@@ -28,19 +28,18 @@ from typing import Any
 from textgrad import prompts as tg_prompts
 from textgrad.context import message_overhead
 from textgrad.optimizer import INSTRUCTIONS_REPLY
-
-from .aggregation import MERGE_SYSTEM, merge_request
-from .client import OPTIMIZER_CONSTRAINTS, PROMPT_ROLE, LocalSettings, round_batches
-from .evaluation import JUDGE_MAX_TOKENS, JUDGE_REPLY, JUDGE_SYSTEM, JUDGE_TEMPLATE
-from .rounds import Client, Experiment, select_clients, starting_prompt
-from .tasks import Example, TaskSpec, served_prompt
+from utils.federated.aggregation import MERGE_SYSTEM, merge_request
+from utils.federated.client import OPTIMIZER_CONSTRAINTS, PROMPT_ROLE, LocalSettings, round_batches
+from utils.federated.rounds import Client, Experiment, select_clients, starting_prompt
+from utils.tasks.evaluation import JUDGE_MAX_TOKENS, JUDGE_REPLY, JUDGE_SYSTEM, JUDGE_TEMPLATE
+from utils.tasks.registry import Example, TaskSpec, served_prompt
 
 # Kinds of request. logprob: the UID measure of a prompt (a /completions request, not a chat call).
 CHAT_KINDS = ("answer", "feedback", "optimizer", "merge", "judge")
 LOGPROB = "logprob"
 # Every request we send has a system and a user message.
 CHAT_OVERHEAD = message_overhead([{"role": "system"}, {"role": "user"}])
-# The verdict a wrong answer's feedback request carries (utils.client builds it); its tokens only.
+# The verdict a wrong answer's feedback request carries (utils.federated.client builds it); its tokens only.
 VERDICT = "Checking the final answer against the reference: incorrect; the expected final answer is "
 ZERO_SHOT, FINAL_TEST, UID_PHASE = "zero-shot", "final test", "UID measures"
 
@@ -148,7 +147,7 @@ class CallPlan:
 
 
 def planned_batches(client: Client, round_index: int, settings: LocalSettings) -> list[list[Example]]:
-    """The batches client trains on in this round, drawn exactly as utils.client.train_client draws them
+    """The batches client trains on in this round, drawn exactly as utils.federated.client.train_client draws them
     (tests/test_estimate.py pins the two together)."""
     return round_batches(client.examples, settings, client.client_id, round_index)
 
@@ -281,7 +280,7 @@ class _Planner:
 
     def _evaluate(self, phase: str, prompt: _Prompt, split: str, engine: str) -> None:
         memo = (prompt.id, split, engine)
-        if memo in self.memo:  # utils.experiment.Evaluator remembers results per (prompt, sets, engine)
+        if memo in self.memo:  # utils.federated.experiment.Evaluator remembers results per (prompt, sets, engine)
             return
         self.memo.add(memo)
         sets = self.exp.val_sets if split == "val" else self.exp.test_sets
@@ -300,7 +299,7 @@ class _Planner:
             self._send(phase, [self._judge_request(prompt, ex) for task, ex in examples if task.kind == "free_form"])
 
     def _measure_uid(self, prompt: _Prompt) -> None:
-        # utils.prompt_stats measures each text once per process, whatever the response cache does.
+        # utils.reporting.prompt_stats measures each text once per process, whatever the response cache does.
         if not self.spec.logprobs or prompt.id in self.measured:
             return
         self.measured.add(prompt.id)
@@ -311,7 +310,7 @@ class _Planner:
 
     def _answer_request(self, engine: str, prompt: _Prompt, task: TaskSpec, ex: Example,
                         max_tokens: int) -> _Request:
-        # Served as the trained text plus the task's format line (utils.tasks.served_prompt).
+        # Served as the trained text plus the task's format line (utils.tasks.registry.served_prompt).
         messages = None
         if prompt.text is not None:
             messages = [{"role": "system", "content": served_prompt(prompt.text, task)},

@@ -2,7 +2,7 @@
 
 The format instruction is the contract between the prompt and the scorer: every
 instruction asks for a last line starting with ``Answer:``, which is what
-``utils.scoring.extract_answer`` looks for. It is not part of the trained text: the
+``utils.tasks.scoring.extract_answer`` looks for. It is not part of the trained text: the
 prompt that TGD edits, clients send and the server merges holds instructions only,
 and every answer request is served as ``served_prompt(prompt, task)``, that text
 plus the format line of the question's own task. No edit or merge can lose it, and

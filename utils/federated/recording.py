@@ -12,16 +12,16 @@ from textgrad.engine import all_engine_stats
 from textgrad.parallel import run_concurrently
 from textgrad.stats import EngineStats
 from textgrad.structured import CONTEXT_OVERFLOW, REPLY_FAILURES
+from utils.privacy.leakage import leakage_results, record_leakage
+from utils.reporting import progress
+from utils.reporting.prompt_stats import measure_prompt, token_count
+from utils.reporting.tracking import RunLog
 
-from . import progress
 from .aggregation import aggregate_prompts
 from .client import ClientUpdate, Engines
 from .experiment import Evaluator, Experiment, served_prompts, starting_prompt
-from .leakage import leakage_results, record_leakage
-from .prompt_stats import measure_prompt, token_count
 from .run_state import BestPrompt, RoundSummary, RunState, add_counts
 from .screening import record_screening, screen_updates, screening_results
-from .tracking import RunLog
 
 
 class RoundFailed(RuntimeError):
