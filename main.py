@@ -34,7 +34,7 @@ def run(args: RunConfig) -> int:
     from textgrad import interrupt
     from textgrad.errors import EngineError
     from textgrad.local_server import failure_note
-    from utils.federated.rounds import RoundFailed
+    from utils.federated.phases import RoundFailed
     from utils.federated.runner import with_run_name
 
     # Named before the handler is installed: the resume line after Ctrl-C has to name the run the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from utils.federated.rounds import Client
+from utils.federated.experiment import Client
 from utils.federated.runner import run_module
 from utils.run_config import RunConfig
 from utils.tasks.data import TaskData

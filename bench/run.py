@@ -47,8 +47,8 @@ def dependent_calls(max_steps: int) -> tuple[int, str]:
 def build_experiment(clients: int, steps: int, batch: int, val: int, test: int, seed: int, rounds: int = 1) -> Any:
     """A homogeneous synthetic-counting experiment with summarization, as train_homo_fed builds it."""
     from utils.federated.client import LocalSettings
+    from utils.federated.experiment import Client, Experiment
     from utils.federated.partition import iid_partition
-    from utils.federated.rounds import Client, Experiment
     from utils.tasks.data import load_task_data
     from utils.tasks.registry import resolve_task
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from utils.federated.rounds import Client
+from utils.federated.experiment import Client
 from utils.federated.runner import load_data
 from utils.run_config import RunConfig
 from utils.tasks.registry import resolve_task

@@ -19,7 +19,9 @@ from textgrad.errors import EngineError
 from textgrad.local_server import failure_note
 from utils.config import UsageError
 from utils.federated.client import Engines
-from utils.federated.rounds import Client, Experiment, RoundFailed, TrainRound
+from utils.federated.experiment import Client, Experiment
+from utils.federated.phases import RoundFailed
+from utils.federated.rounds import TrainRound
 from utils.federated.runner import load_data, run_module
 from utils.reporting.tracking import RunLog
 from utils.run_config import RunConfig

@@ -45,10 +45,10 @@ from fedtextgrad_flower.simulation import simulate as run_in_simulation
 from main import main as main_cli
 from textgrad.engine import get_engine
 from utils.config import UsageError, parse_args
-from utils.federated.client import ClientUpdate, LocalSettings, StepResult
+from utils.federated.client import ClientUpdate, LocalSettings, StepResult, release_update
 from utils.federated.runner import load_data
 from utils.privacy.leakage import REDACTED, LeakAudit, LeakGuard
-from utils.privacy.outbound import ClientPolicy, release_update
+from utils.privacy.outbound import ClientPolicy
 from utils.tasks.registry import Example
 
 ROOT = Path(__file__).resolve().parents[1]

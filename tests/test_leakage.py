@@ -19,8 +19,8 @@ from bench.fake_replies import answer_reply
 from bench.fake_server import FakeServer
 from main import main as main_cli
 from utils.config import UsageError, parse_args
-from utils.federated.client import ClientUpdate, StepResult
-from utils.federated.screening import ScreenSettings, below_margin, screen_updates
+from utils.federated.client import ClientUpdate, StepResult, release_update
+from utils.federated.screening import ScreenSettings, below_margin, screen_updates, screening_sets
 from utils.privacy.attacks import INJECTION, choose_malicious, poisoned_prompt
 from utils.privacy.leakage import (
     REDACTED,
@@ -31,7 +31,7 @@ from utils.privacy.leakage import (
     redact_copies,
     shingle_share,
 )
-from utils.privacy.outbound import ClientPolicy, release_update
+from utils.privacy.outbound import ClientPolicy
 from utils.reporting.report import build_report
 from utils.tasks.registry import Example, resolve_task
 from utils.tasks.synthetic import generate_examples
@@ -152,16 +152,16 @@ def test_screen_leaves_out_the_injected_prompt_and_counts_its_answers():
     val = [Example(f"q{i}", "5") for i in range(20)]
     updates = [ClientUpdate(f"client{i}", 1, "s", "Count carefully.") for i in range(3)]
     updates.append(ClientUpdate("client3", 1, "s", INJECTION))
-    screening = screen_updates(ScreenSettings("screen", 5, 0.2), updates, {COUNTING.name: (COUNTING, val)}, engine,
-                               seed=7, round_index=1)
+    sets = screening_sets({COUNTING.name: (COUNTING, val)}, 5, seed=7, round_index=1)
+    assert len(sets[COUNTING.name][1]) == 5  # five of the twenty validation questions
+    screening = screen_updates(ScreenSettings("screen", 5, 0.2), updates, sets, engine)
     assert screening.accuracy == {"client0": 1.0, "client1": 1.0, "client2": 1.0, "client3": 0.0}
     assert list(screening.left_out) == ["client3"] and "0.00" in screening.left_out["client3"]
     assert [u.client_id for u in screening.kept(updates)] == ["client0", "client1", "client2"]
     # Two distinct prompts x 5 questions; clients sending the same prompt share its answers.
     assert (screening.prompts_screened, screening.questions, screening.requests) == (2, 5, 10)
     assert engine.count("answer") == 10
-    assert screen_updates(ScreenSettings("none"), updates, {COUNTING.name: (COUNTING, val)}, engine,
-                          seed=7, round_index=1) is None
+    assert screen_updates(ScreenSettings("none"), updates, sets, engine) is None
     assert engine.count("answer") == 10
 
 

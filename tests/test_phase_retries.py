@@ -10,9 +10,11 @@ import pytest
 from scripted_engine import ScriptedEngine
 
 from textgrad.engine import EngineError
-from utils.federated import rounds
+from utils.federated import phases
 from utils.federated.client import Engines, LocalSettings
-from utils.federated.rounds import Client, Experiment, RunStopped, run_experiment
+from utils.federated.experiment import Client, Experiment
+from utils.federated.phases import RunStopped
+from utils.federated.rounds import run_experiment
 from utils.reporting.tracking import open_run_log
 from utils.tasks.registry import resolve_task
 from utils.tasks.synthetic import generate_examples
@@ -48,7 +50,7 @@ class FailingEngine(ScriptedEngine):
 
 @pytest.fixture(autouse=True)
 def no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rounds, "PHASE_RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(phases, "PHASE_RETRY_WAIT_S", 0.0)
 
 
 def experiment(rounds_: int = 2) -> Experiment:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from utils.federated.rounds import keep_best
 from utils.federated.run_state import BestPrompt, RoundSummary, RunState, add_counts
 
 LLM = {"calls": 7, "prompt_tokens": 700, "completion_tokens": 70, "cache_hits": 1, "cache_misses": 7, "retries": 0,
@@ -46,11 +47,14 @@ def test_a_round_becomes_best_only_when_it_validates_strictly_better():
     state = RunState.from_dict({**CHECKPOINT, "history": [], "round": 0,
                                 "best": {"round": 0, "val": 0.5, "prompt": "start"}})
     tie = RoundSummary.from_dict({**ROUND, "round": 1, "aggregate": "tie"})
-    state.record_round(tie)
-    assert (state.round, state.global_prompt, state.best) == (1, "tie", BestPrompt(0, 0.5, "start"))
+    keep_best(state, tie)
+    assert (state.global_prompt, state.best) == ("tie", BestPrompt(0, 0.5, "start"))
     better = RoundSummary.from_dict({**ROUND, "round": 2, "aggregate": "better", "val": {"t": 0.75, "mean": 0.75}})
-    state.record_round(better)
-    assert state.best == BestPrompt(2, 0.75, "better") and [r.round for r in state.history] == [1, 2]
+    keep_best(state, better)
+    assert (state.global_prompt, state.best) == ("better", BestPrompt(2, 0.75, "better"))
+    worse = RoundSummary.from_dict({**ROUND, "round": 3, "aggregate": "worse", "val": {"t": 0.25, "mean": 0.25}})
+    keep_best(state, worse)
+    assert (state.global_prompt, state.best) == ("worse", BestPrompt(2, 0.75, "better"))  # the next start, not best
 
 
 def test_llm_counters_add_key_by_key():

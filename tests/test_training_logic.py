@@ -19,7 +19,9 @@ from utils.federated.client import (
     local_step,
     train_client,
 )
-from utils.federated.rounds import Client, Experiment, run_experiment, select_clients
+from utils.federated.experiment import Client, Experiment
+from utils.federated.plan import select_clients
+from utils.federated.rounds import run_experiment
 from utils.reporting.tracking import open_run_log
 from utils.tasks.registry import STARTING_INSTRUCTIONS as STARTING
 from utils.tasks.registry import Example, resolve_task, served_prompt
@@ -56,9 +58,9 @@ def homo_clients(n=3, size=6):
 
 
 def recording(exp: Experiment, engines: Engines, seen: list[ClientUpdate]):
-    def train_round(ids, prompt, round_index):
-        updates = [train_client(c.client_id, c.task, c.examples, prompt, round_index, engines, exp.settings)
-                   for c in exp.clients if c.client_id in ids]
+    def train_round(planned, prompt):
+        updates = [train_client(c.client.client_id, c.client.task, c.batches, prompt, planned.index, engines,
+                                exp.settings) for c in planned.clients]
         seen.extend(updates)
         return updates
     return train_round
@@ -227,12 +229,12 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     engines = Engines(engine, engine)
     calls = {"n": 0}
 
-    def dies_in_round_2(ids, prompt, round_index):
-        if round_index == 2:
+    def dies_in_round_2(planned, prompt):
+        if planned.index == 2:
             raise Stop
         calls["n"] += 1
-        return [train_client(c.client_id, c.task, c.examples, prompt, round_index, engines, exp.settings)
-                for c in exp.clients if c.client_id in ids]
+        return [train_client(c.client.client_id, c.client.task, c.batches, prompt, planned.index, engines,
+                             exp.settings) for c in planned.clients]
 
     with pytest.raises(Stop):
         run(tmp_path / "cut", exp, engine, dies_in_round_2)

@@ -21,7 +21,8 @@ from textgrad.cache import ResponseCache
 from textgrad.endpoints import canonical_engine_name, clean_url, split_engine_name
 from textgrad.engine import EngineError, default_cache_dir
 from utils.config import UsageError
-from utils.federated.rounds import Experiment
+from utils.federated.experiment import Experiment
+from utils.federated.plan import plan_run
 from utils.files import write_json_atomic
 from utils.reporting.prompt_stats import uid_enabled
 from utils.run_config import RunConfig
@@ -251,12 +252,13 @@ def _cache_probe(facts: dict[str, EngineFacts], cache: ResponseCache | None
     return known
 
 
-def _resume_point(run_dir: Path, resume: bool) -> tuple[int, str | None]:
-    """(first round to run, the global prompt it starts from) of a resumed run; (1, None) otherwise."""
+def _resume_point(run_dir: Path, resume: bool) -> tuple[int | None, str | None]:
+    """(the round of the checkpoint, the global prompt it continues from) of a resumed run (0: the
+    zero-shot one); (None, None) when there is none: the run starts from the beginning."""
     state = _read_json(run_dir / "checkpoint.json") if resume else None
     if not isinstance(state, dict) or "round" not in state:
-        return 1, None
-    return int(state["round"]) + 1, state.get("global_prompt")
+        return None, None
+    return int(state["round"]), state.get("global_prompt")
 
 
 def _record(tally: Tally, prompt_factor: float = 1.0, completion_factor: float = 1.0) -> dict[str, Any]:
@@ -281,13 +283,17 @@ def estimate_run(args: RunConfig, exp: Experiment, run_dir: Path) -> Estimate:
     test = facts[args.test_engine]
     counter = token_counter(test.name, test.kind, test.model_path)
     cache_dir = Path(args.cache_dir).expanduser().resolve() if args.cache_dir else Path(default_cache_dir())
-    first_round, first_prompt = _resume_point(run_dir, args.resume)
+    done, first_prompt = _resume_point(run_dir, args.resume)
+    # The plan the round loop will walk: from its checkpoint on when resuming.
+    run_plan = plan_run(exp, judge=args.judge == "llm")
+    if done is not None:
+        run_plan = run_plan.after(done)
     plan = plan_calls(PlanSpec(
-        experiment=exp, test_engine=args.test_engine, evaluation_engine=args.evaluation_engine,
-        judge=args.judge == "llm", use_cache=not args.no_cache, logprobs=test.logprobs and uid_enabled(),
+        experiment=exp, plan=run_plan, test_engine=args.test_engine, evaluation_engine=args.evaluation_engine,
+        use_cache=not args.no_cache, logprobs=test.logprobs and uid_enabled(),
         count_tokens=counter.count, completion=_limits(exp),
         known_reply=_cache_probe(facts, None if args.no_cache else ResponseCache(cache_dir)),
-        first_round=first_round, first_prompt=first_prompt))
+        first_prompt=first_prompt))
     raw = {name: plan.totals().get(name, Tally()) for name in names}
     calibrations = {name: _calibration(facts[name], Path(args.output_dir), cache_dir, raw[name], args.estimate_latency)
                     for name in names}
@@ -299,7 +305,7 @@ def estimate_run(args: RunConfig, exp: Experiment, run_dir: Path) -> Estimate:
                for name in names}
     return Estimate(
         module=exp.module, tasks=[t.name for t in exp.tasks], aggregate_method=exp.aggregate_method,
-        rounds=exp.rounds, first_round=first_round, clients=len(exp.clients), clients_per_round=exp.clients_per_round,
+        rounds=exp.rounds, first_round=(done or 0) + 1, clients=len(exp.clients), clients_per_round=exp.clients_per_round,
         max_concurrency=args.max_concurrency, engines=engines,
         phases=_rows(plan, CHAT_KINDS, calibrations), uid=_rows(plan, (LOGPROB,), {}),
         totals=totals, raw_totals={name: _record(t) for name, t in raw.items()}, total=_sum_records(totals.values()),

@@ -1,10 +1,12 @@
-"""How many LLM calls a run will make, per phase and engine, and how many tokens they carry.
+"""The requests of a run's plan, per phase and engine: which are sent, which the cache answers, and how
+many tokens they carry.
 
-No LLM is called. The run is played through symbolically: prompts are ids (only the starting prompt's
-text is known in advance), batches and client choices are drawn with the run's own seeds, and every
-request is keyed by what makes it unique (prompt, question, ...), so the free requests are found the
-way the run finds them: the evaluator's memo per (prompt, split, engine), the response cache for a
-request this run has already sent, and the on-disk cache for answers whose text is known beforehand.
+No LLM is called. The run's plan (utils.federated.plan: the clients of each round, their batches, the
+evaluations) is played through symbolically: prompts are ids (only the starting prompt's text is known
+in advance), and every request is keyed by what makes it unique (prompt, question, ...), so the free
+requests are found the way the run finds them: the evaluator's memo per (prompt, split, engine), the
+response cache for a request this run has already sent, and the on-disk cache for answers whose text
+is known beforehand. Sent and cached requests together are the plan's calls.
 
 What the model's replies decide cannot be known before the run. `Outcomes` holds those decisions; the
 a-priori estimate assumes the costlier choice of each (every optimizer reply gives a usable prompt and
@@ -12,9 +14,8 @@ every new prompt is kept, so every step re-scores and every client returns a new
 best prompt is the last one (its test is shared with the final test; the cost of an earlier best is
 reported apart). Given the outcomes a finished run recorded, the count is exact (tests/test_estimate.py).
 
-The call structure lives in `_Planner`: one method per phase and per local step. A new kind of call
-(e.g. screening candidate prompts) is one `_request` line where it happens; a new phase is one method
-called from `_Planner.plan` or `_Planner._round`.
+The requests of each call of the plan are written in `_Planner`: one method per phase and per local
+step. A new kind of call is a line in the plan (utils.federated.plan) and a `_request` where it happens.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from textgrad import prompts as tg_prompts
 from textgrad.context import message_overhead
 from textgrad.optimizer import INSTRUCTIONS_REPLY
 from utils.federated.aggregation import MERGE_SYSTEM, merge_request
-from utils.federated.client import OPTIMIZER_CONSTRAINTS, PROMPT_ROLE, LocalSettings, round_batches
-from utils.federated.rounds import Client, Experiment, select_clients, starting_prompt
+from utils.federated.client import OPTIMIZER_CONSTRAINTS, PROMPT_ROLE
+from utils.federated.experiment import Client, EvalSets, Experiment, starting_prompt
+from utils.federated.plan import ClientRound, Evaluation, Round, RunPlan
 from utils.tasks.evaluation import JUDGE_MAX_TOKENS, JUDGE_REPLY, JUDGE_SYSTEM, JUDGE_TEMPLATE
 from utils.tasks.registry import Example, TaskSpec, served_prompt
 
@@ -109,15 +111,14 @@ class PlanSpec:
     """Everything the count depends on besides the outcomes."""
 
     experiment: Experiment
+    plan: RunPlan                  # the run's plan; a resumed run's starts after its checkpoint (RunPlan.after)
     test_engine: str
     evaluation_engine: str
-    judge: bool                    # --judge llm: free-form answers are judged by the evaluation engine
     use_cache: bool                # a repeated request is answered from the response cache
     logprobs: bool                 # the test engine is asked for UID log-probabilities
     count_tokens: Callable[[str], int]
     completion: dict[str, float]   # expected completion tokens per call, by kind
     known_reply: Callable[[str, list[dict[str, str]], int], bool] = lambda engine, messages, max_tokens: False
-    first_round: int = 1           # > 1 when resuming after a checkpoint
     first_prompt: str | None = None  # the global prompt the run starts (or resumes) from
     structured: bool = True        # optimizer, merge and judge requests ask for a JSON reply (textgrad.structured)
 
@@ -144,12 +145,6 @@ class CallPlan:
 
     def calls(self, kinds: Iterable[str] = CHAT_KINDS) -> int:
         return sum(t.calls for t in self.totals(kinds).values())
-
-
-def planned_batches(client: Client, round_index: int, settings: LocalSettings) -> list[list[Example]]:
-    """The batches client trains on in this round, drawn exactly as utils.federated.client.train_client draws them
-    (tests/test_estimate.py pins the two together)."""
-    return round_batches(client.examples, settings, client.client_id, round_index)
 
 
 @dataclass(frozen=True)
@@ -187,42 +182,36 @@ class _Planner:
     # -- the run --------------------------------------------------------------------------
 
     def plan(self) -> CallPlan:
+        run = self.spec.plan
         text = self.spec.first_prompt or starting_prompt(self.exp.tasks)
         start = self._new_prompt(self.count(text), text)
         self.start_tokens = start.tokens
         aggregates = {0: start}
-        if self.spec.first_round == 1:
-            self._zero_shot(start)
+        for evaluation in run.zero_shot:
+            self._evaluate(ZERO_SHOT, start, evaluation)
         global_prompt = start
-        for round_index in range(self.spec.first_round, self.exp.rounds + 1):
-            global_prompt = aggregates[round_index] = self._round(round_index, global_prompt)
-        self._final_test(global_prompt, aggregates.get(self.outcomes.best_round, global_prompt))
+        for planned in run.rounds:
+            global_prompt = aggregates[planned.index] = self._round(planned, global_prompt)
+        best = aggregates.get(self.outcomes.best_round, global_prompt)
+        for evaluation in run.final_test:
+            self._evaluate(FINAL_TEST, best if evaluation.prompt == "best" else global_prompt, evaluation)
         return CallPlan([Line(p, e, k, t) for (p, e, k), t in self.tallies.items()],
                         self._conditional(global_prompt))
 
-    def _zero_shot(self, start: _Prompt) -> None:
-        self._evaluate(ZERO_SHOT, start, "val", self.spec.test_engine)
-        self._evaluate(ZERO_SHOT, start, "test", self.spec.test_engine)
-        if self.exp.run_larger_model:
-            self._evaluate(ZERO_SHOT, start, "test", self.spec.evaluation_engine)
-
-    def _round(self, round_index: int, global_prompt: _Prompt) -> _Prompt:
-        returned = self._local_steps(round_index, global_prompt)
-        aggregate = self._merge(round_index, returned)
-        self._evaluate(f"round {round_index} validation", aggregate, "val", self.spec.test_engine)
-        if round_index == self.exp.rounds:  # the last aggregate's test overlaps its validation
-            self._evaluate(FINAL_TEST, aggregate, "test", self.spec.test_engine)
+    def _round(self, planned: Round, global_prompt: _Prompt) -> _Prompt:
+        returned = [self._client_round(planned.index, client, global_prompt) for client in planned.clients]
+        if planned.screening_sets is not None:
+            self._screen(planned, returned)
+        aggregate = self._merge(planned.index, returned)
+        self._evaluate(f"round {planned.index} validation", aggregate, planned.validation)
+        if planned.last_test is not None:  # the last aggregate's test overlaps its validation
+            self._evaluate(FINAL_TEST, aggregate, planned.last_test)
         for prompt in [*returned, aggregate]:
             self._measure_uid(prompt)
         return aggregate
 
-    def _final_test(self, last: _Prompt, best: _Prompt) -> None:
-        for prompt in (last, best):
-            self._evaluate(FINAL_TEST, prompt, "test", self.spec.test_engine)
-
     def _conditional(self, last: _Prompt) -> list[tuple[str, int, float]]:
-        rounds_run = self.exp.rounds - self.spec.first_round + 1
-        if self.outcomes.best_round is not None or rounds_run < 2:
+        if self.outcomes.best_round is not None or len(self.spec.plan.rounds) < 2:
             return []
         sets = self.exp.test_sets.values()
         calls = sum(len(examples) for _, examples in sets)
@@ -232,21 +221,26 @@ class _Planner:
 
     # -- the server -----------------------------------------------------------------------
 
-    def _local_steps(self, round_index: int, global_prompt: _Prompt) -> list[_Prompt]:
-        by_id = {c.client_id: c for c in self.exp.clients}
-        chosen = select_clients(list(by_id), self.exp.clients_per_round, self.settings.seed, round_index)
-        phase = f"round {round_index} local steps"
-        returned = []
-        for client_id in chosen:  # disjoint shards: clients share no request, so their order does not matter
-            prompt = global_prompt
-            batches = planned_batches(by_id[client_id], round_index, self.settings)
-            steps = [(client_id, round_index, step) for step in range(len(batches))]
-            kept = [s for s in steps if s not in self.outcomes.unusable_steps | self.outcomes.reverted_steps]
-            for step, batch in zip(steps, batches, strict=True):
-                returned_text = self.outcomes.texts.get((round_index, client_id)) if kept and step == kept[-1] else None
-                prompt = self._local_step(phase, by_id[client_id], step, prompt, batch, returned_text)
-            returned.append(prompt)
-        return returned
+    def _client_round(self, round_index: int, planned: ClientRound, global_prompt: _Prompt) -> _Prompt:
+        """The prompt a chosen client returns. Clients hold disjoint shards and share no request, so their
+        order does not matter."""
+        client_id, prompt = planned.client.client_id, global_prompt
+        steps = [(client_id, round_index, step.index) for step in planned.steps]
+        kept = [s for s in steps if s not in self.outcomes.unusable_steps | self.outcomes.reverted_steps]
+        for key, batch in zip(steps, planned.batches, strict=True):
+            returned_text = self.outcomes.texts.get((round_index, client_id)) if kept and key == kept[-1] else None
+            prompt = self._local_step(f"round {round_index} local steps", planned.client, key, prompt, batch,
+                                      returned_text)
+        return prompt
+
+    def _screen(self, planned: Round, returned: list[_Prompt]) -> None:
+        """Every distinct returned prompt answers the round's screening questions (when two or more differ)."""
+        distinct = list({p.id: p for p in returned}.values())
+        if len(distinct) < 2:
+            return
+        for prompt in distinct:
+            self._answer_sets(f"round {planned.index} screening", prompt, planned.screening_sets or {},
+                              self.spec.test_engine)
 
     def _merge(self, round_index: int, returned: list[_Prompt]) -> _Prompt:
         distinct = list({p.id: p for p in returned}.values())
@@ -278,12 +272,16 @@ class _Planner:
 
     # -- evaluations ----------------------------------------------------------------------
 
-    def _evaluate(self, phase: str, prompt: _Prompt, split: str, engine: str) -> None:
-        memo = (prompt.id, split, engine)
-        if memo in self.memo:  # utils.federated.experiment.Evaluator remembers results per (prompt, sets, engine)
+    def _evaluate(self, phase: str, prompt: _Prompt, evaluation: Evaluation) -> None:
+        engine = self.spec.evaluation_engine if evaluation.engine == "evaluation" else self.spec.test_engine
+        memo = (prompt.id, evaluation.split, engine)
+        if memo in self.memo:  # utils.federated.experiment.Evaluator remembers results per (prompt, split, engine)
             return
         self.memo.add(memo)
-        sets = self.exp.val_sets if split == "val" else self.exp.test_sets
+        self._answer_sets(phase, prompt, self.exp.val_sets if evaluation.split == "val" else self.exp.test_sets,
+                          engine)
+
+    def _answer_sets(self, phase: str, prompt: _Prompt, sets: EvalSets, engine: str) -> None:
         examples = [(task, ex) for task, items in sets.values() for ex in items]
         self._send(phase, [self._answer_request(engine, prompt, task, ex, self.settings.answer_max_tokens)
                            for task, ex in examples])
@@ -295,7 +293,7 @@ class _Planner:
         self._judge_all(phase, prompt, [(task, ex) for ex in batch])
 
     def _judge_all(self, phase: str, prompt: _Prompt, examples: list[tuple[TaskSpec, Example]]) -> None:
-        if self.spec.judge:
+        if self.spec.plan.judge:
             self._send(phase, [self._judge_request(prompt, ex) for task, ex in examples if task.kind == "free_form"])
 
     def _measure_uid(self, prompt: _Prompt) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.config import UsageError
-from utils.federated.rounds import Experiment
+from utils.federated.experiment import Experiment
 from utils.run_config import RunConfig
 
 from .cost import ESTIMATE_FILE, Estimate, estimate_run, write_estimate

@@ -7,7 +7,7 @@ never examples, so the same code serves in-process simulation and Flower across 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import textgrad as tg
@@ -15,7 +15,9 @@ from textgrad.engine import ChatEngine
 from textgrad.errors import ContextOverflowError
 from textgrad.optimizer import INSTRUCTIONS_REPLY
 from textgrad.parallel import run_concurrently
-from utils.privacy.leakage import LeakAudit
+from utils.privacy.attacks import poisoned_prompt
+from utils.privacy.leakage import LeakAudit, guard_prompt, redact_copies
+from utils.privacy.outbound import ClientPolicy
 from utils.tasks.evaluation import evaluate_prompt, score_answer
 from utils.tasks.registry import Example, TaskSpec, served_prompt
 
@@ -67,7 +69,7 @@ class ClientUpdate:
     prompt: str
     steps: list[StepResult] = field(default_factory=list)
     error: str | None = None  # set when the client failed; the server aggregates the others
-    leakage: LeakAudit | None = None  # set by utils.privacy.outbound.release_update as the update leaves the client
+    leakage: LeakAudit | None = None  # set by release_update as the update leaves the client
 
     @property
     def train_accuracy(self) -> float | None:
@@ -188,15 +190,28 @@ def round_batches(examples: list[Example], settings: LocalSettings, client_id: s
     return [sample_batch(examples, settings, client_id, first + step) for step in range(settings.max_steps)]
 
 
-def train_client(client_id: str, task: TaskSpec, examples: list[Example], start_prompt: str, round_index: int,
+def train_client(client_id: str, task: TaskSpec, batches: list[list[Example]], start_prompt: str, round_index: int,
                  engines: Engines, settings: LocalSettings,
                  on_step: Callable[[], None] | None = None) -> ClientUpdate:
-    """Exactly settings.max_steps local steps from the server's prompt, on the next batches of the client's
-    data loader (round_batches)."""
+    """One local step per batch from the server's prompt, each continuing from the last: the round's
+    settings.max_steps batches of the client's data loader (round_batches)."""
     update = ClientUpdate(client_id=client_id, round=round_index, start_prompt=start_prompt, prompt=start_prompt)
-    for step, batch in enumerate(round_batches(examples, settings, client_id, round_index)):
+    for step, batch in enumerate(batches):
         update.prompt, outcome = local_step(update.prompt, batch, task, engines, settings, step)
         update.steps.append(outcome)
         if on_step is not None:
             on_step()
+    return update
+
+
+def release_update(update: ClientUpdate, examples: Sequence[Example], policy: ClientPolicy) -> ClientUpdate:
+    """The last step on a client before its update leaves (changed in place and returned): a simulated
+    attacker swaps in its poisoned prompt, then the text is audited and guarded against the client's own
+    examples. In-process simulation and the Flower ClientApp both call it, so both send the same thing."""
+    if policy.attack is not None and update.error is None:
+        update.prompt = poisoned_prompt(policy.attack, policy.seed, update.client_id, update.round)
+    update.prompt, update.leakage = guard_prompt(update.prompt, update.start_prompt, examples, policy.guard)
+    if update.error and policy.guard.mode != "off":  # an error message may echo a request, examples and all
+        update.error, spans = redact_copies(update.error, examples, policy.guard.min_words)
+        update.leakage.redacted_spans += spans
     return update

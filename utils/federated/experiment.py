@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from textgrad.engine import ChatEngine
 from utils.privacy.outbound import OutboundPlan
@@ -12,6 +13,9 @@ from utils.tasks.registry import Example, TaskSpec, served_prompt
 
 from .client import Engines, LocalSettings
 from .screening import ScreenSettings
+
+if TYPE_CHECKING:  # the plan is built from an Experiment
+    from .plan import Evaluation
 
 EvalSets = dict[str, tuple[TaskSpec, list[Example]]]
 
@@ -53,13 +57,6 @@ def served_prompts(prompt: str, tasks: list[TaskSpec]) -> dict[str, str]:
     return {task.name: served_prompt(prompt, task) for task in tasks}
 
 
-def step_calls(exp: Experiment, clients: list[Client]) -> int:
-    """The most LLM calls of one round of these clients' local steps: per step, forward, feedback and
-    re-score of each example of the batch (no larger than the client's shard), one optimizer call."""
-    batch = exp.settings.batch_size
-    return exp.settings.max_steps * sum(3 * min(batch, len(c.examples)) + 1 for c in clients)
-
-
 class Evaluator:
     """Accuracy of a prompt on validation or test sets; counts the LLM judge's unusable replies.
 
@@ -72,7 +69,7 @@ class Evaluator:
     def __init__(self, exp: Experiment, engines: Engines, judge_failures: int = 0) -> None:
         self.exp, self.engines = exp, engines
         self._judge_failures_before = judge_failures
-        self._memo: dict[tuple[str, int, str], tuple[dict[str, float], int]] = {}
+        self._memo: dict[tuple[str, str, str], tuple[dict[str, float], int]] = {}
         self._memo_lock = threading.Lock()
 
     @property
@@ -82,27 +79,28 @@ class Evaluator:
         with self._memo_lock:
             return self._judge_failures_before + sum(failures for _, failures in self._memo.values())
 
-    def __call__(self, prompt: str, sets: EvalSets, engine: ChatEngine | None = None) -> dict[str, float]:
-        engine = engine or self.engines.test
-        key = (prompt, id(sets), engine.name)  # sets are the experiment's own dicts, alive for the run
+    def __call__(self, prompt: str, evaluation: Evaluation) -> dict[str, float]:
+        """The accuracy per task (and their mean) of prompt in a planned evaluation (its split and engine)."""
+        key = self._key(prompt, evaluation)
         with self._memo_lock:
             known = self._memo.get(key)
         if known is None:
-            known = evaluate_on_tasks(prompt, sets, engine, max_tokens=self.exp.settings.answer_max_tokens,
-                                      judge=self.engines.judge)
+            sets = self.exp.val_sets if evaluation.split == "val" else self.exp.test_sets
+            known = evaluate_on_tasks(prompt, sets, self._engine(evaluation),
+                                      max_tokens=self.exp.settings.answer_max_tokens, judge=self.engines.judge)
         with self._memo_lock:
             known = self._memo.setdefault(key, known)  # two threads racing on one key: the first one counts
         return dict(known[0])
 
-    def pending_calls(self, prompt: str, sets: EvalSets, engine: ChatEngine | None = None) -> int:
-        """LLM calls evaluating prompt on sets would make: 0 when remembered, else eval_calls."""
-        engine = engine or self.engines.test
+    def pending_calls(self, prompt: str, evaluation: Evaluation | None) -> int:
+        """The calls of the planned evaluation of prompt, 0 if it was evaluated before (or there is none)."""
+        if evaluation is None:
+            return 0
         with self._memo_lock:
-            if (prompt, id(sets), engine.name) in self._memo:
-                return 0
-        return eval_calls(sets, judged=self.engines.judge is not None)
+            return 0 if self._key(prompt, evaluation) in self._memo else evaluation.calls
 
+    def _engine(self, evaluation: Evaluation) -> ChatEngine:
+        return self.engines.evaluation if evaluation.engine == "evaluation" else self.engines.test
 
-def eval_calls(sets: EvalSets, judged: bool) -> int:
-    """An answer per example, plus a judge call per free-form answer with --judge llm."""
-    return sum(len(examples) * (2 if judged and task.kind == "free_form" else 1) for task, examples in sets.values())
+    def _key(self, prompt: str, evaluation: Evaluation) -> tuple[str, str, str]:
+        return prompt, evaluation.split, self._engine(evaluation).name

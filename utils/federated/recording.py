@@ -1,31 +1,29 @@
-"""What the round loop records: the zero-shot state, each round's summary and events, results.json."""
+"""What the round loop records, and only records: the zero-shot state, each round's prompts, events and
+summary, the final test and results.json. Every number it records was computed by the loop."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textgrad import local_server, structured
 from textgrad.budget import context_results
 from textgrad.engine import all_engine_stats
-from textgrad.parallel import run_concurrently
 from textgrad.stats import EngineStats
 from textgrad.structured import CONTEXT_OVERFLOW, REPLY_FAILURES
 from utils.privacy.leakage import leakage_results, record_leakage
-from utils.reporting import progress
-from utils.reporting.prompt_stats import measure_prompt, token_count
+from utils.reporting.prompt_stats import token_count
 from utils.reporting.tracking import RunLog
 
-from .aggregation import aggregate_prompts
+from .aggregation import Aggregate
 from .client import ClientUpdate, Engines
-from .experiment import Evaluator, Experiment, served_prompts, starting_prompt
-from .run_state import BestPrompt, RoundSummary, RunState, add_counts
-from .screening import record_screening, screen_updates, screening_results
+from .experiment import Evaluator, Experiment, served_prompts
+from .run_state import BestPrompt, RoundSummary, RunState, Scores, add_counts
+from .screening import Screening, record_screening, screening_results
 
-
-class RoundFailed(RuntimeError):
-    """No client of a round returned a prompt; the run stops at its last checkpoint."""
+if TYPE_CHECKING:
+    from .plan import Evaluation
 
 
 def reply_failures(kinds: list[str | None]) -> dict[str, int]:
@@ -33,50 +31,32 @@ def reply_failures(kinds: list[str | None]) -> dict[str, int]:
     return {kind: kinds.count(kind) for kind in (*REPLY_FAILURES, CONTEXT_OVERFLOW)}
 
 
-def zero_shot_state(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator) -> RunState:
-    """Round 0: the starting prompt's accuracies, recorded; the state the first round starts from."""
-    prompt = starting_prompt(exp.tasks)
+def record_zero_shot(log: RunLog, exp: Experiment, engines: Engines, prompt: str, evaluations: tuple[Evaluation, ...],
+                     scores: list[Scores]) -> RunState:
+    """Round 0: the starting prompt and its planned evaluations, recorded; the state the first round starts from."""
     log.save_prompt(0, "global", prompt)
     # The saved prompts are trained texts; once per run, what each task's questions are really sent with.
     for task, served in served_prompts(prompt, exp.tasks).items():
         log.save_prompt(0, f"global.served.{task}", served)
     log.event("answer_format", round=0, lines={t.name: t.format_instruction for t in exp.tasks},
               served_as="trained prompt, newline, the question's own task's line")
-    calls = [lambda: evaluate(prompt, exp.val_sets), lambda: evaluate(prompt, exp.test_sets)]
-    if exp.run_larger_model:
-        calls.append(lambda: evaluate(prompt, exp.test_sets, engines.evaluation))
-    results = run_concurrently(calls)
-    zero_shot = {"val": results[0], "test": results[1]}
-    larger = results[2] if exp.run_larger_model else None
-    for split, scores in zero_shot.items():
-        log.event("evaluation", round=0, split=split, prompt="starting", engine=engines.test.name, **scores)
-        for task, acc in scores.items():
-            log.metric(f"zero_shot/{split}/{task}", acc, 0)
-    if larger is not None:
-        log.event("evaluation", round=0, split="test", prompt="starting", engine=engines.evaluation.name, **larger)
+    zero_shot, larger = {}, None
+    for evaluation, accuracy in zip(evaluations, scores, strict=True):
+        engine = engines.evaluation if evaluation.engine == "evaluation" else engines.test
+        log.event("evaluation", round=0, split=evaluation.split, prompt="starting", engine=engine.name, **accuracy)
+        if evaluation.engine == "evaluation":  # the evaluation engine's own zero-shot test: reported, not tracked
+            larger = accuracy
+            continue
+        zero_shot[evaluation.split] = accuracy
+        for task, acc in accuracy.items():
+            log.metric(f"zero_shot/{evaluation.split}/{task}", acc, 0)
     return RunState(round=0, global_prompt=prompt, starting_prompt=prompt, zero_shot=zero_shot,
                     evaluation_engine_zero_shot_test=larger, best=BestPrompt(0, zero_shot["val"]["mean"], prompt))
 
 
-def record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, round_index: int,
-                 updates: list[ClientUpdate]) -> RoundSummary:
-    """Screen, merge and validate the round's returned prompts; record them all; the round's summary
-    (its LLM cost is added by the caller, who meters the round's retries too)."""
-    settings = exp.settings
-    returned = [u for u in updates if not u.error]
-    screening = screen_updates(exp.screening, returned, exp.val_sets, engines.test, seed=settings.seed,
-                               round_index=round_index, max_tokens=settings.answer_max_tokens, judge=engines.judge)
-    merged_from = screening.kept(returned) if screening else returned
-    lengths: dict[str, dict[str, Any]] = {}
-    merged: tuple[str, str | None, dict[str, float], dict[str, Any]] | None = None
-    if returned:
-        # Everything after training depends only on the returned prompts, so the UID measures of the
-        # client prompts overlap the merge and the validation of its result (the critical path).
-        outcomes = run_concurrently([
-            lambda: merge_and_validate(exp, engines, log, evaluate, round_index, merged_from),
-            *[lambda u=u: measure_prompt(u.prompt, engines.test) for u in returned]])
-        merged = outcomes[0]
-        lengths = {u.client_id: length for u, length in zip(returned, outcomes[1:], strict=True)}
+def record_updates(log: RunLog, round_index: int, updates: list[ClientUpdate],
+                   lengths: dict[str, dict[str, Any]]) -> None:
+    """Each client's steps and the prompt it returned (with its length), or why it failed."""
     for update in updates:
         for s in update.steps:
             log.event("step", round=round_index, client=update.client_id, **vars(s))
@@ -90,13 +70,18 @@ def record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evalu
                       train_accuracy=update.train_accuracy, **lengths[update.client_id])
             if update.train_accuracy is not None:
                 log.metric(f"train/{update.client_id}/round_accuracy", update.train_accuracy, round_index)
-    if merged is None:
-        raise RoundFailed(f"every client failed in round {round_index} ({updates[0].error}); fix the cause and "
-                          f"continue with --resume")
 
-    aggregate_prompt, merge_failure, val, length = merged
+
+def record_round(log: RunLog, exp: Experiment, engines: Engines, round_index: int, updates: list[ClientUpdate],
+                 screening: Screening | None, merged_from: list[ClientUpdate], aggregate: Aggregate, val: Scores,
+                 length: dict[str, Any], lengths: dict[str, dict[str, Any]]) -> RoundSummary:
+    """Record what the round did (prompts, events, metrics); its summary. The caller adds the round's LLM
+    cost, which it meters across the round's retries."""
+    returned = [u for u in updates if not u.error]
+    log.save_prompt(round_index, "global", aggregate.prompt)
+    record_updates(log, round_index, updates, lengths)
     log.event("aggregate", round=round_index, method=exp.aggregate_method or "none", clients=[u.client_id for u in
-              merged_from], failure=merge_failure, **length)
+              merged_from], failure=aggregate.failure, **length)
     log.event("evaluation", round=round_index, split="val", prompt="global", engine=engines.test.name, **val)
     for task, acc in val.items():
         log.metric(f"val/{task}", acc, round_index)
@@ -104,8 +89,9 @@ def record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evalu
     if length["uid"]:
         for stat in ("mean", "variance", "max"):
             log.metric(f"aggregate/uid_{stat}", length["uid"][stat], round_index)
+    steps = [s for u in updates for s in u.steps]
     return RoundSummary(
-        round=round_index, val=val, aggregate=aggregate_prompt,
+        round=round_index, val=val, aggregate=aggregate.prompt,
         aggregate_chars=length["chars"], aggregate_tokens=length["tokens"],
         clients=[u.client_id for u in updates], failed_clients=[u.client_id for u in updates if u.error],
         client_train_accuracy={u.client_id: u.train_accuracy for u in returned},
@@ -113,12 +99,12 @@ def record_round(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evalu
         client_prompt_tokens={u.client_id: lengths[u.client_id]["tokens"] for u in returned},
         client_prompt_chars={u.client_id: lengths[u.client_id]["chars"] for u in returned},
         prompt_tokens_estimated=any(m["tokens_estimated"] for m in [length, *lengths.values()]),
-        steps=len([s for u in updates for s in u.steps]),
-        accepted_steps=len([s for u in updates for s in u.steps if s.accepted]),
+        steps=len(steps),
+        accepted_steps=len([s for s in steps if s.accepted]),
         skipped_steps=sum(u.skipped_steps for u in updates),
-        optimizer_failures=reply_failures([s.format_failure for u in updates for s in u.steps]),
-        judge_format_failures=sum(s.judge_format_failures for u in updates for s in u.steps),
-        aggregation_failure=merge_failure,
+        optimizer_failures=reply_failures([s.format_failure for s in steps]),
+        judge_format_failures=sum(s.judge_format_failures for s in steps),
+        aggregation_failure=aggregate.failure,
         poisoned_clients=[u.client_id for u in updates if u.client_id in exp.outbound.malicious],
         leakage=record_leakage(log, round_index, {u.client_id: u.leakage for u in updates if u.leakage})["leakage"],
         screening=record_screening(log, round_index, screening)["screening"],
@@ -135,35 +121,6 @@ def format_failures(history: list[RoundSummary], eval_judge_failures: int) -> di
             "judge": sum(r.judge_format_failures for r in history) + eval_judge_failures,
             # Steps whose requests could not fit the context window: not in train_accuracy.
             "skipped_steps": sum(r.skipped_steps for r in history)}
-
-
-def merge_and_validate(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, round_index: int,
-                        returned: list[ClientUpdate]) -> tuple[str, str | None, dict[str, float], dict[str, Any]]:
-    """(aggregate, why the merge reply was unusable or None, validation scores, aggregate length)."""
-    console = progress.current()
-    if exp.aggregate_method is None:
-        aggregate_prompt, merge_failure = returned[0].prompt, None
-    else:
-        # concat, or the same prompt from everyone: no call
-        calls = int(exp.aggregate_method != "concat" and len({u.prompt.strip() for u in returned}) > 1)
-        with console.phase("aggregation", f"round {round_index}: merge", calls) as merge:
-            merged = merge.run(aggregate_prompts, [u.prompt for u in returned], exp.aggregate_method, exp.tasks,
-                               engines.evaluation, max_tokens=exp.merge_max_tokens)
-        aggregate_prompt, merge_failure = merged.prompt, merged.failure
-    log.save_prompt(round_index, "global", aggregate_prompt)
-    last_round = round_index == exp.rounds
-    with console.phase("validation", f"round {round_index}: validation",
-                       evaluate.pending_calls(aggregate_prompt, exp.val_sets)) as validation, \
-            console.phase("final_test", "final test (last prompt)",
-                          evaluate.pending_calls(aggregate_prompt, exp.test_sets) if last_round else 0) as test:
-        jobs = [lambda: validation.run(evaluate, aggregate_prompt, exp.val_sets),
-                lambda: measure_prompt(aggregate_prompt, engines.test)]
-        if last_round:
-            # The last aggregate is the final "last" prompt: its test accuracy, which _finish reports, needs
-            # no validation result, so it overlaps the validation instead of following it.
-            jobs.append(lambda: test.run(evaluate, aggregate_prompt, exp.test_sets))
-        val, length = run_concurrently(jobs)[:2]
-    return aggregate_prompt, merge_failure, val, length
 
 
 def write_results(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, state: RunState,

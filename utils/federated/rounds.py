@@ -1,178 +1,253 @@
-"""The server side: the round loop shared by all three training modules.
+"""The round loop: the server's side of FedTextGrad, shared by the three training modules.
 
-A round: send the global prompt to the chosen clients -> each runs its local steps -> merge the
-returned prompts -> validate the merge -> keep the best so far -> the merge is the next global prompt.
-What a run is: utils.federated.experiment; what the loop records: utils.federated.recording; its state: utils.federated.run_state.
+    zero-shot evaluation of the starting prompt (validation and test)
+    for each round:
+        choose this round's clients
+        each chosen client: max_steps local steps from the global prompt, side by side
+        collect the prompts they return
+        screen them (--robust_aggregation screen), aggregate the rest into one prompt
+        validate the aggregate; keep the best prompt so far
+        record the round; checkpoint
+    final test of the last and the best prompt
+
+A client's local step is utils.federated.client.local_step. Which clients train in a round, on which
+batches, and what each evaluation costs comes from the run's plan (utils.federated.plan), which the
+progress bars and --estimate read too. What the loop records: utils.federated.recording; its
+checkpoint: utils.federated.run_state; how a phase is tried again when the LLM endpoint fails it:
+utils.federated.phases.
 """
 
 from __future__ import annotations
 
-import contextvars
-import functools
-import random
-import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
-
-from tqdm import tqdm
+from concurrent.futures import Future
+from typing import Any
 
 from textgrad import local_server
 from textgrad.errors import EngineError
 from textgrad.parallel import run_concurrently
 from textgrad.slots import background
 from textgrad.stats import EngineStats, metered
-from utils.privacy.outbound import OutboundPlan, release_update
+from utils.privacy.outbound import OutboundPlan
 from utils.reporting import progress
+from utils.reporting.prompt_stats import measure_prompt, measure_prompts
 from utils.reporting.tracking import RunLog
 
-from .client import ClientUpdate, Engines, LocalSettings, train_client
-from .experiment import Client, Evaluator, Experiment, eval_calls, starting_prompt, step_calls
-from .recording import RoundFailed, record_round, write_results, zero_shot_state
-from .run_state import RoundSummary, RunState, add_counts, add_seconds
+from .aggregation import Aggregate, aggregate_prompts
+from .client import ClientUpdate, Engines, LocalSettings, release_update, train_client
+from .experiment import Evaluator, Experiment, starting_prompt
+from .phases import RoundFailed, in_background, lost_endpoint, with_retries
+from .plan import ClientRound, Round, plan_run
+from .recording import record_round, record_updates, record_zero_shot, write_results
+from .run_state import BestPrompt, RoundSummary, RunState, Scores, add_counts, add_seconds
+from .screening import Screening, screen_updates
 
-# (client ids, global prompt, round) -> one update per client id, in the same order. In-process
-# simulation and Flower each provide one.
-TrainRound = Callable[[list[str], str, int], list[ClientUpdate]]
-
-
-T = TypeVar("T")
-# The engine already retried each call (about 15 s for a refused connection); one more try of the whole
-# phase after this pause rides out a server restart, its finished calls coming from the cache. An
-# endpoint that still answers (a call ran out of retries at a high error rate) gets up to PHASE_TRIES.
-PHASE_RETRY_WAIT_S = 5.0
-PHASE_TRIES = 3
+# (the planned round, the global prompt) -> one update per chosen client, in the plan's order. In-process
+# simulation (train_in_process) and Flower (fedtextgrad_flower.federation) each provide one.
+TrainRound = Callable[[Round, str], list[ClientUpdate]]
 
 
-class RunStopped(RoundFailed):
-    """The LLM endpoint failed a phase twice mid-run; the run stopped at its last checkpoint, resumable."""
+def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bool = False,
+                   train_round: TrainRound | None = None) -> dict[str, Any]:
+    """Run the experiment, or the rest of it after its checkpoint; results.json's content."""
+    loop = RoundLoop(exp, engines, log, train_round)
+    loop.start(resume)  # the zero-shot evaluation, or the checkpoint to continue from
+    for planned in loop.plan.rounds:  # the rounds still to run
+        loop.play_round(planned)
+    return loop.final_test()
 
 
-def select_clients(client_ids: list[str], per_round: int, seed: int, round_index: int) -> list[str]:
-    """A seeded choice per round, returned in client order (the order aggregation sees)."""
-    if per_round >= len(client_ids):
-        return list(client_ids)
-    chosen = set(random.Random(f"{seed}:select:{round_index}").sample(client_ids, per_round))
-    return [c for c in client_ids if c in chosen]
-
-
-def train_in_process(clients: list[Client], engines: Engines, settings: LocalSettings,
-                     on_step: Callable[[], None] | None = None, outbound: OutboundPlan | None = None) -> TrainRound:
-    by_id = {c.client_id: c for c in clients}
-    outbound = outbound or OutboundPlan()
-
-    def train_one(client: Client, prompt: str, round_index: int) -> ClientUpdate:
+def train_in_process(engines: Engines, settings: LocalSettings, outbound: OutboundPlan,
+                     on_step: Callable[[], None] | None = None) -> TrainRound:
+    """The round's clients as threads of this process, each on the batches the plan gives it."""
+    def train_one(planned: ClientRound, prompt: str, round_index: int) -> ClientUpdate:
+        client = planned.client
         try:
-            update = train_client(client.client_id, client.task, client.examples, prompt, round_index, engines,
+            update = train_client(client.client_id, client.task, planned.batches, prompt, round_index, engines,
                                   settings, on_step=on_step)
         except Exception as exc:  # one failing client must not stop the round
             update = ClientUpdate(client.client_id, round_index, prompt, prompt, error=f"{type(exc).__name__}: {exc}")
         return release_update(update, client.examples, outbound.for_client(client.client_id))
 
-    def train_round(client_ids: list[str], prompt: str, round_index: int) -> list[ClientUpdate]:
-        return run_concurrently([lambda c=by_id[cid]: train_one(c, prompt, round_index) for cid in client_ids])
+    def train_round(planned: Round, prompt: str) -> list[ClientUpdate]:
+        return run_concurrently([lambda c=c: train_one(c, prompt, planned.index) for c in planned.clients])
 
     return train_round
 
 
-def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bool = False,
-                   train_round: TrainRound | None = None) -> dict[str, Any]:
-    """Run the experiment (or the rest of it after its checkpoint): zero-shot, the rounds, the final
-    test; the results written to results.json."""
-    run = _RoundLoop(exp, engines, log, train_round)
-    state = run.open(resume)
-    for round_index in range(state.round + 1, exp.rounds + 1):
-        run.play_round(round_index)
-    return run.finish()
+def keep_best(state: RunState, summary: RoundSummary) -> None:
+    """The round's aggregate is the next global prompt; it becomes the best prompt only if its mean
+    validation accuracy is strictly higher (a tie keeps the earlier prompt)."""
+    state.global_prompt = summary.aggregate
+    if summary.val["mean"] > state.best.val:
+        state.best = BestPrompt(summary.round, summary.val["mean"], summary.aggregate)
 
 
-class _RoundLoop:
+class RoundLoop:
     """This process's part of a run, phase by phase, checkpointing after each.
 
-    The run's LLM cost is accumulated in the checkpoint, phase by phase, each phase counted by its own
-    meter: engine counters are per process, and a process may host several runs (tests, a Flower
-    server) or half of one. A Flower run's remote clients report their own cost in their updates.
+    The run's LLM cost is added to the checkpoint phase by phase, each phase counted by its own meter:
+    engine counters are per process, and a process may host several runs (tests, a Flower server) or
+    half of one. A Flower run's remote clients report their own cost in their updates.
     """
 
     def __init__(self, exp: Experiment, engines: Engines, log: RunLog, train_round: TrainRound | None) -> None:
         self.exp, self.engines, self.log = exp, engines, log
-        self.started = time.monotonic()  # this process's wall time not yet in state.wall_seconds
+        self.plan = plan_run(exp, judge=engines.judge is not None)
         self.console = progress.current()
+        self.evaluate = Evaluator(exp, engines)
         self.in_process = train_round is None
-        self.train_round = train_round or train_in_process(exp.clients, engines, exp.settings, on_step=self._tick,
-                                                           outbound=exp.outbound)
+        self.train_round = train_round or train_in_process(engines, exp.settings, exp.outbound, self._step_done)
         self.steps_bar: progress.StepsPhase | None = None
         self.early_round: Future[list[ClientUpdate]] | None = None  # round 1, started beside the zero-shot
-        self.phase_cost = EngineStats()  # the phase under way (a round with its retries, the final test)
-        # Restarts are counted per process, which may host several runs (tests, a Flower server): this run's own.
-        self.restarts_mark = local_server.restart_count()
-        self.seconds_before: dict[str, float] = {}  # per phase, of the processes before this one
-        self.evaluate = Evaluator(exp, engines)
         self.state: RunState
+        # Cost not yet in the checkpoint: the phase under way (a round with its retries, the final test),
+        # this process's seconds, and the phase seconds of the processes before it.
+        self.round_cost = EngineStats()
+        self.started = time.monotonic()
+        self.seconds_before: dict[str, float] = {}
+        self.restarts_mark = local_server.restart_count()  # per process: this run's own restarts
 
-    def open(self, resume: bool) -> RunState:
-        """The state of the checkpoint to resume from, or that of a zero-shot evaluation run now."""
+    def start(self, resume: bool) -> None:
+        """The zero-shot evaluation, or the state of the checkpoint to resume from."""
         saved = self.log.load_checkpoint() if resume else None  # None: it stopped before its first checkpoint
         state = RunState.from_dict(saved) if saved is not None else None
         if resume:
-            progress.note(_resume_note(self.log, state, self.exp.rounds))
+            progress.note(progress.resume_note(self.log.run_dir.name, state.round if state else None, self.exp.rounds))
         self.console.open_rounds(self.exp.rounds, state.round if state is not None else 0)
         if state is None:
-            return self._zero_shot()
-        self.state = state
+            self.state = self.zero_shot()
+            return
+        self.state, self.plan = state, self.plan.after(state.round)
         self.evaluate = Evaluator(self.exp, self.engines, state.eval_judge_failures)
         self.seconds_before = dict(state.phase_seconds)
         self.log.event("resume", from_round=state.round)
-        return state
 
-    def _zero_shot(self) -> RunState:
-        exp, engines, log = self.exp, self.engines, self.log
+    # -- zero-shot ---------------------------------------------------------------------------------
+
+    def zero_shot(self) -> RunState:
+        """Accuracy of the starting prompt on validation and test (and the evaluation engine's own test)."""
+        prompt, evaluations = starting_prompt(self.exp.tasks), self.plan.zero_shot
         if self.in_process:
             # Round 1 trains from the starting prompt and needs the zero-shot accuracies only when it is
             # recorded, so it starts now; the zero-shot calls run at background priority in the endpoint
             # slots its training leaves idle. (A Flower transport owns its clients: it keeps the order.)
-            self._start_round_one()
+            self.early_round = self.start_local_steps(self.plan.rounds[0], prompt)
         try:
-            with background(), metered() as zero_shot_cost, self.console.phase(
-                    "zero_shot", "zero-shot", _zero_shot_calls(exp, self.evaluate, engines)) as zero_shot:
-                state = zero_shot.run(_with_retries, "the zero-shot evaluation", log, engines,
-                                      lambda _: zero_shot_state(exp, engines, log, self.evaluate))
+            with background(), metered() as cost, \
+                    self.console.phase("zero_shot", "zero-shot", self.plan.zero_shot_calls) as bar:
+                scores = bar.run(with_retries, "the zero-shot evaluation", self.log, self.engines, lambda _: run_concurrently(
+                    [lambda e=e: self.evaluate(prompt, e) for e in evaluations]))
         except BaseException as exc:
             # No training thread is left running behind the caller's back; after Ctrl-C it stops by itself.
             if self.early_round is not None and not isinstance(exc, KeyboardInterrupt):
                 self.early_round.exception()
                 self.steps_bar.close()  # type: ignore[union-attr]
             raise
-        self.state = state
+        state = record_zero_shot(self.log, self.exp, self.engines, prompt, evaluations, scores)
         state.eval_judge_failures = self.evaluate.judge_failures
         # Its own meter counts the zero-shot calls; round 1, running beside it, counts in the round's.
-        state.llm = zero_shot_cost.as_dict()
-        state.phase_seconds = dict(self.console.seconds)
-        _print_estimate(exp, log, add_counts(state.llm, self.phase_cost.as_dict()), self.started, self.steps_bar,
-                        judged=engines.judge is not None)
-        log.save_checkpoint(state.to_dict())
+        state.llm, state.phase_seconds = cost.as_dict(), dict(self.console.seconds)
+        self.print_eta(state.llm)
+        self.log.save_checkpoint(state.to_dict())
         return state
 
-    def _start_round_one(self) -> None:
-        selected, bar = self._open_steps_bar(1)
-        with metered(self.phase_cost):  # the thread counts in round 1's meter (it copies this context)
-            self.early_round = _start_in_thread(bar.run, self.train_round, selected, starting_prompt(self.exp.tasks), 1)
+    # -- one round ---------------------------------------------------------------------------------
 
-    def play_round(self, round_index: int) -> None:
-        """Train, merge, validate and record one round (retrying it if the endpoint fails); checkpoint."""
+    def play_round(self, planned: Round) -> None:
+        """One round, tried again if the LLM endpoint fails it; the best prompt kept; checkpointed."""
+        with metered(self.round_cost):
+            summary = with_retries(f"round {planned.index}", self.log, self.engines,
+                                   lambda last_try: self.one_round(planned, last_try), self.keep_cost_of_failed_tries)
+        keep_best(self.state, summary)
+        self.checkpoint(summary)
+
+    def one_round(self, planned: Round, last_try: bool) -> RoundSummary:
+        # The clients were chosen by the plan: a seeded draw of --clients_per_round per round.
+        updates = self.local_steps(planned)
+        returned = self.collect(planned, updates, last_try)
+        kept, screening = self.screen(planned, returned)
+        # Measuring the returned prompts overlaps the merge and the validation (the critical path).
+        lengths = in_background(measure_prompts, {u.client_id: u.prompt for u in returned}, self.engines.test)
+        aggregate = self.aggregate(planned, kept)
+        val, length = self.validate(planned, aggregate.prompt)
+        return record_round(self.log, self.exp, self.engines, planned.index, updates, screening, kept, aggregate,
+                            val, length, lengths.result())
+
+    def local_steps(self, planned: Round) -> list[ClientUpdate]:
+        """Each chosen client's max_steps local steps from the global prompt (round 1's started early)."""
+        if self.early_round is not None:  # its first try only: a retry trains again
+            started_early, self.early_round = self.early_round, None
+            try:
+                return started_early.result()
+            finally:
+                self.steps_bar.close()  # type: ignore[union-attr]
+        bar = self.open_steps_bar(planned)
+        try:
+            return bar.run(self.train_round, planned, self.state.global_prompt)
+        finally:
+            bar.close()
+
+    def collect(self, planned: Round, updates: list[ClientUpdate], last_try: bool) -> list[ClientUpdate]:
+        """The updates that came back with a prompt. In-process clients share the endpoints, so one that lost
+        them met a transient fault: the round is tried again (the others replay from the cache). Flower
+        clients own their endpoints: the round goes on without theirs, as on a last try."""
+        lost = [error for error in map(lost_endpoint, updates) if error]
+        if lost and (len(lost) == len(updates) or (self.in_process and not last_try)):
+            raise EngineError(lost[0])
+        returned = [u for u in updates if not u.error]
+        if not returned:
+            record_updates(self.log, planned.index, updates, {})
+            raise RoundFailed(f"every client failed in round {planned.index} ({updates[0].error}); fix the cause "
+                              "and continue with --resume")
+        return returned
+
+    def screen(self, planned: Round, returned: list[ClientUpdate]) -> tuple[list[ClientUpdate], Screening | None]:
+        """--robust_aggregation screen: prompts that answer the round's screening questions far worse than the
+        best one are left out of the merge."""
+        if planned.screening_sets is None:
+            return returned, None
+        with self.console.phase("screening", f"round {planned.index}: screening", planned.screening) as bar:
+            screening = bar.run(screen_updates, self.exp.screening, returned, planned.screening_sets, self.engines.test,
+                                max_tokens=self.exp.settings.answer_max_tokens, judge=self.engines.judge)
+        return (screening.kept(returned) if screening else returned), screening
+
+    def aggregate(self, planned: Round, kept: list[ClientUpdate]) -> Aggregate:
+        """The kept prompts merged into the next global prompt (centralized: the one client's prompt is it)."""
+        method = self.exp.aggregate_method
+        if method is None:
+            return Aggregate(kept[0].prompt, "none")
+        prompts = [u.prompt for u in kept]
+        calls = planned.merge if len({p.strip() for p in prompts}) > 1 else 0  # one prompt: nothing to merge
+        with self.console.phase("aggregation", f"round {planned.index}: merge", calls) as merge:
+            return merge.run(aggregate_prompts, prompts, method, self.exp.tasks, self.engines.evaluation,
+                             max_tokens=self.exp.merge_max_tokens)
+
+    def validate(self, planned: Round, prompt: str) -> tuple[Scores, dict[str, Any]]:
+        """The aggregate's validation accuracy and length. The last round's aggregate is the final "last"
+        prompt: its test needs no validation result, so it runs beside the validation, not after it."""
+        evaluate, test = self.evaluate, planned.last_test
+        with self.console.phase("validation", f"round {planned.index}: validation",
+                                evaluate.pending_calls(prompt, planned.validation)) as validation_bar, \
+                self.console.phase("final_test", "final test (last prompt)", evaluate.pending_calls(prompt, test)) as test_bar:
+            jobs = [lambda: validation_bar.run(evaluate, prompt, planned.validation),
+                    lambda: measure_prompt(prompt, self.engines.test)]
+            if test is not None:
+                jobs.append(lambda: test_bar.run(evaluate, prompt, test))
+            val, length = run_concurrently(jobs)[:2]
+        return val, length
+
+    def checkpoint(self, summary: RoundSummary) -> None:
+        """The round and what it cost (its retries included) added to the state, saved as the checkpoint."""
         state = self.state
-        with metered(self.phase_cost):
-            summary = _with_retries(f"round {round_index}", self.log, self.engines,
-                                    functools.partial(self._train_and_record, round_index),
-                                    self._keep_cost_of_failed_tries)
-        # What this round cost, including its retries: in-process counters, so a Flower run's remote
-        # clients report their own in their updates instead.
-        summary.llm, self.phase_cost = self.phase_cost.as_dict(), EngineStats()
+        # In-process counters, so a Flower run's remote clients report their own in their updates instead.
+        summary.llm, self.round_cost = self.round_cost.as_dict(), EngineStats()
         summary.context_overflows = summary.llm.get("context_overflows", 0)
         state.llm = add_counts(state.llm, summary.llm)
         self.log.event("round", **summary.public())
-        state.record_round(summary)
+        state.history.append(summary)
+        state.round = summary.round
         state.eval_judge_failures = self.evaluate.judge_failures
         state.wall_seconds += time.monotonic() - self.started
         state.phase_seconds = add_seconds(self.seconds_before, self.console.seconds)
@@ -180,149 +255,54 @@ class _RoundLoop:
         self.log.save_checkpoint(state.to_dict())
         self.console.round_done(summary.val["mean"], state.best.val, state.best.round)
 
-    def _train_and_record(self, round_index: int, last_try: bool) -> RoundSummary:
-        updates = self._local_steps(round_index)
-        lost = [error for error in map(_engine_failure, updates) if error]
-        # In-process clients share the endpoints, so one that lost them met a transient fault: the round
-        # is retried (the others replay from the cache) and transient faults leave the results unchanged.
-        # Flower clients own their endpoints: the round goes on without theirs, as on a last try.
-        if lost and (len(lost) == len(updates) or (self.in_process and not last_try)):
-            raise EngineError(lost[0])
-        return record_round(self.exp, self.engines, self.log, self.evaluate, round_index, updates)
+    # -- final test --------------------------------------------------------------------------------
 
-    def _local_steps(self, round_index: int) -> list[ClientUpdate]:
-        """The round's client updates: round 1's from its early start (its first try), else trained now."""
-        if self.early_round is not None:
-            started_early, self.early_round = self.early_round, None
-            try:
-                return started_early.result()
-            finally:
-                self.steps_bar.close()  # type: ignore[union-attr]
-        selected, bar = self._open_steps_bar(round_index)
-        try:
-            return bar.run(self.train_round, selected, self.state.global_prompt, round_index)
-        finally:
-            bar.close()
-
-    def _open_steps_bar(self, round_index: int) -> tuple[list[str], progress.StepsPhase]:
-        """The clients chosen for the round, and the progress bar of their local steps."""
-        exp = self.exp
-        selected = select_clients([c.client_id for c in exp.clients], exp.clients_per_round, exp.settings.seed,
-                                  round_index)
-        by_id = {c.client_id: c for c in exp.clients}
-        self.steps_bar = self.console.steps_phase("local_steps", f"round {round_index}: local steps",
-                                                  len(selected) * exp.settings.max_steps,
-                                                  step_calls(exp, [by_id[c] for c in selected]), len(selected))
-        return selected, self.steps_bar
-
-    def _tick(self) -> None:
-        if self.steps_bar is not None:
-            self.steps_bar.step_done()
-
-    def _keep_cost_of_failed_tries(self) -> None:
-        # A stopped phase's calls, retries and time are still the run's cost: kept with the last checkpoint
-        # (events.jsonl is already back at its size).
-        self.state.llm = add_counts(self.state.llm, self.phase_cost.as_dict())
-        self.state.phase_seconds = add_seconds(self.seconds_before, self.console.seconds)
-        self.log.save_checkpoint(self.state.to_dict())
-
-    def finish(self) -> dict[str, Any]:
-        """The final test of the last and the best prompt; results.json written."""
-        with metered(self.phase_cost):
-            return _with_retries("the final test evaluation", self.log, self.engines, self._final_test,
-                                 self._keep_cost_of_failed_tries)
+    def final_test(self) -> dict[str, Any]:
+        """Test accuracy of the last and the best prompt; results.json written."""
+        with metered(self.round_cost):
+            return with_retries("the final test evaluation", self.log, self.engines, self._final_test,
+                                self.keep_cost_of_failed_tries)
 
     def _final_test(self, _last_try: bool) -> dict[str, Any]:
-        exp, evaluate = self.exp, self.evaluate
         last, best = self.state.global_prompt, self.state.best.prompt
-        total = evaluate.pending_calls(last, exp.test_sets) + evaluate.pending_calls(best, exp.test_sets)
-        with self.console.phase("final_test", "final test", total) as final:
+        planned_last, planned_best = self.plan.final_test
+        total = self.evaluate.pending_calls(last, planned_last) + self.evaluate.pending_calls(best, planned_best)
+        with self.console.phase("final_test", "final test", total) as bar:
             # Usually answered from the evaluator's memo: the last round tested its aggregate, zero-shot the start.
-            tests = final.run(run_concurrently, [lambda: evaluate(last, exp.test_sets),
-                                                 lambda: evaluate(best, exp.test_sets)])
-        return write_results(exp, self.engines, self.log, evaluate, self.state, tests, self.phase_cost,
+            tests = bar.run(run_concurrently, [lambda: self.evaluate(last, planned_last),
+                                               lambda: self.evaluate(best, planned_best)])
+        return write_results(self.exp, self.engines, self.log, self.evaluate, self.state, tests, self.round_cost,
                              started=self.started, phase_seconds=add_seconds(self.seconds_before, self.console.seconds),
                              restarts_mark=self.restarts_mark)
 
+    # -- bars and bookkeeping ----------------------------------------------------------------------
 
-def _zero_shot_calls(exp: Experiment, evaluate: Evaluator, engines: Engines) -> int:
-    prompt = starting_prompt(exp.tasks)
-    calls = evaluate.pending_calls(prompt, exp.val_sets) + evaluate.pending_calls(prompt, exp.test_sets)
-    if exp.run_larger_model:
-        calls += evaluate.pending_calls(prompt, exp.test_sets, engines.evaluation)
-    return calls
+    def start_local_steps(self, planned: Round, prompt: str) -> Future[list[ClientUpdate]]:
+        bar = self.open_steps_bar(planned)
+        with metered(self.round_cost):  # the thread counts in the round's meter (it copies this context)
+            return in_background(bar.run, self.train_round, planned, prompt)
 
+    def open_steps_bar(self, planned: Round) -> progress.StepsPhase:
+        clients = len(planned.clients)
+        self.steps_bar = self.console.steps_phase("local_steps", f"round {planned.index}: local steps",
+                                                  clients * self.exp.settings.max_steps, planned.step_calls, clients)
+        return self.steps_bar
 
-def _print_estimate(exp: Experiment, log: RunLog, done: dict[str, int], started: float,
-                    steps: progress.StepsPhase | None, judged: bool) -> None:
-    """After the zero-shot phase: the time the whole run will take at the pace of its calls so far
-    (`done`: the run's LLM counters until now)."""
-    calls_done = done["calls"] + done["cache_hits"]
-    # Round 1's local steps so far tell how many calls a round's steps make (its bar's expected total).
-    per_round = steps.total if steps is not None and steps.total else step_calls(
-        exp, exp.clients[:exp.clients_per_round])
-    plan = progress.RunPlan(
-        rounds=exp.rounds, step_calls=per_round,
-        merge_calls=int(exp.aggregate_method not in (None, "concat") and len(exp.clients) > 1),
-        val_calls=eval_calls(exp.val_sets, judged), test_calls=eval_calls(exp.test_sets, judged))
-    # Round 1's calls so far are part of calls_done already.
-    remaining = max(0, plan.calls() - (steps.done() if steps is not None else 0))
-    line, seconds = progress.estimate_line(time.monotonic() - started, calls_done, done["calls"], remaining)
-    progress.note(line)
-    log.event("estimate", seconds=round(seconds, 1), llm_calls=calls_done + remaining)
+    def _step_done(self) -> None:
+        if self.steps_bar is not None:
+            self.steps_bar.step_done()
 
+    def print_eta(self, zero_shot: dict[str, int]) -> None:
+        """After the zero-shot phase: the time the whole run takes at the pace of its calls so far."""
+        done = add_counts(zero_shot, self.round_cost.as_dict())  # round 1's calls so far count too
+        line, seconds = progress.estimate_line(time.monotonic() - self.started, done["calls"],
+                                               done["calls"] + done["cache_hits"], self.plan.calls())
+        progress.note(line)
+        self.log.event("estimate", seconds=round(seconds, 1), llm_calls=self.plan.calls())
 
-def _resume_note(log: RunLog, state: RunState | None, rounds: int) -> str:
-    name = log.run_dir.name
-    if state is None:
-        return f"resuming {name}: it stopped before its first checkpoint, so it starts over"
-    done = state.round
-    if done >= rounds:
-        return f"resuming {name}: all {rounds} rounds are done; only the final test is left"
-    return f"resuming {name} from its checkpoint after round {done}: continuing with round {done + 1} of {rounds}"
-
-
-def _start_in_thread(fn: Callable[..., T], *args: Any) -> Future[T]:
-    """fn(*args) in a thread of its own, in a copy of the caller's context (priority, meters)."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedtextgrad-round")
-    future = executor.submit(contextvars.copy_context().run, fn, *args)
-    executor.shutdown(wait=False)  # the thread ends when fn returns
-    return future
-
-
-def _engine_failure(update: ClientUpdate) -> str | None:
-    """The endpoint's error if this client failed on an LLM call (train_in_process records type: message)."""
-    prefix = f"{EngineError.__name__}: "
-    return update.error[len(prefix):] if update.error and update.error.startswith(prefix) else None
-
-
-def _endpoints_answer(engines: Engines) -> bool:
-    try:
-        for engine in dict.fromkeys([engines.test, engines.evaluation]):
-            engine.check_available()
-    except EngineError:
-        return False
-    return True
-
-
-def _with_retries(phase: str, log: RunLog, engines: Engines, attempt: Callable[[bool], T],
-                  on_stop: Callable[[], None] | None = None) -> T:
-    """Run attempt(last_try); when the LLM endpoint fails it, drop the phase's events, wait and try again:
-    once if the endpoint is down, up to PHASE_TRIES in all if it still answers. Then call on_stop and stop
-    the run at its last checkpoint with the command that resumes it."""
-    events_size = log.events_size()
-    for tries in range(1, PHASE_TRIES + 1):
-        try:
-            return attempt(tries == PHASE_TRIES)
-        except EngineError as exc:
-            log.truncate_events(events_size)  # the next try (or the resumed run) writes them again
-            if tries == PHASE_TRIES or (tries >= 2 and not _endpoints_answer(engines)):
-                if on_stop is not None:
-                    on_stop()
-                raise RunStopped(
-                    f"{phase} failed {tries} times because the LLM endpoint failed ({exc}); the run stopped at "
-                    f"its last checkpoint: restart or fix the server, then continue with python main.py --resume "
-                    f"--run_name {log.run_dir.name} --output_dir {log.run_dir.parent}") from None
-            tqdm.write(f"warning: {phase} failed ({exc}); retrying it in {PHASE_RETRY_WAIT_S:.0f} s", file=sys.stderr)
-            time.sleep(PHASE_RETRY_WAIT_S)
-    raise AssertionError("unreachable")
+    def keep_cost_of_failed_tries(self) -> None:
+        # A stopped phase's calls, retries and time are still the run's cost: kept with the last checkpoint
+        # (events.jsonl is already back at its size).
+        self.state.llm = add_counts(self.state.llm, self.round_cost.as_dict())
+        self.state.phase_seconds = add_seconds(self.seconds_before, self.console.seconds)
+        self.log.save_checkpoint(self.state.to_dict())

@@ -81,14 +81,6 @@ class RunState:
     llm: dict[str, int] = field(default_factory=dict)    # the run's LLM counters, phase by phase
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
-    def record_round(self, summary: RoundSummary) -> None:
-        """The round's aggregate becomes the global prompt, and the best one if it validates better."""
-        self.history.append(summary)
-        self.global_prompt = summary.aggregate
-        if summary.val["mean"] > self.best.val:
-            self.best = BestPrompt(summary.round, summary.val["mean"], summary.aggregate)
-        self.round = summary.round
-
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {**data, "best": dataclasses.asdict(self.best), "history": [r.to_dict() for r in self.history]}

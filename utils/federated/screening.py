@@ -60,13 +60,12 @@ def below_margin(best: float, accuracy: float, margin: float) -> bool:
     return round(best - accuracy, 9) > margin
 
 
-def screen_updates(settings: ScreenSettings, updates: list[ClientUpdate], val_sets: _SETS, engine: ChatEngine, *,
-                   seed: int, round_index: int, max_tokens: int = 512,
-                   judge: ChatEngine | None = None) -> Screening | None:
-    """None when screening is off; otherwise who is kept and who is left out, and what it cost."""
-    if settings.method == "none":
+def screen_updates(settings: ScreenSettings, updates: list[ClientUpdate], sets: _SETS | None, engine: ChatEngine, *,
+                   max_tokens: int = 512, judge: ChatEngine | None = None) -> Screening | None:
+    """None when screening is off; otherwise who is kept and who is left out, and what it cost. sets: the
+    round's screening questions (screening_sets, in the run's plan)."""
+    if settings.method == "none" or sets is None:
         return None
-    sets = screening_sets(val_sets, settings.size, seed, round_index)
     questions = sum(len(examples) for _, examples in sets.values())
     prompts = list(dict.fromkeys(u.prompt for u in updates))
     if len(prompts) < 2:

@@ -1,18 +1,14 @@
-"""The last step on a client before its update leaves: (simulated attackers only) swap in the
-poisoned prompt, then audit and guard the text against the client's own examples. In-process
-simulation and the Flower ClientApp both call release_update, so both paths send the same thing."""
+"""What the server tells each client about its outgoing update: the leak guard every client applies, and
+which clients are simulated attackers. The client applies it last: utils.federated.client.release_update."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from utils.federated.client import ClientUpdate
 from utils.run_config import RunConfig
-from utils.tasks.registry import Example
 
-from .attacks import choose_malicious, poisoned_prompt
-from .leakage import LeakGuard, guard_prompt, redact_copies
+from .attacks import choose_malicious
+from .leakage import LeakGuard
 
 
 @dataclass(frozen=True)
@@ -40,14 +36,3 @@ class OutboundPlan:
 
     def for_client(self, client_id: str) -> ClientPolicy:
         return ClientPolicy(self.guard, self.attack if client_id in self.malicious else None, self.seed)
-
-
-def release_update(update: ClientUpdate, examples: Sequence[Example], policy: ClientPolicy) -> ClientUpdate:
-    """The update as it may leave the client (changed in place and returned), with its leak audit."""
-    if policy.attack is not None and update.error is None:
-        update.prompt = poisoned_prompt(policy.attack, policy.seed, update.client_id, update.round)
-    update.prompt, update.leakage = guard_prompt(update.prompt, update.start_prompt, examples, policy.guard)
-    if update.error and policy.guard.mode != "off":  # an error message may echo a request, examples and all
-        update.error, spans = redact_copies(update.error, examples, policy.guard.min_words)
-        update.leakage.redacted_spans += spans
-    return update

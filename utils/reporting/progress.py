@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tqdm import tqdm
@@ -334,21 +333,6 @@ def run_console() -> Iterator[RunConsole]:
 # ---------------------------------------------------------------------------------- the estimate
 
 
-@dataclass
-class RunPlan:
-    """The LLM calls a run makes at most, by phase, as planned from its settings (fewer when steps are
-    reverted before their re-score, or a prompt comes back that was evaluated before)."""
-
-    rounds: int        # rounds to train
-    step_calls: float  # per round: the local steps of all participating clients
-    merge_calls: int   # per round: 1 with a merge method and several clients, else 0
-    val_calls: int     # per round
-    test_calls: int    # the final test of the last prompt
-
-    def calls(self) -> int:
-        return round(self.rounds * (self.step_calls + self.merge_calls + self.val_calls) + self.test_calls)
-
-
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -357,12 +341,22 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def estimate_line(elapsed: float, calls_done: int, requests_sent: int, remaining_calls: int) -> tuple[str, float]:
-    """(the line to print, estimated seconds of the whole run) from the pace of the calls so far."""
-    pace = elapsed / max(1, requests_sent)  # seconds of run per request sent: cache hits are free
-    total = elapsed + remaining_calls * pace
+def estimate_line(elapsed: float, requests_sent: int, calls_done: int, total_calls: int) -> tuple[str, float]:
+    """(the line to print, estimated seconds of the whole run): the calls of the run's plan (total_calls)
+    at the pace of the requests sent so far (answers from the cache are free)."""
+    pace = elapsed / max(1, requests_sent)
+    total = elapsed + max(0, total_calls - calls_done) * pace
     finish = time.strftime("%H:%M", time.localtime(time.time() + total - elapsed))
-    line = (f"estimate: the whole run takes up to about {_duration(total)} (done around {finish}): "
-            f"at most {calls_done + remaining_calls} LLM calls at {pace:.2f} s each so far; "
+    line = (f"estimate: the whole run takes about {_duration(total)} (done around {finish}): "
+            f"{total_calls} LLM calls by its plan, {pace:.2f} s each so far; "
             f"--split_sizes, --max_steps and --max_epochs make it shorter")
     return line, total
+
+
+def resume_note(run_name: str, done: int | None, rounds: int) -> str:
+    """What --resume continues with: done is the round of the checkpoint, None if there is none."""
+    if done is None:
+        return f"resuming {run_name}: it stopped before its first checkpoint, so it starts over"
+    if done >= rounds:
+        return f"resuming {run_name}: all {rounds} rounds are done; only the final test is left"
+    return f"resuming {run_name} from its checkpoint after round {done}: continuing with round {done + 1} of {rounds}"

@@ -8,6 +8,7 @@ import weakref
 from typing import Any
 
 from textgrad.errors import EngineError
+from textgrad.parallel import run_concurrently
 from textgrad.tokenizers import TokenCount, estimate_tokens
 
 from .uid import uid_measures
@@ -68,6 +69,12 @@ def measure_prompt(text: str, engine: Any = None) -> dict[str, Any]:
     tokens = token_count(text, engine)
     uid = cached_uid(text, engine) if engine is not None else None
     return {"chars": len(text), "tokens": tokens.tokens, "tokens_estimated": not tokens.exact, "uid": uid}
+
+
+def measure_prompts(texts: dict[str, str], engine: Any = None) -> dict[str, dict[str, Any]]:
+    """measure_prompt of each text (by name), side by side."""
+    measured = run_concurrently([lambda text=text: measure_prompt(text, engine) for text in texts.values()])
+    return dict(zip(texts, measured, strict=True))
 
 
 def tokens_estimated(results: dict[str, Any]) -> bool:
