@@ -239,3 +239,16 @@ def test_main_removes_the_server_log_after_a_clean_run(tmp_path: Path) -> None:
     assert '"engine": "local"' in events  # the embedded server ran and answered
     assert "embedded llama.cpp server" not in done.stderr
     assert not list((tmp_path / "tmp").glob(LOG_GLOB))
+
+
+def test_embedded_servers_run_our_wrapper_without_extra_weight_buffers() -> None:
+    # llama.cpp's extra buffers send Q4_1 matmuls to AMX tile instructions on CPUs that report AMX, which
+    # some hypervisors fault on: the server died on its first request. Our wrapper turns them off.
+    command = local_server._server_command("/models/m.gguf", 8123, 1)
+    assert command[command.index("-c") + 2].endswith("textgrad/llamacpp_server.py")
+    import llama_cpp.llama_cpp as llama_capi
+
+    from textgrad import llamacpp_server
+
+    assert llama_capi.llama_model_default_params is llamacpp_server.model_params_without_extra_buffers
+    assert llama_capi.llama_model_default_params().use_extra_bufts is False

@@ -12,8 +12,29 @@ from __future__ import annotations
 
 from typing import Any
 
+import llama_cpp.llama_cpp as llama_capi
 from llama_cpp.server import app as server_app
 from llama_cpp.server.__main__ import main
+
+_library_model_params = llama_capi.llama_model_default_params
+
+
+def model_params_without_extra_buffers() -> llama_capi.llama_model_params:
+    """llama.cpp's default model parameters, without its extra weight buffers.
+
+    Those buffers repack the weights for the CPU's matrix units; on CPUs that report Intel AMX, a build of
+    llama-cpp-python compiled for the machine multiplies Q4_1 weights (the packaged SmolLM2) with AMX
+    tile instructions, and under some hypervisors the first `ldtilecfg` raises a general protection
+    fault that kills the server on its first request. Plain CPU buffers work everywhere; for a 135M
+    model they cost nothing measurable.
+    """
+    params = _library_model_params()
+    params.use_extra_bufts = False
+    return params
+
+
+# llama_cpp.Llama reads its defaults through this module attribute when it loads the model.
+llama_capi.llama_model_default_params = model_params_without_extra_buffers
 
 
 def context_window() -> int | None:

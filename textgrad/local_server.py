@@ -148,9 +148,15 @@ def pool_size() -> int:
     return int(raw)
 
 
+# Our wrapper of llama_cpp.server (its /props route and model parameters that run on every CPU), run by
+# path: `-m textgrad.llamacpp_server` would import the whole textgrad package into every server process.
+_SERVER_SCRIPT = Path(__file__).with_name("llamacpp_server.py")
+_RUN_SERVER_SCRIPT = "import runpy, sys; runpy.run_path(sys.argv.pop(1), run_name='__main__')"
+
+
 def _server_command(model_path: str, port: int, threads: int) -> list[str]:
     return [
-        sys.executable, "-m", "llama_cpp.server",
+        sys.executable, "-c", _RUN_SERVER_SCRIPT, str(_SERVER_SCRIPT),
         "--model", model_path,
         # A short, stable model id: the default would be the full file path, which would
         # leak into cache keys and differ between machines.
