@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from utils.tasks.registry import Example
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _check_clients(examples: list[Example], num_clients: int) -> None:
@@ -36,6 +38,8 @@ def iid_partition(examples: list[Example], num_clients: int, seed: int) -> list[
 
 
 def _split_by_proportions(items: list[Example], proportions: np.ndarray) -> list[list[Example]]:
+    import numpy as np
+
     cuts = (np.cumsum(proportions)[:-1] * len(items)).round().astype(int)
     bounds = [0, *cuts.tolist(), len(items)]
     return [items[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
@@ -53,6 +57,8 @@ def dirichlet_partition(
     _check_clients(examples, num_clients)
     if not alpha > 0:
         raise ValueError(f"dirichlet alpha must be > 0, got {alpha}")
+    import numpy as np  # only a Dirichlet split needs it, and it is a large import
+
     rng = np.random.default_rng(seed)
 
     groups: dict[str, list[Example]] = defaultdict(list)
