@@ -97,7 +97,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
 
 def start_server(latency: float, slots: int) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "bench" / "fake_server.py"), "--port", "0",
+    process = subprocess.Popen([sys.executable, "-m", "bench.fake_server", "--port", "0",
                                 "--latency", str(latency), "--slots", str(slots)],
                                stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     url = process.stdout.readline().strip()  # type: ignore[union-attr]

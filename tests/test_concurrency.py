@@ -1,6 +1,6 @@
 """Concurrency is real, capped per endpoint, and invisible in the results.
 
-Whole rounds run against the bench server (bench/fake_server.py): it counts the requests it holds
+Whole rounds run against the bench server (bench/fake_server): it counts the requests it holds
 open at once, and its replies are a pure function of the request, so any difference between a
 concurrent and a sequential run would come from our code.
 """

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from bench.fake_replies import merged_prompt, solve
 from bench.fake_server import CONTEXT_ERROR_MESSAGE, FakeServer
+from bench.fake_server.replies import merged_prompt, solve
 from textgrad.optimizer import extract_improved_value
 from textgrad.prompts import FEEDBACK_SYSTEM, OPTIMIZER_SYSTEM, OPTIMIZER_TEMPLATE
 from utils.federated.aggregation import MERGE_SYSTEM, merge_request
@@ -232,8 +232,8 @@ def test_engine_talks_to_it(server: FakeServer, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_command_line_prints_its_url_and_serves() -> None:
-    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "bench" / "fake_server.py"), "--port", "0",
-                                "--latency", "0"], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "bench.fake_server", "--port", "0",
+                                "--latency", "0"], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     try:
         url = process.stdout.readline().strip()  # type: ignore[union-attr]
         assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from scripted_engine import ScriptedEngine
 
-from bench.fake_replies import answer_reply
 from bench.fake_server import FakeServer
+from bench.fake_server.replies import answer_reply
 from main import main as main_cli
 from utils.config import UsageError, parse_args
 from utils.federated.client import ClientUpdate, StepResult, release_update

@@ -2,7 +2,7 @@
 estimated time of the whole run, timestamps and per-phase seconds, Ctrl-C that stops at once without
 blaming the server, --resume that says where it continues, one comet experiment across a resume.
 
-The whole-run scenarios are real `python main.py` processes against bench/fake_server.py (one in a
+The whole-run scenarios are real `python main.py` processes against bench/fake_server (one in a
 pseudo-terminal, so its bars are drawn as on a screen), run side by side by a module fixture.
 """
 
@@ -409,7 +409,7 @@ def test_fake_server_on_a_port_in_use_is_one_line_and_exit_2() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, str(REPO / "bench" / "fake_server.py"), "--port", str(port)],
+        done = subprocess.run([sys.executable, "-m", "bench.fake_server", "--port", str(port)],
                               capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}")

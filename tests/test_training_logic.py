@@ -278,8 +278,8 @@ def test_llm_totals_count_only_this_runs_calls_across_runs_and_resume(tmp_path, 
 
 
 def test_hetero_answer_requests_carry_exactly_their_own_tasks_format_line(tmp_path, shared_data, monkeypatch):
-    from bench.fake_replies import request_kind
     from bench.fake_server import FakeServer
+    from bench.fake_server.replies import request_kind
     from main import main
 
     names = ["BBH_date_understanding", "BBH_boolean_expressions"]  # option letter vs True/False lines

@@ -1,51 +1,43 @@
-"""An OpenAI-compatible server with fixed latency, a fixed number of slots and deterministic replies.
+"""FakeServer: the state and the answers of the fake OpenAI-compatible server (see bench/fake_server/__init__.py).
 
-It stands in for a batching LLM server (vLLM, SGLang, llama-server with parallel slots) in the
-benchmarks and in tests: `slots` requests are served at once, each takes `latency` seconds, the
-rest wait in a queue. Faults (HTTP 500, 429, hangs, malformed replies) are injected from a seeded
-RNG, and `max_context` makes it refuse over-long requests the way llama.cpp does. Like small models,
-its answers obey an instruction in the system prompt to always give one answer (a poisoned prompt),
-and with `quote_rate` its optimizer copies into the prompt a training question that the feedback quoted.
-
-    python bench/fake_server.py --port 8011 --latency 0.3 --slots 16 [--rate_500 0.2 ...]
+`slots` requests are served at once, each takes `latency` seconds, the rest wait in a queue. Faults
+(HTTP 500, 429, hangs, malformed replies) are injected from a seeded RNG, `fail_with` answers the next
+chat requests with given HTTP statuses, and `max_context` makes it refuse over-long requests the way
+llama.cpp does. Replies are `method` replies (bench/fake_server/replies.py: answers, feedback, edits,
+merges and verdicts, a pure function of the request; like small models, its answers obey an instruction
+in the system prompt to always give one answer, and with `quote_rate` its optimizer copies a training
+question the feedback quoted into the prompt) or `echo` replies ("reply from <model> to: <last message>",
+any model name accepted, fixed usage of 11 prompt and 7 completion tokens; "__null__" answers null
+content, "__nousage__" leaves out the usage block) for the engine tests.
 
 Structured output: `flavour` makes it check `response_format` the way one backend spells it
 (llama-cpp-python: {"type": "json_object", "schema": ...}; vllm, sglang, openai, ollama: {"type":
 "json_schema", "json_schema": {"name", "schema"}}), any other shape getting HTTP 400 naming the field;
 no flavour accepts both. `structured=False` plays a server without structured output (HTTP 400 for any
 response_format). A structured request is answered with a JSON object holding the text under the
-schema's one property. `cut_at_max_tokens` cuts replies longer than max_tokens (finish_reason "length").
-
-Besides the OpenAI routes it serves llama.cpp's GET /props and POST /tokenize (by the same count
-of tokens it applies to `max_context`), and GET /stats and POST /stats/reset, so a benchmark can
-run it in a separate process and still read its counters.
-"""
+schema's one property. `cut_at_max_tokens` cuts replies longer than max_tokens (finish_reason "length")."""
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
 import random
 import socket
-import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `bench`, `textgrad` and `utils` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.fake_replies import estimate_tokens, malformed_reply, prompt_token_logprobs, reply_for  # noqa: E402
+from .handler import FLAVOURS, Listener, check_response_format, make_handler
+from .replies import estimate_tokens, malformed_reply, prompt_token_logprobs, reply_for
 
 FAULT_KINDS = ("http_500", "http_429", "timeout", "malformed")
-JSON_OBJECT_FLAVOURS = ("llama-cpp-python",)
-JSON_SCHEMA_FLAVOURS = ("vllm", "sglang", "openai", "ollama")
-FLAVOURS = JSON_OBJECT_FLAVOURS + JSON_SCHEMA_FLAVOURS
 CONTEXT_ERROR_MESSAGE = "the request exceeds the available context size, try increasing it"
 DEFAULT_N_CTX = 8192
+REPLIES = ("method", "echo")
+ECHO_USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+# A route of `routes`: fixed JSON (HTTP 200), a function of the request's JSON body returning (status, JSON),
+# or None (HTTP 404: this server has no such route).
+Route = dict[str, Any] | Callable[[dict[str, Any]], tuple[int, dict[str, Any]]] | None
 
 
 class FakeServer:
@@ -56,11 +48,19 @@ class FakeServer:
                  timeout_sleep: float = 30.0, rate_malformed: float = 0.0, max_context: int | None = None,
                  model: str = "fake-model", logprobs: bool = True, port: int = 0,
                  prompts_kept: int = 2000, quote_rate: float = 0.0, flavour: str | None = None,
-                 structured: bool = True, cut_at_max_tokens: bool = False) -> None:
+                 structured: bool = True, cut_at_max_tokens: bool = False, replies: str = "method",
+                 models: tuple[str, ...] | None = None, fail_with: list[int] | None = None,
+                 routes: dict[str, Route] | None = None) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
         if flavour is not None and flavour not in FLAVOURS:
             raise ValueError(f"flavour must be one of {', '.join(FLAVOURS)}")
+        if replies not in REPLIES:
+            raise ValueError(f"replies must be one of {', '.join(REPLIES)}")
+        self.replies = replies
+        self.models = models or (model,)  # what /v1/models lists; the first is the model served
+        self.fail_with = list(fail_with or [])  # HTTP statuses to answer the next chat requests with, in order
+        self.routes = dict(routes or {})  # answered instead of the server's own routes
         self.flavour = flavour
         self.structured = structured
         self.cut_at_max_tokens = cut_at_max_tokens
@@ -76,7 +76,7 @@ class FakeServer:
                       "malformed": rate_malformed}
         self.timeout_sleep = timeout_sleep
         self.max_context = max_context
-        self.model = model
+        self.model = self.models[0] if models else model
         self.logprobs = logprobs
         self._slots = threading.Semaphore(slots)
         self._lock = threading.Lock()
@@ -85,7 +85,7 @@ class FakeServer:
         self._connections: set[socket.socket] = set()
         self._prompts_kept = prompts_kept
         self._reset_counters()
-        self._httpd = _Listener(("127.0.0.1", port), _make_handler(self))
+        self._httpd = Listener(("127.0.0.1", port), make_handler(self))
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -140,7 +140,10 @@ class FakeServer:
         self._logprob_requests = 0
         self._response_formats: dict[str, int] = collections.Counter()  # by type; "none" without the field
         self._structured_rejections = 0
-        self._prompts: collections.deque = collections.deque(maxlen=self._prompts_kept)
+        self._prompts: collections.deque = collections.deque(maxlen=self._prompts_kept)  # answered: (messages, max_tokens)
+        self._chat_log: collections.deque = collections.deque(maxlen=self._prompts_kept)  # (body, auth, status)
+        self.route_requests: collections.Counter[str] = collections.Counter()  # requests per path, any route
+        self.routed_requests: list[tuple[str, dict[str, Any], str]] = []  # (path, body, auth) of `routes`
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -164,6 +167,33 @@ class FakeServer:
             }
 
     # -- request handling (called from handler threads) ---------------------------------------
+
+    @property
+    def chat_log(self) -> list[tuple[dict[str, Any], str, int]]:
+        """(body, Authorization header, HTTP status or 0 for a hang-up) of the last chat requests received
+        (prompts_kept of them), answered or not."""
+        with self._lock:
+            return list(self._chat_log)
+
+    @property
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [body for body, _, _ in self.chat_log]
+
+    @property
+    def auth_headers(self) -> list[str]:
+        return [auth for _, auth, _ in self.chat_log]
+
+    def log_chat(self, request: dict[str, Any], auth: str, status: int) -> None:
+        with self._lock:
+            self._chat_log.append((request, auth, status))
+
+    @property
+    def chat_count(self) -> int:
+        return self.stats["requests"]
+
+    @property
+    def peak_in_flight(self) -> int:
+        return self.stats["peak_in_flight"]
 
     def _draw_fault(self) -> tuple[str | None, int]:
         with self._lock:
@@ -227,12 +257,21 @@ class FakeServer:
                                     "param": "response_format"}}
         return field, None
 
-    def chat(self, request: dict[str, Any]) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
+    def chat(self, request: dict[str, Any], auth: str = "") -> tuple[int, dict[str, Any] | None, dict[str, str]]:
         """(status, JSON body or None for a hang-up, extra headers) for one chat request."""
         messages = request.get("messages") or []
         max_tokens = int(request.get("max_tokens") or request.get("max_completion_tokens") or 0)
         with self._lock:
             self._requests += 1
+            status = self.fail_with.pop(0) if self.fail_with else 200
+        if status == 401:  # like some proxies, the key is echoed back: the engine must redact it
+            return 401, {"error": {"message": f"invalid key {auth}\nsecond line", "code": 401}}, {}
+        if status != 200:
+            self._serve_slot()
+            return status, {"error": {"message": f"injected failure {status}", "code": status}}, {}
+        if self.replies == "echo":
+            self._serve_slot()
+            return 200, _echo(request, messages), {}
         if request.get("model") != self.model:
             return 404, {"error": {"message": f"model {request.get('model')!r} not found; "
                                               f"this server serves {self.model!r}", "code": 404}}, {}
@@ -332,159 +371,13 @@ class FakeServer:
         return stats
 
 
-def check_response_format(shape: Any, flavour: str | None) -> str:
-    """The one string property a structured request asks for; ValueError (the 400 message) for a shape
-    this flavour does not accept, or a schema beyond one string property (maxLength kills llama-cpp-python)."""
-    kind = shape.get("type") if isinstance(shape, dict) else None
-    accepted = ("json_object",) if flavour in JSON_OBJECT_FLAVOURS else ("json_schema",) if flavour else (
-        "json_object", "json_schema")
-    if kind not in accepted:
-        raise ValueError(f"response_format type {kind!r} is not accepted here; use {' or '.join(accepted)}")
-    if kind == "json_schema":
-        spec = shape.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise ValueError("response_format.json_schema needs a name and a schema")
-        schema = spec.get("schema")
-    else:
-        schema = shape.get("schema")
-    properties = schema.get("properties") if isinstance(schema, dict) else None
-    if not isinstance(properties, dict) or schema.get("type") != "object" or len(properties) != 1:
-        raise ValueError("response_format schema: expected an object with one property")
-    field, prop = next(iter(properties.items()))
-    if not isinstance(prop, dict) or prop.get("type") != "string" or "maxLength" in json.dumps(schema):
-        raise ValueError("response_format schema: expected one string property without maxLength")
-    if schema.get("required") != [field]:
-        raise ValueError(f"response_format schema: {field!r} must be required")
-    return field
-
-
-class _Listener(ThreadingHTTPServer):
-    daemon_threads = True
-    # The default backlog of 5 drops connection attempts of a burst of clients, and the kernel retries
-    # them only after a second: a latency that no real LLM server adds.
-    request_queue_size = 256
-
-
-def _make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as real servers: no reconnect per request
-        # Headers and body go out in separate writes; with Nagle's algorithm on, the body waits for the
-        # client's delayed ACK (40 ms on Linux). Real servers set TCP_NODELAY too.
-        disable_nagle_algorithm = True
-
-        def setup(self) -> None:
-            super().setup()
-            with server._lock:
-                server._connections.add(self.connection)
-
-        def finish(self) -> None:
-            with server._lock:
-                server._connections.discard(self.connection)
-            super().finish()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-        def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-            body = json.dumps(payload).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _route(self) -> str:
-            return self.path.split("?", 1)[0].rstrip("/")
-
-        def do_GET(self) -> None:
-            route = self._route()
-            if route == "/v1/models":
-                self._send(200, {"object": "list", "data": [
-                    {"id": server.model, "object": "model", "created": 0, "owned_by": "fedtextgrad-bench"}]})
-            elif route == "/props":
-                self._send(200, server.props())
-            elif route == "/stats":
-                self._send(200, server.stats_json())
-            elif route in ("/health", "/v1/health"):
-                self._send(200, {"status": "ok"})
-            else:
-                self._send(404, {"error": {"message": f"no route {self.path}"}})
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            route = self._route()
-            if route == "/stats/reset":
-                server.reset_stats()
-                self._send(200, {"reset": True})
-                return
-            try:
-                request = json.loads(raw or b"{}")
-            except ValueError:
-                self._send(400, {"error": {"message": "the body is not JSON", "code": 400}})
-                return
-            if route == "/tokenize":  # llama.cpp's route: {"content"} -> {"tokens"}, by the server's own count
-                self._send(200, {"tokens": list(range(estimate_tokens(str(request.get("content") or ""))))})
-                return
-            if route not in ("/v1/chat/completions", "/v1/completions"):
-                self._send(404, {"error": {"message": f"no route {self.path}"}})
-                return
-            server._enter()
-            headers: dict[str, str] = {}
-            try:
-                if route == "/v1/chat/completions":
-                    status, payload, headers = server.chat(request)
-                else:
-                    status, payload = server.completion(request)
-            finally:
-                server._leave()  # before the reply goes out, so the client's next request never overlaps it
-            if payload is None:  # simulated hang: close without a reply
-                self.close_connection = True
-                return
-            self._send(status, payload, headers)
-
-    return Handler
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, default=8011)
-    parser.add_argument("--latency", type=float, default=0.3)
-    parser.add_argument("--slots", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    for kind in ("500", "429", "timeout", "malformed"):
-        parser.add_argument(f"--rate_{kind}", type=float, default=0.0)
-    parser.add_argument("--timeout_sleep", type=float, default=30.0)
-    parser.add_argument("--max_context", type=int, default=None)
-    parser.add_argument("--model", default="fake-model")
-    parser.add_argument("--no_logprobs", action="store_true")
-    parser.add_argument("--quote_rate", type=float, default=0.0,
-                        help="share of optimizer replies that copy a training question into the prompt")
-    parser.add_argument("--flavour", choices=FLAVOURS, default=None, help="check response_format as this backend")
-    parser.add_argument("--no_structured", action="store_true", help="refuse any response_format (HTTP 400)")
-    parser.add_argument("--cut_at_max_tokens", action="store_true", help="cut long replies (finish_reason length)")
-    args = parser.parse_args(argv)
-    try:
-        server = FakeServer(latency=args.latency, slots=args.slots, seed=args.seed, rate_500=args.rate_500,
-                            rate_429=args.rate_429, rate_timeout=args.rate_timeout,
-                            timeout_sleep=args.timeout_sleep, rate_malformed=args.rate_malformed,
-                            max_context=args.max_context, model=args.model, logprobs=not args.no_logprobs,
-                            port=args.port, quote_rate=args.quote_rate, flavour=args.flavour,
-                            structured=not args.no_structured, cut_at_max_tokens=args.cut_at_max_tokens)
-    except OSError as exc:  # most often the port is taken, by an earlier bench server still running
-        print(f"error: cannot listen on 127.0.0.1:{args.port} ({exc.strerror or exc}): stop the process using it "
-              f"(e.g. an earlier fake_server.py) or pass another --port", file=sys.stderr)
-        sys.exit(2)
-    print(server.base_url, flush=True)
-    try:
-        server._httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server._httpd.server_close()
-
-
-if __name__ == "__main__":
-    main()
+def _echo(request: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
+    last = messages[-1]["content"] if messages else ""
+    content = None if last == "__null__" else f"reply from {request.get('model')} to: {last}"
+    payload: dict[str, Any] = {
+        "id": "chatcmpl-echo", "object": "chat.completion", "created": 0, "model": request.get("model"),
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+    }
+    if last != "__nousage__":
+        payload["usage"] = dict(ECHO_USAGE)
+    return payload
