@@ -22,8 +22,9 @@ from run_helpers import REPO, ServerProcess, main_env, run_args, run_main
 from scripted_engine import ScriptedEngine
 
 from utils.config import parse_args
+from utils.estimate.outcomes import Outcomes
 from utils.estimate.prices import listed_price, parse_price_overrides
-from utils.estimate.requests import CHAT_OVERHEAD, Outcomes, PlanSpec, plan_calls
+from utils.estimate.requests import CHAT_OVERHEAD, PlanSpec, plan_calls
 from utils.federated.client import Engines, LocalSettings
 from utils.federated.experiment import Client, Experiment
 from utils.federated.plan import plan_run

@@ -20,10 +20,8 @@ step. A new kind of call is a line in the plan (utils.federated.plan) and a `_re
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from textgrad import prompts as tg_prompts
@@ -35,6 +33,8 @@ from utils.federated.experiment import Client, EvalSets, Experiment, starting_pr
 from utils.federated.plan import ClientRound, Evaluation, Round, RunPlan
 from utils.tasks.evaluation import JUDGE_MAX_TOKENS, JUDGE_REPLY, JUDGE_SYSTEM, JUDGE_TEMPLATE
 from utils.tasks.registry import Example, TaskSpec, served_prompt
+
+from .outcomes import Outcomes
 
 # Kinds of request. logprob: the UID measure of a prompt (a /completions request, not a chat call).
 CHAT_KINDS = ("answer", "feedback", "optimizer", "merge", "judge")
@@ -72,38 +72,6 @@ class Line:
     engine: str
     kind: str
     tally: Tally
-
-
-@dataclass(frozen=True)
-class Outcomes:
-    """The decisions the model's replies make. Steps are (client id, round, step) with step from 0."""
-
-    unusable_steps: frozenset[tuple[str, int, int]] = frozenset()  # the optimizer reply gave no usable prompt
-    reverted_steps: frozenset[tuple[str, int, int]] = frozenset()  # the new prompt scored lower and was dropped
-    best_round: int | None = None  # round whose aggregate validated best (0: the starting prompt); None: the last
-    # (round, client id or "global") -> the text a client returned / the aggregate. Two prompts of equal
-    # text share their requests (a merge that returns one of its inputs, an edit that changes nothing).
-    texts: dict[tuple[int, str], str] = field(default_factory=dict)
-
-    @classmethod
-    def from_run(cls, run_dir: Path) -> Outcomes:
-        """The decisions a finished run recorded in events.jsonl, results.json and prompts/."""
-        unusable, reverted = set(), set()
-        for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines():
-            event = json.loads(line)
-            if event.get("type") != "step":
-                continue
-            step = (event["client"], event["round"], event["step"])
-            if event["new_batch_accuracy"] is None:
-                unusable.add(step)
-            elif not event["accepted"]:
-                reverted.add(step)
-        best = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["best"]["round"]
-        texts = {}
-        for path in (run_dir / "prompts").glob("round_*/*.txt"):
-            name = path.stem.removeprefix("client_")
-            texts[(int(path.parent.name.removeprefix("round_")), name)] = path.read_text(encoding="utf-8")[:-1]
-        return cls(frozenset(unusable), frozenset(reverted), best, texts)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ from textgrad.engine import ChatEngine
 from textgrad.errors import ContextOverflowError
 from textgrad.parallel import run_concurrently
 
+from .answers import extract_answer
 from .registry import Example, TaskSpec, served_prompt
-from .scoring import extract_answer, score_response
+from .scoring import score_response
 
 JUDGE_SYSTEM = "You check answers against a reference. Your verdict is Yes or No."
 JUDGE_TEMPLATE = """Reference answer: {target}
