@@ -58,32 +58,6 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
     return loop.final_test()
 
 
-def train_in_process(engines: Engines, settings: LocalSettings, outbound: OutboundPlan,
-                     on_step: Callable[[], None] | None = None) -> TrainRound:
-    """The round's clients as threads of this process, each on the batches the plan gives it."""
-    def train_one(planned: ClientRound, prompt: str, round_index: int) -> ClientUpdate:
-        client = planned.client
-        try:
-            update = train_client(client.client_id, client.task, planned.batches, prompt, round_index, engines,
-                                  settings, on_step=on_step)
-        except Exception as exc:  # one failing client must not stop the round
-            update = ClientUpdate(client.client_id, round_index, prompt, prompt, error=f"{type(exc).__name__}: {exc}")
-        return release_update(update, client.examples, outbound.for_client(client.client_id))
-
-    def train_round(planned: Round, prompt: str) -> list[ClientUpdate]:
-        return run_concurrently([lambda c=c: train_one(c, prompt, planned.index) for c in planned.clients])
-
-    return train_round
-
-
-def keep_best(state: RunState, summary: RoundSummary) -> None:
-    """The round's aggregate is the next global prompt; it becomes the best prompt only if its mean
-    validation accuracy is strictly higher (a tie keeps the earlier prompt)."""
-    state.global_prompt = summary.aggregate
-    if summary.val["mean"] > state.best.val:
-        state.best = BestPrompt(summary.round, summary.val["mean"], summary.aggregate)
-
-
 class RoundLoop:
     """This process's part of a run, phase by phase, checkpointing after each.
 
@@ -114,7 +88,8 @@ class RoundLoop:
         saved = self.log.load_checkpoint() if resume else None  # None: it stopped before its first checkpoint
         state = RunState.from_dict(saved) if saved is not None else None
         if resume:
-            progress.note(progress.resume_note(self.log.run_dir.name, state.round if state else None, self.exp.rounds))
+            done = state.round if state is not None else None
+            progress.note(progress.resume_note(self.log.run_dir.name, done, self.exp.rounds))
         self.console.open_rounds(self.exp.rounds, state.round if state is not None else 0)
         if state is None:
             self.state = self.zero_shot()
@@ -137,8 +112,8 @@ class RoundLoop:
         try:
             with background(), metered() as cost, \
                     self.console.phase("zero_shot", "zero-shot", self.plan.zero_shot_calls) as bar:
-                scores = bar.run(with_retries, "the zero-shot evaluation", self.log, self.engines, lambda _: run_concurrently(
-                    [lambda e=e: self.evaluate(prompt, e) for e in evaluations]))
+                scores = bar.run(with_retries, "the zero-shot evaluation", self.log, self.engines,
+                                 lambda _: run_concurrently([lambda e=e: self.evaluate(prompt, e) for e in evaluations]))
         except BaseException as exc:
             # No training thread is left running behind the caller's back; after Ctrl-C it stops by itself.
             if self.early_round is not None and not isinstance(exc, KeyboardInterrupt):
@@ -164,7 +139,8 @@ class RoundLoop:
         self.checkpoint(summary)
 
     def one_round(self, planned: Round, last_try: bool) -> RoundSummary:
-        # The clients were chosen by the plan: a seeded draw of --clients_per_round per round.
+        """One try of a round, recorded. Its clients were chosen by the plan: a seeded draw of
+        --clients_per_round (every client by default), the same in every view of the run."""
         updates = self.local_steps(planned)
         returned = self.collect(planned, updates, last_try)
         kept, screening = self.screen(planned, returned)
@@ -230,7 +206,8 @@ class RoundLoop:
         evaluate, test = self.evaluate, planned.last_test
         with self.console.phase("validation", f"round {planned.index}: validation",
                                 evaluate.pending_calls(prompt, planned.validation)) as validation_bar, \
-                self.console.phase("final_test", "final test (last prompt)", evaluate.pending_calls(prompt, test)) as test_bar:
+                self.console.phase("final_test", "final test (last prompt)",
+                                   evaluate.pending_calls(prompt, test)) as test_bar:
             jobs = [lambda: validation_bar.run(evaluate, prompt, planned.validation),
                     lambda: measure_prompt(prompt, self.engines.test)]
             if test is not None:
@@ -306,3 +283,29 @@ class RoundLoop:
         self.state.llm = add_counts(self.state.llm, self.round_cost.as_dict())
         self.state.phase_seconds = add_seconds(self.seconds_before, self.console.seconds)
         self.log.save_checkpoint(self.state.to_dict())
+
+
+def keep_best(state: RunState, summary: RoundSummary) -> None:
+    """The round's aggregate is the next global prompt; it becomes the best prompt only if its mean
+    validation accuracy is strictly higher (a tie keeps the earlier prompt)."""
+    state.global_prompt = summary.aggregate
+    if summary.val["mean"] > state.best.val:
+        state.best = BestPrompt(summary.round, summary.val["mean"], summary.aggregate)
+
+
+def train_in_process(engines: Engines, settings: LocalSettings, outbound: OutboundPlan,
+                     on_step: Callable[[], None] | None = None) -> TrainRound:
+    """The round's clients as threads of this process, each on the batches the plan gives it."""
+    def train_one(planned: ClientRound, prompt: str, round_index: int) -> ClientUpdate:
+        client = planned.client
+        try:
+            update = train_client(client.client_id, client.task, planned.batches, prompt, round_index, engines,
+                                  settings, on_step=on_step)
+        except Exception as exc:  # one failing client must not stop the round
+            update = ClientUpdate(client.client_id, round_index, prompt, prompt, error=f"{type(exc).__name__}: {exc}")
+        return release_update(update, client.examples, outbound.for_client(client.client_id))
+
+    def train_round(planned: Round, prompt: str) -> list[ClientUpdate]:
+        return run_concurrently([lambda c=c: train_one(c, prompt, planned.index) for c in planned.clients])
+
+    return train_round
