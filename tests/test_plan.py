@@ -17,6 +17,7 @@ import pytest
 
 from bench.fake_server import FakeServer
 from main import main
+from utils.estimate.requests import PlanSpec, plan_calls
 from utils.federated.client import LocalSettings
 from utils.federated.experiment import Client, Experiment
 from utils.federated.plan import plan_run
@@ -106,6 +107,26 @@ def test_a_flower_server_plans_full_batches_of_data_it_does_not_hold() -> None:
     assert plan.rounds[0].step_calls == 2 * 2 * 10
     with pytest.raises(ValueError, match="does not hold the data of client client0"):
         plan.rounds[0].clients[0].batches  # noqa: B018 - the property raises
+
+
+@pytest.mark.parametrize("shape", [
+    {"shards": [4, 4, 4], "steps": 2, "batch": 2, "rounds": 2},
+    {"shards": [8], "steps": 2, "batch": 3, "rounds": 2, "method": None, "larger": True},
+    {"shards": [3, 3, 3, 3, 3], "steps": 1, "batch": 3, "rounds": 3, "per_round": 2},
+    {"shards": [2, 2, 2], "steps": 1, "batch": 2, "rounds": 2, "method": "concat", "screen": 3},
+    {"shards": [2, 2], "steps": 2, "batch": 2, "rounds": 2, "tasks": [FREE_FORM, COUNTING], "judge": True},
+])
+def test_the_estimator_counts_every_call_of_the_plan_sent_or_cached(shape: dict) -> None:
+    judge = shape.pop("judge", False)
+    exp = experiment(shape.pop("shards"), val=5, test=4, **shape)
+    plan = plan_run(exp, judge=judge)
+    for use_cache in (True, False):
+        estimate = plan_calls(PlanSpec(experiment=exp, plan=plan, test_engine="T", evaluation_engine="E",
+                                       use_cache=use_cache, logprobs=False, count_tokens=lambda text: 1,
+                                       completion=dict.fromkeys(("answer", "feedback", "optimizer", "merge",
+                                                                 "judge"), 1)))
+        totals = estimate.totals().values()
+        assert sum(t.calls + t.cached for t in totals) == plan.calls()
 
 
 # ---------------------------------------------------------------- the three views agree on the bench server

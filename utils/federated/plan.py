@@ -17,8 +17,9 @@ still counts: the bars count it as done, --estimate reports it as cached.
 What the replies decide cannot be planned, so the counts are the a-priori ones, which --estimate assumes
 too: every optimizer reply gives a usable prompt (each step re-scores); every client returns a prompt of
 its own (each round merges, and validates a new aggregate); the best prompt is the last one (the final
-test repeats the test the last round ran beside its validation, and costs nothing). A run's actual
-calls differ from the plan's by exactly these outcomes (tests/test_plan.py).
+test repeats the test the last round ran beside its validation, and costs nothing). A run whose replies
+meet these assumptions makes exactly the plan's calls (tests/test_plan.py); a run whose replies do not
+makes fewer, or more when an earlier round's prompt validates best (its own final test).
 """
 
 from __future__ import annotations

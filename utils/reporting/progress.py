@@ -1,8 +1,9 @@
 """What a researcher watches during a run: a progress bar per phase, warnings printed above the bars,
 a repeating warning shown once (its count at the end), and the estimated time of the whole run.
 
-Every phase (server start-up, zero-shot, each round's local steps, merge and validation, the final
-test) gets a bar of LLM calls done / expected, with its cache hits, retries and ETA; the rounds bar
+Every phase (server start-up, zero-shot, each round's local steps, screening, merge and validation, the
+final test) gets a bar of LLM calls done / expected (the expected calls are the run's plan's,
+utils.federated.plan), with its cache hits, retries and ETA; the rounds bar
 shows the last validation accuracy and the best so far. A phase's calls are counted by an engine meter
 (textgrad.engine.metered) in the threads that run it, so phases running side by side (the zero-shot
 evaluation beside round 1's training) count their own calls. The seconds each phase took go to
