@@ -12,9 +12,9 @@ import os
 import sys
 
 from utils.config import UsageError, parse_args
-from utils.data import DataError
 from utils.run_config import RunConfig
-from utils.tasks import TaskError
+from utils.tasks.data import DataError
+from utils.tasks.registry import TaskError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,8 +34,8 @@ def run(args: RunConfig) -> int:
     from textgrad import interrupt
     from textgrad.errors import EngineError
     from textgrad.local_server import failure_note
-    from utils.rounds import RoundFailed
-    from utils.runner import with_run_name
+    from utils.federated.phases import RoundFailed
+    from utils.federated.runner import with_run_name
 
     # Named before the handler is installed: the resume line after Ctrl-C has to name the run the
     # module goes on to create, generated name included.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from utils.data import TaskData
-from utils.rounds import Client
+from utils.federated.experiment import Client
+from utils.federated.runner import run_module
 from utils.run_config import RunConfig
-from utils.runner import run_module
+from utils.tasks.data import TaskData
 
 
 def build_clients(args: RunConfig, data: list[TaskData]) -> list[Client]:

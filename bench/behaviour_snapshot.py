@@ -3,7 +3,7 @@
     python bench/behaviour_snapshot.py [homo|hetero|centralized]
 
 Runs `python main.py` in-process (homo: train_homo_fed, 3 clients, 2 rounds of 2 steps, summarization;
-hetero: train_hetero_fed on the three synthetic tasks, sum_uid; centralized; no response cache) against bench/fake_server.py, whose replies are a pure function of the request, and
+hetero: train_hetero_fed on the three synthetic tasks, sum_uid; centralized; no response cache) against bench/fake_server, whose replies are a pure function of the request, and
 prints the accuracies, the prompts (their SHA-256 and the final one in full), the run's LLM call and
 token counts and the server's request counts by kind. tests/test_behaviour_pinned.py compares this with
 the values printed before the engine layer was split (issue 14).

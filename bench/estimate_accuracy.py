@@ -6,7 +6,7 @@ For the quickstart (configs/quickstart.yaml) and one paper-size cell (configs/pa
 BBH object counting 50/100/100, 3 clients, 3 rounds of 3 steps, sum_uid), both on the bench server
 (vllm-fake-model for both engines), it prints:
 - calls: the a-priori estimate (its costlier branch in brackets), the count given the decisions the
-  finished run recorded (utils.estimate.Outcomes.from_run), and the requests the server counted;
+  finished run recorded (utils.estimate.requests.Outcomes.from_run), and the requests the server counted;
 - tokens: the estimate before any run of the engine exists (token limits), after one calibrating run,
   and the run's measured tokens;
 - time: the estimate after calibration and the run's wall time.
@@ -48,12 +48,15 @@ def estimate(argv: list[str], env: dict[str, str], path: Path) -> dict[str, Any]
 
 def count_given_outcomes(argv: list[str], run_dir: Path) -> int:
     from utils.config import parse_args
-    from utils.estimate import Outcomes, PlanSpec, plan_calls
-    from utils.runner import experiment_from_args
+    from utils.estimate.outcomes import Outcomes
+    from utils.estimate.requests import PlanSpec, plan_calls
+    from utils.federated.plan import plan_run
+    from utils.federated.runner import experiment_from_args
 
     args = parse_args(argv)
-    spec = PlanSpec(experiment=experiment_from_args(args), test_engine=args.test_engine,
-                    evaluation_engine=args.evaluation_engine, judge=args.judge == "llm", use_cache=not args.no_cache,
+    exp = experiment_from_args(args)
+    spec = PlanSpec(experiment=exp, plan=plan_run(exp, judge=args.judge == "llm"), test_engine=args.test_engine,
+                    evaluation_engine=args.evaluation_engine, use_cache=not args.no_cache,
                     logprobs=True, count_tokens=len, completion=dict.fromkeys(("answer", "feedback", "optimizer",
                                                                                "merge", "judge"), 1))
     return plan_calls(spec, Outcomes.from_run(run_dir)).calls()

@@ -46,11 +46,11 @@ def dependent_calls(max_steps: int) -> tuple[int, str]:
 
 def build_experiment(clients: int, steps: int, batch: int, val: int, test: int, seed: int, rounds: int = 1) -> Any:
     """A homogeneous synthetic-counting experiment with summarization, as train_homo_fed builds it."""
-    from utils.client import LocalSettings
-    from utils.data import load_task_data
-    from utils.partition import iid_partition
-    from utils.rounds import Client, Experiment
-    from utils.tasks import resolve_task
+    from utils.federated.client import LocalSettings
+    from utils.federated.experiment import Client, Experiment
+    from utils.federated.partition import iid_partition
+    from utils.tasks.data import load_task_data
+    from utils.tasks.registry import resolve_task
 
     data = load_task_data(resolve_task(TASK), None, (clients * batch * 2, val, test), seed)
     shards = iid_partition(data.train, clients, seed)
@@ -71,9 +71,9 @@ def cpu_seconds() -> float:
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     os.environ["VLLM_BASE_URL"] = case["base_url"]
     from textgrad.engine import configure, get_engine
-    from utils.client import Engines
-    from utils.rounds import run_experiment
-    from utils.tracking import open_run_log
+    from utils.federated.client import Engines
+    from utils.federated.rounds import run_experiment
+    from utils.reporting.tracking import open_run_log
 
     configure(cache_dir=case["cache_dir"], max_concurrency=case["max_concurrency"])
     engine = get_engine(ENGINE)
@@ -97,7 +97,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
 
 def start_server(latency: float, slots: int) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "bench" / "fake_server.py"), "--port", "0",
+    process = subprocess.Popen([sys.executable, "-m", "bench.fake_server", "--port", "0",
                                 "--latency", str(latency), "--slots", str(slots)],
                                stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     url = process.stdout.readline().strip()  # type: ignore[union-attr]

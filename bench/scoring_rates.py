@@ -27,8 +27,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(REPO_ROOT))
 
-from utils.scoring import parse_options, score_response  # noqa: E402
-from utils.tasks import TaskSpec, resolve_task  # noqa: E402
+from utils.tasks.choice import parse_options  # noqa: E402
+from utils.tasks.registry import TaskSpec, resolve_task  # noqa: E402
+from utils.tasks.scoring import score_response  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: make `utils` importable
     sys.path.insert(0, str(REPO))
 
-from utils.tasks import STARTING_INSTRUCTIONS  # noqa: E402
+from utils.tasks.registry import STARTING_INSTRUCTIONS  # noqa: E402
 
 REPLY_FAILURES = ("no_tags", "unparseable_json", "empty", "truncated")
 

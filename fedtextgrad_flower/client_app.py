@@ -1,8 +1,9 @@
 """The ClientApp: a node trains the server's prompt on its own examples with its own engines.
 
 `query` tells the server which client this node is; `train` runs exactly max_steps local steps
-(utils.client.train_client, as in-process) and replies with the update. A failure is caught and
-sent as a failed update, so the server aggregates the others and records the failure.
+(utils.federated.client.train_client on the round's batches of its own data, as in-process) and replies
+with the update. A failure is caught and sent as a failed update, so the server aggregates the others
+and records the failure.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from textgrad.stats import metered
-from utils.client import train_client
-from utils.outbound import release_update
-from utils.runner import make_engines
-from utils.tasks import Example
+from utils.federated.client import release_update, round_batches, train_client
+from utils.federated.runner import make_engines
+from utils.tasks.registry import Example
 
 from .node import client_id_of, load_own_client, node_args
 from .records import experiment_from_record, failed_update, read_policy, read_train_content, update_content
@@ -42,7 +42,8 @@ def train(message: Message, context: Context) -> Message:
             client = load_own_client(args, context.node_config, client_id)
             examples = client.examples
             engines = make_engines(args)
-            update = train_client(client.client_id, client.task, examples, prompt, round_index, engines, settings)
+            batches = round_batches(examples, settings, client.client_id, round_index)  # as in-process
+            update = train_client(client.client_id, client.task, batches, prompt, round_index, engines, settings)
         except Exception as exc:  # any failure is this client's failure, not the round's
             update = failed_update(client_id, round_index, prompt, f"{type(exc).__name__}: {exc}")
         # The last step before anything leaves this node: the leak guard and audit, as in-process.

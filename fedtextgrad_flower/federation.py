@@ -8,9 +8,11 @@ from collections.abc import Iterable
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from utils.client import ClientUpdate
-from utils.rounds import Experiment, TrainRound
-from utils.tracking import RunLog
+from utils.federated.client import ClientUpdate
+from utils.federated.experiment import Experiment
+from utils.federated.plan import Round
+from utils.federated.rounds import TrainRound
+from utils.reporting.tracking import RunLog
 
 from .records import UpdateLimits, short_reason, train_content, update_from_reply
 
@@ -75,7 +77,8 @@ def flower_train_round(grid: Grid, nodes: dict[str, int], experiment: ConfigReco
     (a reply of the wrong shape or over the limits becomes a failed update: the others go on)."""
     timeout = round_timeout or None
 
-    def train_round(client_ids: list[str], prompt: str, round_index: int) -> list[ClientUpdate]:
+    def train_round(planned: Round, prompt: str) -> list[ClientUpdate]:
+        client_ids, round_index = planned.client_ids, planned.index
         messages = [Message(train_content(experiment, cid, prompt, round_index, exp.settings,
                                           exp.outbound.for_client(cid)),
                             dst_node_id=nodes[cid], message_type=MessageType.TRAIN, group_id=str(round_index))

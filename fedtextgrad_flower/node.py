@@ -21,10 +21,10 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from utils.rounds import Client
+from utils.federated.experiment import Client
+from utils.federated.runner import load_data
 from utils.run_config import RunConfig
-from utils.runner import load_data
-from utils.tasks import resolve_task
+from utils.tasks.registry import resolve_task
 
 from .records import FlowerExperiment
 

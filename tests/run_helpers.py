@@ -37,7 +37,7 @@ def run_args(output_dir: Path, run_name: str, cache_dir: Path, *extra: str) -> l
 
 
 class ServerProcess:
-    """bench/fake_server.py in its own process, so a test can pull its plug (SIGKILL) and restart it."""
+    """bench/fake_server in its own process, so a test can pull its plug (SIGKILL) and restart it."""
 
     def __init__(self, *options: str) -> None:
         self.options = list(options)
@@ -46,7 +46,7 @@ class ServerProcess:
 
     def start(self, port: int = 0) -> ServerProcess:
         self.process = subprocess.Popen(
-            [sys.executable, str(REPO / "bench" / "fake_server.py"), "--port", str(port), *self.options],
+            [sys.executable, "-m", "bench.fake_server", "--port", str(port), *self.options],
             # stderr: the server reports each connection a killed run broke; that is expected noise here.
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
         url = self.process.stdout.readline().strip()  # type: ignore[union-attr]

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from textgrad import prompts
 from textgrad.stats import EngineStats
-from utils.aggregation import MERGE_SYSTEM
-from utils.evaluation import JUDGE_SYSTEM
+from utils.federated.aggregation import MERGE_SYSTEM
+from utils.tasks.evaluation import JUDGE_SYSTEM
 
 _CURRENT = re.compile(r"\nCurrent [^\n]*:\n(.*)\n\n", re.DOTALL)  # up to the last paragraph, the reply format
 

@@ -11,8 +11,8 @@ from scripted_engine import ScriptedEngine
 
 import main
 from bench.fake_server import FakeServer
-from utils.client import Engines, LocalSettings, batch_indices, train_client
-from utils.tasks import Example, resolve_task
+from utils.federated.client import Engines, LocalSettings, batch_indices, round_batches, train_client
+from utils.tasks.registry import Example, resolve_task
 
 COUNTING = resolve_task("synthetic_object_counting")
 BBH_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbh"
@@ -60,7 +60,8 @@ def _questions_per_round(shard: list[Example], rounds: int, client_id: str = "cl
     asked = []
     for round_index in range(1, rounds + 1):
         engine = ScriptedEngine()
-        train_client(client_id, COUNTING, shard, COUNTING.starting_prompt(), round_index, Engines(engine, engine),
+        batches = round_batches(shard, settings, client_id, round_index)
+        train_client(client_id, COUNTING, batches, COUNTING.starting_prompt(), round_index, Engines(engine, engine),
                      settings)
         asked.append({user for kind, _, user in engine.calls if kind == "answer"})
     return asked

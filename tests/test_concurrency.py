@@ -1,6 +1,6 @@
 """Concurrency is real, capped per endpoint, and invisible in the results.
 
-Whole rounds run against the bench server (bench/fake_server.py): it counts the requests it holds
+Whole rounds run against the bench server (bench/fake_server): it counts the requests it holds
 open at once, and its replies are a pure function of the request, so any difference between a
 concurrent and a sequential run would come from our code.
 """
@@ -22,10 +22,10 @@ from textgrad import endpoints
 from textgrad import engine as engine_module
 from textgrad.parallel import run_concurrently
 from textgrad.slots import EndpointSlots, background
-from utils import prompt_stats
-from utils.client import Engines
-from utils.rounds import run_experiment
-from utils.tracking import open_run_log
+from utils.federated.client import Engines
+from utils.federated.rounds import run_experiment
+from utils.reporting import prompt_stats
+from utils.reporting.tracking import open_run_log
 
 
 @pytest.fixture

@@ -28,11 +28,11 @@ from textgrad import budget, context
 from textgrad.engine import ContextOverflowError, configure, get_engine
 from textgrad.local_server import find_packaged_model
 from textgrad.tokenizers import vocab_tokenizer
-from utils.aggregation import aggregate_prompts
-from utils.client import Engines, LocalSettings, local_step
-from utils.data import load_task_data
-from utils.evaluation import evaluate_prompt
-from utils.tasks import resolve_task
+from utils.federated.aggregation import aggregate_prompts
+from utils.federated.client import Engines, LocalSettings, local_step
+from utils.tasks.data import load_task_data
+from utils.tasks.evaluation import evaluate_prompt
+from utils.tasks.registry import resolve_task
 
 
 def words(n: int, start: int = 0) -> str:
@@ -128,7 +128,8 @@ def test_windows_are_read_from_vllm_llama_server_and_ollama(json_server: Any) ->
     # without num_ctx Ollama runs at its own default, not at the trained length
     ollama_default = json_server({"/api/show": {"model_info": {"llama.context_length": 131072}}})
     assert context.discover_window("ollama", ollama_default.base_url, "m", "k") == 2048
-    assert context.discover_window("vllm", json_server({}).base_url, "m", "k") is None
+    silent = json_server({"/v1/models": {"data": [{"id": "m"}]}, "/props": None, "/tokenize": None})
+    assert context.discover_window("vllm", silent.base_url, "m", "k") is None  # no route tells the window
 
 
 def test_the_window_is_the_smaller_of_flag_and_server_else_a_default(monkeypatch: Any, make_fake_server: Any) -> None:
@@ -143,7 +144,7 @@ def test_the_window_is_the_smaller_of_flag_and_server_else_a_default(monkeypatch
             assert get_engine("vllm-fake-model").context_window == 3000
         finally:
             configure(max_context=None)
-    silent = make_fake_server(model_ids=("m",))  # reports no window
+    silent = make_fake_server(models=("m",), routes={"/props": None, "/tokenize": None})  # reports no window
     monkeypatch.setenv("VLLM_BASE_URL", silent.base_url)
     engine = get_engine("vllm-m")
     assert (engine.context_window, engine.context.source) == (2048, "default for vllm engines")
@@ -152,50 +153,42 @@ def test_the_window_is_the_smaller_of_flag_and_server_else_a_default(monkeypatch
 # ---------------------------------------------------------------- overflow replies
 
 
-class RecordingServer(FakeServer):
-    """The bench server, recording every chat request with its status; hides its window if asked."""
+def sent(server: FakeServer) -> list[tuple[str, int, int]]:
+    """(messages as JSON, max_tokens, HTTP status) of every chat request the server received."""
+    return [(json.dumps(body.get("messages"), sort_keys=True), int(body.get("max_tokens") or 0), status)
+            for body, _, status in server.chat_log]
 
-    def __init__(self, *, hide_window: bool = False, **options: Any) -> None:
-        super().__init__(**options)
-        self.hide_window = hide_window
-        self.log: list[tuple[str, int, int]] = []  # (messages as JSON, max_tokens, HTTP status)
 
-    def props(self) -> dict[str, Any]:
-        return {} if self.hide_window else super().props()
+def resent_after_rejection(server: FakeServer) -> list[tuple[str, int]]:
+    """Requests sent again, unchanged, after the server had rejected them for their length."""
+    rejected: set[tuple[str, int]] = set()
+    repeats = []
+    for messages, max_tokens, status in sent(server):
+        if (messages, max_tokens) in rejected:
+            repeats.append((messages, max_tokens))
+        if status == 400:
+            rejected.add((messages, max_tokens))
+    return repeats
 
-    def chat(self, request: dict[str, Any]) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
-        status, body, headers = super().chat(request)
-        with self._lock:
-            self.log.append((json.dumps(request.get("messages"), sort_keys=True), int(request.get("max_tokens") or 0),
-                             status))
-        return status, body, headers
 
-    def resent_after_rejection(self) -> list[tuple[str, int]]:
-        """Requests sent again, unchanged, after the server had rejected them for their length."""
-        rejected: set[tuple[str, int]] = set()
-        repeats = []
-        for messages, max_tokens, status in self.log:
-            if (messages, max_tokens) in rejected:
-                repeats.append((messages, max_tokens))
-            if status == 400:
-                rejected.add((messages, max_tokens))
-        return repeats
+def request_sizes(server: FakeServer) -> list[int]:
+    """Tokens of each answered request by the server's own count (prompt + max_tokens)."""
+    return [sum(math.ceil(len(m["content"]) / 4) for m in json.loads(messages)) + max_tokens
+            for messages, max_tokens, status in sent(server) if status == 200]
 
-    def request_sizes(self) -> list[int]:
-        """Tokens of each answered request by the server's own count (prompt + max_tokens)."""
-        return [sum(math.ceil(len(m["content"]) / 4) for m in json.loads(messages)) + max_tokens
-                for messages, max_tokens, status in self.log if status == 200]
+
+HIDDEN_WINDOW = {"/props": {}}  # like llama-cpp-python's server: its window is not reported
 
 
 @pytest.fixture
-def hidden_window(monkeypatch: Any) -> Iterator[RecordingServer]:
-    """A server with a 400-token window that it does not report, like llama-cpp-python's server."""
-    with RecordingServer(hide_window=True, max_context=400) as server:
+def hidden_window(monkeypatch: Any) -> Iterator[FakeServer]:
+    """A server with a 400-token window that it does not report."""
+    with FakeServer(max_context=400, routes=HIDDEN_WINDOW) as server:
         monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
         yield server
 
 
-def test_an_overflow_reply_is_counted_never_retried_and_never_resent(hidden_window: RecordingServer) -> None:
+def test_an_overflow_reply_is_counted_never_retried_and_never_resent(hidden_window: FakeServer) -> None:
     engine = get_engine("vllm-fake-model")
     assert engine.context_window == 2048  # not reported: the default for self-hosted servers
     long_question = words(500)
@@ -206,27 +199,27 @@ def test_an_overflow_reply_is_counted_never_retried_and_never_resent(hidden_wind
     assert engine.context_window == 400 and engine.context.source == "stated by an overflow reply"
     with pytest.raises(ContextOverflowError):
         engine.generate(long_question, max_tokens=64)  # known to fail: refused before sending
-    assert len(hidden_window.log) == 1 and hidden_window.stats["context_rejections"] == 1
+    assert len(sent(hidden_window)) == 1 and hidden_window.stats["context_rejections"] == 1
 
 
-def test_fitted_chat_shortens_once_after_an_overflow_and_gets_an_answer(hidden_window: RecordingServer) -> None:
+def test_fitted_chat_shortens_once_after_an_overflow_and_gets_an_answer(hidden_window: FakeServer) -> None:
     engine = get_engine("vllm-fake-model")
     reply = budget.generate(engine, "Sort these words: " + words(700), system_prompt="Be brief.", max_tokens=64)
     assert reply
-    assert [status for _, _, status in hidden_window.log] == [400, 200]
-    answered = json.loads(hidden_window.log[1][0])
+    assert [status for _, _, status in sent(hidden_window)] == [400, 200]
+    answered = json.loads(sent(hidden_window)[1][0])
     assert "tokens cut ...]" in answered[1]["content"] and answered[1]["content"].endswith("w699")
     stats = engine.stats.as_dict()
     assert (stats["context_overflows"], stats["context_shortened"], stats["context_skipped"]) == (1, 1, 0)
 
 
 def test_the_engine_lowers_max_tokens_near_the_edge_of_a_known_window(monkeypatch: Any) -> None:
-    with RecordingServer(max_context=300) as server:
+    with FakeServer(max_context=300) as server:
         monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
         engine = get_engine("vllm-fake-model")
         assert engine.generate(words(150), max_tokens=2000)
-        (messages, max_tokens, status), = server.log
-        assert status == 200 and max_tokens < 300 and server.request_sizes()[0] <= 300
+        (messages, max_tokens, status), = sent(server)
+        assert status == 200 and max_tokens < 300 and request_sizes(server)[0] <= 300
         assert engine.stats.context_shortened == 1
 
 
@@ -252,12 +245,12 @@ def test_a_heterogeneous_run_in_an_unreported_small_window_completes(tmp_path: P
                                                                       monkeypatch: Any) -> None:
     # 512 tokens, unreported: every natural request of this run (512-token answers, 256-token feedback,
     # 512-token optimizer replies) is larger, the reference code's first backward step died of it.
-    with RecordingServer(hide_window=True, max_context=512) as server:
+    with FakeServer(max_context=512, routes=HIDDEN_WINDOW) as server:
         monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
         results, events = run_hetero(tmp_path, shared_data)
         rejections = server.stats["context_rejections"]
-        assert server.resent_after_rejection() == []
-        assert max(server.request_sizes()) <= 512
+        assert resent_after_rejection(server) == []
+        assert max(request_sizes(server)) <= 512
     assert results["rounds_completed"] == 3 and set(results["final_test"]["best"]) == {
         "BBH_object_counting", "GSM8K", "mean"}
     assert rejections >= 1 and results["context_overflows"] == rejections
@@ -273,11 +266,11 @@ def test_a_heterogeneous_run_in_an_unreported_small_window_completes(tmp_path: P
 
 def test_a_reported_window_is_respected_without_a_single_overflow(tmp_path: Path, shared_data: Path,
                                                                   monkeypatch: Any) -> None:
-    with RecordingServer(max_context=512) as server:
+    with FakeServer(max_context=512) as server:
         monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
         # a flag larger than the server's window cannot raise it
         results, _ = run_hetero(tmp_path, shared_data, "--max_context", "4096")
-        assert server.stats["context_rejections"] == 0 and max(server.request_sizes()) <= 512
+        assert server.stats["context_rejections"] == 0 and max(request_sizes(server)) <= 512
     assert results["context_overflows"] == 0 and results["context"]["shortened_requests"] > 0
     assert results["context"]["windows"]["vllm-fake-model"]["source"] == "reported by the server"
     assert results["rounds_completed"] == 3

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from utils.data import PAPER_SPLIT, DataError, TaskData, load_examples, load_task_data
-from utils.synthetic import _CATEGORIES, _NUMBER_WORDS, generate_examples
-from utils.tasks import resolve_task
+from utils.tasks.data import PAPER_SPLIT, DataError, TaskData, load_examples, load_task_data
+from utils.tasks.registry import resolve_task
+from utils.tasks.synthetic import _CATEGORIES, _NUMBER_WORDS, generate_examples
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 BBH_DIR = DATA_ROOT / "bbh"

@@ -81,7 +81,7 @@ def test_empty_model_is_rejected(name: str) -> None:
 
 def test_local_base_url_uses_running_server_and_its_model(monkeypatch: pytest.MonkeyPatch,
                                                           make_fake_server) -> None:
-    server = make_fake_server(model_ids=("served-model", "another"))
+    server = make_fake_server(models=("served-model", "another"))
     monkeypatch.setenv("LOCAL_BASE_URL", server.base_url)
     engine = get_engine("local")
     assert engine.env_var == "LOCAL_BASE_URL"
@@ -275,7 +275,7 @@ def test_check_available_passes_on_live_server(monkeypatch: pytest.MonkeyPatch, 
 
 
 def test_per_endpoint_concurrency_cap(monkeypatch: pytest.MonkeyPatch, make_fake_server) -> None:
-    server = make_fake_server(delay=0.2)
+    server = make_fake_server(latency=0.2)
     monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
     # Two engines on one URL share the cap.
     first = get_engine("vllm-a", max_concurrency=3)
@@ -290,7 +290,7 @@ def test_per_endpoint_concurrency_cap(monkeypatch: pytest.MonkeyPatch, make_fake
 
 
 def test_cache_hits_do_not_wait_for_the_semaphore(monkeypatch: pytest.MonkeyPatch, make_fake_server) -> None:
-    server = make_fake_server(delay=1.0)
+    server = make_fake_server(latency=1.0)
     monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
     engine = get_engine("vllm-m", max_concurrency=1)
     engine.generate("cached")

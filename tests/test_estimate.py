@@ -1,4 +1,4 @@
-"""The estimate of a run's bill (utils.estimate, utils.estimate_cost, main.py --estimate, the launchers).
+"""The estimate of a run's bill (utils.estimate.requests, utils.estimate.cost, main.py --estimate, the launchers).
 
 Counting by hand on tiny experiments pins each rule of the call structure (the memo, the cache, the
 merge, the re-score). Against the bench server the count, given the decisions a finished run recorded,
@@ -21,14 +21,17 @@ import pytest
 from run_helpers import REPO, ServerProcess, main_env, run_args, run_main
 from scripted_engine import ScriptedEngine
 
-from utils.client import Engines, LocalSettings, train_client
 from utils.config import parse_args
-from utils.estimate import CHAT_OVERHEAD, Outcomes, PlanSpec, plan_calls, planned_batches
-from utils.prices import listed_price, parse_price_overrides
-from utils.report import build_report
-from utils.rounds import Client, Experiment
-from utils.runner import experiment_from_args
-from utils.tasks import Example, resolve_task, served_prompt
+from utils.estimate.outcomes import Outcomes
+from utils.estimate.prices import listed_price, parse_price_overrides
+from utils.estimate.requests import CHAT_OVERHEAD, PlanSpec, plan_calls
+from utils.federated.client import Engines, LocalSettings
+from utils.federated.experiment import Client, Experiment
+from utils.federated.plan import plan_run
+from utils.federated.rounds import train_in_process
+from utils.federated.runner import experiment_from_args
+from utils.reporting.report import build_report
+from utils.tasks.registry import Example, resolve_task, served_prompt
 
 COUNTING = resolve_task("synthetic_object_counting")
 ARITH = resolve_task("synthetic_multistep_arithmetic")
@@ -55,7 +58,8 @@ def experiment(clients: list[Client], *, val: int, test: int, steps: int, batch:
 
 def spec(exp: Experiment, *, evaluation: str = "T", judge: bool = False, use_cache: bool = True,
          count_tokens: Any = lambda text: 1) -> PlanSpec:
-    return PlanSpec(experiment=exp, test_engine="T", evaluation_engine=evaluation, judge=judge, use_cache=use_cache,
+    return PlanSpec(experiment=exp, plan=plan_run(exp, judge=judge), test_engine="T", evaluation_engine=evaluation,
+                    use_cache=use_cache,
                     logprobs=True, count_tokens=count_tokens, completion=LIMITS)
 
 
@@ -123,7 +127,7 @@ def test_homogeneous_rounds_merge_the_chosen_clients_prompts() -> None:
 
 def test_a_resumed_run_counts_the_rounds_after_its_checkpoint() -> None:
     exp = experiment(central(2), val=3, test=4, steps=1, batch=2, rounds=3)
-    resumed = plan_calls(dataclasses.replace(spec(exp), first_round=3, first_prompt="the round 2 prompt"))
+    resumed = plan_calls(dataclasses.replace(spec(exp), plan=plan_run(exp).after(2), first_prompt="the round 2 prompt"))
     # no zero-shot; round 3 alone: 2 + 2 + 1 + 2, validation 3, final test 4
     assert list(resumed.by_phase()) == ["round 3 local steps", "round 3 validation", "final test"]
     assert resumed.calls() == 7 + 3 + 4
@@ -164,12 +168,14 @@ def test_answers_already_in_the_cache_are_free() -> None:
     assert plan.by_phase()["zero-shot"]["T"].calls == 4 and plan.by_phase()["zero-shot"]["T"].cached == 3
 
 
-def test_planned_batches_are_the_batches_train_client_trains_on() -> None:
+def test_the_in_process_clients_train_on_the_batches_of_the_plan() -> None:
     client = Client("c7", COUNTING, examples("train", 8))
-    settings = LocalSettings(max_steps=3, batch_size=4, seed=11)
+    exp = experiment([client], val=1, test=1, steps=3, batch=4, rounds=2)
+    exp.settings = LocalSettings(max_steps=3, batch_size=4, seed=11)
+    planned = plan_run(exp).rounds[1].clients[0]  # round 2: the second epoch of an 8-example shard
     engine = ScriptedEngine()
-    train_client(client.client_id, COUNTING, client.examples, COUNTING.starting_prompt(), 2,
-                 Engines(engine, engine), settings)
+    train_in_process(Engines(engine, engine), exp.settings, exp.outbound)(plan_run(exp).rounds[1],
+                                                                          COUNTING.starting_prompt())
     # Each step: 4 forward answers, 4 feedback calls, the optimizer, 4 re-score answers. Split at the
     # optimizer calls, a segment ends with the forward answers and the feedback of a step.
     segments: list[list[tuple[str, str]]] = [[]]
@@ -183,9 +189,9 @@ def test_planned_batches_are_the_batches_train_client_trains_on() -> None:
         before_feedback = segment[:[kind for kind, _ in segment].index("feedback")]
         forward.append(sorted(user for kind, user in before_feedback if kind == "answer")[-4:]
                        if len(before_feedback) == 4 else sorted(user for _, user in before_feedback[-4:]))
-    planned = planned_batches(client, 2, settings)
-    assert forward == [sorted(ex.question for ex in batch) for batch in planned]
-    assert len(planned) == 3 and all(len(batch) == 4 for batch in planned)
+    assert forward == [sorted(ex.question for ex in batch) for batch in planned.batches]
+    assert len(planned.batches) == 3 and all(len(batch) == 4 for batch in planned.batches)
+    assert planned.batches[0] != planned.batches[2]  # a fresh permutation each epoch: steps 3 and 4 differ
 
 
 # ---------------------------------------------------------------- prices
@@ -224,8 +230,9 @@ def bench() -> Any:
 
 def _bench_spec(argv: list[str]) -> PlanSpec:
     args = parse_args(argv)
-    return PlanSpec(experiment=experiment_from_args(args), test_engine=args.test_engine,
-                    evaluation_engine=args.evaluation_engine, judge=False, use_cache=True, logprobs=True,
+    exp = experiment_from_args(args)
+    return PlanSpec(experiment=exp, plan=plan_run(exp), test_engine=args.test_engine,
+                    evaluation_engine=args.evaluation_engine, use_cache=True, logprobs=True,
                     count_tokens=len, completion=LIMITS)
 
 

@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from bench.fake_replies import merged_prompt, solve
 from bench.fake_server import CONTEXT_ERROR_MESSAGE, FakeServer
+from bench.fake_server.replies import merged_prompt, solve
 from textgrad.optimizer import extract_improved_value
 from textgrad.prompts import FEEDBACK_SYSTEM, OPTIMIZER_SYSTEM, OPTIMIZER_TEMPLATE
-from utils.aggregation import MERGE_SYSTEM, merge_request
-from utils.evaluation import JUDGE_SYSTEM, JUDGE_TEMPLATE
-from utils.scoring import score_response
-from utils.synthetic import generate_examples
-from utils.tasks import resolve_task
+from utils.federated.aggregation import MERGE_SYSTEM, merge_request
+from utils.tasks.evaluation import JUDGE_SYSTEM, JUDGE_TEMPLATE
+from utils.tasks.registry import resolve_task
+from utils.tasks.scoring import score_response
+from utils.tasks.synthetic import generate_examples
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COUNTING = resolve_task("synthetic_object_counting")
@@ -232,8 +232,8 @@ def test_engine_talks_to_it(server: FakeServer, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_command_line_prints_its_url_and_serves() -> None:
-    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "bench" / "fake_server.py"), "--port", "0",
-                                "--latency", "0"], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "bench.fake_server", "--port", "0",
+                                "--latency", "0"], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     try:
         url = process.stdout.readline().strip()  # type: ignore[union-attr]
         assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
@@ -328,8 +328,8 @@ def one_tgd_step(engine: Any, text: str = COUNTING.starting_prompt()) -> tuple[A
 @pytest.mark.parametrize(("flavour", "name", "env"), FLAVOUR_ENGINES)
 def test_optimizer_merge_and_judge_use_each_backends_structured_output(flavour: str, name: str, env: str,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from utils.aggregation import aggregate_prompts
-    from utils.evaluation import judge_answer
+    from utils.federated.aggregation import aggregate_prompts
+    from utils.tasks.evaluation import judge_answer
 
     with FakeServer(flavour=flavour) as server:
         engine = engine_on(server, name, env, monkeypatch)
@@ -379,7 +379,7 @@ def test_structured_output_on_makes_a_refusal_an_error_and_off_never_asks(monkey
 @pytest.mark.parametrize("mode", ["auto", "off"])
 def test_a_merge_cut_at_its_token_limit_is_truncated_not_no_tags(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from textgrad import structured
-    from utils.aggregation import aggregate_prompts
+    from utils.federated.aggregation import aggregate_prompts
 
     structured.configure(mode)
     # Four different prompts merge into one four times as long as any: more than the reply's room.

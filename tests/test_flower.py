@@ -44,12 +44,12 @@ from fedtextgrad_flower.run_config import ALLOWED_DIRS_VARIABLE, PATH_KEYS, pars
 from fedtextgrad_flower.simulation import simulate as run_in_simulation
 from main import main as main_cli
 from textgrad.engine import get_engine
-from utils.client import ClientUpdate, LocalSettings, StepResult
 from utils.config import UsageError, parse_args
-from utils.leakage import REDACTED, LeakAudit, LeakGuard
-from utils.outbound import ClientPolicy, release_update
-from utils.runner import load_data
-from utils.tasks import Example
+from utils.federated.client import ClientUpdate, LocalSettings, StepResult, release_update
+from utils.federated.runner import load_data
+from utils.privacy.leakage import REDACTED, LeakAudit, LeakGuard
+from utils.privacy.outbound import ClientPolicy
+from utils.tasks.registry import Example
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -428,9 +428,7 @@ def test_flower_client_messages_never_carry_training_examples(tmp_path, make_fak
                                                               no_stray_processes):
     """An LLM server that echoes every request back: feedback and the optimizer copy the private
     questions into the new prompt, and the clients must strip them before replying."""
-    echo = make_fake_server()
-
-    def echo_request(request: dict) -> dict:
+    def echo_request(request: dict) -> tuple[int, dict]:
         """Every reply is the whole request, as an improved prompt: in the one JSON field a structured
         request asks for, else between the tags."""
         text = re.sub("</?IMPROVED_VARIABLE>", "", "\n".join(str(m["content"]) for m in request["messages"]))
@@ -440,11 +438,11 @@ def test_flower_client_messages_never_carry_training_examples(tmp_path, make_fak
             content = json.dumps({schema["required"][0]: text})
         else:
             content = "<IMPROVED_VARIABLE>" + text + "</IMPROVED_VARIABLE>"
-        return {"id": "echo", "object": "chat.completion", "created": 0, "model": request["model"],
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": content}}]}
+        return 200, {"id": "echo", "object": "chat.completion", "created": 0, "model": request["model"],
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": content}}]}
 
-    echo.completion = echo_request
+    echo = make_fake_server(routes={"/v1/chat/completions": echo_request})
     monkeypatch.setenv("VLLM_BASE_URL", echo.base_url)
     flags = tiny_flags(tmp_path, split_sizes="6,3,3", run_name="echo")
     grid = simulate(flags)

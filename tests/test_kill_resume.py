@@ -1,6 +1,6 @@
 """Killed runs and a server that goes away: real processes, real signals.
 
-Every scenario runs `python main.py` against bench/fake_server.py in its own process, and all of them
+Every scenario runs `python main.py` against bench/fake_server in its own process, and all of them
 end with the same final numbers as one uninterrupted reference run of the same experiment:
 - kill -9 of the run at a random (seeded) moment after round 1, then --resume;
 - the server's plug pulled mid-run: the round is retried, the run stops (exit 1, one line) at its last

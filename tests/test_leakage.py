@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 from scripted_engine import ScriptedEngine
 
-from bench.fake_replies import answer_reply
 from bench.fake_server import FakeServer
+from bench.fake_server.replies import answer_reply
 from main import main as main_cli
-from utils.attacks import INJECTION, choose_malicious, poisoned_prompt
-from utils.client import ClientUpdate, StepResult
 from utils.config import UsageError, parse_args
-from utils.leakage import (
+from utils.federated.client import ClientUpdate, StepResult, release_update
+from utils.federated.screening import ScreenSettings, below_margin, screen_updates, screening_sets
+from utils.privacy.attacks import INJECTION, choose_malicious, poisoned_prompt
+from utils.privacy.leakage import (
     REDACTED,
     LeakAudit,
     LeakGuard,
@@ -30,11 +31,10 @@ from utils.leakage import (
     redact_copies,
     shingle_share,
 )
-from utils.outbound import ClientPolicy, release_update
-from utils.report import build_report
-from utils.screening import ScreenSettings, below_margin, screen_updates
-from utils.synthetic import generate_examples
-from utils.tasks import Example, resolve_task
+from utils.privacy.outbound import ClientPolicy
+from utils.reporting.report import build_report
+from utils.tasks.registry import Example, resolve_task
+from utils.tasks.synthetic import generate_examples
 
 COUNTING = resolve_task("synthetic_object_counting")
 QUESTION = "I have a chair, two tables, and a bed. How many objects do I have?"  # 15 words, target 1 more
@@ -152,16 +152,16 @@ def test_screen_leaves_out_the_injected_prompt_and_counts_its_answers():
     val = [Example(f"q{i}", "5") for i in range(20)]
     updates = [ClientUpdate(f"client{i}", 1, "s", "Count carefully.") for i in range(3)]
     updates.append(ClientUpdate("client3", 1, "s", INJECTION))
-    screening = screen_updates(ScreenSettings("screen", 5, 0.2), updates, {COUNTING.name: (COUNTING, val)}, engine,
-                               seed=7, round_index=1)
+    sets = screening_sets({COUNTING.name: (COUNTING, val)}, 5, seed=7, round_index=1)
+    assert len(sets[COUNTING.name][1]) == 5  # five of the twenty validation questions
+    screening = screen_updates(ScreenSettings("screen", 5, 0.2), updates, sets, engine)
     assert screening.accuracy == {"client0": 1.0, "client1": 1.0, "client2": 1.0, "client3": 0.0}
     assert list(screening.left_out) == ["client3"] and "0.00" in screening.left_out["client3"]
     assert [u.client_id for u in screening.kept(updates)] == ["client0", "client1", "client2"]
     # Two distinct prompts x 5 questions; clients sending the same prompt share its answers.
     assert (screening.prompts_screened, screening.questions, screening.requests) == (2, 5, 10)
     assert engine.count("answer") == 10
-    assert screen_updates(ScreenSettings("none"), updates, {COUNTING.name: (COUNTING, val)}, engine,
-                          seed=7, round_index=1) is None
+    assert screen_updates(ScreenSettings("none"), updates, sets, engine) is None
     assert engine.count("answer") == 10
 
 
@@ -199,7 +199,7 @@ def bench_run(tmp_path: Path, server: FakeServer, monkeypatch: pytest.MonkeyPatc
 
 def client_questions() -> dict[str, list[str]]:
     import train_homo_fed
-    from utils.runner import load_data
+    from utils.federated.runner import load_data
 
     args = parse_args(["--module", "train_homo_fed", "--task", "synthetic_object_counting", "--split_sizes", "12,10,5"])
     return {c.client_id: [ex.question for ex in c.examples] for c in train_homo_fed.build_clients(args, load_data(args))}
@@ -235,7 +235,7 @@ def test_quoted_questions_leak_with_the_guard_off_and_are_redacted_with_it_on(tm
             assert not [q for q in qs if q in sent]
     assert REDACTED in (tmp_path / "on" / "prompts" / "round_001" / "global.txt").read_text()
 
-    # utils.report: guard settings make separate rows, with the leak columns from results.json, and a plot.
+    # utils.reporting.report: guard settings make separate rows, with the leak columns from results.json, and a plot.
     markdown, plots, _ = build_report([tmp_path / "off", tmp_path / "on"], tmp_path / "report")
     header = [c.strip() for c in markdown.splitlines()[2].strip("|").split("|")]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines()
@@ -310,7 +310,7 @@ def test_flower_client_app_sends_its_update_through_the_same_guard(tmp_path, quo
 
     from fedtextgrad_flower import client_app
     from fedtextgrad_flower.records import experiment_record, train_content, update_from_reply
-    from utils.client import LocalSettings
+    from utils.federated.client import LocalSettings
 
     monkeypatch.setenv("VLLM_BASE_URL", quoting_server.base_url)
     args = parse_args(["--module", "train_homo_fed", "--task", "synthetic_object_counting", "--split_sizes", "12,10,5",

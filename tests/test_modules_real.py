@@ -9,7 +9,7 @@ import zipfile
 import pytest
 
 from main import main
-from utils.tasks import resolve_task
+from utils.tasks.registry import resolve_task
 
 TINY = ["--split_sizes", "2,2,2", "--max_epochs", "1", "--max_steps", "1", "--batch_size", "1",
         "--max_tokens", "24", "--feedback_max_tokens", "32", "--optimizer_max_tokens", "64",

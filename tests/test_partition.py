@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from utils.partition import dirichlet_partition, iid_partition
-from utils.tasks import Example
+from utils.federated.partition import dirichlet_partition, iid_partition
+from utils.tasks.registry import Example
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 

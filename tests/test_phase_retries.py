@@ -10,12 +10,14 @@ import pytest
 from scripted_engine import ScriptedEngine
 
 from textgrad.engine import EngineError
-from utils import rounds
-from utils.client import Engines, LocalSettings
-from utils.rounds import Client, Experiment, RunStopped, run_experiment
-from utils.synthetic import generate_examples
-from utils.tasks import resolve_task
-from utils.tracking import open_run_log
+from utils.federated import phases
+from utils.federated.client import Engines, LocalSettings
+from utils.federated.experiment import Client, Experiment
+from utils.federated.phases import RunStopped
+from utils.federated.rounds import run_experiment
+from utils.reporting.tracking import open_run_log
+from utils.tasks.registry import resolve_task
+from utils.tasks.synthetic import generate_examples
 
 COUNTING = resolve_task("synthetic_object_counting")
 
@@ -48,7 +50,7 @@ class FailingEngine(ScriptedEngine):
 
 @pytest.fixture(autouse=True)
 def no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rounds, "PHASE_RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(phases, "PHASE_RETRY_WAIT_S", 0.0)
 
 
 def experiment(rounds_: int = 2) -> Experiment:

@@ -12,8 +12,9 @@ import matplotlib.pyplot as plt
 import pytest
 
 from utils.config import parse_args, resolved_config
-from utils.plots import OVERALL, draw, plot_run, run_series
-from utils.report import Group, Run, group_runs, markdown_report, round_series, run_key, versus_series
+from utils.reporting.plots import OVERALL, draw, plot_run, run_series
+from utils.reporting.report import markdown_report, round_series, versus_series
+from utils.reporting.runs import Group, Run, group_runs, run_key
 
 TASKS = ["BBH_object_counting", "BBH_multistep_arithmetic_two", "GSM8K"]
 

@@ -1,4 +1,4 @@
-"""utils.report on logs of a real tiny sweep (scripts/sweep_aggregation.sh, local engine, real BBH data)."""
+"""utils.reporting.report on logs of a real tiny sweep (scripts/sweep_aggregation.sh, local engine, real BBH data)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import matplotlib.image
 import pytest
 import yaml
 
-from utils.report import build_report, main
+from utils.reporting.report import build_report, main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("concat", "sum_uid")
@@ -184,6 +184,6 @@ def test_report_command_line(sweep: dict[str, Any], tmp_path: Path, capsys: pyte
     assert "skipped" in captured.err and str(broken) in captured.err
     assert "| homo_fed |" in captured.out and (out / "report.md").is_file()
 
-    done = subprocess.run([sys.executable, "-m", "utils.report", str(sweep["dir"])], cwd=REPO_ROOT,
+    done = subprocess.run([sys.executable, "-m", "utils.reporting.report", str(sweep["dir"])], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("## Results")

@@ -13,11 +13,12 @@ from scripted_engine import ScriptedEngine
 from test_training_logic import homo_clients, make_experiment, run
 
 from textgrad.engine import ContextOverflowError
-from utils.aggregation import aggregate_prompts
-from utils.client import ClientUpdate, LocalSettings, StepResult
-from utils.evaluation import evaluate_on_tasks, evaluate_prompt, judge_answer, score_answer
-from utils.rounds import Client, Experiment, select_clients, starting_prompt
-from utils.tasks import Example, resolve_task
+from utils.federated.aggregation import aggregate_prompts
+from utils.federated.client import ClientUpdate, LocalSettings, StepResult
+from utils.federated.experiment import Client, Experiment, starting_prompt
+from utils.federated.plan import select_clients
+from utils.tasks.evaluation import evaluate_on_tasks, evaluate_prompt, judge_answer, score_answer
+from utils.tasks.registry import Example, resolve_task
 
 COUNTING = resolve_task("synthetic_object_counting")
 SORTING = resolve_task("synthetic_word_sorting")

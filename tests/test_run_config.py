@@ -111,7 +111,7 @@ def test_the_resume_line_after_ctrl_c_names_the_generated_run_folder(tmp_path: P
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     import main
     from textgrad import interrupt
-    from utils import runner
+    from utils.federated import runner
 
     opened: list[Path] = []
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from utils.run_state import BestPrompt, RoundSummary, RunState, add_counts
+from utils.federated.rounds import keep_best
+from utils.federated.run_state import BestPrompt, RoundSummary, RunState, add_counts
 
 LLM = {"calls": 7, "prompt_tokens": 700, "completion_tokens": 70, "cache_hits": 1, "cache_misses": 7, "retries": 0,
        "failures": 0, "context_overflows": 0, "context_shortened": 0, "context_skipped": 0}
@@ -29,7 +30,7 @@ CHECKPOINT = {
 
 
 def test_a_checkpoint_reads_back_to_the_same_file():
-    saved = {**CHECKPOINT, "events_size": 1234, "comet_experiment_key": None}  # utils.tracking's own keys
+    saved = {**CHECKPOINT, "events_size": 1234, "comet_experiment_key": None}  # utils.reporting.tracking's own keys
     state = RunState.from_dict(json.loads(json.dumps(saved)))
     assert state.best == BestPrompt(1, 0.5, "merged prompt") and state.history[0].client_prompt_tokens == {"client0": 4}
     written = state.to_dict()
@@ -46,11 +47,14 @@ def test_a_round_becomes_best_only_when_it_validates_strictly_better():
     state = RunState.from_dict({**CHECKPOINT, "history": [], "round": 0,
                                 "best": {"round": 0, "val": 0.5, "prompt": "start"}})
     tie = RoundSummary.from_dict({**ROUND, "round": 1, "aggregate": "tie"})
-    state.record_round(tie)
-    assert (state.round, state.global_prompt, state.best) == (1, "tie", BestPrompt(0, 0.5, "start"))
+    keep_best(state, tie)
+    assert (state.global_prompt, state.best) == ("tie", BestPrompt(0, 0.5, "start"))
     better = RoundSummary.from_dict({**ROUND, "round": 2, "aggregate": "better", "val": {"t": 0.75, "mean": 0.75}})
-    state.record_round(better)
-    assert state.best == BestPrompt(2, 0.75, "better") and [r.round for r in state.history] == [1, 2]
+    keep_best(state, better)
+    assert (state.global_prompt, state.best) == ("better", BestPrompt(2, 0.75, "better"))
+    worse = RoundSummary.from_dict({**ROUND, "round": 3, "aggregate": "worse", "val": {"t": 0.25, "mean": 0.25}})
+    keep_best(state, worse)
+    assert (state.global_prompt, state.best) == ("worse", BestPrompt(2, 0.75, "better"))  # the next start, not best
 
 
 def test_llm_counters_add_key_by_key():

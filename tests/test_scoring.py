@@ -5,21 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from utils.scoring import (
-    extract_answer,
-    score_binary,
-    score_exact,
-    score_multiple_choice,
-    score_numeric,
-    score_response,
-    score_word_sort,
-)
-from utils.tasks import (
+from utils.tasks.answers import extract_answer
+from utils.tasks.choice import score_multiple_choice
+from utils.tasks.registry import (
     TaskError,
     format_instruction_for,
     resolve_task,
     served_prompt,
 )
+from utils.tasks.scoring import score_binary, score_exact, score_numeric, score_response, score_word_sort
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 

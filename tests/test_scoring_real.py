@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from utils.data import gsm8k_target, load_task_data
-from utils.scoring import final_statement, parse_options, score_response
-from utils.tasks import Example, resolve_task
+from utils.tasks.answers import final_statement
+from utils.tasks.choice import parse_options
+from utils.tasks.data import gsm8k_target, load_task_data
+from utils.tasks.registry import Example, resolve_task
+from utils.tasks.scoring import score_response
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 

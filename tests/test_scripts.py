@@ -26,7 +26,7 @@ from textgrad import local_server
 from textgrad.engine import get_engine
 from textgrad.local_server import find_packaged_model
 from utils.config import parse_args
-from utils.uid import uid_measures
+from utils.reporting.uid import uid_measures
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "scripts"
@@ -78,7 +78,7 @@ def test_homo_script_runs_the_homogeneous_module_for_every_task(tmp_path: Path) 
     assert {str(Path(a.data_dir).resolve()) for a in runs} == {str((REPO_ROOT.parent / "shared" / "data").resolve())}
     # The last line tabulates the runs.
     report = shlex.split(done.stdout.splitlines()[-1])
-    assert report[-5:] == ["-m", "utils.report", str(tmp_path / "homo_fed"), "--out",
+    assert report[-5:] == ["-m", "utils.reporting.report", str(tmp_path / "homo_fed"), "--out",
                            str(tmp_path / "homo_fed" / "report")]
 
 

@@ -118,7 +118,7 @@ def _answer_all(engine: Any, prompts: list[str]) -> list[str]:
 
 def test_engine_spreads_requests_over_the_pool_under_one_cap(
         monkeypatch: pytest.MonkeyPatch, make_fake_server: Any) -> None:
-    servers = [make_fake_server(delay=0.3), make_fake_server(delay=0.3)]
+    servers = [make_fake_server(latency=0.3), make_fake_server(latency=0.3)]
     monkeypatch.setenv("LOCAL_BASE_URL", ",".join(s.base_url for s in servers))
     engine = get_engine("local", max_concurrency=4)
     prompts = [f"question {i}" for i in range(8)]
@@ -138,7 +138,7 @@ def test_engine_spreads_requests_over_the_pool_under_one_cap(
 
 def test_calls_to_a_dead_server_are_retried_on_the_others(
         monkeypatch: pytest.MonkeyPatch, make_fake_server: Any) -> None:
-    alive = make_fake_server(delay=0.05)
+    alive = make_fake_server(latency=0.05)
     monkeypatch.setenv("LOCAL_BASE_URL", f"{_closed_url()},{alive.base_url}")
     engine = get_engine("local", max_concurrency=4)
     # The model is discovered from the first server of the list, which is down: it is named in the route.

@@ -11,8 +11,8 @@ import textgrad as tg
 from textgrad import structured
 from textgrad.engine import ChatReply, get_engine
 from textgrad.optimizer import IMPROVED_REPLY, INSTRUCTIONS_REPLY
-from utils.evaluation import JUDGE_REPLY
-from utils.scoring import score_numeric
+from utils.tasks.evaluation import JUDGE_REPLY
+from utils.tasks.scoring import score_numeric
 
 
 def build_step(engine, questions_and_targets):

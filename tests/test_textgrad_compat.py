@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 import textgrad as tg
-from bench.fake_replies import edited_prompt, feedback_reply, request_kind
 from bench.fake_server import FakeServer
+from bench.fake_server.replies import edited_prompt, feedback_reply, request_kind
 from textgrad import config as tg_config
 from textgrad import prompts
 from textgrad.engine import EngineError
-from utils.synthetic import generate_examples
+from utils.tasks.synthetic import generate_examples
 
 
 @pytest.fixture(autouse=True)

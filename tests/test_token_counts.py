@@ -14,8 +14,8 @@ from tests.scripted_engine import ScriptedEngine
 from textgrad.engine import get_engine
 from textgrad.local_server import find_packaged_model
 from textgrad.tokenizers import ServerTokenizer, TokenCount, vocab_tokenizer
-from utils.prompt_stats import measure_prompt, token_axis_label
-from utils.tasks import resolve_task
+from utils.reporting.prompt_stats import measure_prompt, token_axis_label
+from utils.tasks.registry import resolve_task
 
 SENTENCE = "Read the question closely, list each item with its count, then add them up."
 # SmolLM2-135M-Instruct's tokens of SENTENCE, read once from its tokenizer (17 pieces): Read| the| question|
@@ -117,21 +117,21 @@ def test_a_busy_tokenize_route_estimates_that_count_and_is_asked_again(json_serv
     tokenizer = ServerTokenizer(server.base_url, "m", "key", ("/tokenize",))
     assert tokenizer.count("one two three") is None  # overloaded for a moment: this count is estimated ...
     assert tokenizer.count("one two three four") == 4  # ... and the route is not given up
-    assert server.requests["/tokenize"] == 2
+    assert server.route_requests["/tokenize"] == 2
 
 
 def test_a_server_without_a_tokenize_route_is_asked_once(json_server: Any) -> None:
-    server = json_server({})  # 404 on every path
+    server = json_server({"/tokenize": None, "/extras/tokenize/count": None})  # 404 on both
     tokenizer = ServerTokenizer(server.base_url, "m", "key", ("/tokenize", "/extras/tokenize/count"))
     assert tokenizer.count("one two") is None and tokenizer.count("three") is None
-    assert server.requests == {"/tokenize": 1, "/extras/tokenize/count": 1}  # each once, then estimates
+    assert server.route_requests == {"/tokenize": 1, "/extras/tokenize/count": 1}  # each once, then estimates
 
 
 def test_a_llamacpp_server_given_by_url_is_counted_with_the_packaged_vocabulary(
         make_fake_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """LOCAL_BASE_URL serving the packaged model: counted in-process, never queued behind a generation
     (llama-cpp-python's server answers tokenize requests only between completions)."""
-    server = make_fake_server(model_ids=(Path(find_packaged_model()).stem,))
+    server = make_fake_server(models=(Path(find_packaged_model()).stem,))
     monkeypatch.setenv("LOCAL_BASE_URL", server.base_url)
     engine = get_engine("local")
     assert engine.token_count(SENTENCE) == TokenCount(SMOLLM2_TOKENS, exact=True)

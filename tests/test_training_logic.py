@@ -10,13 +10,22 @@ from pathlib import Path
 import pytest
 from scripted_engine import ScriptedEngine
 
-from utils.aggregation import aggregate_prompts, concat_prompts
-from utils.client import ClientUpdate, Engines, LocalSettings, keep_new_prompt, local_step, train_client
-from utils.rounds import Client, Experiment, run_experiment, select_clients
-from utils.synthetic import generate_examples
-from utils.tasks import STARTING_INSTRUCTIONS as STARTING
-from utils.tasks import Example, resolve_task, served_prompt
-from utils.tracking import open_run_log
+from utils.federated.aggregation import aggregate_prompts, concat_prompts
+from utils.federated.client import (
+    ClientUpdate,
+    Engines,
+    LocalSettings,
+    keep_new_prompt,
+    local_step,
+    train_client,
+)
+from utils.federated.experiment import Client, Experiment
+from utils.federated.plan import select_clients
+from utils.federated.rounds import run_experiment
+from utils.reporting.tracking import open_run_log
+from utils.tasks.registry import STARTING_INSTRUCTIONS as STARTING
+from utils.tasks.registry import Example, resolve_task, served_prompt
+from utils.tasks.synthetic import generate_examples
 
 COUNTING = resolve_task("synthetic_object_counting")
 SORTING = resolve_task("synthetic_word_sorting")
@@ -49,9 +58,9 @@ def homo_clients(n=3, size=6):
 
 
 def recording(exp: Experiment, engines: Engines, seen: list[ClientUpdate]):
-    def train_round(ids, prompt, round_index):
-        updates = [train_client(c.client_id, c.task, c.examples, prompt, round_index, engines, exp.settings)
-                   for c in exp.clients if c.client_id in ids]
+    def train_round(planned, prompt):
+        updates = [train_client(c.client.client_id, c.client.task, c.batches, prompt, planned.index, engines,
+                                exp.settings) for c in planned.clients]
         seen.extend(updates)
         return updates
     return train_round
@@ -193,7 +202,7 @@ def test_merge_without_tags_falls_back_to_concat_and_counts():
 
 
 def test_uid_guidance_only_in_sum_uid():
-    from utils.aggregation import UID_GUIDANCE, merge_request
+    from utils.federated.aggregation import UID_GUIDANCE, merge_request
     assert UID_GUIDANCE in merge_request(["a", "b"], [COUNTING], uid=True)
     assert UID_GUIDANCE not in merge_request(["a", "b"], [COUNTING], uid=False)
 
@@ -220,12 +229,12 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     engines = Engines(engine, engine)
     calls = {"n": 0}
 
-    def dies_in_round_2(ids, prompt, round_index):
-        if round_index == 2:
+    def dies_in_round_2(planned, prompt):
+        if planned.index == 2:
             raise Stop
         calls["n"] += 1
-        return [train_client(c.client_id, c.task, c.examples, prompt, round_index, engines, exp.settings)
-                for c in exp.clients if c.client_id in ids]
+        return [train_client(c.client.client_id, c.client.task, c.batches, prompt, planned.index, engines,
+                             exp.settings) for c in planned.clients]
 
     with pytest.raises(Stop):
         run(tmp_path / "cut", exp, engine, dies_in_round_2)
@@ -269,8 +278,8 @@ def test_llm_totals_count_only_this_runs_calls_across_runs_and_resume(tmp_path, 
 
 
 def test_hetero_answer_requests_carry_exactly_their_own_tasks_format_line(tmp_path, shared_data, monkeypatch):
-    from bench.fake_replies import request_kind
     from bench.fake_server import FakeServer
+    from bench.fake_server.replies import request_kind
     from main import main
 
     names = ["BBH_date_understanding", "BBH_boolean_expressions"]  # option letter vs True/False lines

@@ -3,11 +3,7 @@ vLLM-shaped server on loopback for the vLLM response format, which cannot run on
 
 from __future__ import annotations
 
-import json
 import math
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +14,9 @@ from tests.scripted_engine import ScriptedEngine
 from textgrad.engine import get_engine
 from textgrad.local_server import find_packaged_model
 from textgrad.tokenizers import bos_token
-from utils import prompt_stats
-from utils.prompt_stats import measure_prompt
-from utils.uid import surprisal_stats, uid_measures
+from utils.reporting import prompt_stats
+from utils.reporting.prompt_stats import measure_prompt
+from utils.reporting.uid import surprisal_stats, uid_measures
 
 # Short on purpose: llama-cpp-python spends about 0.1 s of CPU per echoed token.
 SENTENCE = "Count each object in the list, then add the counts. "
@@ -103,81 +99,55 @@ def test_engines_without_logprobs_record_not_available(monkeypatch: pytest.Monke
     assert measure_prompt(UNIFORM, ScriptedEngine())["uid"] is None
 
 
-class _VllmLike:
-    """Answers /v1/completions with echo the way vLLM does: the prompt's tokens (the first without a
-    log-probability) followed by the generated token; and /tokenize with one token per word."""
+def _vllm_echo(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """/v1/completions with echo the way vLLM answers it: the prompt's tokens (the first without a
+    log-probability) followed by the generated token."""
+    return 200, {"choices": [{"index": 0, "text": body["prompt"] + " Answer", "logprobs": {
+        "tokens": ["Count", " the", " items", ".", " Answer"], "token_logprobs": [None, -3.0, -1.0, -2.0, -0.25],
+        "text_offset": [0, 5, 9, 15, 16], "top_logprobs": None}}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}}
 
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, Any], str]] = []  # the /v1/completions requests
-        self.tokenized: list[str] = []
-        fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
+def _one_token_per_word(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    words = body["prompt"].split()
+    return 200, {"count": len(words), "max_model_len": 4096, "tokens": list(range(len(words)))}
 
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if self.path == "/tokenize":
-                    fake.tokenized.append(body["prompt"])
-                    words = body["prompt"].split()
-                    self._send({"count": len(words), "max_model_len": 4096, "tokens": list(range(len(words)))})
-                    return
-                fake.requests.append((body, self.headers.get("Authorization", "")))
-                self._send({"choices": [{"index": 0, "text": body["prompt"] + " Answer", "logprobs": {
-                    "tokens": ["Count", " the", " items", ".", " Answer"],
-                    "token_logprobs": [None, -3.0, -1.0, -2.0, -0.25],
-                    "text_offset": [0, 5, 9, 15, 16], "top_logprobs": None}}],
-                    "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}})
 
-            def _send(self, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+def _asked(server: Any, route: str) -> list[tuple[dict[str, Any], str]]:
+    """(body, Authorization header) of each request the server answered on route."""
+    return [(body, auth) for path, body, auth in server.routed_requests if path == route]
 
 
 @pytest.fixture
-def vllm_like(monkeypatch: pytest.MonkeyPatch) -> Iterator[_VllmLike]:
-    server = _VllmLike()
-    monkeypatch.setenv("VLLM_BASE_URL", server.url)
+def vllm_like(make_fake_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    server = make_fake_server(routes={"/v1/completions": _vllm_echo, "/tokenize": _one_token_per_word})
+    monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
     monkeypatch.setenv("VLLM_API_KEY", "vllm-secret")
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    return server
 
 
-def test_vllm_echo_response_gives_the_prompt_tokens_surprisal(vllm_like: _VllmLike) -> None:
+def test_vllm_echo_response_gives_the_prompt_tokens_surprisal(vllm_like: Any) -> None:
     engine = get_engine("vllm-tiny")
     measures = uid_measures("Count the items.", engine)
     # prompt tokens after the first: 3, 1, 2 nats; the generated token is not part of the prompt.
     assert measures == {"mean": 2.0, "variance": pytest.approx(2 / 3), "max": 3.0, "tokens": 3}
-    body, auth = vllm_like.requests[0]
+    body, auth = _asked(vllm_like, "/v1/completions")[0]
     assert body["echo"] is True and body["logprobs"] >= 0 and body["max_tokens"] == 1
     assert body["model"] == "tiny" and body["prompt"] == "Count the items."
     assert auth == "Bearer vllm-secret"
 
 
-def test_measure_prompt_measures_each_text_once(vllm_like: _VllmLike, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_measure_prompt_measures_each_text_once(vllm_like: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = get_engine("vllm-tiny", use_cache=False)
     first = measure_prompt("Count the items.", engine)
     again = measure_prompt("Count the items.", engine)
-    assert first == again and first["uid"]["tokens"] == 3 and len(vllm_like.requests) == 1
+    assert first == again and first["uid"]["tokens"] == 3 and len(_asked(vllm_like, "/v1/completions")) == 1
     # The length is the server tokenizer's (one token per word here; the estimate would say 7).
     assert (first["chars"], first["tokens"], first["tokens_estimated"]) == (16, 3, False)
-    assert vllm_like.tokenized == ["Count the items."]
+    assert [body["prompt"] for body, _ in _asked(vllm_like, "/tokenize")] == ["Count the items."]
     measure_prompt("Another prompt.", engine)
-    assert len(vllm_like.requests) == 2
+    assert len(_asked(vllm_like, "/v1/completions")) == 2
     monkeypatch.setenv("FEDTEXTGRAD_UID", "0")
     assert measure_prompt("A third prompt.", engine)["uid"] is None
-    assert len(vllm_like.requests) == 2
+    assert len(_asked(vllm_like, "/v1/completions")) == 2
     assert prompt_stats.uid_enabled() is False

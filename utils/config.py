@@ -17,11 +17,11 @@ import yaml
 
 # The engine-name grammar is textgrad.endpoints' (a cheap import: no LLM client library loads with it).
 from textgrad.endpoints import engine_name_problem
+from utils.privacy.attacks import ATTACKS
+from utils.privacy.leakage import LEAK_GUARDS
+from utils.tasks.registry import TaskError, check_bbh_subtask
 
-from .attacks import ATTACKS
-from .leakage import LEAK_GUARDS
 from .run_config import RunConfig
-from .tasks import TaskError, check_bbh_subtask
 
 MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
 AGGREGATE_METHODS = ("concat", "summarization", "sum_uid")
@@ -42,14 +42,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see python main.py --help)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+def _within(convert: Callable[[str], float], low: float, high: float | None, noun: str) -> Callable[[str], Any]:
+    """An argparse type: a number from low to high (no upper bound if None), both included."""
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"{low:g} or more" if high is None else f"between {low:g} and {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value:g}")
+        return value
+    return parse
+
+
+_positive_int = _within(int, 1, None, "a whole number")
 
 
 def _positive_float(text: str) -> float:
@@ -77,7 +84,7 @@ def _split_sizes(text: str) -> tuple[int, int, int]:
 
 
 def _price(text: str) -> str:
-    from .prices import parse_price_overrides
+    from utils.estimate.prices import parse_price_overrides
 
     try:
         parse_price_overrides([text], "price")
@@ -86,76 +93,98 @@ def _price(text: str) -> str:
     return text
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each flag's help with its default, unless the flag is unset by default or the help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        default = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+        return f"{text} (default: {str(default).replace('%', '%%')})".lstrip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="main.py",
+        prog="main.py", formatter_class=_HelpFormatter,
+        usage="python main.py --module MODULE [--task TASK ...] [--config FILE.yaml] [flags]",
         description="FedTextGrad: federated prompt optimization with textual gradients.",
         epilog="Modules: train_centralized (TextGrad baseline, one client), train_homo_fed (one task split "
                "across clients), train_hetero_fed (one client per task). Any flag can also be a key in --config.",
     )
-    add = p.add_argument
-    add("--module", choices=MODULES, help="which experiment to run")
-    add("--config", help="YAML file whose keys are flag names; the command line wins")
-    add("--task", nargs="+", default=["BBH_object_counting"],
+    # Flags are added in RunConfig's field order (utils/run_config.py), each to its group of --help.
+    run = p.add_argument_group("run", "what to train, on which data, for how long").add_argument
+    federated = p.add_argument_group("federated", "the clients, their data and the merge").add_argument
+    engines = p.add_argument_group("engines", "the models, their endpoints, caches and length limits").add_argument
+    outputs = p.add_argument_group("outputs", "the run folder <output_dir>/<run_name>/ and comet_ml").add_argument
+    estimate = p.add_argument_group("estimate", "the bill before the run: calls, tokens, time, money; "
+                                                "no LLM is called").add_argument
+    run("--module", choices=MODULES, help="which experiment to run")
+    run("--config", help="YAML file whose keys are flag names; the command line wins")
+    run("--task", nargs="+", default=["BBH_object_counting"],
         help="BBH_<subtask>, GSM8K (alias GSM8K_DSPy) or synthetic_{object_counting,word_sorting,"
              "multistep_arithmetic}; several for train_hetero_fed")
-    add("--evaluation_engine", default="local", help="model for feedback, optimizer, merging, judging")
-    add("--test_engine", default="local", help="model whose system prompt is trained")
-    add("--batch_size", type=_positive_int, default=3)
-    add("--max_epochs", type=_positive_int, default=3, help="rounds (epochs for train_centralized)")
-    add("--max_steps", type=_positive_int, default=3, help="local steps per client per round")
-    add("--seed", type=int, default=42)
-    add("--aggregate_method", choices=AGGREGATE_METHODS, default="summarization")
-    add("--homo_split_num", type=_positive_int, default=3, help="clients of train_homo_fed")
-    add("--proximal_update", action="store_true",
+    engines("--evaluation_engine", default="local", help="model for feedback, optimizer, merging, judging")
+    engines("--test_engine", default="local", help="model whose system prompt is trained")
+    run("--batch_size", type=_positive_int, default=3, help="training examples per local step")
+    run("--max_epochs", type=_positive_int, default=3, help="rounds (epochs for train_centralized)")
+    run("--max_steps", type=_positive_int, default=3, help="local steps per client per round")
+    run("--seed", type=int, default=42, help="batches, partitions and client sampling (never the splits)")
+    federated("--aggregate_method", choices=AGGREGATE_METHODS, default="summarization",
+              help="how the server merges the clients' prompts")
+    federated("--homo_split_num", type=_positive_int, default=3, help="clients of train_homo_fed")
+    run("--proximal_update", action="store_true",
         help="keep a new prompt only if its batch accuracy is strictly higher (or perfect)")
-    add("--do_not_run_larger_model", action="store_true",
+    run("--do_not_run_larger_model", action="store_true",
         help="skip the evaluation engine's own zero-shot test accuracy")
-    add("--comet_mode", choices=("offline", "online", "disabled"), default="offline")
-    add("--comet_project_name", default="fedtextgrad")
-    add("--comet_log_path", default=None, help="offline archive folder (default: <output_dir>/comet)")
-    add("--data_dir", default=None, help="folder with BBH <subtask>.json and/or GSM8K jsonl (or bbh/, gsm8k/)")
-    add("--split_sizes", type=_split_sizes, default=None,
+    outputs("--comet_mode", choices=("offline", "online", "disabled"), default="offline",
+            help="online needs COMET_API_KEY")
+    outputs("--comet_project_name", default="fedtextgrad", help="comet_ml project")
+    outputs("--comet_log_path", default=None, help="offline archive folder (default: <output_dir>/comet)")
+    run("--data_dir", default=None, help="folder with BBH <subtask>.json and/or GSM8K jsonl (or bbh/, gsm8k/); "
+                                          "default: the Hugging Face hub")
+    run("--split_sizes", type=_split_sizes, default=None,
         help="TRAIN,VAL,TEST, e.g. 12,20,20 (default: the paper's 50,100,100; a BBH subtask with fewer than "
              "250 examples keeps train 50 and shares the rest equally between validation and test)")
-    add("--partition", choices=("iid", "dirichlet"), default="iid")
-    add("--dirichlet_alpha", type=_positive_float, default=1.0)
-    add("--clients_per_round", type=_positive_int, default=None, help="default: every client")
-    add("--output_dir", default="logs")
-    add("--run_name", default=None)
-    add("--resume", action="store_true", help="continue --run_name from its last completed round")
-    add("--max_concurrency", type=_positive_int, default=16, help="in-flight requests per endpoint")
-    add("--local_servers", type=_positive_int, default=None,
-        help="llama.cpp servers of the embedded `local` engine (default: LOCAL_SERVERS, else one per core, "
-             "at most 4; 1 = a single server)")
-    add("--request_timeout", type=_positive_float, default=None,
-        help="seconds before an LLM request is abandoned and retried (default 600)")
-    add("--cache_dir", default=None, help="LLM response cache (default ~/.cache/fedtextgrad)")
-    add("--no_cache", action="store_true")
-    add("--judge", choices=("string", "llm"), default="string", help="llm: an LLM judges free-form answers")
-    add("--max_tokens", type=_positive_int, default=512, help="answer length limit of the test engine")
+    federated("--partition", choices=("iid", "dirichlet"), default="iid", help="how train_homo_fed shards a task")
+    federated("--dirichlet_alpha", type=_positive_float, default=1.0,
+              help="skew of --partition dirichlet by answer value: smaller is more skewed")
+    federated("--clients_per_round", type=_positive_int, default=None, help="default: every client")
+    outputs("--output_dir", default="logs", help="where run folders go")
+    outputs("--run_name", default=None, help="the run folder's name (default: module, tasks, method, seed, time)")
+    outputs("--resume", action="store_true", help="continue --run_name from its last completed round")
+    engines("--max_concurrency", type=_positive_int, default=16, help="in-flight requests per endpoint")
+    engines("--local_servers", type=_positive_int, default=None,
+            help="llama.cpp servers of the embedded `local` engine (default: LOCAL_SERVERS, else one per core, "
+                 "at most 4; 1 = a single server)")
+    engines("--request_timeout", type=_positive_float, default=None,
+            help="seconds before an LLM request is abandoned and retried (default 600)")
+    engines("--cache_dir", default=None, help="LLM response cache (default ~/.cache/fedtextgrad)")
+    engines("--no_cache", action="store_true", help="send every request, answer none from the cache")
+    run("--judge", choices=("string", "llm"), default="string", help="llm: an LLM judges free-form answers")
+    engines("--max_tokens", type=_positive_int, default=512, help="answer length limit of the test engine")
     # Tiny local models ramble until the limit, so each call kind has its own cap.
-    add("--feedback_max_tokens", type=_positive_int, default=256, help="length limit of each feedback call")
-    add("--optimizer_max_tokens", type=_positive_int, default=512, help="length limit of each optimizer call")
-    add("--merge_max_tokens", type=_positive_int, default=768, help="length limit of each merge call")
-    add("--structured_output", choices=("auto", "on", "off"), default="auto",
-        help="optimizer, merge and judge replies as a one-field JSON object through the backend's structured "
-             "output: auto (where the backend has it; tags after a server rejects it), on (a rejection is an "
-             "error), off (tags)")
-    add("--max_context", type=_context_size, default=None,
-        help="context window in tokens (prompt + reply) of every engine; default: what the server reports, "
-             "else 8192 for the embedded server, 2048 for other self-hosted ones")
-    # The bill before the run (utils.estimate, utils.estimate_cost).
-    add("--estimate", action="store_true",
-        help="check everything, print calls, tokens, time and money per phase and engine; call no LLM")
-    add("--estimate_latency", type=_positive_float, default=None, metavar="SECONDS",
-        help="seconds per call for the time estimate (default: measured in finished runs of the engine)")
-    add("--price_in", nargs="+", type=_price, default=None, metavar="[ENGINE=]USD",
-        help="USD per million prompt tokens, for every engine or ENGINE=USD for one (default: utils/prices.py "
-             "for OpenAI models)")
-    add("--price_out", nargs="+", type=_price, default=None, metavar="[ENGINE=]USD",
-        help="USD per million completion tokens, as --price_in")
-    add("--estimate_json", default=None, metavar="FILE", help="with --estimate, also write the estimate here")
+    engines("--feedback_max_tokens", type=_positive_int, default=256, help="length limit of each feedback call")
+    engines("--optimizer_max_tokens", type=_positive_int, default=512, help="length limit of each optimizer call")
+    engines("--merge_max_tokens", type=_positive_int, default=768, help="length limit of each merge call")
+    engines("--structured_output", choices=("auto", "on", "off"), default="auto",
+            help="optimizer, merge and judge replies as a one-field JSON object through the backend's structured "
+                 "output: auto (where the backend has it; tags after a server rejects it), on (a rejection is an "
+                 "error), off (tags)")
+    engines("--max_context", type=_context_size, default=None,
+            help="context window in tokens (prompt + reply) of every engine; default: what the server reports, "
+                 "else 8192 for the embedded server, 2048 for other self-hosted ones")
+    # The bill before the run (utils.estimate).
+    estimate("--estimate", action="store_true",
+             help="check everything, print calls, tokens, time and money per phase and engine; call no LLM")
+    estimate("--estimate_latency", type=_positive_float, default=None, metavar="SECONDS",
+             help="seconds per call for the time estimate (default: measured in finished runs of the engine)")
+    estimate("--price_in", nargs="+", type=_price, default=None, metavar="[ENGINE=]USD",
+             help="USD per million prompt tokens, for every engine or ENGINE=USD for one (default: "
+                  "utils/estimate/prices.py for OpenAI models)")
+    estimate("--price_out", nargs="+", type=_price, default=None, metavar="[ENGINE=]USD",
+             help="USD per million completion tokens, as --price_in")
+    estimate("--estimate_json", default=None, metavar="FILE", help="with --estimate, also write the estimate here")
     _add_privacy_and_robustness_flags(p)
     return p
 
@@ -169,22 +198,9 @@ def default_run_config() -> RunConfig:
 ROBUST_AGGREGATIONS = ("none", "screen")
 
 
-def _within(convert: Callable[[str], float], low: float, high: float | None, noun: str) -> Callable[[str], Any]:
-    """An argparse type: a number from low to high (no upper bound if None), both included."""
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            bounds = f"{low:g} or more" if high is None else f"between {low:g} and {high:g}"
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value:g}")
-        return value
-    return parse
-
-
 def _add_privacy_and_robustness_flags(p: argparse.ArgumentParser) -> None:
-    add = p.add_argument
+    add = p.add_argument_group("robustness and privacy", "what leaves a client, simulated attackers, and the "
+                                                          "server's defence").add_argument
     add("--leak_guard", choices=LEAK_GUARDS, default="redact",
         help="what a client does with text copied from its own examples before its update leaves: off (send it, "
              "audit only), redact (remove each copied span), reject (send the round's start prompt instead)")
@@ -199,12 +215,6 @@ def _add_privacy_and_robustness_flags(p: argparse.ArgumentParser) -> None:
     add("--screen_size", type=_positive_int, default=5, help="validation questions per task that screening asks")
     add("--screen_margin", type=_within(float, 0, 1, "an accuracy difference from 0 to 1"), default=0.2,
         help="screening leaves out prompts whose accuracy is below the round's best by more than this")
-
-
-def _check_privacy_and_robustness(args: RunConfig, clients: int) -> None:
-    if args.malicious_clients > clients:
-        raise UsageError(f"--malicious_clients {args.malicious_clients} exceeds the {clients} clients of this run: "
-                         "lower it or add clients")
 
 
 def _config_to_argv(parser: argparse.ArgumentParser, path: str, skip: tuple[str, ...] = ()) -> list[str]:
@@ -291,7 +301,9 @@ def validate_args(args: RunConfig) -> None:
                          f"this run: lower it or raise --homo_split_num")
     if args.run_name:
         check_run_name(args.run_name)
-    _check_privacy_and_robustness(args, clients)
+    if args.malicious_clients > clients:
+        raise UsageError(f"--malicious_clients {args.malicious_clients} exceeds the {clients} clients of this run: "
+                         "lower it or add clients")
     if args.resume:
         check_resumable(args)
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
