@@ -346,6 +346,9 @@ def test_a_reply_cut_at_its_limit_is_a_truncated_step_never_no_tags(monkeypatch:
     assert outcome.format_failure == "truncated" and not outcome.accepted
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
 @pytest.fixture
 def small_llama_server(monkeypatch: Any, tmp_path: Path) -> Iterator[str]:
     """A second real llama.cpp server (llama-cpp-python) with a 512-token window it does not report."""
@@ -354,10 +357,12 @@ def small_llama_server(monkeypatch: Any, tmp_path: Path) -> Iterator[str]:
         port = sock.getsockname()[1]
     model = find_packaged_model()
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below, after the process
-    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias",
+    # llama_cpp.server itself (no /props), with the model parameters of our wrapper that run on every CPU.
+    serve = "import textgrad.llamacpp_server; from llama_cpp.server.__main__ import main; main()"
+    process = subprocess.Popen([sys.executable, "-c", serve, "--model", model, "--model_alias",
                                 Path(model).stem, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512",
                                 "--n_threads", "2"], stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL)
+                               stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 120

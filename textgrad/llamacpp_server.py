@@ -44,11 +44,12 @@ def context_window() -> int | None:
     return int(n_ctx) if isinstance(n_ctx, int) and n_ctx > 0 else None
 
 
-@server_app.router.get("/props", include_in_schema=False)
 async def props() -> dict[str, Any]:
     n_ctx = context_window()
     return {"n_ctx": n_ctx, "default_generation_settings": {"n_ctx": n_ctx}}
 
 
 if __name__ == "__main__":
+    # Only when serving: importing this module changes the model parameters and nothing else.
+    server_app.router.get("/props", include_in_schema=False)(props)
     main()
