@@ -12,7 +12,7 @@ import time
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from textgrad.stats import metered
+from textgrad.serving.stats import metered
 from utils.client import train_client
 from utils.outbound import release_update
 from utils.runner import make_engines

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from scripted_engine import ScriptedEngine
 
-from textgrad.engine import EngineError
+from textgrad.errors import EngineError
 from utils import rounds
 from utils.client import Engines, LocalSettings
 from utils.rounds import Client, Experiment, RunStopped, run_experiment

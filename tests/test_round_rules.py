@@ -12,7 +12,7 @@ import pytest
 from scripted_engine import ScriptedEngine
 from test_training_logic import homo_clients, make_experiment, run
 
-from textgrad.engine import ContextOverflowError
+from textgrad.errors import ContextOverflowError
 from utils.aggregation import aggregate_prompts
 from utils.client import ClientUpdate, LocalSettings, StepResult
 from utils.evaluation import evaluate_on_tasks, evaluate_prompt, judge_answer, score_answer

@@ -12,15 +12,9 @@ import pytest
 import textgrad as tg
 from bench.fake_replies import edited_prompt, feedback_reply, request_kind
 from bench.fake_server import FakeServer
-from textgrad import config as tg_config
 from textgrad import prompts
-from textgrad.engine import EngineError
+from textgrad.errors import EngineError
 from utils.synthetic import generate_examples
-
-
-@pytest.fixture(autouse=True)
-def _no_backward_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tg_config, "_backward_engine", None)
 
 
 @pytest.fixture

@@ -47,3 +47,15 @@ Current {role}:
 CONSTRAINTS_HEADER = "\nRules the rewritten text must follow:\n"
 
 TEXT_LOSS_ROLE = "evaluation of the output"
+
+SUM_ROLE = "a combination of the following: {roles}"  # TextGrad's tests look for these words
+
+AGGREGATE_SYSTEM = (
+    "You combine several pieces of feedback on the same text into one. Keep every distinct request for a "
+    "change, state a request that recurs once, and add nothing of your own."
+)
+
+AGGREGATE_TEMPLATE = """Feedback on the {role}, from {count} sources:
+{feedback}
+
+Write the combined feedback as one short paragraph."""

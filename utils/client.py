@@ -134,7 +134,7 @@ def local_step(prompt_text: str, batch: list[Example], task: TaskSpec, engines: 
         verdict = "correct" if score else f"incorrect; the expected final answer is {ex.target}"
         losses.append(tg.StringBasedFunction(lambda response, target, v=verdict: v,
                                              "Checking the final answer against the reference")(
-            {"response": response, "target": target}, role_description="correctness of the response"))
+            {"response": response, "target": target}, response_role_description="correctness of the response"))
     accuracy = sum(correct) / len(correct)
 
     tg.sum(losses).backward(engines.evaluation)

@@ -15,8 +15,8 @@ from typing import Any, NoReturn
 
 import yaml
 
-# The engine-name grammar is textgrad.endpoints' (a cheap import: no LLM client library loads with it).
-from textgrad.endpoints import engine_name_problem
+# The engine-name grammar is textgrad.serving.backends' (a cheap import: no LLM client library loads with it).
+from textgrad.serving.backends import engine_name_problem
 
 from .attacks import ATTACKS
 from .leakage import LEAK_GUARDS

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from textgrad import prompts as tg_prompts
-from textgrad.context import message_overhead
 from textgrad.optimizer import INSTRUCTIONS_REPLY
+from textgrad.serving.window import message_overhead
 
 from .aggregation import MERGE_SYSTEM, merge_request
 from .client import OPTIMIZER_CONSTRAINTS, PROMPT_ROLE, LocalSettings, round_batches

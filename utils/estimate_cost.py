@@ -17,9 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textgrad.cache import ResponseCache
-from textgrad.endpoints import canonical_engine_name, clean_url, split_engine_name
-from textgrad.engine import EngineError, default_cache_dir
+from textgrad.errors import EngineError
+from textgrad.serving.backends import canonical_engine_name, split_engine_name
+from textgrad.serving.cache import ResponseCache
+from textgrad.serving.http import clean_url
+from textgrad.serving.runtime import current_runtime
 
 from .config import UsageError
 from .estimate import CHAT_KINDS, JUDGE_MAX_TOKENS, LOGPROB, CallPlan, PlanSpec, Tally, plan_calls
@@ -50,12 +52,12 @@ class EngineFacts:
     model_path: str | None  # the GGUF file of the local engine
     logprobs: bool          # utils.uid asks it for log-probabilities
     openai_routed: bool     # served by OpenAI itself, so its list price applies
-    endpoint: str | None = None  # the server as the response cache keys it (ChatEngine.cache_endpoint)
+    endpoint: str | None = None  # the server as the response cache keys it (ChatOpenAI.cache_endpoint)
 
 
 def engine_facts(name: str) -> EngineFacts:
     if name == "local":
-        from textgrad.local_server import find_packaged_model
+        from textgrad.serving.llama_process import find_packaged_model
 
         external = bool(os.environ.get("LOCAL_BASE_URL"))
         try:
@@ -280,7 +282,7 @@ def estimate_run(args: RunConfig, exp: Experiment, run_dir: Path) -> Estimate:
     prices = _prices(args, facts)
     test = facts[args.test_engine]
     counter = token_counter(test.name, test.kind, test.model_path)
-    cache_dir = Path(args.cache_dir).expanduser().resolve() if args.cache_dir else Path(default_cache_dir())
+    cache_dir = Path(args.cache_dir).expanduser().resolve() if args.cache_dir else Path(current_runtime().settings.cache_directory())
     first_round, first_prompt = _resume_point(run_dir, args.resume)
     plan = plan_calls(PlanSpec(
         experiment=exp, test_engine=args.test_engine, evaluation_engine=args.evaluation_engine,

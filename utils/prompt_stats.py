@@ -8,7 +8,7 @@ import weakref
 from typing import Any
 
 from textgrad.errors import EngineError
-from textgrad.tokenizers import TokenCount, estimate_tokens
+from textgrad.serving.tokenizers import TokenCount, estimate_tokens
 
 from .uid import uid_measures
 

@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from textgrad import local_server
 from textgrad.errors import EngineError
 from textgrad.parallel import run_concurrently
-from textgrad.slots import background
-from textgrad.stats import EngineStats, metered
+from textgrad.serving.runtime import current_runtime
+from textgrad.serving.slots import background
+from textgrad.serving.stats import EngineStats, metered
 
 from . import progress
 from .client import ClientUpdate, Engines, LocalSettings, train_client
@@ -106,7 +106,7 @@ class _RoundLoop:
         self.early_round: Future[list[ClientUpdate]] | None = None  # round 1, started beside the zero-shot
         self.phase_cost = EngineStats()  # the phase under way (a round with its retries, the final test)
         # Restarts are counted per process, which may host several runs (tests, a Flower server): this run's own.
-        self.restarts_mark = local_server.restart_count()
+        self.restarts_mark = current_runtime().embedded.restarts
         self.seconds_before: dict[str, float] = {}  # per phase, of the processes before this one
         self.evaluate = Evaluator(exp, engines)
         self.state: RunState

@@ -10,8 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from textgrad import structured
-from textgrad.engine import configure, get_engine
+from textgrad.engine import get_engine
+from textgrad.serving.runtime import current_runtime
 
 from . import progress
 from .client import Engines, LocalSettings
@@ -47,15 +47,16 @@ def load_data(args: RunConfig) -> list[TaskData]:
 def make_engines(args: RunConfig, check: bool = True) -> Engines:
     """The run's engines; with check, each endpoint is asked once whether it serves (the embedded one is
     started). Without, only names, keys and routes are checked: nothing is contacted."""
-    configure(use_cache=not args.no_cache, max_concurrency=args.max_concurrency)
+    runtime = current_runtime()
+    runtime.configure(use_cache=not args.no_cache, max_concurrency=args.max_concurrency)
     if args.local_servers is not None:
-        configure(local_servers=args.local_servers)
-    if args.cache_dir is not None:  # otherwise keep the process default (or a caller's choice)
-        configure(cache_dir=args.cache_dir)
+        runtime.configure(local_servers=args.local_servers)
+    if args.cache_dir is not None:  # otherwise keep the runtime's default (or a caller's choice)
+        runtime.configure(cache_dir=args.cache_dir)
     if args.request_timeout is not None:
-        configure(request_timeout=args.request_timeout)
-    configure(max_context=args.max_context)
-    structured.configure(args.structured_output)
+        runtime.configure(request_timeout=args.request_timeout)
+    runtime.configure(max_context=args.max_context)
+    runtime.reply_formats.configure(args.structured_output)
     test = get_engine(args.test_engine)
     evaluation = get_engine(args.evaluation_engine)
     embedded = "local" in (args.test_engine, args.evaluation_engine) and not os.environ.get("LOCAL_BASE_URL")

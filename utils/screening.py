@@ -13,8 +13,9 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from textgrad.engine import ChatEngine, metered
+from textgrad.engine import ChatEngine
 from textgrad.parallel import run_concurrently
+from textgrad.serving.stats import metered
 
 from .client import ClientUpdate
 from .evaluation import evaluate_on_tasks
