@@ -156,7 +156,7 @@ def test_string_based_function_and_gradients_as_a_set_or_a_list() -> None:
     prediction.gradients.add(grad)  # a set in TextGrad: the same feedback is kept once
     prediction.gradients.append(tg.Variable("more", role_description="feedback"))
     assert prediction.get_gradient_text() == "grad\n\nmore"
-    assert tg.autograd.FormattedLLMCall is FormattedLLMCall and tg.optimizer.TGD is tg.TGD
+    assert tg.autograd.FormattedLLMCall is FormattedLLMCall and tg.optimizer.TGDMomentum is tg.TGDMomentum
 
 
 # ---------------------------------------------------------------- the runtime

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .errors import EngineError
     from .loss import TextLoss
     from .model import BlackboxLLM
-    from .optimizer import TGD, TextualGradientDescent, extract_improved_value
+    from .optimizer import TGD, TextualGradientDescent, TGDMomentum, extract_improved_value
     from .variable import Variable
 
 _HOMES = {
@@ -26,14 +26,14 @@ _HOMES = {
     "EngineError": ".errors", "BlackboxLLM": ".model", "TextLoss": ".loss",
     "FormattedLLMCall": ".autograd", "LLMCall": ".autograd", "StringBasedFunction": ".autograd",
     "aggregate": ".autograd", "sum": ".autograd",
-    "TGD": ".optimizer", "TextualGradientDescent": ".optimizer",
+    "TGD": ".optimizer", "TGDMomentum": ".optimizer", "TextualGradientDescent": ".optimizer",
     "extract_improved_value": ".optimizer", "Variable": ".variable",
 }
 _SUBPACKAGES = ("autograd", "engine", "optimizer", "serving")
 
 __all__ = [
     "BlackboxLLM", "ChatEngine", "ChatOpenAI", "EngineError", "EngineLM", "FormattedLLMCall", "LLMCall",
-    "StringBasedFunction", "TGD", "TextLoss", "TextualGradientDescent", "Variable", "aggregate",
+    "StringBasedFunction", "TGD", "TGDMomentum", "TextLoss", "TextualGradientDescent", "Variable", "aggregate",
     "extract_improved_value", "get_backward_engine", "get_engine", "set_backward_engine", "sum",
 ]
 

@@ -59,3 +59,17 @@ AGGREGATE_TEMPLATE = """Feedback on the {role}, from {count} sources:
 {feedback}
 
 Write the combined feedback as one short paragraph."""
+
+# TGD with momentum (textgrad.optimizer.momentum): the same request as TGD's with the variable's recent
+# past in front, oldest first, and a sentence on what to make of it.
+MOMENTUM_TEMPLATE = """Earlier versions of the {role}, oldest first, each with the feedback it got then:
+{history}
+
+Feedback that keeps coming back names what is still wrong; a point the later feedback no longer raises was fixed, so keep that fix.
+
+""" + OPTIMIZER_TEMPLATE
+
+MOMENTUM_STEP = """Version {number} ({age} before the current one):
+{value}
+Feedback on it:
+{feedback}"""

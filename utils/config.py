@@ -25,6 +25,7 @@ from .tasks import TaskError, check_bbh_subtask
 
 MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
 AGGREGATE_METHODS = ("concat", "summarization", "sum_uid")
+OPTIMIZERS = ("tgd", "tgd_momentum")  # utils.client.make_optimizer
 # A run name is one plain folder name inside --output_dir: no separator, no "..", nothing a shell or a
 # filesystem treats specially.
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.+=-]{1,255}")
@@ -109,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--homo_split_num", type=_positive_int, default=3, help="clients of train_homo_fed")
     add("--proximal_update", action="store_true",
         help="keep a new prompt only if its batch accuracy is strictly higher (or perfect)")
+    add("--optimizer", choices=OPTIMIZERS, default="tgd",
+        help="tgd (the paper's), or tgd_momentum: TGD that also shows the optimizer the client's earlier steps "
+             "of the round and their feedback")
+    add("--momentum_window", type=_positive_int, default=3,
+        help="earlier steps tgd_momentum shows (the history starts empty every round)")
     add("--do_not_run_larger_model", action="store_true",
         help="skip the evaluation engine's own zero-shot test accuracy")
     add("--comet_mode", choices=("offline", "online", "disabled"), default="offline")

@@ -243,9 +243,13 @@ class _Planner:
             batches = planned_batches(by_id[client_id], round_index, self.settings)
             steps = [(client_id, round_index, step) for step in range(len(batches))]
             kept = [s for s in steps if s not in self.outcomes.unusable_steps | self.outcomes.reverted_steps]
+            past: list[tuple[_Prompt, int]] = []  # --optimizer tgd_momentum: this round's earlier steps
             for step, batch in zip(steps, batches, strict=True):
                 returned_text = self.outcomes.texts.get((round_index, client_id)) if kept and step == kept[-1] else None
-                prompt = self._local_step(phase, by_id[client_id], step, prompt, batch, returned_text)
+                before = prompt
+                prompt = self._local_step(phase, by_id[client_id], step, prompt, batch, returned_text, past)
+                if self.settings.optimizer == "tgd_momentum":
+                    past = (past + [(before, len(batch))])[-self.settings.momentum_window:]
             returned.append(prompt)
         return returned
 
@@ -264,11 +268,12 @@ class _Planner:
     # -- a client's local step: forward, feedback, optimizer, re-score --------------------
 
     def _local_step(self, phase: str, client: Client, step: tuple[str, int, int], prompt: _Prompt,
-                    batch: list[Example], returned_text: str | None = None) -> _Prompt:
+                    batch: list[Example], returned_text: str | None = None,
+                    past: list[tuple[_Prompt, int]] | None = None) -> _Prompt:
         spec = self.spec
         self._answer_all(phase, spec.test_engine, prompt, batch, client.task, self.settings.answer_max_tokens)
         self._send(phase, [self._feedback_request(prompt, ex) for ex in batch])
-        optimizer = self._optimizer_request(client.task, prompt, batch)
+        optimizer = self._optimizer_request(client.task, prompt, batch, past or [])
         self._send(phase, [optimizer])
         if step in self.outcomes.unusable_steps:
             return prompt
@@ -328,15 +333,20 @@ class _Planner:
         return _Request(self.spec.evaluation_engine, "feedback", ("feedback", prompt.id, ex.question), size,
                         self.settings.feedback_max_tokens)
 
-    def _optimizer_request(self, task: TaskSpec, prompt: _Prompt, batch: list[Example]) -> _Request:
+    def _optimizer_request(self, task: TaskSpec, prompt: _Prompt, batch: list[Example],
+                           past: list[tuple[_Prompt, int]]) -> _Request:
+        """TGD's request; with past steps (tgd_momentum) also their prompts and feedback in front of it."""
         constraints = tg_prompts.CONSTRAINTS_HEADER + "\n".join(f"- {c}" for c in OPTIMIZER_CONSTRAINTS) + "\n"
-        fixed = self.fixed(tg_prompts.OPTIMIZER_SYSTEM, tg_prompts.OPTIMIZER_TEMPLATE.format(
-            role=PROMPT_ROLE, value="", feedback="", constraints=constraints,
+        template = tg_prompts.MOMENTUM_TEMPLATE if past else tg_prompts.OPTIMIZER_TEMPLATE
+        fixed = self.fixed(tg_prompts.OPTIMIZER_SYSTEM, template.format(
+            role=PROMPT_ROLE, value="", feedback="", constraints=constraints, history="",
             reply_format=INSTRUCTIONS_REPLY.instruction(self.spec.structured)))
-        size = fixed + prompt.tokens + len(batch) * (self.spec.completion["feedback"] + 1)
-        return _Request(self.spec.evaluation_engine, "optimizer",
-                        ("optimizer", prompt.id, tuple(ex.question for ex in batch)), size,
-                        self.settings.optimizer_max_tokens)
+        feedback = self.spec.completion["feedback"] + 1
+        step_label = self.count(tg_prompts.MOMENTUM_STEP.format(number=1, age="1 step", value="", feedback=""))
+        size = (fixed + prompt.tokens + len(batch) * feedback
+                + sum(step_label + earlier.tokens + examples * feedback for earlier, examples in past))
+        key = ("optimizer", prompt.id, tuple(ex.question for ex in batch)) + tuple(earlier.id for earlier, _ in past)
+        return _Request(self.spec.evaluation_engine, "optimizer", key, size, self.settings.optimizer_max_tokens)
 
     def _merge_request(self, key: tuple[Any, ...], distinct: list[_Prompt]) -> _Request:
         # The request as written around empty client prompts: their own tokens are added to it.
