@@ -1,4 +1,5 @@
-"""textgrad.endpoints: the engine-name grammar, what each backend can do, one pooled HTTP client per server."""
+"""textgrad.serving.backends and .http: the engine-name grammar, what each backend can do, one pooled HTTP client
+per server."""
 
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ def test_tokens_of_the_zero_shot_answers() -> None:
     # Served as the trained text plus the task's format line: 22 + 14 words.
     prompt_words = len(COUNTING.starting_prompt().split()) + len(COUNTING.format_instruction.split())
     assert prompt_words == 36
-    assert CHAT_OVERHEAD == 8 + 6 * 2  # textgrad.context: per request, per message
+    assert CHAT_OVERHEAD == 8 + 6 * 2  # textgrad.serving.window: per request, per message
     assert zero_shot.prompt_tokens == 7 * (prompt_words + 4 + 20)  # questions like "val question 0?"
     assert zero_shot.completion_tokens == 7 * 10  # the answer limit
 

@@ -22,7 +22,7 @@ SENTENCE = "Read the question closely, list each item with its count, then add t
 # SmolLM2-135M-Instruct's tokens of SENTENCE, read once from its tokenizer (17 pieces): Read| the| question|
 # closely|,| list| each| item| with| its| count|,| then| add| them| up|.
 SMOLLM2_TOKENS = 17
-# textgrad.tokenizers.estimate_tokens(SENTENCE): the conservative estimate (characters / 4 would say 19).
+# textgrad.serving.tokenizers.estimate_tokens(SENTENCE): the conservative estimate (characters / 4 would say 19).
 ESTIMATED_TOKENS = 32
 # SmolLM2's tokens of synthetic_object_counting's starting prompt, read once from its tokenizer: You| are| a|
 # careful| problem| solver|.| Read| the| question| closely| and| reason| step| by| step|,| checking| each|

@@ -42,8 +42,11 @@ class EmbeddedPool:
         # An RLock because the signal handler may run in the main thread while that same
         # thread is inside ensure().
         self._lock = threading.RLock()
-        self._servers: list[ServerProcess] = []  # _servers[0].base_url is the URL engines hold
+        self._servers: list[ServerProcess] = []
         self.pool: Pool | None = None
+        # The URL engines hold for the pool: its first server's when it started, kept if that one is
+        # restarted on another port (the pool then sends its requests to the new one).
+        self.pool_url: str | None = None
         self.restarts = 0  # servers that died and were restarted
         # The processes being started, so a Ctrl-C during the (slow) start-up still kills them.
         self._starting: list[subprocess.Popen[bytes]] = []
@@ -60,8 +63,8 @@ class EmbeddedPool:
     def ensure(self, size: int | None = None) -> str:
         """Start the pool once (pool_size(size) servers) and return the URL engines use for it."""
         with self._lock:
-            if self._servers and any(s.running() or not s.restarted for s in self._servers):
-                return self._servers[0].base_url  # deaths are handled by the pool (_on_request_failure)
+            if self._servers and self.pool_url and any(s.running() or not s.restarted for s in self._servers):
+                return self.pool_url  # deaths are handled by the pool (_on_request_failure)
             if self._servers:
                 logger.warning("every embedded llama.cpp server exited (last: %s); starting new ones",
                                last_log_line(self._servers[0].log_path))
@@ -74,7 +77,8 @@ class EmbeddedPool:
                 self._atexit_registered = True
             self._servers.extend(self._start(model_path, count))
             self.pool = Pool([s.base_url for s in self._servers], on_failure=self._on_request_failure)
-            return self._servers[0].base_url
+            self.pool_url = self._servers[0].base_url
+            return self.pool_url
 
     def _start(self, model_path: str, size: int) -> list[ServerProcess]:
         llama_process.require_llama_cpp()
@@ -191,8 +195,7 @@ class EmbeddedPool:
 
     def pool_at(self, base_url: str) -> Pool | None:
         """The pool if base_url is the URL engines hold for it."""
-        servers = list(self._servers)
-        return self.pool if servers and servers[0].base_url == base_url else None
+        return self.pool if base_url == self.pool_url else None
 
     def shared_base_url(self, size: int | None = None) -> str:
         """Start the pool and return it as a LOCAL_BASE_URL for child processes: every server's URL,
@@ -217,7 +220,7 @@ class EmbeddedPool:
         LOCAL_MODEL_PATH / the packaged model names, if the server reports that model (our alias is the
         file's stem, as scripts/llamacpp_serve.sh and the embedded server set it)."""
         servers = list(self._servers)
-        if servers and servers[0].base_url == base_url:
+        if servers and base_url == self.pool_url:
             return servers[0].model_path
         path = llama_process.find_packaged_model()
         return path if model in (Path(path).stem, path) else None
@@ -227,7 +230,7 @@ class EmbeddedPool:
     def _drop(self) -> list[ServerProcess]:
         servers = list(self._servers)
         self._servers.clear()
-        self.pool = None
+        self.pool = self.pool_url = None
         return servers
 
     def stop(self) -> None:

@@ -12,6 +12,7 @@ runtime, created on first use by `current_runtime()`; `use_runtime(runtime)` rep
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
@@ -27,11 +28,12 @@ from .tokenizers import Vocabularies
 
 
 class Runtime:
-    """The shared state of a set of engines. Pass `embedded` to share one embedded pool between runtimes
-    (a test session starts llama.cpp once); a runtime stops only the pool it made itself."""
+    """The shared state of a set of engines, with a copy of `settings` of its own. Pass `embedded` to share
+    one embedded pool between runtimes (a test session starts llama.cpp once); a runtime stops only the
+    pool it made itself."""
 
     def __init__(self, settings: Settings | None = None, *, embedded: EmbeddedPool | None = None) -> None:
-        self.settings = settings or Settings()
+        self.settings = dataclasses.replace(settings) if settings is not None else Settings()
         self.stop = StopFlag()
         self.http = HttpClients()
         self.caps = EndpointCaps()
