@@ -31,16 +31,18 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: RunConfig) -> int:
     # Imported only once the flags are known good: the LLM client libraries take a second or more to load,
     # and a typo deserves an instant answer.
-    from textgrad import interrupt
     from textgrad.errors import EngineError
-    from textgrad.local_server import failure_note
+    from textgrad.serving.interrupt import SigintWatch
+    from textgrad.serving.runtime import current_runtime
     from utils.federated.phases import RoundFailed
     from utils.federated.runner import with_run_name
 
     # Named before the handler is installed: the resume line after Ctrl-C has to name the run the
     # module goes on to create, generated name included.
     args = with_run_name(args)
-    interrupt.install_sigint_handler(lambda: _interrupted_line(args))
+    runtime = current_runtime()
+    SigintWatch(runtime.stop, lambda: _interrupted_line(args)).install()
+    failure_note = runtime.embedded.failure_note
     # On a failure the embedded server's log stays in the temp folder and the error line names it;
     # otherwise it is removed when the server stops at exit.
     try:
@@ -52,7 +54,7 @@ def run(args: RunConfig) -> int:
     except RoundFailed as exc:
         return _fail(exc, 1, failure_note())
     except KeyboardInterrupt:
-        interrupt.request_stop()
+        runtime.stop.request()
         print("\n" + _interrupted_line(args), file=sys.stderr, flush=True)
         return 130
     except Exception:  # a bug: its traceback follows
@@ -74,11 +76,11 @@ def _fail(exc: BaseException, code: int, note: str = "") -> int:
 def _exit(code: int) -> None:
     if code == 130:
         # Interrupted: calls still in flight to a remote server are not waited for (they retry no more, see
-        # textgrad.interrupt), so the process ends now, with the resume hint as its last line. The embedded
-        # server was already stopped by the signal; every file is written atomically or line by line.
-        local_server = sys.modules.get("textgrad.local_server")
-        if local_server is not None:
-            local_server.stop_local_server()  # atexit does not run after os._exit
+        # textgrad.serving.interrupt), so the process ends now, with the resume hint as its last line. The
+        # embedded server was already stopped by the signal; every file is written atomically or line by line.
+        runtime = sys.modules.get("textgrad.serving.runtime")
+        if runtime is not None:
+            runtime.stop_default_embedded()  # atexit does not run after os._exit
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

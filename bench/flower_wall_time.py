@@ -25,7 +25,7 @@ from bench.fake_server import FakeServer  # noqa: E402
 from fedtextgrad_flower.run_config import ALLOWED_DIRS_VARIABLE  # noqa: E402
 from fedtextgrad_flower.simulation import simulate  # noqa: E402
 from main import main as main_cli  # noqa: E402
-from textgrad.local_server import shared_base_url, stop_local_server  # noqa: E402
+from textgrad.serving.runtime import current_runtime  # noqa: E402
 
 
 def run_both(flags: dict[str, object], workdir: Path) -> dict[str, float]:
@@ -55,7 +55,7 @@ def main() -> None:
         os.environ["VLLM_BASE_URL"] = fake.base_url  # inherited by the Ray workers
         engine = "vllm-fake-model"
     else:
-        os.environ["LOCAL_BASE_URL"] = shared_base_url()  # one pool shared by every client
+        os.environ["LOCAL_BASE_URL"] = current_runtime().embedded.shared_base_url()  # one pool for all clients
         engine = "local"
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -72,7 +72,7 @@ def main() -> None:
     finally:
         if fake is not None:
             fake.stop()
-        stop_local_server()
+        current_runtime().embedded.stop()
     print(f"\n{opts.clients} clients, {opts.rounds} rounds, engine {engine}"
           f"{f' ({opts.latency} s per call)' if fake else ''}")
     print(f"in-process         {seconds['in_process']:7.1f} s")

@@ -26,8 +26,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from textgrad import local_server  # noqa: E402
-from textgrad.engine import configure, get_engine  # noqa: E402
+from textgrad.engine import get_engine  # noqa: E402
+from textgrad.serving.llama_process import pool_size  # noqa: E402
+from textgrad.serving.runtime import current_runtime  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GSM8K_TEST = REPO_ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
@@ -100,17 +101,18 @@ def main() -> None:
     parser.add_argument("--quickstart_args", default="",
                         help='main.py flags added to the quickstart, e.g. "--split_sizes 3,2,2 --max_epochs 1"')
     opts = parser.parse_args()
-    setups = opts.servers or [1, local_server.pool_size()]
+    setups = opts.servers or [1, pool_size()]
+    runtime = current_runtime()
     prompts = questions(opts.questions)
     replies: dict[int, list[str]] = {}
     runs: dict[int, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-local-pool-") as tmp:
         workdir = Path(tmp)
         for servers in setups:
-            configure(local_servers=servers)
-            local_server.stop_local_server()
+            runtime.configure(local_servers=servers)
+            runtime.embedded.stop()
             started = time.monotonic()
-            local_server.ensure_local_server()
+            runtime.ensure_embedded()
             print(f"servers={servers}: ready in {time.monotonic() - started:.1f} s (load {load()})", flush=True)
             cache = str(workdir / f"cache-{servers}")
             for in_flight in () if opts.no_throughput else (1, 8):
@@ -120,9 +122,9 @@ def main() -> None:
                     replies[servers] = answered
                 print(f"servers={servers}: {rate:.1f} tokens/s with {in_flight} in flight "
                       f"({len(subset)} questions, load {load()})", flush=True)
-            pids = [int(s["pid"]) for s in local_server.local_server_info()["servers"]]
+            pids = [int(s["pid"]) for s in runtime.embedded.info()["servers"]]
             print(f"servers={servers}: peak RSS of the servers {peak_rss_mib(pids):.0f} MiB", flush=True)
-            local_server.stop_local_server()
+            runtime.embedded.stop()
             if not opts.no_quickstart:
                 seconds, runs[servers] = quickstart(servers, workdir, shlex.split(opts.quickstart_args))
                 print(f"servers={servers}: quickstart {seconds:.1f} s wall (load {load()})", flush=True)

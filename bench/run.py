@@ -70,12 +70,13 @@ def cpu_seconds() -> float:
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     os.environ["VLLM_BASE_URL"] = case["base_url"]
-    from textgrad.engine import configure, get_engine
+    from textgrad.engine import get_engine
+    from textgrad.serving.runtime import current_runtime
     from utils.federated.client import Engines
     from utils.federated.rounds import run_experiment
     from utils.reporting.tracking import open_run_log
 
-    configure(cache_dir=case["cache_dir"], max_concurrency=case["max_concurrency"])
+    current_runtime().configure(cache_dir=case["cache_dir"], max_concurrency=case["max_concurrency"])
     engine = get_engine(ENGINE)
     engine.check_available()
     experiment = build_experiment(case["clients"], case["steps"], case["batch"], case["val"], case["test"],

@@ -13,7 +13,7 @@ import time
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from textgrad.stats import metered
+from textgrad.serving.stats import metered
 from utils.federated.client import release_update, round_batches, train_client
 from utils.federated.runner import make_engines
 from utils.tasks.registry import Example

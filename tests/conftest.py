@@ -10,8 +10,11 @@ from typing import Any
 import pytest
 
 from bench.fake_server import FakeServer
-from textgrad import engine as engine_module
-from textgrad import interrupt, local_server, structured
+from textgrad.serving.embedded import EmbeddedPool
+from textgrad.serving.http import HttpClients
+from textgrad.serving.interrupt import StopFlag
+from textgrad.serving.runtime import Runtime, use_runtime
+from textgrad.serving.settings import Settings
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -33,32 +36,36 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(autouse=True)
-def _isolated_engine_cache(tmp_path: Path) -> Iterator[Path]:
-    """Every test gets its own response cache, so no test is served from another's answers.
+@pytest.fixture(scope="session")
+def _embedded_pool() -> Iterator[EmbeddedPool]:
+    """The embedded llama.cpp pool of the whole session, started by the first test that needs it: every
+    test's runtime shares it, so llama.cpp loads once."""
+    pool = EmbeddedPool(HttpClients(), StopFlag())
+    yield pool
+    pool.stop()
 
-    Engines are memoised per cache directory, so this also gives each test fresh
-    engines and counters. A test may still call configure() or pass cache_dir itself.
-    """
-    cache_dir = tmp_path / "llm-cache"
-    engine_module.configure(cache_dir=str(cache_dir), use_cache=True)
-    yield cache_dir
-    engine_module.configure(cache_dir=None, use_cache=True)
-    structured.reset()  # the --structured_output mode and servers' fallbacks to tags are per process
-    interrupt.reset()  # a test that stops a run (Ctrl-C, SIGTERM) must not stop the next test's calls
+
+@pytest.fixture(autouse=True)
+def runtime(tmp_path: Path, _embedded_pool: EmbeddedPool) -> Iterator[Runtime]:
+    """Every test gets a fresh runtime (engines, counters, caps, stop flag, reply formats, backward engine)
+    with its own response cache, so no test is served from another's answers; only the embedded pool is
+    shared. A test may still configure it or pass cache_dir itself."""
+    fresh = Runtime(Settings(cache_dir=str(tmp_path / "llm-cache")), embedded=_embedded_pool)
+    with use_runtime(fresh):
+        yield fresh
+    fresh.close()
+
+
+@pytest.fixture
+def isolated_cache_dir(runtime: Runtime) -> Path:
+    return Path(runtime.settings.cache_directory())
 
 
 @pytest.fixture(scope="session")
-def local_engine_url() -> Iterator[str]:
-    """One real embedded llama.cpp pool of two servers shared by every test that needs it (two whatever the
-    machine's cores, so the pool's behaviour is tested everywhere)."""
-    engine_module.configure(local_servers=2)
-    try:
-        url = local_server.ensure_local_server()
-    finally:
-        engine_module.configure(local_servers=None)
-    yield url
-    local_server.stop_local_server()
+def local_engine_url(_embedded_pool: EmbeddedPool) -> str:
+    """The session's embedded pool with two servers (two whatever the machine's cores, so the pool's
+    behaviour is tested everywhere)."""
+    return _embedded_pool.ensure(2)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 
 from textgrad import prompts
-from textgrad.stats import EngineStats
+from textgrad.serving.stats import EngineStats
 from utils.federated.aggregation import MERGE_SYSTEM
 from utils.tasks.evaluation import JUDGE_SYSTEM
 

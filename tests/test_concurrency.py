@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,34 +17,32 @@ import pytest
 
 from bench.fake_server import FakeServer
 from bench.run import build_experiment
-from textgrad import endpoints
-from textgrad import engine as engine_module
+from textgrad.engine import get_engine
 from textgrad.parallel import run_concurrently
-from textgrad.slots import EndpointSlots, background
+from textgrad.serving.runtime import Runtime, use_runtime
+from textgrad.serving.settings import Settings
+from textgrad.serving.slots import EndpointSlots, background
 from utils.federated.client import Engines
 from utils.federated.rounds import run_experiment
 from utils.reporting import prompt_stats
 from utils.reporting.tracking import open_run_log
 
 
-@pytest.fixture
-def restore_concurrency() -> Iterator[None]:
-    yield
-    engine_module.configure(max_concurrency=engine_module.DEFAULT_MAX_CONCURRENCY)
-
-
 def run_round(server: FakeServer, tmp_path: Path, name: str, max_concurrency: int, monkeypatch: pytest.MonkeyPatch,
               cache: str | None = None, **shape: int) -> dict[str, Any]:
     """One experiment against `server` with its own cache (unless named) and run folder."""
     monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
-    # The cap belongs to the URL for the process; a port reused from an earlier test must not carry its cap.
-    endpoints._semaphores.pop(server.base_url, None)
-    engine_module.configure(cache_dir=str(tmp_path / (cache or f"cache-{name}")), max_concurrency=max_concurrency)
-    engine = engine_module.get_engine("vllm-fake-model")
-    assert engine.request_slot().size == max_concurrency
-    shape = {"clients": 3, "steps": 2, "batch": 3, "val": 8, "test": 8, "seed": 5, "rounds": 1, **shape}
-    log = open_run_log(tmp_path / name, "disabled", "tests", tmp_path / "comet")
-    return run_experiment(build_experiment(**shape), Engines(test=engine, evaluation=engine), log)
+    # A runtime of its own: the cap belongs to the URL in a runtime, and a port an earlier server of the
+    # test had must not carry its cap.
+    runtime = Runtime(Settings(cache_dir=str(tmp_path / (cache or f"cache-{name}")), max_concurrency=max_concurrency))
+    with use_runtime(runtime):
+        engine = get_engine("vllm-fake-model")
+        assert engine.request_slot().size == max_concurrency
+        shape = {"clients": 3, "steps": 2, "batch": 3, "val": 8, "test": 8, "seed": 5, "rounds": 1, **shape}
+        log = open_run_log(tmp_path / name, "disabled", "tests", tmp_path / "comet")
+        results = run_experiment(build_experiment(**shape), Engines(test=engine, evaluation=engine), log)
+    runtime.close()
+    return results
 
 
 def prompts_by_round(run_dir: Path) -> dict[str, str]:
@@ -53,7 +50,7 @@ def prompts_by_round(run_dir: Path) -> dict[str, str]:
 
 
 def test_a_round_keeps_several_requests_in_flight_but_never_more_than_the_cap(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_concurrency: None) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # 3 clients x batch 3 want 9 requests at once, evaluations 16: a cap of 4 binds.
     with FakeServer(latency=0.05, slots=16) as server:
         results = run_round(server, tmp_path, "capped", 4, monkeypatch)
@@ -64,7 +61,7 @@ def test_a_round_keeps_several_requests_in_flight_but_never_more_than_the_cap(
 
 
 def test_concurrent_and_sequential_runs_give_the_same_prompts_and_accuracies(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_concurrency: None) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runs = {}
     for name, cap in (("concurrent", 16), ("sequential", 1)):
         with FakeServer(latency=0.01, slots=16) as server:
@@ -89,7 +86,7 @@ def test_concurrent_and_sequential_runs_give_the_same_prompts_and_accuracies(
 
 
 def test_rerunning_a_finished_experiment_makes_no_request(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_concurrency: None) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with FakeServer(latency=0.0) as server:
         # A fresh process forgets the UID measures it took; only the disk cache can spare those requests.
         monkeypatch.setattr(prompt_stats, "_uid_cache", {})
@@ -146,7 +143,7 @@ def test_slots_bound_concurrency_and_background_reaches_worker_threads() -> None
             time.sleep(0.02)
             with lock:
                 now["in"] -= 1
-        from textgrad.slots import _background
+        from textgrad.serving.slots import _background
 
         return _background.get()
 

@@ -24,10 +24,13 @@ import pytest
 import textgrad as tg
 from bench.fake_server import CONTEXT_ERROR_MESSAGE, FakeServer
 from main import main
-from textgrad import budget, context
-from textgrad.engine import ContextOverflowError, configure, get_engine
-from textgrad.local_server import find_packaged_model
-from textgrad.tokenizers import vocab_tokenizer
+from textgrad.engine import get_engine
+from textgrad.errors import ContextOverflowError
+from textgrad.serving import budget
+from textgrad.serving.llama_process import find_packaged_model
+from textgrad.serving.runtime import Runtime, current_runtime
+from textgrad.serving.tokenizers import estimate_tokens
+from textgrad.serving.window import discover_window, is_overflow, overflow_sizes
 from utils.federated.aggregation import aggregate_prompts
 from utils.federated.client import Engines, LocalSettings, local_step
 from utils.tasks.data import load_task_data
@@ -46,8 +49,8 @@ def count_words(text: str) -> int:
 # ---------------------------------------------------------------- counting and cutting
 
 
-def test_estimate_is_never_below_the_real_tokenizer_on_the_shared_data(shared_data: Path) -> None:
-    tokenizer = vocab_tokenizer(find_packaged_model())
+def test_estimate_is_never_below_the_real_tokenizer_on_the_shared_data(shared_data: Path, runtime: Runtime) -> None:
+    tokenizer = runtime.vocabs.tokenizer(find_packaged_model())
     assert tokenizer is not None
     texts: list[str] = []
     for task in ("object_counting", "word_sorting", "multistep_arithmetic_two"):
@@ -55,7 +58,7 @@ def test_estimate_is_never_below_the_real_tokenizer_on_the_shared_data(shared_da
         texts += [e["input"] for e in examples]
     rows = [json.loads(line) for line in (shared_data / "gsm8k" / "train.jsonl").read_text().splitlines()[:200]]
     texts += [r["question"] for r in rows] + [r["answer"] for r in rows]
-    pairs = [(tokenizer.count(t), context.estimate_tokens(t)) for t in texts]
+    pairs = [(tokenizer.count(t), estimate_tokens(t)) for t in texts]
     assert all(real is not None and estimate >= real for real, estimate in pairs)
     total_real, total_estimate = sum(r for r, _ in pairs), sum(e for _, e in pairs)
     assert total_estimate < 2 * total_real  # conservative, not useless
@@ -104,46 +107,45 @@ VLLM = {"object": "error", "message": "This model's maximum context length is 20
 @pytest.mark.parametrize("body", [LLAMA_SERVER, LLAMA_CPP_PYTHON, VLLM], ids=["llama-server", "llama-cpp-python",
                                                                              "vllm"])
 def test_overflow_replies_are_recognised_with_the_sizes_they_state(body: Any) -> None:
-    assert context.is_overflow(400, body)
-    assert context.overflow_sizes(body) == (2048, 2238)
+    assert is_overflow(400, body)
+    assert overflow_sizes(body) == (2048, 2238)
 
 
 def test_other_bad_requests_are_not_overflows() -> None:
-    assert not context.is_overflow(400, {"error": {"message": "temperature must be between 0 and 2"}})
-    assert not context.is_overflow(500, LLAMA_SERVER)
+    assert not is_overflow(400, {"error": {"message": "temperature must be between 0 and 2"}})
+    assert not is_overflow(500, LLAMA_SERVER)
 
 
 # ---------------------------------------------------------------- what the server says
 
 
-def test_windows_are_read_from_vllm_llama_server_and_ollama(json_server: Any) -> None:
+def test_windows_are_read_from_vllm_llama_server_and_ollama(json_server: Any, runtime: Runtime) -> None:
     vllm = json_server({"/v1/models": {"data": [{"id": "other", "max_model_len": 9999},
                                                 {"id": "m", "max_model_len": 4096}]}})
-    assert context.discover_window("vllm", vllm.base_url, "m", "k") == 4096
+    assert discover_window(runtime.http, "vllm", vllm.base_url, "m", "k") == 4096
     with FakeServer(max_context=3000) as llama:
-        assert context.discover_window("local", llama.base_url, "fake-model", "k") == 3000
+        assert discover_window(runtime.http, "local", llama.base_url, "fake-model", "k") == 3000
     show = {"model_info": {"llama.context_length": 131072}, "parameters": "temperature 0.7\nnum_ctx 8192"}
     ollama = json_server({"/api/show": show})
-    assert context.discover_window("ollama", ollama.base_url, "m", "k") == 8192
+    assert discover_window(runtime.http, "ollama", ollama.base_url, "m", "k") == 8192
     # without num_ctx Ollama runs at its own default, not at the trained length
     ollama_default = json_server({"/api/show": {"model_info": {"llama.context_length": 131072}}})
-    assert context.discover_window("ollama", ollama_default.base_url, "m", "k") == 2048
+    assert discover_window(runtime.http, "ollama", ollama_default.base_url, "m", "k") == 2048
     silent = json_server({"/v1/models": {"data": [{"id": "m"}]}, "/props": None, "/tokenize": None})
-    assert context.discover_window("vllm", silent.base_url, "m", "k") is None  # no route tells the window
+    assert discover_window(runtime.http, "vllm", silent.base_url, "m", "k") is None  # no route tells the window
 
 
-def test_the_window_is_the_smaller_of_flag_and_server_else_a_default(monkeypatch: Any, make_fake_server: Any) -> None:
+def test_the_window_is_the_smaller_of_flag_and_server_else_a_default(monkeypatch: Any, make_fake_server: Any,
+                                                                     runtime: Runtime) -> None:
     with FakeServer(max_context=3000) as server:
         monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
         assert get_engine("vllm-fake-model").context_window == 3000
-        configure(max_context=1024)
-        try:
-            engine = get_engine("vllm-fake-model")
-            assert (engine.context_window, engine.context.source) == (1024, "--max_context")
-            configure(max_context=8192)  # the flag cannot make the server's window larger
-            assert get_engine("vllm-fake-model").context_window == 3000
-        finally:
-            configure(max_context=None)
+        runtime.configure(max_context=1024)
+        engine = get_engine("vllm-fake-model")
+        assert (engine.context_window, engine.context.source) == (1024, "--max_context")
+        runtime.configure(max_context=8192)  # the flag cannot make the server's window larger
+        assert get_engine("vllm-fake-model").context_window == 3000
+        runtime.configure(max_context=None)
     silent = make_fake_server(models=("m",), routes={"/props": None, "/tokenize": None})  # reports no window
     monkeypatch.setenv("VLLM_BASE_URL", silent.base_url)
     engine = get_engine("vllm-m")
@@ -232,10 +234,7 @@ HETERO = ["--module", "train_hetero_fed", "--task", "BBH_object_counting", "GSM8
 
 
 def run_hetero(tmp_path: Path, shared_data: Path, *extra: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    try:
-        assert main([*HETERO, "--data_dir", str(shared_data), "--output_dir", str(tmp_path), *extra]) == 0
-    finally:
-        configure(max_context=None)  # main sets it for the process: keep it from later tests
+    assert main([*HETERO, "--data_dir", str(shared_data), "--output_dir", str(tmp_path), *extra]) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     return results, events
@@ -286,32 +285,29 @@ GROWTH = ("Client {r} found: " + " ".join(
 def test_a_prompt_grown_over_rounds_stays_within_the_window_on_the_real_server(shared_data: Path,
                                                                                local_engine_url: str) -> None:
     window = 512  # the server runs 8192; a small --max_context keeps the test quick and forces every cut
-    configure(max_context=window)
-    try:
-        engine = get_engine("local")
-        task = resolve_task("BBH_object_counting")
-        data = load_task_data(task, str(shared_data), (3, 3, 3), 42)
-        settings = LocalSettings(max_steps=1, batch_size=1, answer_max_tokens=24, feedback_max_tokens=32,
-                                 optimizer_max_tokens=48)
-        prompt = task.starting_prompt()
-        sizes, outcomes = [], []
-        for round_index in range(2):
-            # concat keeps every client's text: one client kept the prompt, one added rules to it
-            clients = [prompt, GROWTH.format(r=round_index) + "\n" + prompt]
-            prompt = aggregate_prompts(clients, "concat", [task], engine).prompt
-            sizes.append(engine.count_tokens(prompt))
-            _, outcome = local_step(prompt, data.train[:1], task, Engines(engine, engine), settings, round_index)
-            outcomes.append(outcome)
-        assert 0.0 <= evaluate_prompt(prompt, data.val[:1], task, engine, max_tokens=24).accuracy <= 1.0
-        assert engine.context_window == window and engine.context.source == "--max_context"
-        assert sizes[-1] > window  # the prompt alone outgrew the window
-        # by the server's own count of every prompt it answered
-        assert 0 < engine.context.largest_request <= window
-        stats = engine.stats.as_dict()
-        assert stats["context_shortened"] >= 3 and stats["failures"] == 0 and stats["calls"] >= 4
-        assert outcomes[-1].format_failure == "context_overflow"  # too long to be rewritten whole
-    finally:
-        configure(max_context=None)
+    current_runtime().configure(max_context=window)
+    engine = get_engine("local")
+    task = resolve_task("BBH_object_counting")
+    data = load_task_data(task, str(shared_data), (3, 3, 3), 42)
+    settings = LocalSettings(max_steps=1, batch_size=1, answer_max_tokens=24, feedback_max_tokens=32,
+                             optimizer_max_tokens=48)
+    prompt = task.starting_prompt()
+    sizes, outcomes = [], []
+    for round_index in range(2):
+        # concat keeps every client's text: one client kept the prompt, one added rules to it
+        clients = [prompt, GROWTH.format(r=round_index) + "\n" + prompt]
+        prompt = aggregate_prompts(clients, "concat", [task], engine).prompt
+        sizes.append(engine.count_tokens(prompt))
+        _, outcome = local_step(prompt, data.train[:1], task, Engines(engine, engine), settings, round_index)
+        outcomes.append(outcome)
+    assert 0.0 <= evaluate_prompt(prompt, data.val[:1], task, engine, max_tokens=24).accuracy <= 1.0
+    assert engine.context_window == window and engine.context.source == "--max_context"
+    assert sizes[-1] > window  # the prompt alone outgrew the window
+    # by the server's own count of every prompt it answered
+    assert 0 < engine.context.largest_request <= window
+    stats = engine.stats.as_dict()
+    assert stats["context_shortened"] >= 3 and stats["failures"] == 0 and stats["calls"] >= 4
+    assert outcomes[-1].format_failure == "context_overflow"  # too long to be rewritten whole
 
 
 def test_optimizer_and_merge_replies_may_be_as_long_as_the_text_they_return(monkeypatch: Any) -> None:
@@ -358,7 +354,7 @@ def small_llama_server(monkeypatch: Any, tmp_path: Path) -> Iterator[str]:
     model = find_packaged_model()
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below, after the process
     # llama_cpp.server itself (no /props), with the model parameters of our wrapper that run on every CPU.
-    serve = "import textgrad.llamacpp_server; from llama_cpp.server.__main__ import main; main()"
+    serve = "import textgrad.serving.llamacpp_server; from llama_cpp.server.__main__ import main; main()"
     process = subprocess.Popen([sys.executable, "-c", serve, "--model", model, "--model_alias",
                                 Path(model).stem, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512",
                                 "--n_threads", "2"], stdout=log, stderr=subprocess.STDOUT,

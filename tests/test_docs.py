@@ -21,8 +21,6 @@ TOPIC_PAGES = ("README.md", "architecture.md", "method.md", "scoring.md", "engin
                "privacy.md", "reliability.md", "estimates.md", "benchmarks.md")
 # Pages README already links to that another branch adds. Take a page off this list when it lands, so its
 # links are checked like any other (test_pending_pages_are_still_missing says when).
-PENDING_PAGES = {"docs/coming_from_textgrad.md"}
-
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 INLINE_CODE = re.compile(r"`[^`]*`")
 
@@ -68,8 +66,6 @@ def broken_links(path: Path) -> list[str]:
     for target in relative_links(path):
         file_part, _, anchor = target.partition("#")
         linked = (path.parent / file_part).resolve() if file_part else path
-        if linked.is_relative_to(ROOT) and str(linked.relative_to(ROOT)) in PENDING_PAGES:
-            continue
         if not linked.exists():
             broken.append(f"{target} (no such file)")
         elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
@@ -100,7 +96,7 @@ def test_readme_map_lists_every_docs_page_and_each_exists() -> None:
     for page in TOPIC_PAGES:
         assert f"docs/{page}" in mapped, f"README's map of docs/ lacks docs/{page}"
     for target in mapped:
-        assert (ROOT / target).is_file() or target in PENDING_PAGES, f"README's map links to missing {target}"
+        assert (ROOT / target).is_file(), f"README's map links to missing {target}"
     for page in DOCS.glob("*.md"):
         assert f"docs/{page.name}" in mapped, f"docs/{page.name} is not in README's map of docs/"
     index_links = set(relative_links(DOCS / "README.md"))
@@ -111,11 +107,6 @@ def test_readme_map_lists_every_docs_page_and_each_exists() -> None:
 @pytest.mark.parametrize("path", markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_resolves(path: Path) -> None:
     assert broken_links(path) == []
-
-
-def test_pending_pages_are_still_missing() -> None:
-    for page in PENDING_PAGES:
-        assert not (ROOT / page).exists(), f"{page} exists now: take it off PENDING_PAGES to check its links"
 
 
 def test_anchors_follow_githubs_rule(tmp_path: Path) -> None:

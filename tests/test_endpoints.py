@@ -1,4 +1,5 @@
-"""textgrad.endpoints: the engine-name grammar, what each backend can do, one pooled HTTP client per server."""
+"""textgrad.serving.backends and .http: the engine-name grammar, what each backend can do, one pooled HTTP client
+per server."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import sys
 
 import pytest
 
-from textgrad.endpoints import BACKENDS, engine_name_problem, http_client, split_engine_name
 from textgrad.engine import get_engine
+from textgrad.serving.backends import BACKENDS, engine_name_problem, split_engine_name
+from textgrad.serving.runtime import Runtime
 from utils.config import UsageError, check_engine_name
 
 
@@ -62,7 +64,8 @@ def test_what_each_backend_can_do() -> None:
     }
 
 
-def test_one_pooled_client_per_server_shared_with_the_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_pooled_client_per_server_shared_with_the_sdk(monkeypatch: pytest.MonkeyPatch, runtime: Runtime) -> None:
+    http_client = runtime.http.client
     client = http_client("http://127.0.0.1:8123/v1")
     assert http_client("http://127.0.0.1:8123/props") is client  # same server, same pool
     assert http_client("http://127.0.0.1:8124/v1") is not client
@@ -70,7 +73,8 @@ def test_one_pooled_client_per_server_shared_with_the_sdk(monkeypatch: pytest.Mo
     assert http_client("https://api.openai.com/v1").trust_env is True
     monkeypatch.setenv("VLLM_BASE_URL", "http://127.0.0.1:8123/v1")
     engine = get_engine("vllm-m")
-    assert engine._ensure_ready()._client is client  # the openai SDK sends through it too
+    assert engine.transport.connect()._client is client  # the openai SDK sends through it too
+    assert Runtime().http.client("http://127.0.0.1:8123/v1") is not client  # another runtime, its own clients
 
 
 def test_the_grammar_loads_without_the_llm_client_libraries() -> None:

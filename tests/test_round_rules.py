@@ -12,7 +12,7 @@ import pytest
 from scripted_engine import ScriptedEngine
 from test_training_logic import homo_clients, make_experiment, run
 
-from textgrad.engine import ContextOverflowError
+from textgrad.errors import ContextOverflowError
 from utils.federated.aggregation import aggregate_prompts
 from utils.federated.client import ClientUpdate, LocalSettings, StepResult
 from utils.federated.experiment import Client, Experiment, starting_prompt

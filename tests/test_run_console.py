@@ -43,21 +43,16 @@ from run_helpers import (
     wait_for,
 )
 
-from textgrad import interrupt
 from textgrad.engine import get_engine
 from textgrad.parallel import run_concurrently
+from textgrad.serving import interrupt
+from textgrad.serving.runtime import Runtime
 from utils.reporting import progress
 
 EXPERIMENT = ["--module", "train_homo_fed", "--task", "synthetic_object_counting", "--split_sizes", "9,6,6",
               "--homo_split_num", "3", "--max_epochs", "3", "--max_steps", "1", "--seed", "5"]
 PHASES = {"server_startup", "zero_shot", "local_steps", "aggregation", "validation", "final_test"}
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-@pytest.fixture(autouse=True)
-def _no_stop_left_behind() -> Any:
-    yield
-    interrupt.reset()
 
 
 # ---------------------------------------------------------------------------------- whole runs
@@ -289,8 +284,8 @@ def test_ctrl_c_does_not_wait_for_requests_in_flight(scenarios: dict[str, Future
 # ---------------------------------------------------------------------------------- the parts
 
 
-def test_the_retry_loop_stops_at_once_after_an_interrupt(make_fake_server: Any,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_retry_loop_stops_at_once_after_an_interrupt(make_fake_server: Any, monkeypatch: pytest.MonkeyPatch,
+                                                          runtime: Runtime) -> None:
     server = make_fake_server(fail_with=[500] * 6)
     monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
     engine = get_engine("vllm-fake-model")
@@ -305,7 +300,7 @@ def test_the_retry_loop_stops_at_once_after_an_interrupt(make_fake_server: Any,
     worker = threading.Thread(target=call)
     worker.start()
     wait_for(lambda: server.chat_count >= 1, 30, "the first attempt")
-    interrupt.request_stop()  # during the backoff before attempt 2
+    runtime.stop.request()  # during the backoff before attempt 2
     worker.join(timeout=5)
     assert not worker.is_alive()
     assert isinstance(outcome[0], interrupt.Interrupted)
@@ -315,9 +310,9 @@ def test_the_retry_loop_stops_at_once_after_an_interrupt(make_fake_server: Any,
 
 STUCK_AFTER_CTRL_C = """
 import sys, time
-from textgrad import interrupt
-interrupt.STOP_GRACE_S = float(sys.argv[1])
-interrupt.install_sigint_handler(lambda: "interrupted: resume me")
+from textgrad.serving.interrupt import SigintWatch
+from textgrad.serving.runtime import current_runtime
+SigintWatch(current_runtime().stop, lambda: "interrupted: resume me", grace_s=float(sys.argv[1])).install()
 said = "ready"
 while True:  # a bug that swallows the KeyboardInterrupt and waits on
     try:
@@ -382,7 +377,7 @@ def test_run_concurrently_returns_at_once_when_a_call_is_interrupted() -> None:
     release.set()
 
 
-def test_warnings_repeat_once_per_run_with_their_count(capsys: pytest.CaptureFixture[str]) -> None:
+def test_warnings_repeat_once_per_run_with_their_count(capsys: pytest.CaptureFixture[str], runtime: Runtime) -> None:
     logger = logging.getLogger("utils.reporting.uid")
     with progress.run_console():
         for index in range(5):
@@ -391,7 +386,7 @@ def test_warnings_repeat_once_per_run_with_their_count(capsys: pytest.CaptureFix
     err = capsys.readouterr().err.splitlines()
     assert err == ["warning: UID measures not available from local: error number 0", "warning: another warning",
                    "warning: UID measures not available from local: error number 0 (and 4 more like it in this run)"]
-    interrupt.request_stop()  # after Ctrl-C no warning blames anyone
+    runtime.stop.request()  # after Ctrl-C no warning blames anyone
     with progress.run_console():
         logger.warning("cannot reach %s", "the server")
     assert capsys.readouterr().err == ""

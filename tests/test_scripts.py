@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 from run_helpers import ServerProcess
 
-from textgrad import local_server
 from textgrad.engine import get_engine
-from textgrad.local_server import find_packaged_model
+from textgrad.serving.llama_process import N_CTX, find_packaged_model
 from utils.config import parse_args
 from utils.reporting.uid import uid_measures
 
@@ -151,7 +150,7 @@ def test_sweep_clients_refuses_the_hetero_setting() -> None:
     ("vllm_serve.sh", "VLLM_BASE_URL", 8000, "vllm-meta-llama/Llama-3.1-8B-Instruct", "vllm serve"),
     ("sglang_serve.sh", "SGLANG_BASE_URL", 30000, "sglang-meta-llama/Llama-3.1-8B-Instruct", "sglang.launch_server"),
     ("ollama_serve.sh", "OLLAMA_BASE_URL", 11434, "ollama-llama3.1:8b", "ollama serve"),
-    ("llamacpp_serve.sh", "LOCAL_BASE_URL", 8080, "local", "textgrad.llamacpp_server"),
+    ("llamacpp_serve.sh", "LOCAL_BASE_URL", 8080, "local", "textgrad.serving.llamacpp_server"),
 ])
 def test_server_launchers_print_what_to_export(script: str, url_var: str, port: int, engine: str,
                                                command: str) -> None:
@@ -233,7 +232,7 @@ def test_llamacpp_launcher_starts_a_server_the_local_engine_shares(monkeypatch: 
         measures = uid_measures("Count the objects, then add them.", engine)
         assert measures is not None and measures["tokens"] >= 5
         # One model, one window: the embedded server's 8192 tokens, reported by the server (/props).
-        assert (engine.context_window, engine.context.source) == (local_server.N_CTX, "reported by the server")
+        assert (engine.context_window, engine.context.source) == (N_CTX, "reported by the server")
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the script exec'd the server: its own session
         server.wait(timeout=30)

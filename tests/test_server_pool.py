@@ -1,4 +1,4 @@
-"""A pool of identical servers behind one endpoint (textgrad.server_pool): routing, the cap, dead servers.
+"""A pool of identical servers behind one endpoint (textgrad.serving.server_pool): routing, the cap, dead servers.
 
 The embedded llama.cpp pool itself is tested in tests/test_local_server.py; here the servers are the
 OpenAI-compatible test server of conftest.py, reached through a comma-separated LOCAL_BASE_URL.
@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from textgrad import local_server, server_pool
-from textgrad.endpoints import route
-from textgrad.engine import EngineError, configure, get_engine
+from textgrad.engine import get_engine
+from textgrad.errors import EngineError
+from textgrad.serving import llama_process, server_pool
+from textgrad.serving.backends import route
 from utils.config import UsageError, parse_args
 
 
@@ -79,26 +80,22 @@ def test_local_base_url_may_list_several_servers(monkeypatch: pytest.MonkeyPatch
 
 def test_pool_size_flag_then_variable_then_cores_at_most_four(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LOCAL_SERVERS", raising=False)
-    monkeypatch.setattr(local_server, "_thread_count", lambda: 8)
-    assert local_server.pool_size() == 4
-    monkeypatch.setattr(local_server, "_thread_count", lambda: 2)
-    assert local_server.pool_size() == 2
+    monkeypatch.setattr(llama_process, "thread_count", lambda: 8)
+    assert llama_process.pool_size() == 4
+    monkeypatch.setattr(llama_process, "thread_count", lambda: 2)
+    assert llama_process.pool_size() == 2
     monkeypatch.setenv("LOCAL_SERVERS", "3")
-    assert local_server.pool_size() == 3
-    try:
-        configure(local_servers=1)
-        assert local_server.pool_size() == 1
-    finally:
-        configure(local_servers=None)
+    assert llama_process.pool_size() == 3
+    assert llama_process.pool_size(1) == 1  # --local_servers, through the runtime's settings
     for bad in ("0", "x", "17", "-1"):
         monkeypatch.setenv("LOCAL_SERVERS", bad)
         with pytest.raises(EngineError, match=f"LOCAL_SERVERS={bad} is not a number of servers"):
-            local_server.pool_size()
+            llama_process.pool_size()
 
 
 def test_threads_are_split_evenly(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local_server, "_thread_count", lambda: 8)
-    command = local_server._server_command("/m/SmolLM2.gguf", 9000, threads=8 // 3)
+    monkeypatch.setattr(llama_process, "thread_count", lambda: 8)
+    command = llama_process.server_command("/m/SmolLM2.gguf", 9000, threads=8 // 3)
     assert command[command.index("--n_threads") + 1] == "2"
     # Prompt processing too: llama-cpp-python's own default is every core, which oversubscribes a pool.
     assert command[command.index("--n_threads_batch") + 1] == "2"
@@ -142,7 +139,7 @@ def test_calls_to_a_dead_server_are_retried_on_the_others(
     monkeypatch.setenv("LOCAL_BASE_URL", f"{_closed_url()},{alive.base_url}")
     engine = get_engine("local", max_concurrency=4)
     # The model is discovered from the first server of the list, which is down: it is named in the route.
-    monkeypatch.setattr(engine, "_model", "fake-model")
+    monkeypatch.setattr(engine.transport, "_model", "fake-model")
     replies = _answer_all(engine, [f"q{i}" for i in range(4)])
     assert replies == [f"reply from fake-model to: q{i}" for i in range(4)]
     assert alive.chat_count == 4

@@ -9,8 +9,10 @@ from scripted_engine import ScriptedEngine
 
 import textgrad as tg
 from textgrad import structured
-from textgrad.engine import ChatReply, get_engine
+from textgrad.engine import get_engine
 from textgrad.optimizer import IMPROVED_REPLY, INSTRUCTIONS_REPLY
+from textgrad.serving.backends import BACKENDS
+from textgrad.serving.transport import ChatReply
 from utils.tasks.evaluation import JUDGE_REPLY
 from utils.tasks.scoring import score_numeric
 
@@ -115,11 +117,14 @@ def test_judge_verdicts_are_yes_or_no_or_counted(text, structured_reply, verdict
 def test_each_backend_kind_gets_its_own_request_shape_with_a_minimal_schema():
     schema = {"type": "object", "properties": {"improved_text": {"type": "string"}},
               "required": ["improved_text"], "additionalProperties": False}
-    assert structured.response_format("local", IMPROVED_REPLY) == {"type": "json_object", "schema": schema}
+    def shape(kind: str) -> dict | None:
+        return BACKENDS[kind].response_format(IMPROVED_REPLY.field, IMPROVED_REPLY.schema())
+
+    assert shape("local") == {"type": "json_object", "schema": schema}
     for kind in ("vllm", "sglang", "openai", "ollama"):
-        assert structured.response_format(kind, IMPROVED_REPLY) == {
+        assert shape(kind) == {
             "type": "json_schema", "json_schema": {"name": "improved_text", "schema": schema, "strict": True}}
-    assert structured.response_format(None, IMPROVED_REPLY) is None
+    assert structured.request_format(object(), IMPROVED_REPLY) is None  # not one of our engines: tags
     assert JUDGE_REPLY.schema()["properties"] == {"verdict": {"type": "string", "enum": ["Yes", "No"]}}
 
 

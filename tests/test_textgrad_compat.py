@@ -12,15 +12,9 @@ import pytest
 import textgrad as tg
 from bench.fake_server import FakeServer
 from bench.fake_server.replies import edited_prompt, feedback_reply, request_kind
-from textgrad import config as tg_config
 from textgrad import prompts
-from textgrad.engine import EngineError
+from textgrad.errors import EngineError
 from utils.tasks.synthetic import generate_examples
-
-
-@pytest.fixture(autouse=True)
-def _no_backward_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tg_config, "_backward_engine", None)
 
 
 @pytest.fixture

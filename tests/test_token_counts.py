@@ -12,8 +12,9 @@ import pytest
 from main import main
 from tests.scripted_engine import ScriptedEngine
 from textgrad.engine import get_engine
-from textgrad.local_server import find_packaged_model
-from textgrad.tokenizers import ServerTokenizer, TokenCount, vocab_tokenizer
+from textgrad.serving.llama_process import find_packaged_model
+from textgrad.serving.runtime import Runtime, current_runtime
+from textgrad.serving.tokenizers import ServerTokenizer, TokenCount
 from utils.reporting.prompt_stats import measure_prompt, token_axis_label
 from utils.tasks.registry import resolve_task
 
@@ -21,7 +22,7 @@ SENTENCE = "Read the question closely, list each item with its count, then add t
 # SmolLM2-135M-Instruct's tokens of SENTENCE, read once from its tokenizer (17 pieces): Read| the| question|
 # closely|,| list| each| item| with| its| count|,| then| add| them| up|.
 SMOLLM2_TOKENS = 17
-# textgrad.tokenizers.estimate_tokens(SENTENCE): the conservative estimate (characters / 4 would say 19).
+# textgrad.serving.tokenizers.estimate_tokens(SENTENCE): the conservative estimate (characters / 4 would say 19).
 ESTIMATED_TOKENS = 32
 # SmolLM2's tokens of synthetic_object_counting's starting prompt, read once from its tokenizer: You| are| a|
 # careful| problem| solver|.| Read| the| question| closely| and| reason| step| by| step|,| checking| each|
@@ -30,10 +31,10 @@ ESTIMATED_TOKENS = 32
 STARTING_PROMPT_TOKENS = 25
 
 
-def test_the_embedded_models_vocabulary_counts_exactly() -> None:
-    tokenizer = vocab_tokenizer(find_packaged_model())
+def test_the_embedded_models_vocabulary_counts_exactly(runtime: Runtime) -> None:
+    tokenizer = runtime.vocabs.tokenizer(find_packaged_model())
     assert tokenizer is not None and tokenizer.count(SENTENCE) == SMOLLM2_TOKENS
-    assert vocab_tokenizer(str(Path(find_packaged_model()).with_suffix(".missing"))) is None
+    assert runtime.vocabs.tokenizer(str(Path(find_packaged_model()).with_suffix(".missing"))) is None
 
 
 def test_an_engine_without_a_tokenizer_gets_a_flagged_estimate() -> None:
@@ -89,7 +90,7 @@ def test_a_seeded_run_on_the_embedded_default_records_exact_token_counts(
     run = _tiny_local_run(tmp_path)
     results = json.loads((run / "results.json").read_text())
     assert results["prompt_tokens_estimated"] is False
-    tokenizer = vocab_tokenizer(find_packaged_model())
+    tokenizer = current_runtime().vocabs.tokenizer(find_packaged_model())
     assert tokenizer is not None
     for record in results["rounds"]:
         assert record["prompt_tokens_estimated"] is False
@@ -112,17 +113,17 @@ def scripted_counts(statuses: list[int]) -> Any:
     return answer
 
 
-def test_a_busy_tokenize_route_estimates_that_count_and_is_asked_again(json_server: Any) -> None:
+def test_a_busy_tokenize_route_estimates_that_count_and_is_asked_again(json_server: Any, runtime: Runtime) -> None:
     server = json_server({"/tokenize": scripted_counts([503, 200])})
-    tokenizer = ServerTokenizer(server.base_url, "m", "key", ("/tokenize",))
+    tokenizer = ServerTokenizer(runtime.http, server.base_url, "m", "key", ("/tokenize",))
     assert tokenizer.count("one two three") is None  # overloaded for a moment: this count is estimated ...
     assert tokenizer.count("one two three four") == 4  # ... and the route is not given up
     assert server.route_requests["/tokenize"] == 2
 
 
-def test_a_server_without_a_tokenize_route_is_asked_once(json_server: Any) -> None:
+def test_a_server_without_a_tokenize_route_is_asked_once(json_server: Any, runtime: Runtime) -> None:
     server = json_server({"/tokenize": None, "/extras/tokenize/count": None})  # 404 on both
-    tokenizer = ServerTokenizer(server.base_url, "m", "key", ("/tokenize", "/extras/tokenize/count"))
+    tokenizer = ServerTokenizer(runtime.http, server.base_url, "m", "key", ("/tokenize", "/extras/tokenize/count"))
     assert tokenizer.count("one two") is None and tokenizer.count("three") is None
     assert server.route_requests == {"/tokenize": 1, "/extras/tokenize/count": 1}  # each once, then estimates
 

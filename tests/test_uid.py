@@ -12,8 +12,8 @@ import pytest
 
 from tests.scripted_engine import ScriptedEngine
 from textgrad.engine import get_engine
-from textgrad.local_server import find_packaged_model
-from textgrad.tokenizers import bos_token
+from textgrad.serving.llama_process import find_packaged_model
+from textgrad.serving.runtime import current_runtime
 from utils.reporting import prompt_stats
 from utils.reporting.prompt_stats import measure_prompt
 from utils.reporting.uid import surprisal_stats, uid_measures
@@ -41,12 +41,12 @@ def test_surprisal_stats_are_mean_population_variance_and_max() -> None:
 
 
 def test_bos_token_of_the_packaged_model_from_its_vocabulary(tmp_path: Path) -> None:
-    bos = bos_token(find_packaged_model())
+    bos = current_runtime().vocabs.bos_token(find_packaged_model())
     assert bos is not None and bos.text == "<|im_start|>" and bos.added_by_model is False
     not_gguf = tmp_path / "model.gguf"
     not_gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 7)  # truncated header
-    assert bos_token(str(not_gguf)) is None
-    assert bos_token(str(tmp_path / "missing.gguf")) is None
+    assert current_runtime().vocabs.bos_token(str(not_gguf)) is None
+    assert current_runtime().vocabs.bos_token(str(tmp_path / "missing.gguf")) is None
 
 
 def test_real_server_uid_is_finite_aligned_and_separates_uniform_from_lumpy(local_engine: Any) -> None:
@@ -66,7 +66,7 @@ def test_real_server_uid_is_finite_aligned_and_separates_uniform_from_lumpy(loca
     tokens = [token for token, _ in pairs]
     first = UNIFORM[: len(UNIFORM) - len("".join(tokens))]  # the unscored first token
     assert first and UNIFORM.endswith("".join(tokens))
-    bos = bos_token(find_packaged_model())
+    bos = current_runtime().vocabs.bos_token(find_packaged_model())
     compared = 0
     with httpx.Client(trust_env=False, timeout=120) as client:
         for k in (1, 3, 6, 10, 14):

@@ -1,18 +1,18 @@
-"""The process-wide default engine for backward passes, as in TextGrad's `set_backward_engine`, and how
-every call that takes an engine turns what it was given into one."""
+"""The backward engine, as in TextGrad's `set_backward_engine`, and how every call that takes an engine
+turns what it was given into one. The backward engine belongs to the current runtime (one per process
+unless a caller makes its own: textgrad.serving.runtime), not to a module global."""
 
 from __future__ import annotations
 
-from .engine import ChatEngine, get_engine
-from .engine_lm import EngineLM
+from .engine import get_engine
+from .engine.base import EngineLM
+from .serving.runtime import current_runtime
 
-Engine = ChatEngine | EngineLM
-EngineSpec = Engine | str
-
-_backward_engine: Engine | None = None
+Engine = EngineLM
+EngineSpec = EngineLM | str
 
 
-def as_engine(engine: EngineSpec) -> Engine:
+def as_engine(engine: EngineSpec) -> EngineLM:
     """An engine name through get_engine (so it gets our cache, cap and budgets); an engine as it is."""
     if isinstance(engine, str):
         return get_engine(engine)
@@ -22,20 +22,23 @@ def as_engine(engine: EngineSpec) -> Engine:
     return engine
 
 
-def resolve_engine(engine: EngineSpec | None) -> Engine:
+def resolve_engine(engine: EngineSpec | None) -> EngineLM:
     """The engine a loss, model, optimizer or backward() uses: the one given, else the backward engine."""
     return get_backward_engine() if engine is None else as_engine(engine)
 
 
 def set_backward_engine(engine: EngineSpec, override: bool = True) -> None:
-    global _backward_engine
-    if _backward_engine is not None and not override:
+    """The engine of models, losses, optimizers and backward() given none. With override=False an engine
+    already set is kept."""
+    runtime = current_runtime()
+    if runtime.backward_engine is not None and not override:
         return
-    _backward_engine = as_engine(engine)
+    runtime.backward_engine = as_engine(engine)
 
 
-def get_backward_engine() -> Engine:
-    if _backward_engine is None:
+def get_backward_engine() -> EngineLM:
+    engine = current_runtime().backward_engine
+    if engine is None:
         raise ValueError("no engine given and no backward engine set: pass engine=..., "
                          "or call tg.set_backward_engine('gpt-4o') first")
-    return _backward_engine
+    return engine

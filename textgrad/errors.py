@@ -7,10 +7,14 @@ class EngineError(RuntimeError):
     """A failure the user can fix (server down, key missing or rejected); one line, no key in it."""
 
 
+class MissingKeyError(EngineError, ValueError):
+    """An API key the endpoint needs is not set (a ValueError too, as TextGrad's engines raise)."""
+
+
 class ContextOverflowError(EngineError):
     """A request too long for the model's context window: rejected by the server or known not to fit.
 
-    Never retried unchanged: callers shorten the request once (textgrad.budget) or skip the item.
+    Never retried unchanged: callers shorten the request once (textgrad.serving.budget) or skip the item.
     """
 
     def __init__(self, message: str, *, window: int | None = None, prompt_tokens: int | None = None) -> None:

@@ -4,7 +4,7 @@ Every call gets its own thread instead of sharing a fixed-size pool: callers
 nest this (a round runs clients concurrently, each client runs its batch
 concurrently), and a bounded pool would deadlock when outer tasks hold every
 worker while waiting for inner ones. The real limit on load is the
-per-endpoint semaphore in ``textgrad.engine``; threads here mostly sleep on I/O.
+per-endpoint cap (textgrad.serving.slots); threads here mostly sleep on I/O.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def run_concurrently(calls: Sequence[Callable[[], T]]) -> list[T]:
 
     pool = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="fedtextgrad")
     try:
-        # Each call runs in a copy of the caller's context, so settings such as textgrad.slots.background()
+        # Each call runs in a copy of the caller's context, so settings such as textgrad.serving.slots.background()
         # reach the threads (one copy per call: a context cannot be entered by two threads at once).
         futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
         pending = set(futures)
@@ -48,7 +48,7 @@ def run_concurrently(calls: Sequence[Callable[[], T]]) -> list[T]:
                 outcomes.append((False, exc))
     except BaseException:
         # Ctrl-C (or a call stopped by it): leave at once. The calls still running stop themselves
-        # (textgrad.interrupt) instead of being waited for.
+        # (textgrad.serving.interrupt) instead of being waited for.
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()

@@ -47,3 +47,29 @@ Current {role}:
 CONSTRAINTS_HEADER = "\nRules the rewritten text must follow:\n"
 
 TEXT_LOSS_ROLE = "evaluation of the output"
+
+SUM_ROLE = "a combination of the following: {roles}"  # TextGrad's tests look for these words
+
+AGGREGATE_SYSTEM = (
+    "You combine several pieces of feedback on the same text into one. Keep every distinct request for a "
+    "change, state a request that recurs once, and add nothing of your own."
+)
+
+AGGREGATE_TEMPLATE = """Feedback on the {role}, from {count} sources:
+{feedback}
+
+Write the combined feedback as one short paragraph."""
+
+# TGD with momentum (textgrad.optimizer.momentum): the same request as TGD's with the variable's recent
+# past in front, oldest first, and a sentence on what to make of it.
+MOMENTUM_TEMPLATE = """Earlier versions of the {role}, oldest first, each with the feedback it got then:
+{history}
+
+Feedback that keeps coming back names what is still wrong; a point the later feedback no longer raises was fixed, so keep that fix.
+
+""" + OPTIMIZER_TEMPLATE
+
+MOMENTUM_STEP = """Version {number} ({age} before the current one):
+{value}
+Feedback on it:
+{feedback}"""

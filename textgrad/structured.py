@@ -9,28 +9,23 @@ backend spells the request field its own way (keyed by the engine's route kind):
 - vLLM, SGLang, OpenAI and Ollama's OpenAI-compatible API: {"type": "json_schema", "json_schema": ...}
 
 Schemas stay minimal (one string property, no length limits): llama-cpp-python's grammar builder aborts,
-killing the server process, on a `maxLength` in the hundreds. A server that rejects the field switches
-that engine to tags for the rest of the process, counted in `fallbacks()`.
+killing the server process, on a `maxLength` in the hundreds. How each backend spells the field is
+textgrad.serving.backends.Backend.response_format; the --structured_output mode, and the engines whose
+server rejected the field and use tags since, are the engine's runtime's (serving.reply_formats).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import budget
-from .endpoints import BACKENDS
-from .engine import ChatReply
-from .errors import EngineError, StructuredOutputRejected
+from .errors import StructuredOutputRejected
+from .serving import budget
+from .serving.transport import ChatReply
 
-logger = logging.getLogger(__name__)
-
-MODES = ("auto", "on", "off")
 # Why a reply holds no usable text. "truncated": cut at max_tokens (finish_reason "length"), whatever else
 # is wrong with it. A verdict that is none of the allowed words is "not_a_choice". A request that could
 # not fit the window is "context_overflow" (no reply at all).
@@ -84,73 +79,16 @@ class TextAnswer:
     structured: bool
 
 
-# ---------------------------------------------------------------- settings and fallbacks
-
-_lock = threading.Lock()
-_mode = "auto"
-_tags_only: dict[str, str] = {}  # engine name -> why its server refused structured output
-
-
-def configure(mode: str) -> None:
-    """--structured_output: auto (structured where the backend has it, tags after a rejection), on (a
-    rejection is an error), off (tags always)."""
-    global _mode
-    if mode not in MODES:
-        raise ValueError(f"structured output mode must be one of {', '.join(MODES)}, not {mode!r}")
-    _mode = mode
-
-
-def current_mode() -> str:
-    return _mode
-
-
-def fallbacks() -> dict[str, str]:
-    """Engines switched to tags because their server rejected structured output, with the reason."""
-    with _lock:
-        return dict(_tags_only)
-
-
-def reset() -> None:
-    """Forget fallbacks and go back to auto (tests; a new process starts this way)."""
-    configure("auto")
-    with _lock:
-        _tags_only.clear()
-
-
-def _backend_kind(engine: Any) -> str | None:
-    return getattr(getattr(engine, "context", None), "kind", None)
-
-
-def response_format(kind: str | None, spec: ReplySpec) -> dict[str, Any] | None:
-    """The request's response_format for this backend kind, or None where it has no structured output
-    (which flavour each backend speaks is textgrad.endpoints' knowledge)."""
-    backend = BACKENDS.get(kind) if kind else None  # type: ignore[call-overload]
-    flavour = backend.structured_output if backend else None
-    if flavour == "json_object_schema":
-        return {"type": "json_object", "schema": spec.schema()}
-    if flavour == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": spec.field, "schema": spec.schema(), "strict": True}}
-    return None
+# ---------------------------------------------------------------- what an engine is asked for
 
 
 def request_format(engine: Any, spec: ReplySpec) -> dict[str, Any] | None:
-    """What this engine is sent now; None means tags (mode off, no support, or an earlier rejection)."""
-    if _mode == "off" or not hasattr(engine, "chat_reply"):
+    """What this engine is sent now; None means tags (an engine of ours whose backend has no structured
+    output, a runtime in mode off, an earlier rejection; any other engine)."""
+    formats = getattr(engine, "reply_formats", None)
+    if formats is None or not hasattr(engine, "chat_reply") or not formats.structured_for(engine.name):
         return None
-    with _lock:
-        if engine.name in _tags_only:
-            return None
-    return response_format(_backend_kind(engine), spec)
-
-
-def _fall_back(engine: Any, exc: StructuredOutputRejected) -> None:
-    if _mode == "on":
-        raise EngineError(f"{exc}; --structured_output auto falls back to tags, off never asks") from None
-    with _lock:
-        first = engine.name not in _tags_only
-        _tags_only.setdefault(engine.name, str(exc))
-    if first:
-        logger.warning("%s; using tags instead for the rest of the run", exc)
+    return engine.backend.response_format(spec.field, spec.schema())
 
 
 # ---------------------------------------------------------------- parsing
@@ -241,6 +179,6 @@ def ask_text(engine: Any, spec: ReplySpec, *, system: str, user: str, fields: bu
             reply = budget.fitted_reply(engine, system=system, user=user, fields=values, max_tokens=max_tokens,
                                         min_output=min_output, response_format=shape)
         except StructuredOutputRejected as exc:
-            _fall_back(engine, exc)  # the next turn asks for tags
+            engine.reply_formats.fall_back(engine.name, exc)  # the next turn asks for tags
             continue
         return extract(reply, spec, structured=shape is not None)

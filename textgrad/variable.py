@@ -5,17 +5,27 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from .config import resolve_engine
 from .parallel import run_concurrently
 
 if TYPE_CHECKING:
     from .config import EngineSpec
-    from .engine import ChatEngine
+    from .engine.base import EngineLM
 
 # A backward function returns the feedback to deliver instead of writing it itself, so that
 # backward() can run sibling nodes concurrently and still attach gradients in a fixed order:
 # concurrent and sequential runs must give the optimizer identical input.
 PendingGradients = list[tuple["Variable", "Variable"]]
-BackwardFn = Callable[["ChatEngine"], PendingGradients]
+BackwardFn = Callable[["EngineLM"], PendingGradients]
+
+
+class Gradients(list["Variable"]):
+    """A variable's feedback in the order it arrived. TextGrad keeps a set and adds to it: `add` is here
+    too (a feedback added twice is kept once), so code written for either works."""
+
+    def add(self, gradient: Variable) -> None:
+        if not any(g is gradient for g in self):
+            self.append(gradient)
 
 
 class Variable:
@@ -30,7 +40,7 @@ class Variable:
         self.role_description = role_description
         self.requires_grad = requires_grad
         self.predecessors: list[Variable] = list(predecessors)
-        self.gradients: list[Variable] = []
+        self.gradients = Gradients()
         self.backward_fn: BackwardFn | None = None
 
     def __repr__(self) -> str:
@@ -63,7 +73,7 @@ class Variable:
         return "\n\n".join(g.value for g in self.gradients)
 
     def reset_gradients(self) -> None:
-        self.gradients = []
+        self.gradients = Gradients()
 
     def backward(self, engine: EngineSpec | None = None) -> None:
         """Propagate feedback from this variable to every ancestor that requires a gradient.
@@ -72,8 +82,6 @@ class Variable:
         only after everything that depends on it has delivered its feedback; nodes of one level
         are independent and run concurrently (one LLM call each, typically).
         """
-        from .config import resolve_engine
-
         engine = resolve_engine(engine)
         for level in _levels_from(self):
             runnable = [node for node in level if node.backward_fn is not None]

@@ -15,8 +15,8 @@ from typing import Any, NoReturn
 
 import yaml
 
-# The engine-name grammar is textgrad.endpoints' (a cheap import: no LLM client library loads with it).
-from textgrad.endpoints import engine_name_problem
+# The engine-name grammar is textgrad.serving.backends' (a cheap import: no LLM client library loads with it).
+from textgrad.serving.backends import engine_name_problem
 from utils.privacy.attacks import ATTACKS
 from utils.privacy.leakage import LEAK_GUARDS
 from utils.tasks.registry import TaskError, check_bbh_subtask
@@ -25,6 +25,7 @@ from .run_config import RunConfig
 
 MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
 AGGREGATE_METHODS = ("concat", "summarization", "sum_uid")
+OPTIMIZERS = ("tgd", "tgd_momentum")  # utils.client.make_optimizer
 # A run name is one plain folder name inside --output_dir: no separator, no "..", nothing a shell or a
 # filesystem treats specially.
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.+=-]{1,255}")
@@ -135,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     federated("--homo_split_num", type=_positive_int, default=3, help="clients of train_homo_fed")
     run("--proximal_update", action="store_true",
         help="keep a new prompt only if its batch accuracy is strictly higher (or perfect)")
+    run("--optimizer", choices=OPTIMIZERS, default="tgd",
+        help="tgd (the paper's), or tgd_momentum: TGD that also shows the optimizer the client's earlier steps "
+             "of the round and their feedback")
+    run("--momentum_window", type=_positive_int, default=3,
+        help="earlier steps tgd_momentum shows (the history starts empty every round)")
     run("--do_not_run_larger_model", action="store_true",
         help="skip the evaluation engine's own zero-shot test accuracy")
     outputs("--comet_mode", choices=("offline", "online", "disabled"), default="offline",

@@ -25,6 +25,8 @@ class RunConfig:
     aggregate_method: str
     homo_split_num: int
     proximal_update: bool
+    optimizer: str
+    momentum_window: int
     do_not_run_larger_model: bool
     comet_mode: str
     comet_project_name: str

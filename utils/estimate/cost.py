@@ -17,9 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textgrad.cache import ResponseCache
-from textgrad.endpoints import canonical_engine_name, clean_url, split_engine_name
-from textgrad.engine import EngineError, default_cache_dir
+from textgrad.errors import EngineError
+from textgrad.serving.backends import canonical_engine_name, split_engine_name
+from textgrad.serving.cache import ResponseCache
+from textgrad.serving.http import clean_url
+from textgrad.serving.runtime import current_runtime
 from utils.config import UsageError
 from utils.federated.experiment import Experiment
 from utils.federated.plan import plan_run
@@ -51,12 +53,12 @@ class EngineFacts:
     model_path: str | None  # the GGUF file of the local engine
     logprobs: bool          # utils.reporting.uid asks it for log-probabilities
     openai_routed: bool     # served by OpenAI itself, so its list price applies
-    endpoint: str | None = None  # the server as the response cache keys it (ChatEngine.cache_endpoint)
+    endpoint: str | None = None  # the server as the response cache keys it (ChatOpenAI.cache_endpoint)
 
 
 def engine_facts(name: str) -> EngineFacts:
     if name == "local":
-        from textgrad.local_server import find_packaged_model
+        from textgrad.serving.llama_process import find_packaged_model
 
         external = bool(os.environ.get("LOCAL_BASE_URL"))
         try:
@@ -282,7 +284,8 @@ def estimate_run(args: RunConfig, exp: Experiment, run_dir: Path) -> Estimate:
     prices = _prices(args, facts)
     test = facts[args.test_engine]
     counter = token_counter(test.name, test.kind, test.model_path)
-    cache_dir = Path(args.cache_dir).expanduser().resolve() if args.cache_dir else Path(default_cache_dir())
+    cache_dir = (Path(args.cache_dir).expanduser().resolve() if args.cache_dir
+                 else Path(current_runtime().settings.cache_directory()))
     done, first_prompt = _resume_point(run_dir, args.resume)
     # The plan the round loop will walk: from its checkpoint on when resuming.
     run_plan = plan_run(exp, judge=args.judge == "llm")

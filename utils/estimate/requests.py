@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from textgrad import prompts as tg_prompts
-from textgrad.context import message_overhead
 from textgrad.optimizer import INSTRUCTIONS_REPLY
+from textgrad.serving.window import message_overhead
 from utils.federated.aggregation import MERGE_SYSTEM, merge_request
 from utils.federated.client import OPTIMIZER_CONSTRAINTS, PROMPT_ROLE
 from utils.federated.experiment import Client, EvalSets, Experiment, starting_prompt
@@ -195,10 +195,14 @@ class _Planner:
         client_id, prompt = planned.client.client_id, global_prompt
         steps = [(client_id, round_index, step.index) for step in planned.steps]
         kept = [s for s in steps if s not in self.outcomes.unusable_steps | self.outcomes.reverted_steps]
+        past: list[tuple[_Prompt, int]] = []  # --optimizer tgd_momentum: this round's earlier steps
         for key, batch in zip(steps, planned.batches, strict=True):
             returned_text = self.outcomes.texts.get((round_index, client_id)) if kept and key == kept[-1] else None
+            before = prompt
             prompt = self._local_step(f"round {round_index} local steps", planned.client, key, prompt, batch,
-                                      returned_text)
+                                      returned_text, past)
+            if self.settings.optimizer == "tgd_momentum":
+                past = (past + [(before, len(batch))])[-self.settings.momentum_window:]
         return prompt
 
     def _screen(self, planned: Round, returned: list[_Prompt]) -> None:
@@ -225,11 +229,12 @@ class _Planner:
     # -- a client's local step: forward, feedback, optimizer, re-score --------------------
 
     def _local_step(self, phase: str, client: Client, step: tuple[str, int, int], prompt: _Prompt,
-                    batch: list[Example], returned_text: str | None = None) -> _Prompt:
+                    batch: list[Example], returned_text: str | None = None,
+                    past: list[tuple[_Prompt, int]] | None = None) -> _Prompt:
         spec = self.spec
         self._answer_all(phase, spec.test_engine, prompt, batch, client.task, self.settings.answer_max_tokens)
         self._send(phase, [self._feedback_request(prompt, ex) for ex in batch])
-        optimizer = self._optimizer_request(client.task, prompt, batch)
+        optimizer = self._optimizer_request(client.task, prompt, batch, past or [])
         self._send(phase, [optimizer])
         if step in self.outcomes.unusable_steps:
             return prompt
@@ -293,15 +298,20 @@ class _Planner:
         return _Request(self.spec.evaluation_engine, "feedback", ("feedback", prompt.id, ex.question), size,
                         self.settings.feedback_max_tokens)
 
-    def _optimizer_request(self, task: TaskSpec, prompt: _Prompt, batch: list[Example]) -> _Request:
+    def _optimizer_request(self, task: TaskSpec, prompt: _Prompt, batch: list[Example],
+                           past: list[tuple[_Prompt, int]]) -> _Request:
+        """TGD's request; with past steps (tgd_momentum) also their prompts and feedback in front of it."""
         constraints = tg_prompts.CONSTRAINTS_HEADER + "\n".join(f"- {c}" for c in OPTIMIZER_CONSTRAINTS) + "\n"
-        fixed = self.fixed(tg_prompts.OPTIMIZER_SYSTEM, tg_prompts.OPTIMIZER_TEMPLATE.format(
-            role=PROMPT_ROLE, value="", feedback="", constraints=constraints,
+        template = tg_prompts.MOMENTUM_TEMPLATE if past else tg_prompts.OPTIMIZER_TEMPLATE
+        fixed = self.fixed(tg_prompts.OPTIMIZER_SYSTEM, template.format(
+            role=PROMPT_ROLE, value="", feedback="", constraints=constraints, history="",
             reply_format=INSTRUCTIONS_REPLY.instruction(self.spec.structured)))
-        size = fixed + prompt.tokens + len(batch) * (self.spec.completion["feedback"] + 1)
-        return _Request(self.spec.evaluation_engine, "optimizer",
-                        ("optimizer", prompt.id, tuple(ex.question for ex in batch)), size,
-                        self.settings.optimizer_max_tokens)
+        feedback = self.spec.completion["feedback"] + 1
+        step_label = self.count(tg_prompts.MOMENTUM_STEP.format(number=1, age="1 step", value="", feedback=""))
+        size = (fixed + prompt.tokens + len(batch) * feedback
+                + sum(step_label + earlier.tokens + examples * feedback for earlier, examples in past))
+        key = ("optimizer", prompt.id, tuple(ex.question for ex in batch)) + tuple(earlier.id for earlier, _ in past)
+        return _Request(self.spec.evaluation_engine, "optimizer", key, size, self.settings.optimizer_max_tokens)
 
     def _merge_request(self, key: tuple[Any, ...], distinct: list[_Prompt]) -> _Request:
         # The request as written around empty client prompts: their own tokens are added to it.

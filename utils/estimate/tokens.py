@@ -1,6 +1,6 @@
 """Token counts of texts for an engine without starting or asking any server (for utils.estimate.requests).
 
-The counters are textgrad.tokenizers' (the project's one token counter); this only picks the one that
+The counters are textgrad.serving.tokenizers' (the project's one token counter); this only picks the one that
 works offline and before any server runs, and says how its counts are made:
 - `local`: the GGUF model's own vocabulary, loaded in-process (no weights, no server): exact;
 - OpenAI models: tiktoken, where it has the encoding (downloaded at first use, so offline it falls back);
@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from textgrad.tokenizers import TiktokenTokenizer, Tokenizer, estimate_tokens, vocab_tokenizer
+from textgrad.serving.runtime import current_runtime
+from textgrad.serving.tokenizers import TiktokenTokenizer, Tokenizer, estimate_tokens
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def _exact(tokenizer: Tokenizer, source: str) -> TokenCounter:
 def token_counter(engine: str, kind: str, model_path: str | None = None) -> TokenCounter:
     """The best counter reachable without a server for an engine of this kind ("local", "openai", ...)."""
     if kind == "local" and model_path:
-        vocab = vocab_tokenizer(model_path)
+        vocab = current_runtime().vocabs.tokenizer(model_path)
         if vocab is None:
             return _estimating("the GGUF vocabulary could not be loaded")
         return _exact(vocab, f"the {Path(model_path).name} vocabulary (llama.cpp, in-process)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from textgrad import budget, structured
+from textgrad import structured
 from textgrad.engine import ChatEngine
 from textgrad.errors import ContextOverflowError
+from textgrad.serving import budget
 from utils.tasks.registry import TaskSpec
 
 MERGE_SYSTEM = (

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import textgrad as tg
 from textgrad.engine import ChatEngine
 from textgrad.errors import ContextOverflowError
-from textgrad.optimizer import INSTRUCTIONS_REPLY
+from textgrad.optimizer import INSTRUCTIONS_REPLY, MomentumHistory, TGDMomentum
 from textgrad.parallel import run_concurrently
 from utils.privacy.attacks import poisoned_prompt
 from utils.privacy.leakage import LeakAudit, guard_prompt, redact_copies
@@ -39,6 +39,8 @@ class LocalSettings:
     answer_max_tokens: int = 512
     feedback_max_tokens: int = 256
     optimizer_max_tokens: int = 512
+    optimizer: str = "tgd"  # "tgd_momentum": TGD that also sees the round's earlier steps (textgrad.optimizer.momentum)
+    momentum_window: int = 3
 
 
 @dataclass
@@ -110,11 +112,27 @@ def served_variable(prompt: tg.Variable, task: TaskSpec) -> tg.Variable:
     return served
 
 
+def make_optimizer(prompt: tg.Variable, engine: ChatEngine, settings: LocalSettings,
+                   history: MomentumHistory | None) -> tg.TGD:
+    """The step's optimizer, --optimizer: tgd, or tgd_momentum on the round's history of this client."""
+    options = {"engine": engine, "max_tokens": settings.optimizer_max_tokens,
+               "constraints": list(OPTIMIZER_CONSTRAINTS)}
+    if settings.optimizer == "tgd_momentum":
+        optimizer: tg.TGD = TGDMomentum([prompt], momentum_window=settings.momentum_window, history=history,
+                                        **options)
+    else:
+        optimizer = tg.TGD([prompt], **options)
+    optimizer.reply = INSTRUCTIONS_REPLY
+    return optimizer
+
+
 def local_step(prompt_text: str, batch: list[Example], task: TaskSpec, engines: Engines,
-               settings: LocalSettings, step: int = 0) -> tuple[str, StepResult]:
+               settings: LocalSettings, step: int = 0,
+               history: MomentumHistory | None = None) -> tuple[str, StepResult]:
     """Forward, score, backward, TGD, re-score; returns the prompt to continue from and what happened.
 
-    prompt_text is the trained text; every answer request is served with the task's format line."""
+    prompt_text is the trained text; every answer request is served with the task's format line.
+    history: the earlier steps of this round, for --optimizer tgd_momentum (which records this one)."""
     prompt = tg.Variable(prompt_text, PROMPT_ROLE, requires_grad=True)
     model = tg.BlackboxLLM(engines.test, system_prompt=served_variable(prompt, task),
                            max_tokens=settings.answer_max_tokens, feedback_max_tokens=settings.feedback_max_tokens)
@@ -135,13 +153,11 @@ def local_step(prompt_text: str, batch: list[Example], task: TaskSpec, engines: 
         verdict = "correct" if score else f"incorrect; the expected final answer is {ex.target}"
         losses.append(tg.StringBasedFunction(lambda response, target, v=verdict: v,
                                              "Checking the final answer against the reference")(
-            {"response": response, "target": target}, role_description="correctness of the response"))
+            {"response": response, "target": target}, response_role_description="correctness of the response"))
     accuracy = sum(correct) / len(correct)
 
     tg.sum(losses).backward(engines.evaluation)
-    optimizer = tg.TGD([prompt], engine=engines.evaluation, max_tokens=settings.optimizer_max_tokens,
-                       constraints=list(OPTIMIZER_CONSTRAINTS))
-    optimizer.reply = INSTRUCTIONS_REPLY
+    optimizer = make_optimizer(prompt, engines.evaluation, settings, history)
     if not prompt.gradients and model.feedback_skipped:
         return prompt_text, StepResult(step, accuracy, None, False, "context_overflow", judge_failures)
     optimizer.step()
@@ -194,10 +210,16 @@ def train_client(client_id: str, task: TaskSpec, batches: list[list[Example]], s
                  engines: Engines, settings: LocalSettings,
                  on_step: Callable[[], None] | None = None) -> ClientUpdate:
     """One local step per batch from the server's prompt, each continuing from the last: the round's
-    settings.max_steps batches of the client's data loader (round_batches)."""
+    settings.max_steps batches of the client's data loader (round_batches).
+
+    The momentum optimizer's history starts empty every round: a round starts from the server's merged
+    prompt, not from where this client's steps left off, and the client keeps nothing between rounds, so
+    --resume from a round's checkpoint (and a Flower client in a fresh process) sees what an uninterrupted
+    run sees."""
     update = ClientUpdate(client_id=client_id, round=round_index, start_prompt=start_prompt, prompt=start_prompt)
+    history = MomentumHistory(settings.momentum_window) if settings.optimizer == "tgd_momentum" else None
     for step, batch in enumerate(batches):
-        update.prompt, outcome = local_step(update.prompt, batch, task, engines, settings, step)
+        update.prompt, outcome = local_step(update.prompt, batch, task, engines, settings, step, history)
         update.steps.append(outcome)
         if on_step is not None:
             on_step()

@@ -7,10 +7,9 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
-from textgrad import local_server, structured
-from textgrad.budget import context_results
-from textgrad.engine import all_engine_stats
-from textgrad.stats import EngineStats
+from textgrad.serving.budget import context_results
+from textgrad.serving.runtime import current_runtime
+from textgrad.serving.stats import EngineStats
 from textgrad.structured import CONTEXT_OVERFLOW, REPLY_FAILURES
 from utils.privacy.leakage import leakage_results, record_leakage
 from utils.reporting.prompt_stats import token_count
@@ -137,6 +136,7 @@ def write_results(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
             log.metric(f"final_test_{label}/{task}", acc, state.round)
     history = state.history
     rounds = [r.public() for r in history]
+    runtime = current_runtime()
     results = {
         "module": exp.module,
         "tasks": [t.name for t in exp.tasks],
@@ -158,17 +158,18 @@ def write_results(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         "final_test": {"last": last_test, "best": best_test},
         "steps": {"total": sum(r.steps for r in history), "accepted": sum(r.accepted_steps for r in history)},
         "format_failures": format_failures(history, evaluate.judge_failures),
-        "structured_output": {"mode": structured.current_mode(), "fallbacks_to_tags": structured.fallbacks()},
-        "embedded_server_restarts": local_server.restart_count() - restarts_mark,
+        "structured_output": {"mode": runtime.reply_formats.mode,
+                              "fallbacks_to_tags": runtime.reply_formats.fallbacks()},
+        "embedded_server_restarts": runtime.embedded.restarts - restarts_mark,
         "llm": {**add_counts(state.llm, final_cost.as_dict()),
-                "by_engine_this_process": all_engine_stats()},
+                "by_engine_this_process": runtime.engine_stats()},
         "wall_seconds": round(state.wall_seconds + time.monotonic() - started, 3),
         # Wall seconds of each phase, summed over rounds and resumed processes. The zero-shot evaluation
         # runs beside round 1's local steps, and the last validation beside the final test of the last
         # prompt, so they add up to more than wall_seconds.
         "phase_seconds": {key: round(value, 3) for key, value in sorted(phase_seconds.items())},
     }
-    results.update(context_results(results["llm"]))
+    results.update(context_results(results["llm"], runtime.context_windows()))
     results.update({**leakage_results(rounds), **screening_results(rounds)})
     log.write_results(results)
     log.event("finished", wall_seconds=results["wall_seconds"], llm_calls=results["llm"]["calls"])

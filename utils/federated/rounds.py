@@ -24,11 +24,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from textgrad import local_server
 from textgrad.errors import EngineError
 from textgrad.parallel import run_concurrently
-from textgrad.slots import background
-from textgrad.stats import EngineStats, metered
+from textgrad.serving.runtime import current_runtime
+from textgrad.serving.slots import background
+from textgrad.serving.stats import EngineStats, metered
 from utils.privacy.outbound import OutboundPlan
 from utils.reporting import progress
 from utils.reporting.prompt_stats import measure_prompt, measure_prompts
@@ -81,7 +81,7 @@ class RoundLoop:
         self.round_cost = EngineStats()
         self.started = time.monotonic()
         self.seconds_before: dict[str, float] = {}
-        self.restarts_mark = local_server.restart_count()  # per process: this run's own restarts
+        self.restarts_mark = current_runtime().embedded.restarts  # per process: this run's own restarts
 
     def start(self, resume: bool) -> None:
         """The zero-shot evaluation, or the state of the checkpoint to resume from."""

@@ -10,8 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from textgrad import structured
-from textgrad.engine import configure, get_engine
+from textgrad.engine import get_engine
+from textgrad.serving.runtime import current_runtime
 from utils.config import UsageError, resolved_config
 from utils.privacy.outbound import OutboundPlan
 from utils.reporting import progress
@@ -47,15 +47,16 @@ def load_data(args: RunConfig) -> list[TaskData]:
 def make_engines(args: RunConfig, check: bool = True) -> Engines:
     """The run's engines; with check, each endpoint is asked once whether it serves (the embedded one is
     started). Without, only names, keys and routes are checked: nothing is contacted."""
-    configure(use_cache=not args.no_cache, max_concurrency=args.max_concurrency)
+    runtime = current_runtime()
+    runtime.configure(use_cache=not args.no_cache, max_concurrency=args.max_concurrency)
     if args.local_servers is not None:
-        configure(local_servers=args.local_servers)
-    if args.cache_dir is not None:  # otherwise keep the process default (or a caller's choice)
-        configure(cache_dir=args.cache_dir)
+        runtime.configure(local_servers=args.local_servers)
+    if args.cache_dir is not None:  # otherwise keep the runtime's default (or a caller's choice)
+        runtime.configure(cache_dir=args.cache_dir)
     if args.request_timeout is not None:
-        configure(request_timeout=args.request_timeout)
-    configure(max_context=args.max_context)
-    structured.configure(args.structured_output)
+        runtime.configure(request_timeout=args.request_timeout)
+    runtime.configure(max_context=args.max_context)
+    runtime.reply_formats.configure(args.structured_output)
     test = get_engine(args.test_engine)
     evaluation = get_engine(args.evaluation_engine)
     embedded = "local" in (args.test_engine, args.evaluation_engine) and not os.environ.get("LOCAL_BASE_URL")
@@ -131,7 +132,8 @@ def build_experiment(args: RunConfig, data: list[TaskData], clients: list[Client
         settings=LocalSettings(max_steps=args.max_steps, batch_size=args.batch_size,
                                proximal_update=args.proximal_update, seed=args.seed,
                                answer_max_tokens=args.max_tokens, feedback_max_tokens=args.feedback_max_tokens,
-                               optimizer_max_tokens=args.optimizer_max_tokens),
+                               optimizer_max_tokens=args.optimizer_max_tokens, optimizer=args.optimizer,
+                               momentum_window=args.momentum_window),
         merge_max_tokens=args.merge_max_tokens,
         run_larger_model=not args.do_not_run_larger_model and args.evaluation_engine != args.test_engine,
         split_sizes={d.task.name: d.sizes for d in data},

@@ -13,8 +13,9 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from textgrad.engine import ChatEngine, metered
+from textgrad.engine import ChatEngine
 from textgrad.parallel import run_concurrently
+from textgrad.serving.stats import metered
 from utils.reporting.tracking import RunLog
 from utils.tasks.evaluation import evaluate_on_tasks
 from utils.tasks.registry import Example, TaskSpec

@@ -5,7 +5,7 @@ Every phase (server start-up, zero-shot, each round's local steps, screening, me
 final test) gets a bar of LLM calls done / expected (the expected calls are the run's plan's,
 utils.federated.plan), with its cache hits, retries and ETA; the rounds bar
 shows the last validation accuracy and the best so far. A phase's calls are counted by an engine meter
-(textgrad.engine.metered) in the threads that run it, so phases running side by side (the zero-shot
+(textgrad.serving.stats.metered) in the threads that run it, so phases running side by side (the zero-shot
 evaluation beside round 1's training) count their own calls. The seconds each phase took go to
 results.json (`phase_seconds`).
 
@@ -27,8 +27,8 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from textgrad import interrupt
-from textgrad.engine import EngineStats, metered
+from textgrad.serving.runtime import current_runtime
+from textgrad.serving.stats import EngineStats, metered
 
 T = TypeVar("T")
 PROGRESS_ENV = "FEDTEXTGRAD_PROGRESS"
@@ -89,7 +89,7 @@ class RepeatedWarnings(logging.Filter):
         self._first: dict[tuple[str, str], str] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if interrupt.stopping():
+        if current_runtime().stop.is_set():
             return False
         key = (record.name, str(record.msg))
         with self._lock:
@@ -306,7 +306,7 @@ class RunConsole:
                 phase.close()
             if self.rounds_bar is not None:
                 self.rounds_bar.close()
-            if not interrupt.stopping():
+            if not current_runtime().stop.is_set():
                 for message, count in warnings_filter.repeats():
                     note(f"warning: {message} (and {count} more like it in this run)")
 

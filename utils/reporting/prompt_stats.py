@@ -9,7 +9,7 @@ from typing import Any
 
 from textgrad.errors import EngineError
 from textgrad.parallel import run_concurrently
-from textgrad.tokenizers import TokenCount, estimate_tokens
+from textgrad.serving.tokenizers import TokenCount, estimate_tokens
 
 from .uid import uid_measures
 

@@ -16,7 +16,7 @@ GROUP_KEYS = (("module", "module"), ("tasks", "tasks"), ("aggregation", "aggrega
               ("local_steps", "local steps"), ("clients", "clients"), ("batch_size", "batch"))
 # config.yaml settings that also separate groups; shown as columns only when they differ between runs.
 EXTRA_KEYS = ("test_engine", "evaluation_engine", "partition", "dirichlet_alpha", "clients_per_round",
-              "proximal_update", "split_sizes", "max_epochs", "judge", "max_tokens",
+              "proximal_update", "optimizer", "momentum_window", "split_sizes", "max_epochs", "judge", "max_tokens",
               "leak_guard", "malicious_clients", "attack", "robust_aggregation")
 # Shorter names of settings in plot legends.
 SHORT_TITLES = {"split_sizes": "split", "test_engine": "test", "evaluation_engine": "eval",

@@ -6,7 +6,7 @@ variance and the maximum surprisal over the prompt's tokens. The first token has
 log-probability and is skipped.
 
 The log-probabilities come from the engine (ChatEngine.prompt_logprobs): backends that return them
-(textgrad.endpoints.Backend.prompt_logprobs: the embedded llama.cpp server and vLLM) give measures,
+(textgrad.serving.backends.Backend.prompt_logprobs: the embedded llama.cpp server and vLLM) give measures,
 others None ("not available"), and so does any failure: a measurement never stops a run.
 """
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from textgrad import budget, structured
+from textgrad import structured
 from textgrad.engine import ChatEngine
 from textgrad.errors import ContextOverflowError
 from textgrad.parallel import run_concurrently
+from textgrad.serving import budget
 
 from .answers import extract_answer
 from .registry import Example, TaskSpec, served_prompt

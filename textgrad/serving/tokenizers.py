@@ -1,7 +1,8 @@
 """Token counts of text: exact from the model's own tokenizer wherever one is reachable, else an estimate.
 
-Exact sources, by backend (see textgrad.endpoints.Backend.tokenizer): a llama.cpp server's GGUF
-vocabulary loaded in-process through llama-cpp-python, where the file is on this machine; a server's tokenize route (llama.cpp's
+Exact sources, by backend (see textgrad.serving.backends.Backend.tokenizer): a llama.cpp server's GGUF
+vocabulary loaded in-process through llama-cpp-python (a runtime's `Vocabularies`), where the file is on
+this machine; a server's tokenize route (llama.cpp's
 llama-server, vLLM and SGLang answer /tokenize, llama-cpp-python /extras/tokenize/count); tiktoken for
 the OpenAI models it knows. tiktoken downloads its encodings at first use, so offline (or for a model
 name it does not know) OpenAI counts are estimated, and say so.
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import io
 import logging
 import math
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from .endpoints import post_json, server_root
+from .http import HttpClients, server_root
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ class ServerTokenizer:
     cached by text, since the same system prompt is measured over and over.
     """
 
-    def __init__(self, base_url: str, model: str, api_key: str, routes: tuple[str, ...]) -> None:
+    def __init__(self, http: HttpClients, base_url: str, model: str, api_key: str, routes: tuple[str, ...]) -> None:
+        self._http = http
         self.root = server_root(base_url)
         self.model = model
         self.routes = routes
@@ -98,10 +99,10 @@ class ServerTokenizer:
 
     def _ask(self, route: str, text: str) -> int:
         if route.endswith("/tokenize"):
-            reply = post_json(self.root + route, self._api_key,
-                              {"model": self.model, "content": text, "prompt": text, "add_special": False})
+            reply = self._http.post_json(self.root + route, self._api_key,
+                                         {"model": self.model, "content": text, "prompt": text, "add_special": False})
         else:
-            reply = post_json(self.root + route, self._api_key, {"model": self.model, "input": text})
+            reply = self._http.post_json(self.root + route, self._api_key, {"model": self.model, "input": text})
         if isinstance(reply.get("count"), int):
             return int(reply["count"])
         tokens = reply.get("tokens")
@@ -146,21 +147,46 @@ def _route_absent(exc: httpx.TransportError | httpx.HTTPStatusError) -> bool:
 # ---------------------------------------------------------------- the embedded model's vocabulary
 
 
-_vocabs: dict[str, Any] = {}
-_vocabs_lock = threading.Lock()
+class Vocabularies:
+    """GGUF vocabularies loaded in-process (llama_cpp.Llama with vocab_only: no weights), one per model file:
+    engines come and go (one per cache folder), the vocabulary stays. Closed at close() or at exit."""
 
+    def __init__(self) -> None:
+        self._vocabs: dict[str, Any] = {}
+        self._bos: dict[str, BosToken | None] = {}
+        self._lock = threading.Lock()
 
-def load_vocab(model_path: str) -> Any | None:
-    """llama_cpp.Llama of the GGUF file's vocabulary only (no weights), or None if it cannot be read.
+    def load(self, model_path: str) -> Any | None:
+        """The vocabulary of the GGUF file, or None if it cannot be read."""
+        with self._lock:
+            if model_path not in self._vocabs:
+                self._vocabs[model_path] = _open_vocab(model_path)
+                if len(self._vocabs) == 1:
+                    # Before the interpreter tears llama_cpp down: Llama.__del__ at that point fails loudly.
+                    atexit.register(self.close)
+            return self._vocabs[model_path]
 
-    One per model file and process: engines come and go (one per cache folder), the vocabulary stays.
-    """
-    with _vocabs_lock:
-        if model_path not in _vocabs:
-            _vocabs[model_path] = _open_vocab(model_path)
-            if len(_vocabs) == 1:
-                atexit.register(_close_vocabs)
-        return _vocabs[model_path]
+    def tokenizer(self, model_path: str) -> VocabTokenizer | None:
+        vocab = self.load(model_path)
+        return VocabTokenizer(vocab) if vocab is not None else None
+
+    def bos_token(self, model_path: str) -> BosToken | None:
+        """The beginning-of-sequence token of a GGUF model, or None if it has none or cannot be read."""
+        with self._lock:
+            if model_path in self._bos:
+                return self._bos[model_path]
+        bos = _bos_token(self.load(model_path))
+        with self._lock:
+            self._bos[model_path] = bos
+        return bos
+
+    def close(self) -> None:
+        with self._lock:
+            vocabs = [v for v in self._vocabs.values() if v is not None]
+            self._vocabs.clear()
+            self._bos.clear()
+        for vocab in vocabs:
+            vocab.close()
 
 
 def _open_vocab(model_path: str) -> Any | None:
@@ -174,15 +200,6 @@ def _open_vocab(model_path: str) -> Any | None:
     except (ImportError, ValueError, OSError, RuntimeError) as exc:
         logger.info("cannot load the tokenizer of %s (%s); token counts are estimated", model_path, exc)
         return None
-
-
-def _close_vocabs() -> None:
-    # Before the interpreter tears llama_cpp down: Llama.__del__ at that point fails with a traceback.
-    with _vocabs_lock:
-        vocabs = [v for v in _vocabs.values() if v is not None]
-        _vocabs.clear()
-    for vocab in vocabs:
-        vocab.close()
 
 
 class VocabTokenizer:
@@ -205,21 +222,13 @@ class VocabTokenizer:
             return None
 
 
-def vocab_tokenizer(model_path: str) -> VocabTokenizer | None:
-    vocab = load_vocab(model_path)
-    return VocabTokenizer(vocab) if vocab is not None else None
-
-
 @dataclass(frozen=True)
 class BosToken:
     text: str             # e.g. "<|im_start|>" for SmolLM2
     added_by_model: bool  # True: the tokenizer already puts it in front of every prompt
 
 
-@functools.lru_cache(maxsize=8)
-def bos_token(model_path: str) -> BosToken | None:
-    """The beginning-of-sequence token of a GGUF model, or None if it has none or cannot be read."""
-    vocab = load_vocab(model_path)
+def _bos_token(vocab: Any | None) -> BosToken | None:
     if vocab is None:
         return None
     bos = vocab.token_bos()

@@ -1,4 +1,4 @@
-"""Where an engine name leads, what the backend there can do, and the one HTTP client per server.
+"""Where an engine name leads and what the backend there can do: the one place that knows backends.
 
 Engine names: `local` (the embedded llama.cpp server, or a running one at LOCAL_BASE_URL),
 `ollama-<model>`, `vllm-<model>`, `sglang-<model>`, and anything else an OpenAI model (at
@@ -6,32 +6,22 @@ OPENAI_BASE_URL if set). Every backend speaks the OpenAI chat API; a `Backend` r
 offers, so callers ask "does it return prompt log-probabilities?" instead of testing engine names.
 
 utils.config checks names with `engine_name_problem` before any request; `route` resolves a name with
-the environment into URL, model and key for the engine. Every HTTP request of the project (the openai
-SDK's included) goes through `http_client`, one pooled client per server, so connections are reused
-and loopback servers never see a proxy from the environment.
+the environment into URL, model and key for the engine (textgrad.engine.get_engine), `route_to` a URL
+given in code (textgrad.engine.openai.ChatOpenAI's base_url). To add a backend: an entry in BACKENDS.
 """
 
 from __future__ import annotations
 
 import difflib
-import logging
 import os
 import re
-import threading
-import urllib.parse
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from .errors import EngineError
-from .slots import EndpointSlots
-
-if TYPE_CHECKING:
-    import httpx
-
-logger = logging.getLogger(__name__)
+from ..errors import EngineError, MissingKeyError
+from .http import clean_url
 
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
-PROBE_TIMEOUT_S = 5.0
 
 BackendKind = Literal["local", "ollama", "vllm", "sglang", "openai"]
 # How a backend takes a one-field JSON schema for a reply: llama-cpp-python as
@@ -40,7 +30,7 @@ StructuredOutput = Literal["json_object_schema", "json_schema"]
 # Prompt log-probabilities from POST /completions with echo: llama-cpp-python pairs them with the right
 # tokens only when the prompt starts with the model's BOS token ("llama_cpp_echo"); vLLM as it is ("echo").
 PromptLogprobs = Literal["llama_cpp_echo", "echo"]
-# Where a server states its context window (see textgrad.context.discover_window).
+# Where a server states its context window (see textgrad.serving.window.discover_window).
 WindowProbe = Literal["ollama_show", "model_listing", "props"]
 # Where exact token counts come from: the server's tokenize route, tiktoken for OpenAI models, or the GGUF
 # vocabulary in-process for llama.cpp servers whose model file is on this machine (the embedded one, or a
@@ -66,6 +56,15 @@ class Backend:
     tokenizer: TokenizerSource | None  # None: no tokenizer to ask, counts are estimated
     # The server's tokenize routes below its root, tried in order until one answers.
     tokenize_routes: tuple[str, ...] = ()
+
+    def response_format(self, name: str, schema: dict[str, Any]) -> dict[str, Any] | None:
+        """The request's response_format asking for a JSON object of `schema`, as this backend spells it;
+        None where it has no structured output."""
+        if self.structured_output == "json_object_schema":
+            return {"type": "json_object", "schema": schema}
+        if self.structured_output == "json_schema":
+            return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+        return None
 
 
 BACKENDS: dict[BackendKind, Backend] = {
@@ -177,10 +176,6 @@ class Route:
         return self.base_url is None
 
 
-def clean_url(url: str) -> str:
-    return url.strip().rstrip("/")
-
-
 def route(name: str) -> Route:
     """Resolve name with the environment; EngineError (one line, with the fix) for what cannot work."""
     if not name or not name.strip():
@@ -193,94 +188,38 @@ def route(name: str) -> Route:
                           f"e.g. `{backend.prefix}llama3.1`")
     key = os.environ.get(backend.key_env) or backend.placeholder_key
     if not key:
-        raise EngineError(f"{backend.key_env} is not set: export it, or choose a local engine "
-                          "(--evaluation_engine local)")
+        raise MissingKeyError(f"{backend.key_env} is not set: export it, or choose a local engine "
+                              "(--evaluation_engine local)")
     url = os.environ.get(backend.url_env) or backend.default_url
     if not url:
         return Route(backend, model, None, key)
     # LOCAL_BASE_URL may name several identical servers, comma-separated (scripts/llamacpp_serve.sh
-    # LLAMACPP_SERVERS=N): the first stands for the pool, requests are spread over all (textgrad.server_pool).
+    # LLAMACPP_SERVERS=N): the first stands for the pool, requests are spread over all (serving.server_pool).
     urls = tuple(clean_url(u) for u in url.split(",") if u.strip()) if backend.kind == "local" else (clean_url(url),)
     if not urls:
         raise EngineError(f"{backend.url_env}={url!r} names no server: give one URL, or several separated by commas")
     return Route(backend, model, urls[0], key, pool_urls=urls)
 
 
-def server_root(base_url: str) -> str:
-    """http://host:port/v1 -> http://host:port: llama.cpp, vLLM and Ollama serve their extras there."""
-    return re.sub(r"/v1/?$", "", base_url.rstrip("/"))
+def backend_at(base_url: str) -> Backend:
+    """The backend whose URL (its variable's value, else its default) is base_url; OpenAI's for any other."""
+    for backend in BACKENDS.values():
+        configured = os.environ.get(backend.url_env) or backend.default_url
+        if configured and backend.kind != "openai" and clean_url(base_url) in map(clean_url, configured.split(",")):
+            return backend
+    return BACKENDS["openai"]
 
 
-def is_loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-# ---------------------------------------------------------------- HTTP
-
-_clients: dict[tuple[str, str, int | None], httpx.Client] = {}
-_clients_lock = threading.Lock()
-
-
-def http_client(url: str) -> httpx.Client:
-    """The pooled client for the server of url (by scheme, host and port), created on first use.
-
-    Shared by the openai SDK and by our own requests (model listing, /props, /tokenize,
-    log-probabilities); requests pass their own timeouts. Loopback servers are reached directly, never
-    through a proxy named in the environment.
-    """
-    import httpx  # here, not at the top: utils.config reads the name grammar and must load fast
-
-    parts = urllib.parse.urlsplit(url)
-    origin = (parts.scheme, parts.hostname or "", parts.port)
-    with _clients_lock:
-        client = _clients.get(origin)
-        if client is None:
-            # The openai SDK's own pool limits and redirect policy, so handing it this client changes nothing.
-            client = _clients[origin] = httpx.Client(
-                trust_env=not is_loopback(url), follow_redirects=True,
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
-        return client
-
-
-def _headers(api_key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"}
-
-
-def get_json(url: str, api_key: str, timeout: float = PROBE_TIMEOUT_S) -> Any:
-    """GET url and parse its JSON; raises httpx.HTTPError (also for an error status) or ValueError."""
-    response = http_client(url).get(url, headers=_headers(api_key), timeout=timeout)
-    response.raise_for_status()
-    return response.json()
-
-
-def post_json(url: str, api_key: str, payload: dict[str, Any], timeout: float = PROBE_TIMEOUT_S) -> Any:
-    """POST payload as JSON and parse the reply; raises like get_json."""
-    response = http_client(url).post(url, headers=_headers(api_key), json=payload, timeout=timeout)
-    response.raise_for_status()
-    return response.json()
-
-
-def fetch_models(base_url: str, api_key: str, timeout: float) -> list[str]:
-    """Model ids from GET {base_url}/models; raises like get_json for the caller to word."""
-    payload = get_json(f"{base_url}/models", api_key, timeout)
-    return [str(item.get("id")) for item in payload.get("data", []) if isinstance(item, dict)]
-
-
-# ---------------------------------------------------------------- per-endpoint cap
-
-_semaphores: dict[str, EndpointSlots] = {}
-_semaphores_lock = threading.Lock()
-
-
-def endpoint_slots(base_url: str, size: int) -> EndpointSlots:
-    """The cap on requests in flight to base_url, shared by every engine on it: a vLLM server used as
-    both test and evaluation engine must see at most `size` requests from us, not `size` per engine."""
-    with _semaphores_lock:
-        semaphore = _semaphores.get(base_url)
-        if semaphore is None:
-            semaphore = _semaphores[base_url] = EndpointSlots(size)
-        elif semaphore.size != size:
-            logger.warning("endpoint %s already capped at %s concurrent requests; keeping that cap",
-                           base_url, semaphore.size)
-        return semaphore
+def route_to(model: str, base_url: str | None, api_key: str | None = None) -> Route:
+    """A route to `model` at a URL given in code (None: OpenAI, or OPENAI_BASE_URL), with its key or the
+    backend's variable or placeholder. MissingKeyError when OpenAI itself is asked without a key."""
+    if base_url is None:
+        backend = BACKENDS["openai"]
+        base_url = os.environ.get(backend.url_env) or OPENAI_DEFAULT_URL
+    else:
+        backend = backend_at(base_url)
+    key = api_key or os.environ.get(backend.key_env) or backend.placeholder_key
+    if not key and clean_url(base_url) == OPENAI_DEFAULT_URL:
+        raise MissingKeyError(f"{backend.key_env} is not set: export it, or pass base_url= of an "
+                              "OpenAI-compatible server")
+    return Route(backend, model, clean_url(base_url), key or "none", pool_urls=(clean_url(base_url),))

@@ -1,17 +1,20 @@
-"""Textual gradient descent: one evaluation-engine call turns a variable's feedback into a new value."""
+"""Textual gradient descent: one evaluation-engine call turns a variable's feedback into a new value.
+(The variant that also shows the variable's recent past is textgrad.optimizer.momentum.)"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import budget, prompts, structured
-from .engine import ChatReply
-from .errors import ContextOverflowError
-from .parallel import run_concurrently
-from .variable import Variable
+from .. import prompts, structured
+from ..config import resolve_engine
+from ..errors import ContextOverflowError
+from ..parallel import run_concurrently
+from ..serving import budget
+from ..serving.transport import ChatReply
+from ..variable import Variable
 
 if TYPE_CHECKING:
-    from .config import EngineSpec
+    from ..config import EngineSpec
 
 # The JSON field's name steers a small model as much as the request does: measured on SmolLM2-135M,
 # "improved_variable" drew placeholders ("The edited text is now: {0}"), "instructions" drew instructions.
@@ -47,8 +50,6 @@ class TGD:
 
     def __init__(self, parameters: list[Variable], engine: EngineSpec | None = None,
                  constraints: list[str] | None = None, max_tokens: int = 512) -> None:
-        from .config import resolve_engine
-
         self.parameters = list(parameters)
         self.engine = resolve_engine(engine)  # a name, an engine, or None for the backward engine
         self.constraints = list(constraints or [])
@@ -63,6 +64,10 @@ class TGD:
         for p in self.parameters:
             p.reset_gradients()
 
+    def _request(self, index: int, variable: Variable) -> tuple[str, dict[str, str | budget.Cuttable]]:
+        """The user template of the request that updates parameter `index`, and its fields."""
+        return prompts.OPTIMIZER_TEMPLATE, self._fields(variable)
+
     def _fields(self, variable: Variable) -> dict[str, str | budget.Cuttable]:
         constraints = ""
         if self.constraints:
@@ -76,23 +81,23 @@ class TGD:
 
     def build_request(self, variable: Variable) -> str:
         """The request as written, before any fitting to the context window."""
-        fields = budget.as_written(self._fields(variable))
+        template, fields = self._request(self.parameters.index(variable), variable)
         reply_format = self.reply.instruction(structured.request_format(self.engine, self.reply) is not None)
-        return prompts.OPTIMIZER_TEMPLATE.format(**fields, reply_format=reply_format)
+        return template.format(**budget.as_written(fields), reply_format=reply_format)
 
-    def _ask(self, variable: Variable) -> structured.TextAnswer | None:
+    def _ask(self, index: int, variable: Variable) -> structured.TextAnswer | None:
         """The optimizer's answer, or None when the request cannot fit the context window."""
+        template, fields = self._request(index, variable)
         try:
             # The reply may be as long as the text it gives back needs, whatever max_tokens says.
-            return structured.ask_text(self.engine, self.reply, system=prompts.OPTIMIZER_SYSTEM,
-                                       user=prompts.OPTIMIZER_TEMPLATE, fields=self._fields(variable),
-                                       max_tokens=self.max_tokens,
+            return structured.ask_text(self.engine, self.reply, system=prompts.OPTIMIZER_SYSTEM, user=template,
+                                       fields=fields, max_tokens=self.max_tokens,
                                        min_output=budget.room_to_return(self.engine, [variable.value]))
         except ContextOverflowError:
             return None
 
     def step(self) -> None:
-        answers = run_concurrently([lambda p=p: self._ask(p) for p in self.parameters])
+        answers = run_concurrently([lambda i=i, p=p: self._ask(i, p) for i, p in enumerate(self.parameters)])
         for i, (variable, answer) in enumerate(zip(self.parameters, answers, strict=True)):
             self.overflowed[i] = answer is None
             self.last_replies[i] = answer.text if answer is not None else ""

@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .context import message_overhead
-from .engine import ChatReply, engine_context_windows
-from .errors import ContextOverflowError
+from ..errors import ContextOverflowError
 from .tokenizers import estimate_tokens
+from .transport import ChatReply
+from .window import message_overhead
 
 CUT_MARKER = "[... {n} tokens cut ...]"
 # A shortened text keeps at least this many tokens; below that a cut text says nothing useful.
@@ -263,10 +263,11 @@ def generate(engine: Any, prompt: str, system_prompt: str | None = None, *, max_
                        fields=fields, max_tokens=max_tokens)
 
 
-def context_results(llm: Mapping[str, int]) -> dict[str, Any]:
-    """What results.json reports about context windows, from the run's summed engine counters."""
+def context_results(llm: Mapping[str, int], windows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What results.json reports about context windows, from the run's summed engine counters and the
+    engines' windows (Runtime.context_windows)."""
     return {"context_overflows": llm.get("context_overflows", 0),
-            "context": {"windows": engine_context_windows(),
+            "context": {"windows": windows,
                         "overflow_replies": llm.get("context_overflows", 0),
                         "shortened_requests": llm.get("context_shortened", 0),
                         "skipped_calls": llm.get("context_skipped", 0)}}

@@ -3,7 +3,8 @@
 Requests beyond the cap wait; a freed slot goes to the longest-waiting foreground request, and to a
 background one only when no foreground request waits. Work whose result nobody waits for yet (the
 zero-shot evaluation while round 1 trains) runs under ``background()`` and so fills the slots the
-critical path leaves idle without delaying it.
+critical path leaves idle without delaying it. A runtime holds one ``EndpointCaps``: the cap of every
+endpoint its engines talk to.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import contextlib
 import contextvars
 import heapq
 import itertools
+import logging
 import threading
 from collections.abc import Iterator
+
+logger = logging.getLogger(__name__)
 
 _background: contextvars.ContextVar[bool] = contextvars.ContextVar("fedtextgrad_background", default=False)
 
@@ -75,3 +79,23 @@ class EndpointSlots:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class EndpointCaps:
+    """The cap of each endpoint, by its base URL, created on first use."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, EndpointSlots] = {}
+        self._lock = threading.Lock()
+
+    def for_endpoint(self, base_url: str, size: int) -> EndpointSlots:
+        """The cap on requests in flight to base_url, shared by every engine on it: a vLLM server used as
+        both test and evaluation engine must see at most `size` requests from us, not `size` per engine."""
+        with self._lock:
+            slots = self._slots.get(base_url)
+            if slots is None:
+                slots = self._slots[base_url] = EndpointSlots(size)
+            elif slots.size != size:
+                logger.warning("endpoint %s already capped at %s concurrent requests; keeping that cap",
+                               base_url, slots.size)
+            return slots

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from .stats import EngineStats
+
+logger = logging.getLogger(__name__)
 
 
 class ResponseCache:
@@ -66,3 +71,26 @@ class ResponseCache:
             except OSError:
                 pass
             raise
+
+
+class CachedReplies:
+    """The response cache as one engine uses it: hits and misses counted in its stats, and a write that
+    fails (a full or read-only disk) logged, never raised, since the call it stores was already paid for."""
+
+    def __init__(self, cache: ResponseCache, stats: EngineStats) -> None:
+        self.cache = cache
+        self._stats = stats
+
+    def lookup(self, key: str, field: str, kind: type, *, counted: bool = True) -> dict[str, Any] | None:
+        """The entry under key if its `field` is a `kind`; counted as a hit or a miss unless counted=False."""
+        entry = self.cache.get(key)
+        hit = entry if entry is not None and isinstance(entry.get(field), kind) else None
+        if counted:
+            self._stats.add(**{"cache_hits" if hit is not None else "cache_misses": 1})
+        return hit
+
+    def store(self, key: str, value: dict[str, Any]) -> None:
+        try:
+            self.cache.put(key, value)
+        except OSError as exc:
+            logger.warning("could not write the response cache in %s: %s", self.cache.directory, exc)

@@ -1,25 +1,29 @@
-"""`tg.EngineLM`: the base class of a custom engine, as TextGrad users write one.
+"""The base classes of an engine, as TextGrad users write one: `EngineLM` and `CachedEngine`.
 
-Subclass it and implement `generate(prompt, system_prompt=None, **kwargs)`; the instance is then
+Subclass EngineLM and implement `generate(prompt, system_prompt=None, **kwargs)`; the instance is then
 accepted wherever an engine is (BlackboxLLM, TextLoss, TGD, backward(), set_backward_engine).
 Our own requests reach it through `chat()`, which hands the system and user text to `generate`,
 and counts the call in `stats` like our engines do (tokens estimated, as the engine reports none).
 
 An engine that knows its context window sets `context_window` (prompt and reply tokens together)
 and may define `count_tokens(text)`: then every request is fitted to that window as for our own
-engines (textgrad.budget). Without a window, requests are sent as written.
+engines (textgrad.serving.budget). Without a window, requests are sent as written.
+
+CachedEngine gives a custom engine a prompt -> reply store on disk (`_check_cache`, `_save_cache`),
+kept in our response cache's format: one JSON file per entry, safe to share between processes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from .context import estimate_tokens
-from .engine import ChatEngine
-from .stats import EngineStats
+from ..serving.cache import ResponseCache
+from ..serving.stats import EngineStats
+from ..serving.tokenizers import estimate_tokens
 
 
 class EngineLM(ABC):
@@ -55,13 +59,30 @@ class EngineLM(ABC):
         return text
 
 
-# Our engine has generate() with the same contract; declared here so that engine.py needs no import of this file.
-EngineLM.register(ChatEngine)
-
-
 def _takes_keyword(function: Callable[..., Any], name: str) -> bool:
     try:
         parameters = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):  # not introspectable: pass only what the contract requires
         return False
     return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind is not p.POSITIONAL_ONLY) for p in parameters)
+
+
+class CachedEngine:
+    """A mixin for custom engines: replies stored on disk under cache_path, keyed by the prompt text
+    (put the system prompt into it when it matters, as TextGrad's engines do)."""
+
+    def __init__(self, cache_path: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cache_path = str(cache_path)
+        self.cache = ResponseCache(self.cache_path)
+
+    @staticmethod
+    def _hash_prompt(prompt: str) -> str:
+        return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+    def _check_cache(self, prompt: str) -> str | None:
+        entry = self.cache.get(self._hash_prompt(prompt))
+        return entry["reply"] if entry is not None and isinstance(entry.get("reply"), str) else None
+
+    def _save_cache(self, prompt: str, response: str) -> None:
+        self.cache.put(self._hash_prompt(prompt), {"prompt": prompt, "reply": response})

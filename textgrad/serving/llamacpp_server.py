@@ -1,11 +1,11 @@
 """llama-cpp-python's OpenAI-compatible server, plus `GET /props` reporting its context window.
 
-    python -m textgrad.llamacpp_server --model FILE.gguf --n_ctx 8192 ...   (the flags of llama_cpp.server)
+    python -m textgrad.serving.llamacpp_server --model FILE.gguf --n_ctx 8192 ...   (the flags of llama_cpp.server)
 
 llama.cpp's own `llama-server` reports its window at /props; llama-cpp-python's server reports it
 nowhere, so runs through a shared server (scripts/llamacpp_serve.sh) fell back to a 2048-token default
-while the same model started by the program (textgrad.local_server) used its 8192. Answering /props the
-way llama-server does gives both the same window, found by textgrad.context like any other.
+while the same model started by the program (textgrad.serving.embedded) used its 8192. Answering /props
+the way llama-server does gives both the same window, found by textgrad.serving.window like any other.
 """
 
 from __future__ import annotations

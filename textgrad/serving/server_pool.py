@@ -3,8 +3,9 @@
 A pool is known by the URL of its first server, which is the URL engines hold: the endpoint's concurrency
 cap, the response cache, token counting and the context window are all keyed by it, so none of them
 depends on which server of the pool answered. Only the chat and log-probability requests themselves are
-spread (``member``). The embedded llama.cpp pool (textgrad.local_server) and a comma-separated
-LOCAL_BASE_URL (servers started by scripts/llamacpp_serve.sh) are both pools.
+spread (``member_of``). The embedded llama.cpp pool (textgrad.serving.embedded) and a comma-separated
+LOCAL_BASE_URL (servers started by scripts/llamacpp_serve.sh, kept in a runtime's ``ServerPools``) are
+both pools.
 """
 
 from __future__ import annotations
@@ -85,38 +86,28 @@ def _avoid_after_connection_error(index: int, exc: BaseException) -> float:
     return REMOTE_DOWN_S if isinstance(exc, CONNECTION_ERRORS) and not read_timeout else 0.0
 
 
-_pools: dict[str, Pool] = {}
-_pools_lock = threading.Lock()
+class ServerPools:
+    """A runtime's pools of already running servers (a comma-separated LOCAL_BASE_URL), each known by its
+    first URL; the embedded pool is its own (textgrad.serving.embedded)."""
 
+    def __init__(self) -> None:
+        self._pools: dict[str, Pool] = {}
+        self._lock = threading.Lock()
 
-def register(pool: Pool) -> str:
-    """Make pool the servers behind its first URL (replacing an earlier pool there); returns that URL."""
-    key = pool.members[0].base_url
-    with _pools_lock:
-        _pools[key] = pool
-    return key
+    def register_urls(self, urls: tuple[str, ...]) -> None:
+        """The servers of urls as one pool behind urls[0], registered once; a single URL is no pool."""
+        with self._lock:
+            if len(urls) > 1 and urls[0] not in self._pools:
+                self._pools[urls[0]] = Pool(list(urls))
 
-
-def unregister(base_url: str) -> None:
-    with _pools_lock:
-        _pools.pop(base_url, None)
-
-
-def pool_of(base_url: str) -> Pool | None:
-    return _pools.get(base_url)
-
-
-def register_urls(urls: tuple[str, ...]) -> None:
-    """A pool of already running servers (a comma-separated LOCAL_BASE_URL), registered once."""
-    with _pools_lock:
-        if len(urls) > 1 and urls[0] not in _pools:
-            _pools[urls[0]] = Pool(list(urls))
+    def pool_of(self, base_url: str) -> Pool | None:
+        with self._lock:
+            return self._pools.get(base_url)
 
 
 @contextlib.contextmanager
-def member(base_url: str) -> Iterator[str]:
-    """The server to send one request to: the least busy of base_url's pool, or base_url itself."""
-    pool = _pools.get(base_url)
+def member_of(pool: Pool | None, base_url: str) -> Iterator[str]:
+    """The server to send one request to: the least busy of pool, or base_url itself without one."""
     if pool is None:
         yield base_url
         return
