@@ -145,6 +145,10 @@ def write_results(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         "clients": [c.client_id for c in exp.clients],
         "split_sizes": exp.split_sizes,
         "settings": vars(exp.settings),
+        "judge": "llm" if engines.judge is not None else "string",  # who scored the answers (--judge)
+        "sampling": {role: {"temperature": getattr(engine, "temperature", 0.0), "top_p": getattr(engine, "top_p", None)}
+                     for role, engine in engines.by_role().items()},
+        "starting_prompt": state.starting_prompt,
         "zero_shot": state.zero_shot,
         "evaluation_engine_zero_shot_test": state.evaluation_engine_zero_shot_test,
         "rounds": rounds,
