@@ -240,10 +240,11 @@ estimate_cell() {
 # With --estimate: the grid's estimated total and its most expensive runs instead.
 finish() {
     report "$1" "$1"
+    exit_on_failures
 }
 
 # report OUT GROUP...: the report over the runs of the GROUP folders into OUTPUT_DIR/OUT/report/ (with --estimate:
-# the estimated total of every cell estimated so far), then the failed runs and the exit code.
+# the estimated total of every cell estimated so far).
 report() {
     if ((ESTIMATE)); then
         local summary=(env "PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m utils.estimate.summary "${ESTIMATE_DIR:-<estimates>}")
@@ -266,6 +267,10 @@ report() {
     fi
     echo "+ $(print_cmd "${cmd[@]}")" >&2
     "${cmd[@]}" || echo "warning: no report (see the message above)" >&2
+}
+
+# exit_on_failures: list the runs that failed and exit 1, if any did.
+exit_on_failures() {
     if ((${#FAILED[@]})); then
         printf 'failed runs:\n' >&2
         printf '  %s\n' "${FAILED[@]}" >&2

@@ -56,3 +56,4 @@ for table in "${asked[@]}"; do
     # shellcheck disable=SC2046  # the group list is meant to split on spaces
     report "paper_$table" $(table_groups "$table")
 done
+exit_on_failures
