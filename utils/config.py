@@ -17,7 +17,6 @@ import yaml
 
 # The engine-name grammar is textgrad.serving.backends' (a cheap import: no LLM client library loads with it).
 from textgrad.serving.backends import engine_name_problem
-from utils.estimate.prices import price_entry
 from utils.federated.sampling import temperature_entry, top_p_entry
 from utils.privacy.attacks import ATTACKS
 from utils.privacy.leakage import LEAK_GUARDS
@@ -84,6 +83,11 @@ def _split_sizes(text: str) -> tuple[int, int, int]:
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST such as 12,20,20, got {text!r}")
     return tuple(_positive_int(p) for p in parts)  # type: ignore[return-value]
+
+
+def _price(text: str) -> str:
+    from utils.estimate.prices import price_entry  # the estimator's package loads only when a price is given
+    return price_entry(text)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -159,11 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="seconds before an LLM request is abandoned and retried (default 600)")
     engines("--cache_dir", default=None, help="LLM response cache (default ~/.cache/fedtextgrad)")
     engines("--no_cache", action="store_true", help="send every request, answer none from the cache")
-    run("--judge", choices=("string", "llm"), default="string",
-        help="string: our deterministic grader; llm: the evaluation engine judges every answer")
+    run("--judge", choices=("string", "llm"), default="string", help="llm: the evaluation engine judges every answer")
     run("--initial_prompt", type=initial_prompt_text, default=None, metavar="TEXT|@FILE",
-        help="the prompt every run starts from (instructions only: each task's answer-format line is added "
-             "when serving); default: ours, the same for every task")
+        help="the instructions every client starts from (default: ours; each task's format line is added)")
     engines("--max_tokens", type=_positive_int, default=512, help="answer length limit of the test engine")
     # Tiny local models ramble until the limit, so each call kind has its own cap.
     engines("--feedback_max_tokens", type=_positive_int, default=256, help="length limit of each feedback call")
@@ -185,10 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
              help="check everything, print calls, tokens, time and money per phase and engine; call no LLM")
     estimate("--estimate_latency", type=_positive_float, default=None, metavar="SECONDS",
              help="seconds per call for the time estimate (default: measured in finished runs of the engine)")
-    estimate("--price_in", nargs="+", type=price_entry, default=None, metavar="[ENGINE=]USD",
+    estimate("--price_in", nargs="+", type=_price, default=None, metavar="[ENGINE=]USD",
              help="USD per million prompt tokens, for every engine or ENGINE=USD for one (default: "
                   "utils/estimate/prices.py for OpenAI models)")
-    estimate("--price_out", nargs="+", type=price_entry, default=None, metavar="[ENGINE=]USD",
+    estimate("--price_out", nargs="+", type=_price, default=None, metavar="[ENGINE=]USD",
              help="USD per million completion tokens, as --price_in")
     estimate("--estimate_json", default=None, metavar="FILE", help="with --estimate, also write the estimate here")
     _add_privacy_and_robustness_flags(p)
