@@ -2,8 +2,8 @@
 
     python bench/estimate_accuracy.py [--latency 0.02] [--data_dir ../shared/data]
 
-For the quickstart (configs/quickstart.yaml) and one paper-size cell (configs/paper_homo_fed.yaml:
-BBH object counting 50/100/100, 3 clients, 3 rounds of 3 steps, sum_uid), both on the bench server
+For the quickstart (configs/quickstart.yaml) and one paper-size cell (PAPER_CELL: BBH object counting
+50/100/100, 3 clients, 3 rounds of 3 steps, sum_uid, our token limits), both on the bench server
 (vllm-fake-model for both engines), it prints:
 - calls: the a-priori estimate (its costlier branch in brackets), the count given the decisions the
   finished run recorded (utils.estimate.requests.Outcomes.from_run), and the requests the server counted;
@@ -99,13 +99,19 @@ def report(row: dict[str, Any]) -> str:
     ])
 
 
+# A paper-size homogeneous cell at our default settings (the figures in docs/benchmarks.md were measured on it).
+PAPER_CELL = ["--module", "train_homo_fed", "--task", "BBH_object_counting", "--homo_split_num", "3", "--partition",
+              "iid", "--batch_size", "3", "--max_epochs", "3", "--max_steps", "3", "--aggregate_method", "sum_uid",
+              "--seed", "42"]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--latency", type=float, default=0.02, help="seconds the bench server takes per request")
     parser.add_argument("--data_dir", default=str(REPO_ROOT.parent / "shared" / "data"))
     args = parser.parse_args(argv)
     quickstart = ["--config", str(REPO_ROOT / "configs" / "quickstart.yaml")]
-    paper = ["--config", str(REPO_ROOT / "configs" / "paper_homo_fed.yaml"), "--data_dir", args.data_dir]
+    paper = [*PAPER_CELL, "--data_dir", args.data_dir]
     server, base_url = start_server(args.latency, 16)
     try:
         with tempfile.TemporaryDirectory() as tmp:

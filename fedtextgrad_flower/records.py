@@ -28,7 +28,7 @@ from utils.run_config import RunConfig
 # The flags a client needs to rebuild its own data shard and engines exactly as in-process.
 EXPERIMENT_KEYS = ("module", "task", "data_dir", "split_sizes", "seed", "homo_split_num", "partition",
                    "dirichlet_alpha", "test_engine", "evaluation_engine", "judge", "cache_dir", "no_cache",
-                   "max_concurrency")
+                   "max_concurrency", "temperature", "top_p")
 _PATH_KEYS = ("data_dir", "cache_dir")
 
 
@@ -57,8 +57,9 @@ def experiment_from_record(record: ConfigRecord) -> FlowerExperiment:
     values = dict(record)
     # A key the record lacks was None on the server, which is also its default here.
     sent = {key: values[key] for key in EXPERIMENT_KEYS if key in values}
-    if "task" in sent:
-        sent["task"] = list(sent["task"])
+    for key in ("task", "temperature", "top_p"):  # lists as the parser makes them
+        if key in sent:
+            sent[key] = list(sent[key])
     if "split_sizes" in sent:  # a list on the wire, a tuple as the parser makes it
         sent["split_sizes"] = tuple(sent["split_sizes"])
     return FlowerExperiment(replace(default_run_config(), **sent), list(values["client_ids"]))

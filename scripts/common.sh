@@ -90,14 +90,20 @@ print_cmd() {
     printf '%s\n' "${out% }"
 }
 
-# setting_args SETTING TASK: the flags that pick the module, its paper config and its task(s).
+# setting_args SETTING TASK CONFIG: the flags that pick the module, its paper config (configs/paper/CONFIG.yaml)
+# and its task(s). A homogeneous run of a task for which the reference code has a starting prompt of its own
+# (configs/paper/starting_prompt.TASK.txt) starts from it, as the reference's homogeneous module does.
 setting_args() {
+    local config="$REPO_ROOT/configs/paper/$3.yaml" own_prompt="$REPO_ROOT/configs/paper/starting_prompt.$2.txt"
     case "$1" in
-        central) SETTING_ARGS=(--config "$REPO_ROOT/configs/paper_centralized.yaml" --module train_centralized --task "$2") ;;
-        homo) SETTING_ARGS=(--config "$REPO_ROOT/configs/paper_homo_fed.yaml" --module train_homo_fed --task "$2") ;;
+        central) SETTING_ARGS=(--config "$config" --module train_centralized --task "$2") ;;
+        homo)
+            SETTING_ARGS=(--config "$config" --module train_homo_fed --task "$2")
+            [[ ! -f "$own_prompt" ]] || SETTING_ARGS+=(--initial_prompt "@$own_prompt")
+            ;;
         hetero)
             # shellcheck disable=SC2206  # the task list is meant to split on spaces
-            SETTING_ARGS=(--config "$REPO_ROOT/configs/paper_hetero_fed.yaml" --module train_hetero_fed --task $HETERO_TASKS)
+            SETTING_ARGS=(--config "$config" --module train_hetero_fed --task $HETERO_TASKS)
             ;;
         *) die "unknown SETTING '$1': use homo or hetero" ;;
     esac
@@ -181,16 +187,16 @@ PY
     done
 }
 
-# run_grid GROUP SETTING "TASKS" "METHODS" FLAG "VALUES": one run per task x method x value x seed.
+# run_grid GROUP SETTING CONFIG "TASKS" "METHODS" FLAG "VALUES": one run per task x method x value x seed.
 # METHODS "-" means no aggregation flag (centralized); FLAG "" means no swept flag.
 run_grid() {
-    local group="$1" setting="$2" tasks="$3" methods="$4" flag="$5" values="$6"
+    local group="$1" setting="$2" config="$3" tasks="$4" methods="$5" flag="$6" values="$7"
     local task method value seed name
     [[ "$setting" != hetero ]] || tasks="hetero"
     [[ -n "$flag" ]] || values="-"
     ((DRY_RUN || ESTIMATE)) || wait_for_servers  # an estimate calls no LLM
     for task in $tasks; do
-        setting_args "$setting" "$task"
+        setting_args "$setting" "$task" "$config"
         for method in $methods; do
             for value in $values; do
                 for seed in $SEEDS; do
@@ -233,6 +239,13 @@ estimate_cell() {
 # finish GROUP: tabulate the group's runs (report.md + PNGs), list failures, set the exit code.
 # With --estimate: the grid's estimated total and its most expensive runs instead.
 finish() {
+    report "$1" "$1"
+    exit_on_failures
+}
+
+# report OUT GROUP...: the report over the runs of the GROUP folders into OUTPUT_DIR/OUT/report/ (with --estimate:
+# the estimated total of every cell estimated so far).
+report() {
     if ((ESTIMATE)); then
         local summary=(env "PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m utils.estimate.summary "${ESTIMATE_DIR:-<estimates>}")
         if ((DRY_RUN)); then
@@ -242,14 +255,22 @@ finish() {
         fi
         return 0
     fi
-    local dir="$OUTPUT_DIR/$1"
-    local cmd=(env "PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m utils.reporting.report "$dir" --out "$dir/report")
+    local out="$OUTPUT_DIR/$1" group dirs=()
+    shift
+    for group in "$@"; do
+        dirs+=("$OUTPUT_DIR/$group")
+    done
+    local cmd=(env "PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m utils.reporting.report "${dirs[@]}" --out "$out/report")
     if ((DRY_RUN)); then
         print_cmd "${cmd[@]}"
         return 0
     fi
     echo "+ $(print_cmd "${cmd[@]}")" >&2
     "${cmd[@]}" || echo "warning: no report (see the message above)" >&2
+}
+
+# exit_on_failures: list the runs that failed and exit 1, if any did.
+exit_on_failures() {
     if ((${#FAILED[@]})); then
         printf 'failed runs:\n' >&2
         printf '  %s\n' "${FAILED[@]}" >&2
@@ -257,24 +278,55 @@ finish() {
     fi
 }
 
-# sweep NAME FLAG "DEFAULT_VALUES" "DEFAULT_METHODS" DESCRIPTION "$@": an ablation over one flag in
-# the homogeneous (SETTING=homo, default) or heterogeneous (SETTING=hetero) setting.
+# The paper's grids, each over the three paper tasks: one launcher runs one of them (then its report),
+# scripts/run_paper.sh the grids of each paper table. TASKS, METHODS, CLIENTS and GRID narrow a launcher's grid.
+grid_centralized() { run_grid centralized central centralized "${TASKS:-$PAPER_TASKS}" "-" "" ""; }
+grid_homo_fed() {
+    run_grid homo_fed homo homo_fed "${TASKS:-$PAPER_TASKS}" "${METHODS:-summarization sum_uid}" --homo_split_num "${CLIENTS:-3}"
+}
+grid_hetero_fed() { run_grid hetero_fed hetero hetero_fed "" "${METHODS:-summarization sum_uid}" "" ""; }
+
+# sweep_spec NAME: an ablation of the paper: the flag it sweeps (SWEEP_FLAG, "" for the aggregation method),
+# its values (SWEEP_VALUES), the aggregation methods (SWEEP_METHODS) and what it varies (SWEEP_WHAT).
+sweep_spec() {
+    case "$1" in
+        local_steps) SWEEP_FLAG=--max_steps SWEEP_VALUES="1 3 5 10" SWEEP_METHODS="sum_uid"
+            SWEEP_WHAT="local steps per client per round (--max_steps)" ;;
+        clients) SWEEP_FLAG=--homo_split_num SWEEP_VALUES="2 3 5 10" SWEEP_METHODS="sum_uid"
+            SWEEP_WHAT="the number of clients (--homo_split_num)" ;;
+        batch_size) SWEEP_FLAG=--batch_size SWEEP_VALUES="1 3 5" SWEEP_METHODS="summarization sum_uid"
+            SWEEP_WHAT="the local batch size (--batch_size)" ;;
+        aggregation) SWEEP_FLAG="" SWEEP_VALUES="" SWEEP_METHODS="concat summarization sum_uid"
+            SWEEP_WHAT="the aggregation method (--aggregate_method)" ;;
+        *) die "unknown sweep '$1'" ;;
+    esac
+}
+
+# sweep_grid NAME SETTING: the ablation's grid in the homogeneous (homo) or heterogeneous (hetero) setting,
+# into OUTPUT_DIR/sweep_NAME_SETTING/, from configs/paper/sweep_NAME.yaml.
+sweep_grid() {
+    sweep_spec "$1"
+    run_grid "sweep_$1_$2" "$2" "sweep_$1" "${TASKS:-$PAPER_TASKS}" "${METHODS:-$SWEEP_METHODS}" "$SWEEP_FLAG" \
+        "${GRID:-$SWEEP_VALUES}"
+}
+
+# sweep NAME "$@": the launcher of one ablation (SETTING=homo by default, or hetero), then its report.
 sweep() {
-    local name="$1" flag="$2" values="$3" methods="$4" what="$5"
-    shift 5
+    local name="$1"
+    shift
+    sweep_spec "$name"
     local setting="${SETTING:-homo}"
-    parse_args "Usage: scripts/sweep_$name.sh [--dry-run] [main.py flags...]
-Ablation over $what: one run per value x task x aggregation method x seed.
-  GRID      values (default \"$values\")
+    parse_args "Usage: scripts/sweep_$name.sh [--dry-run] [--estimate] [main.py flags...]
+Ablation over $SWEEP_WHAT: one run per value x task x aggregation method x seed.
+  GRID      values (default \"$SWEEP_VALUES\")
   SETTING   homo (default: one task split over clients) or hetero (one client per task)
-  TASKS     tasks of SETTING=homo, one sweep each (default \"BBH_object_counting\")
+  TASKS     tasks of SETTING=homo, one sweep each (default \"$PAPER_TASKS\")
   HETERO_TASKS  tasks of SETTING=hetero (default \"$PAPER_TASKS\")
-  METHODS   aggregation methods (default \"$methods\")
+  METHODS   aggregation methods (default \"$SWEEP_METHODS\")
 Runs go to \$FEDTEXTGRAD_OUTPUT_DIR/sweep_${name}_<setting>/, then the table and plots to .../report/." "$@"
     [[ "$setting" == homo || "$setting" == hetero ]] || die "SETTING must be homo or hetero, not '$setting'"
-    local group="sweep_${name}_$setting"
-    run_grid "$group" "$setting" "${TASKS:-BBH_object_counting}" "${METHODS:-$methods}" "$flag" "${GRID:-$values}"
-    finish "$group"
+    sweep_grid "$name" "$setting"
+    finish "sweep_${name}_$setting"
 }
 
 # Server launchers: SERVE_HOST/SERVE_PORT pick the address. print_exports tells the user what to set

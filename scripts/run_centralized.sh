@@ -3,10 +3,11 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-USAGE="Usage: scripts/run_centralized.sh [--dry-run] [main.py flags...]
-Centralized TextGrad baseline (train_centralized) on each of TASKS, once per seed in SEEDS.
+USAGE="Usage: scripts/run_centralized.sh [--dry-run] [--estimate] [main.py flags...]
+Centralized TextGrad baseline (train_centralized) on each of TASKS, once per seed in SEEDS, from
+configs/paper/centralized.yaml.
   TASKS   default \"$PAPER_TASKS\"
 Runs go to \$FEDTEXTGRAD_OUTPUT_DIR/centralized/, then the table and plots to .../centralized/report/."
 parse_args "$USAGE" "$@"
-run_grid centralized central "${TASKS:-$PAPER_TASKS}" "-" "" ""
+grid_centralized
 finish centralized

@@ -3,13 +3,13 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-USAGE="Usage: scripts/run_homo_fed.sh [--dry-run] [main.py flags...]
+USAGE="Usage: scripts/run_homo_fed.sh [--dry-run] [--estimate] [main.py flags...]
 Homogeneous FedTextGrad (train_homo_fed): each of TASKS split over CLIENTS clients, with each
-aggregation method in METHODS, once per seed in SEEDS.
+aggregation method in METHODS, once per seed in SEEDS, from configs/paper/homo_fed.yaml.
   TASKS     default \"$PAPER_TASKS\"
-  METHODS   default \"sum_uid\" (any of concat summarization sum_uid)
+  METHODS   default \"summarization sum_uid\" (any of concat summarization sum_uid)
   CLIENTS   default 3
 Runs go to \$FEDTEXTGRAD_OUTPUT_DIR/homo_fed/, then the table and plots to .../homo_fed/report/."
 parse_args "$USAGE" "$@"
-run_grid homo_fed homo "${TASKS:-$PAPER_TASKS}" "${METHODS:-sum_uid}" --homo_split_num "${CLIENTS:-3}"
+grid_homo_fed
 finish homo_fed

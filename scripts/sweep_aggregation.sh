@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Ablation: how the server merges client prompts (concat, summarization, sum_uid).
+# Ablation: how the server merges client prompts (concat, summarization, sum_uid) on each paper task.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-sweep aggregation "" "" "concat summarization sum_uid" "the aggregation method (--aggregate_method)" "$@"
+sweep aggregation "$@"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Ablation: number of clients sharing one task (the paper's 2, 3, 5, 10).
+# Ablation: number of clients sharing one task (the paper's 2, 3, 5, 10) on each paper task.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 [[ "${SETTING:-homo}" == homo ]] || die "sweep_clients varies --homo_split_num: use SETTING=homo (hetero has one client per task)"
-sweep clients --homo_split_num "2 3 5 10" "sum_uid" "the number of clients (--homo_split_num)" "$@"
+sweep clients "$@"

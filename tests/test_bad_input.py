@@ -90,6 +90,16 @@ CASES = [
     Case("split_larger_than_data", lambda r: ["--module", "train_homo_fed", "--task", "BBH_object_counting",
                                               "--data_dir", str(SHARED_DATA), "--split_sizes", "200,100,100",
                                               *FAKE], "--split_sizes"),
+    # GSM8K's validation starts at [200] of the shuffled train split, as in the reference code.
+    Case("gsm8k_train_reaching_validation", lambda r: ["--module", "train_centralized", "--task", "GSM8K",
+                                                       "--data_dir", str(SHARED_DATA), "--split_sizes", "201,5,5",
+                                                       *FAKE], "at most 200"),
+    Case("top_p_zero", homo("--top_p", "0"), "--top_p"),
+    Case("temperature_of_unknown_role", homo("--temperature", "critic=0.5"), "unknown role 'critic'"),
+    Case("initial_prompt_file_missing", lambda r: [*HOMO, "--initial_prompt", f"@{r / 'absent.txt'}"],
+         "cannot read the prompt file"),
+    Case("initial_prompt_file_empty", lambda r: [*HOMO, "--initial_prompt", f"@{write(r / 'empty.txt', ' ')}"],
+         "is empty"),
     # The paper's default split shrinks to fit snarks (178 examples); the same sizes given explicitly do not.
     Case("explicit_split_too_large_for_snarks", lambda r: ["--module", "train_centralized", "--task", "BBH_snarks",
                                                            "--data_dir", str(SHARED_DATA), "--split_sizes",

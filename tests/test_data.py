@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from utils.tasks.data import PAPER_SPLIT, DataError, TaskData, load_examples, load_task_data
+from utils.tasks.data import PAPER_SPLIT, DataError, TaskData, gsm8k_target, load_examples, load_task_data
 from utils.tasks.registry import resolve_task
 from utils.tasks.synthetic import _CATEGORIES, _NUMBER_WORDS, generate_examples
 
@@ -115,16 +115,55 @@ def test_default_split_of_a_file_too_small_for_it_asks_for_split_sizes(tmp_path)
         load_task_data(resolve_task("BBH_object_counting"), str(tmp_path))
 
 
-@pytest.mark.parametrize("task_name", ["GSM8K", "synthetic_object_counting"])
-def test_explicit_sizes_slice_the_same_fixed_order(task_name):
-    # GSM8K's official train split and the synthetic pool are put in one fixed order, then sliced like BBH.
-    task = resolve_task(task_name)
+def test_explicit_sizes_slice_the_same_fixed_order():
+    # The synthetic pool is put in one fixed order, then sliced like BBH.
+    task = resolve_task("synthetic_object_counting")
     paper = load_task_data(task, str(DATA_ROOT), None, seed=1)
     small = load_task_data(task, str(DATA_ROOT), (3, 4, 5), seed=2)
-    ordered = paper.train + paper.val + (paper.test if task_name != "GSM8K" else [])
-    assert (small.train, small.val) == (ordered[0:3], ordered[3:7])
-    # GSM8K's test comes from its own (shuffled) official test split.
-    assert small.test == (paper.test[:5] if task_name == "GSM8K" else ordered[7:12])
+    ordered = paper.train + paper.val + paper.test
+    assert (small.train, small.val, small.test) == (ordered[0:3], ordered[3:7], ordered[7:12])
+
+
+# The reference code's GSM8K split (ubc-tea/FedTextGrad, GSM8K_DSPy): the official train list shuffled by
+# random.Random(0) gives train [0:50] and validation [200:300]; the official test list shuffled by its own
+# random.Random(0) gives test [300:400]. The first and last question of each, and their gold answers, as read
+# from ../shared/data/gsm8k by hand (json.loads per line, random.Random(0).shuffle, slice).
+GSM8K_REFERENCE_ENDS = {
+    "train": [("The result from the 40-item Statistics exam Marion and Ella took already came out. Ella go", "24"),
+              ("Mr. Sanchez found out that 40% of his Grade 5  students got a final grade below B. How man", "36")],
+    "val": [("20 birds migrate on a seasonal basis from one lake to another, searching for food. If they", "2200"),
+            ("Three blue chips are in a jar which is 10% of the entire chips. If 50% of the chips are wh", "12")],
+    "test": [("Maddy is buying pizza for her cousin's soccer game. There are 12 team members and 3 coache", "195"),
+             ("Betsy and Donovan made a meal together. Betsy's part took 18 minutes longer than Donovan's", "58")],
+}
+
+
+def _ends(examples):
+    return [(examples[0].question[:90], examples[0].target), (examples[-1].question[:90], examples[-1].target)]
+
+
+@pytest.mark.parametrize("seed", [42, 7])
+def test_gsm8k_paper_split_is_the_reference_codes(seed):
+    data = load_task_data(resolve_task("GSM8K"), str(DATA_ROOT), seed=seed)
+    assert data.sizes == {"train": 50, "val": 100, "test": 100}
+    assert {"train": _ends(data.train), "val": _ends(data.val), "test": _ends(data.test)} == GSM8K_REFERENCE_ENDS
+
+
+def test_gsm8k_split_sizes_take_prefixes_of_the_reference_slices():
+    paper = load_task_data(resolve_task("GSM8K"), str(DATA_ROOT))
+    small = load_task_data(resolve_task("GSM8K"), str(DATA_ROOT), (3, 4, 5))
+    assert (small.train, small.val, small.test) == (paper.train[:3], paper.val[:4], paper.test[:5])
+    # Past the reference's ends: train runs on towards validation's start, test on past 400.
+    large = load_task_data(resolve_task("GSM8K"), str(DATA_ROOT), (200, 100, 150))
+    assert large.train[:50] == paper.train and large.test[:100] == paper.test
+    _assert_disjoint(large)
+    whole = load_task_data(resolve_task("GSM8K"), str(DATA_ROOT), (1, 7273, 1019))  # to the files' last rows
+    assert (len(whole.val), len(whole.test)) == (7273, 1019)
+
+
+def test_gsm8k_train_that_would_reach_validation_is_an_error():
+    with pytest.raises(DataError, match=r"at most 200 in --split_sizes"):
+        load_task_data(resolve_task("GSM8K"), str(DATA_ROOT), (201, 10, 10))
 
 
 def test_gsm8k_train_val_from_official_train_and_test_from_official_test():
@@ -134,7 +173,7 @@ def test_gsm8k_train_val_from_official_train_and_test_from_official_test():
     assert set(_questions(data.train + data.val)) <= train_q
     assert set(_questions(data.test)) <= test_q
     for example in data.train + data.val + data.test:
-        assert re.fullmatch(r"-?\d+(\.\d+)?", example.target), example.target
+        assert re.fullmatch(r"-?\d+", example.target), example.target
 
 
 def test_gsm8k_loads_from_root_and_from_its_folder():
@@ -171,6 +210,12 @@ def test_gsm8k_target_drops_thousands_commas(tmp_path):
     pool, test = load_examples(resolve_task("GSM8K"), str(tmp_path))
     assert [e.target for e in pool] == ["1234", "-7"]
     assert test == pool
+
+
+@pytest.mark.parametrize(("answer", "target"), [("#### 007", "7"), ("#### +3", "3"), ("#### 2.5", None),
+                                                ("#### twelve", None)])
+def test_gsm8k_targets_are_whole_numbers_read_by_int(answer, target):
+    assert gsm8k_target(answer) == target
 
 
 def _offline_hub(monkeypatch, tmp_path):
@@ -271,8 +316,8 @@ def test_gsm8k_with_only_a_train_file_says_what_is_missing(tmp_path):
     ("task_name", "sizes", "available"),
     [
         ("BBH_object_counting", (100, 100, 100), "250"),
-        ("GSM8K", (50, 100, 2000), "1319"),
-        ("GSM8K", (7000, 1000, 10), "7473"),
+        ("GSM8K", (50, 100, 1020), "1319"),
+        ("GSM8K", (50, 7274, 10), "7473"),
     ],
 )
 def test_split_larger_than_data(task_name, sizes, available):

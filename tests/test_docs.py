@@ -18,7 +18,7 @@ QUICKSTART = f"{INSTALL} && python main.py --config configs/quickstart.yaml"
 TESTS = f"{INSTALL} && python -m pytest -q"
 # The topics README promises a page for (docs/README.md is the index).
 TOPIC_PAGES = ("README.md", "architecture.md", "method.md", "scoring.md", "engines.md", "flower.md",
-               "privacy.md", "reliability.md", "estimates.md", "benchmarks.md")
+               "privacy.md", "reliability.md", "estimates.md", "benchmarks.md", "experiments.md", "deviations.md")
 # Pages README already links to that another branch adds. Take a page off this list when it lands, so its
 # links are checked like any other (test_pending_pages_are_still_missing says when).
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

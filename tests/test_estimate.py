@@ -155,11 +155,12 @@ def test_heterogeneous_validation_and_tests_cover_every_task() -> None:
     assert plan.calls() == 8 + 8 + 1 + 4 + 4
 
 
-def test_an_llm_judge_checks_every_free_form_answer() -> None:
+def test_an_llm_judge_checks_every_answer() -> None:
     plan = plan_calls(spec(experiment(central(2, FREE_FORM), val=3, test=4, steps=2, batch=2, rounds=1), judge=True))
     assert plan.calls() == 26 + 20  # one judge call per answer sent (20), none for the two cached answers
     counting = plan_calls(spec(experiment(central(2), val=3, test=4, steps=2, batch=2, rounds=1), judge=True))
-    assert counting.calls() == 26  # numeric answers are scored by string matching
+    assert counting.calls() == 26 + 20  # numeric answers too, under --judge llm
+    assert plan_calls(spec(experiment(central(2), val=3, test=4, steps=2, batch=2, rounds=1))).calls() == 26
 
 
 def test_tokens_of_the_zero_shot_answers() -> None:

@@ -85,13 +85,15 @@ def test_concat_merges_without_a_call_and_screening_answers_for_every_client() -
     assert plan.calls() == 7 + 3 * 7 + 9 + 5 + 2
 
 
-def test_an_llm_judge_adds_a_call_per_free_form_answer() -> None:
+def test_an_llm_judge_adds_a_call_per_answer_of_every_task() -> None:
     plan = plan_run(experiment([2, 2], val=3, test=3, steps=1, batch=2, rounds=1, tasks=[FREE_FORM, COUNTING]),
                     judge=True)
     free, counting = plan.rounds[0].clients
-    assert free.steps[0].calls == 3 * 2 + 1 + 2 * 2  # its 4 answers judged
-    assert counting.steps[0].calls == 3 * 2 + 1       # numeric answers are matched, not judged
-    assert plan.zero_shot_calls == 2 * (3 * 2 + 3)    # val and test: both tasks' answers, the free-form judged
+    assert free.steps[0].calls == 3 * 2 + 1 + 2 * 2      # its 4 answers judged
+    assert counting.steps[0].calls == 3 * 2 + 1 + 2 * 2  # numeric answers too, under --judge llm
+    assert plan.zero_shot_calls == 2 * (3 * 2 * 2)       # val and test: both tasks' answers, each judged
+    unjudged = plan_run(experiment([2, 2], val=3, test=3, steps=1, batch=2, rounds=1, tasks=[FREE_FORM, COUNTING]))
+    assert unjudged.rounds[0].clients[1].steps[0].calls == 3 * 2 + 1
 
 
 def test_a_resumed_run_plans_the_rounds_after_its_checkpoint() -> None:

@@ -31,7 +31,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, local_engine_url: str) -> di
     root = tmp_path_factory.mktemp("sweep")
     env = {**os.environ, "FEDTEXTGRAD_OUTPUT_DIR": str(root / "logs"),
            "FEDTEXTGRAD_DATA_DIR": str(REPO_ROOT.parent / "shared" / "data"), "FEDTEXTGRAD_SPLIT_SIZES": "3,3,3", "FEDTEXTGRAD_ROUNDS": "1", "METHODS": " ".join(METHODS),
-           "SEEDS": " ".join(SEEDS), "LOCAL_BASE_URL": local_engine_url, "PYTHON": sys.executable}
+           "SEEDS": " ".join(SEEDS), "TASKS": "BBH_object_counting", "LOCAL_BASE_URL": local_engine_url, "PYTHON": sys.executable}
     env.pop("FEDTEXTGRAD_UID", None)
     done = subprocess.run(
         [str(REPO_ROOT / "scripts" / "sweep_aggregation.sh"), "--max_steps", "1", "--max_tokens", "32",

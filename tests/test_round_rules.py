@@ -149,8 +149,10 @@ def test_judge_failures_are_counted_and_score_zero():
     result = evaluate_prompt("Close the brackets.", examples, FREE_FORM, ScriptedEngine(answer=lambda q, s: "( )"),
                              judge=judge)
     assert sorted(result.correct) == [0, 0, 0, 1, 1] and result.judge_format_failures == 2
-    # Tasks with a string scorer never ask the judge, even under --judge llm.
-    assert score_answer(COUNTING, "Answer: 3", "3", _Judge([])) == (1, False)
+    # Under --judge llm the judge scores every task, numeric ones too (as the reference code judges its BBH
+    # tasks): its "No" wins over a reply our grader would accept, and without a judge our grader scores.
+    assert score_answer(COUNTING, "Answer: 3", "3", _Judge(["No"])) == (0, False)
+    assert score_answer(COUNTING, "Answer: 3", "3") == (1, False)
 
 
 def test_judge_failures_count_once_per_evaluation_not_per_memoised_repeat(tmp_path):

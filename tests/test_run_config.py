@@ -68,7 +68,8 @@ def test_the_experiment_record_round_trips_its_keys_and_leaves_the_rest_at_the_d
                        "--homo_split_num", "2", "--partition", "dirichlet", "--dirichlet_alpha", "0.3",
                        "--test_engine", "ollama-llama3", "--judge", "llm", "--cache_dir", str(tmp_path / "cache"),
                        "--no_cache", "--max_concurrency", "5", "--batch_size", "2", "--max_tokens", "100",
-                       "--leak_guard", "off", "--output_dir", str(tmp_path)])
+                       "--leak_guard", "off", "--output_dir", str(tmp_path), "--top_p", "0.99", "merge=1",
+                       "--temperature", "judge=0.5"])
     experiment = experiment_from_record(experiment_record(args, ["client0", "client1"]))
     assert experiment.client_ids == ["client0", "client1"]
     config = experiment.config
@@ -76,7 +77,8 @@ def test_the_experiment_record_round_trips_its_keys_and_leaves_the_rest_at_the_d
         "module": "train_homo_fed", "task": ["synthetic_object_counting"], "data_dir": str(tmp_path.resolve()),
         "split_sizes": (3, 3, 3), "seed": 7, "homo_split_num": 2, "partition": "dirichlet", "dirichlet_alpha": 0.3,
         "test_engine": "ollama-llama3", "evaluation_engine": "local", "judge": "llm",
-        "cache_dir": str((tmp_path / "cache").resolve()), "no_cache": True, "max_concurrency": 5}
+        "cache_dir": str((tmp_path / "cache").resolve()), "no_cache": True, "max_concurrency": 5,
+        "temperature": ["judge=0.5"], "top_p": ["0.99", "merge=1"]}  # a client's engines sample as the server's
     # Flags that do not cross the wire are the parser's defaults on the client.
     assert (config.batch_size, config.max_tokens, config.leak_guard, config.output_dir) == (3, 512, "redact", "logs")
     assert (config.structured_output, config.local_servers, config.max_context) == ("auto", None, None)

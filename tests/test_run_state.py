@@ -17,7 +17,10 @@ ROUND = {
     "steps": 2, "accepted_steps": 1, "skipped_steps": 0,
     "optimizer_failures": {"empty": 0, "no_tags": 1, "truncated": 0, "unparseable_json": 0, "context_overflow": 0},
     "judge_format_failures": 0, "aggregation_failure": None, "poisoned_clients": [],
-    "leakage": {"max_longest_run": 1, "redacted_updates": 0}, "screening": None, "llm": LLM, "context_overflows": 0,
+    "leakage": {"max_longest_run": 1, "redacted_updates": 0}, "screening": None,
+    "aggregate_complexity": {"entropy": 2.5, "compression_ratio": 0.9},
+    "client_prompt_complexity": {"client0": {"entropy": 2.0, "compression_ratio": 1.2, "uid": None}},
+    "llm": LLM, "context_overflows": 0,
 }
 # checkpoint.json as the round loop has always written it (docs/reliability.md), keys in file order.
 CHECKPOINT = {
@@ -41,6 +44,11 @@ def test_results_rounds_leave_out_the_aggregate_and_keep_every_other_key():
     public = RoundSummary.from_dict(ROUND).public()
     assert list(public) == [k for k in ROUND if k != "aggregate"]
     assert public["leakage"] == {"max_longest_run": 1, "redacted_updates": 0} and public["screening"] is None
+
+
+def test_a_round_checkpointed_before_the_complexity_measures_reads_without_them():
+    older = RoundSummary.from_dict({k: v for k, v in ROUND.items() if "complexity" not in k})
+    assert (older.aggregate_complexity, older.client_prompt_complexity) == (None, {})
 
 
 def test_a_round_becomes_best_only_when_it_validates_strictly_better():

@@ -68,11 +68,11 @@ def test_every_launcher_has_help_and_is_executable(script: str) -> None:
 def test_homo_script_runs_the_homogeneous_module_for_every_task(tmp_path: Path) -> None:
     done = _run("run_homo_fed.sh", "--dry-run", env={"SEEDS": "1 2", "FEDTEXTGRAD_OUTPUT_DIR": str(tmp_path)})
     runs = _main_commands(done.stdout)
-    assert done.returncode == 0 and len(runs) == 6
+    assert done.returncode == 0 and len(runs) == 12
     assert {a.module for a in runs} == {"train_homo_fed"}
-    assert sorted((a.task[0], a.seed) for a in runs) == sorted((t, s) for t in PAPER_TASKS for s in (1, 2))
-    assert {(a.aggregate_method, a.homo_split_num, a.test_engine, a.evaluation_engine) for a in runs} == {
-        ("sum_uid", 3, "local", "local")}
+    assert sorted((a.task[0], a.aggregate_method, a.seed) for a in runs) == sorted(
+        (t, m, s) for t in PAPER_TASKS for m in ("summarization", "sum_uid") for s in (1, 2))
+    assert {(a.homo_split_num, a.test_engine, a.evaluation_engine) for a in runs} == {(3, "local", "local")}
     assert {a.output_dir for a in runs} == {str(tmp_path / "homo_fed")}
     assert {str(Path(a.data_dir).resolve()) for a in runs} == {str((REPO_ROOT.parent / "shared" / "data").resolve())}
     # The last line tabulates the runs.
@@ -98,10 +98,11 @@ def test_hetero_and_centralized_scripts(tmp_path: Path) -> None:
 def test_sweeps_cover_the_paper_grid_over_seeds(script: str, flag: str | None, values: list, methods: list) -> None:
     done = _run(script, "--dry-run", env={"SEEDS": "7 8"})
     runs = _main_commands(done.stdout)
-    cells = sorted((a.aggregate_method, getattr(a, flag) if flag else None, a.seed) for a in runs)
-    assert cells == sorted((m, v, s) for m in methods for v in values for s in (7, 8))
+    cells = sorted((a.task[0], a.aggregate_method, getattr(a, flag) if flag else None, a.seed) for a in runs)
+    assert cells == sorted((t, m, v, s) for t in PAPER_TASKS for m in methods for v in values for s in (7, 8))
     assert {a.module for a in runs} == {"train_homo_fed"}
     assert len({a.run_name for a in runs}) == len(runs)  # one folder per cell
+    assert {a.config for a in runs} == {str(REPO_ROOT / "configs" / "paper" / script.replace(".sh", ".yaml"))}
 
 
 def test_environment_and_extra_flags_reach_every_run(tmp_path: Path) -> None:
@@ -121,7 +122,7 @@ def test_environment_and_extra_flags_reach_every_run(tmp_path: Path) -> None:
 
 
 def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path: Path) -> None:
-    env = {"FEDTEXTGRAD_OUTPUT_DIR": str(tmp_path), "METHODS": "concat summarization"}
+    env = {"FEDTEXTGRAD_OUTPUT_DIR": str(tmp_path), "METHODS": "concat summarization", "TASKS": "BBH_object_counting"}
     group = tmp_path / "sweep_aggregation_homo"
     (group / "BBH_object_counting-concat-seed42").mkdir(parents=True)
     (group / "BBH_object_counting-concat-seed42" / "results.json").write_text("{}")

@@ -15,6 +15,7 @@ from textgrad.engine import get_engine
 from textgrad.serving.llama_process import find_packaged_model
 from textgrad.serving.runtime import Runtime, current_runtime
 from textgrad.serving.tokenizers import ServerTokenizer, TokenCount
+from utils.reporting.complexity import complexity
 from utils.reporting.prompt_stats import measure_prompt, token_axis_label
 from utils.tasks.registry import resolve_task
 
@@ -38,7 +39,8 @@ def test_the_embedded_models_vocabulary_counts_exactly(runtime: Runtime) -> None
 
 
 def test_an_engine_without_a_tokenizer_gets_a_flagged_estimate() -> None:
-    expected = {"chars": len(SENTENCE), "tokens": ESTIMATED_TOKENS, "tokens_estimated": True, "uid": None}
+    expected = {"chars": len(SENTENCE), "tokens": ESTIMATED_TOKENS, "tokens_estimated": True, "uid": None,
+                **complexity(SENTENCE)}  # and its entropy and compression ratio (tests/test_complexity.py)
     assert measure_prompt(SENTENCE, ScriptedEngine()) == expected
     assert measure_prompt(SENTENCE) == expected
 

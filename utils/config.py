@@ -17,9 +17,10 @@ import yaml
 
 # The engine-name grammar is textgrad.serving.backends' (a cheap import: no LLM client library loads with it).
 from textgrad.serving.backends import engine_name_problem
+from utils.federated.sampling import temperature_entry, top_p_entry
 from utils.privacy.attacks import ATTACKS
 from utils.privacy.leakage import LEAK_GUARDS
-from utils.tasks.registry import TaskError, check_bbh_subtask
+from utils.tasks.registry import TaskError, check_bbh_subtask, initial_prompt_text
 
 from .run_config import RunConfig
 
@@ -85,13 +86,8 @@ def _split_sizes(text: str) -> tuple[int, int, int]:
 
 
 def _price(text: str) -> str:
-    from utils.estimate.prices import parse_price_overrides
-
-    try:
-        parse_price_overrides([text], "price")
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected USD per million tokens as 2.5 or ENGINE=2.5, got {text!r}") from None
-    return text
+    from utils.estimate.prices import price_entry  # the estimator's package loads only when a price is given
+    return price_entry(text)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -167,12 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
             help="seconds before an LLM request is abandoned and retried (default 600)")
     engines("--cache_dir", default=None, help="LLM response cache (default ~/.cache/fedtextgrad)")
     engines("--no_cache", action="store_true", help="send every request, answer none from the cache")
-    run("--judge", choices=("string", "llm"), default="string", help="llm: an LLM judges free-form answers")
+    run("--judge", choices=("string", "llm"), default="string", help="llm: the evaluation engine judges every answer")
+    run("--initial_prompt", type=initial_prompt_text, default=None, metavar="TEXT|@FILE",
+        help="the instructions every client starts from (default: ours; each task's format line is added)")
     engines("--max_tokens", type=_positive_int, default=512, help="answer length limit of the test engine")
     # Tiny local models ramble until the limit, so each call kind has its own cap.
     engines("--feedback_max_tokens", type=_positive_int, default=256, help="length limit of each feedback call")
     engines("--optimizer_max_tokens", type=_positive_int, default=512, help="length limit of each optimizer call")
     engines("--merge_max_tokens", type=_positive_int, default=768, help="length limit of each merge call")
+    for flag, entry, default in (("temperature", temperature_entry, 0), ("top_p", top_p_entry, "the server's")):
+        engines(f"--{flag}", nargs="+", type=entry, default=None, metavar="[ROLE=]VALUE",
+                help=f"{flag} of every role, or ROLE=VALUE for one of answer, feedback, optimizer, merge, judge "
+                     f"(default: {default})")
     engines("--structured_output", choices=("auto", "on", "off"), default="auto",
             help="optimizer, merge and judge replies as a one-field JSON object through the backend's structured "
                  "output: auto (where the backend has it; tags after a server rejects it), on (a rejection is an "

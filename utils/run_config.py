@@ -45,10 +45,13 @@ class RunConfig:
     cache_dir: str | None
     no_cache: bool
     judge: str
+    initial_prompt: str | None
     max_tokens: int
     feedback_max_tokens: int
     optimizer_max_tokens: int
     merge_max_tokens: int
+    temperature: list[str] | None
+    top_p: list[str] | None
     structured_output: str
     max_context: int | None
     estimate: bool

@@ -10,6 +10,7 @@ As in TextGrad, `ChatOpenAI()` is OpenAI's gpt-3.5-turbo-0613 and needs OPENAI_A
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -36,6 +37,15 @@ def _normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for m in messages]
 
 
+def sampling_params(temperature: float, max_tokens: int, top_p: float | None = None) -> dict[str, Any]:
+    """The sampling parameters of a chat request, as sent and as the response cache keys it. top_p None is
+    left out (the server's default), so entries cached before top_p could be set stay valid."""
+    params: dict[str, Any] = {"temperature": float(temperature), "max_tokens": int(max_tokens)}
+    if top_p is not None:
+        params["top_p"] = float(top_p)
+    return params
+
+
 def _rough_tokens(text: str) -> int:
     # Only for the counters, when a server reports no usage.
     return len(text) // 4
@@ -44,6 +54,10 @@ def _rough_tokens(text: str) -> int:
 class ChatOpenAI(EngineLM):
     """A chat model at an OpenAI-compatible endpoint: temperature 0 by default, retries, the endpoint's
     concurrency cap, the on-disk response cache and the context window of its runtime."""
+
+    # What a request samples with unless it says otherwise; a view from sampled() has its own.
+    temperature: float = 0.0
+    top_p: float | None = None  # None: not sent, the server's default
 
     def __init__(self, model_string: str | None = None, system_prompt: str | None = None,
                  is_multimodal: bool = False, base_url: str | None = None, *, api_key: str | None = None,
@@ -70,6 +84,14 @@ class ChatOpenAI(EngineLM):
     def __repr__(self) -> str:
         # Deliberately without the key (and without connecting).
         return f"ChatOpenAI(name={self.name!r}, model={self.route.model!r}, base_url={self.route.base_url!r})"
+
+    def sampled(self, *, temperature: float | None = None, top_p: float | None = None) -> ChatOpenAI:
+        """This engine sampling with its own temperature and top_p by default: a view sharing the connection,
+        cache, window and counters (one role of a run, e.g. the optimizer at top_p 0.99)."""
+        view = copy.copy(self)
+        view.temperature = self.temperature if temperature is None else float(temperature)
+        view.top_p = self.top_p if top_p is None else float(top_p)
+        return view
 
     # -- where the model is ---------------------------------------------------------------------
 
@@ -135,34 +157,37 @@ class ChatOpenAI(EngineLM):
     # -- chatting -------------------------------------------------------------------------------
 
     def generate(self, prompt: str, system_prompt: str | None = None, *,  # type: ignore[override]
-                 temperature: float = 0.0, max_tokens: int = 512) -> str:
+                 temperature: float | None = None, max_tokens: int = 512, top_p: float | None = None) -> str:
         """Answer one user prompt, under system_prompt (or the engine's own, if it has one)."""
         system_prompt = self.system_prompt if system_prompt is None else system_prompt
         messages: list[dict[str, Any]] = []
         if system_prompt is not None:
             messages.append({"role": "system", "content": system_prompt})
         messages.append({"role": "user", "content": prompt})
-        return self.chat(messages, temperature=temperature, max_tokens=max_tokens)
+        return self.chat(messages, temperature=temperature, max_tokens=max_tokens, top_p=top_p)
 
     __call__ = generate
 
-    def chat(self, messages: list[dict[str, Any]], *, temperature: float = 0.0, max_tokens: int = 512,
-             response_format: dict[str, Any] | None = None) -> str:
+    def chat(self, messages: list[dict[str, Any]], *, temperature: float | None = None, max_tokens: int = 512,
+             response_format: dict[str, Any] | None = None, top_p: float | None = None) -> str:
         """Send a chat and return the reply text ("" when the model says nothing)."""
         return self.chat_reply(messages, temperature=temperature, max_tokens=max_tokens,
-                               response_format=response_format).text
+                               response_format=response_format, top_p=top_p).text
 
-    def chat_reply(self, messages: list[dict[str, Any]], *, temperature: float = 0.0, max_tokens: int = 512,
-                   response_format: dict[str, Any] | None = None) -> ChatReply:
+    def chat_reply(self, messages: list[dict[str, Any]], *, temperature: float | None = None, max_tokens: int = 512,
+                   response_format: dict[str, Any] | None = None, top_p: float | None = None) -> ChatReply:
         """chat, with the reply's finish_reason; response_format (textgrad.structured) goes to the server
-        as given. StructuredOutputRejected when the server refuses it."""
+        as given. StructuredOutputRejected when the server refuses it. temperature and top_p default to the
+        engine's own (see sampled)."""
         self.transport.connect()
         messages = _normalise_messages(messages)
         max_tokens = self.context.fit_reply(messages, int(max_tokens))
+        sampling = sampling_params(self.temperature if temperature is None else temperature, max_tokens,
+                                   self.top_p if top_p is None else top_p)
         key = None
         if self._replies is not None:
             # Looked up before the cap: a hit must never wait behind real requests.
-            params: dict[str, Any] = {"temperature": float(temperature), "max_tokens": int(max_tokens)}
+            params = dict(sampling)
             if response_format is not None:  # absent otherwise, so earlier cache entries stay valid
                 params["response_format"] = response_format
             key = ResponseCache.make_key(self.model, messages, params, endpoint=self.cache_endpoint)
@@ -170,7 +195,7 @@ class ChatOpenAI(EngineLM):
             if hit is not None:
                 return ChatReply(hit["text"], hit.get("finish_reason"))
         try:
-            completion = self.transport.send(messages, temperature, max_tokens, response_format)
+            completion = self.transport.send(messages, sampling, response_format)
         except OverflowReply as exc:
             raise self.context.overflow(messages, max_tokens, exc.body) from None
         reply = completion.reply

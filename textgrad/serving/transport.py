@@ -174,10 +174,11 @@ class Transport:
 
     # -- sending -------------------------------------------------------------------------------
 
-    def send(self, messages: list[dict[str, Any]], temperature: float, max_tokens: int,
+    def send(self, messages: list[dict[str, Any]], sampling: dict[str, Any],
              response_format: dict[str, Any] | None = None) -> Completion:
-        """One chat completion, retried on what is transient. OverflowReply when the server says the
-        request is too long (never resent), StructuredOutputRejected when it refuses response_format."""
+        """One chat completion with these sampling parameters (temperature, max_tokens, top_p), retried on
+        what is transient. OverflowReply when the server says the request is too long (never resent),
+        StructuredOutputRejected when it refuses response_format."""
         client = self.connect()
         stop = self._runtime.stop
         stop.check()  # after Ctrl-C no new request
@@ -192,8 +193,7 @@ class Transport:
                     # The SDK's generic post, not chat.completions.create: that one converts the typed
                     # request and builds pydantic models of the reply, 2 of the 3 ms of CPU a call cost
                     # (measured with bench/). Errors and timeouts are raised exactly the same way.
-                    body = {"model": self.model, "messages": messages,
-                            "temperature": temperature, "max_tokens": max_tokens}
+                    body = {"model": self.model, "messages": messages, **sampling}
                     if response_format is not None:
                         body["response_format"] = response_format
                     response = client.post(f"{server_url}/chat/completions", cast_to=object, body=body)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from textgrad.engine.openai import sampling_params
 from textgrad.errors import EngineError
 from textgrad.serving.backends import canonical_engine_name, split_engine_name
 from textgrad.serving.cache import ResponseCache
@@ -25,6 +26,7 @@ from textgrad.serving.runtime import current_runtime
 from utils.config import UsageError
 from utils.federated.experiment import Experiment
 from utils.federated.plan import plan_run
+from utils.federated.sampling import Sampling, role_sampling
 from utils.files import write_json_atomic
 from utils.reporting.prompt_stats import uid_enabled
 from utils.run_config import RunConfig
@@ -240,13 +242,14 @@ def _limits(exp: Experiment) -> dict[str, float]:
             "merge": exp.merge_max_tokens, "judge": JUDGE_MAX_TOKENS}
 
 
-def _cache_probe(facts: dict[str, EngineFacts], cache: ResponseCache | None
+def _cache_probe(facts: dict[str, EngineFacts], cache: ResponseCache | None, answer: Sampling
                  ) -> Callable[[str, list[dict[str, str]], int], bool]:
+    """Whether the cache holds the reply to an answer request (the only requests known before the run)."""
     def known(engine: str, messages: list[dict[str, str]], max_tokens: int) -> bool:
         model, endpoint = facts[engine].model, facts[engine].endpoint
         if cache is None or model is None or endpoint is None:
             return False
-        key = ResponseCache.make_key(model, messages, {"temperature": 0.0, "max_tokens": int(max_tokens)},
+        key = ResponseCache.make_key(model, messages, sampling_params(answer.temperature, max_tokens, answer.top_p),
                                      endpoint=endpoint)
         hit = cache.get(key)
         return hit is not None and isinstance(hit.get("text"), str)
@@ -295,7 +298,8 @@ def estimate_run(args: RunConfig, exp: Experiment, run_dir: Path) -> Estimate:
         experiment=exp, plan=run_plan, test_engine=args.test_engine, evaluation_engine=args.evaluation_engine,
         use_cache=not args.no_cache, logprobs=test.logprobs and uid_enabled(),
         count_tokens=counter.count, completion=_limits(exp),
-        known_reply=_cache_probe(facts, None if args.no_cache else ResponseCache(cache_dir)),
+        known_reply=_cache_probe(facts, None if args.no_cache else ResponseCache(cache_dir),
+                                 role_sampling(args.temperature, args.top_p)["answer"]),
         first_prompt=first_prompt))
     raw = {name: plan.totals().get(name, Tally()) for name in names}
     calibrations = {name: _calibration(facts[name], Path(args.output_dir), cache_dir, raw[name], args.estimate_latency)

@@ -151,7 +151,7 @@ class _Planner:
 
     def plan(self) -> CallPlan:
         run = self.spec.plan
-        text = self.spec.first_prompt or starting_prompt(self.exp.tasks)
+        text = self.spec.first_prompt or starting_prompt(self.exp.tasks, self.exp.initial_prompt)
         start = self._new_prompt(self.count(text), text)
         self.start_tokens = start.tokens
         aggregates = {0: start}
@@ -267,7 +267,7 @@ class _Planner:
 
     def _judge_all(self, phase: str, prompt: _Prompt, examples: list[tuple[TaskSpec, Example]]) -> None:
         if self.spec.plan.judge:
-            self._send(phase, [self._judge_request(prompt, ex) for task, ex in examples if task.kind == "free_form"])
+            self._send(phase, [self._judge_request(prompt, ex) for _, ex in examples])
 
     def _measure_uid(self, prompt: _Prompt) -> None:
         # utils.reporting.prompt_stats measures each text once per process, whatever the response cache does.

@@ -45,9 +45,23 @@ class LocalSettings:
 
 @dataclass
 class Engines:
-    test: ChatEngine
-    evaluation: ChatEngine
+    test: ChatEngine        # answers the questions: the model whose prompt is trained
+    evaluation: ChatEngine  # answers too (its own zero-shot test); writes feedback, new prompts and merges
     judge: ChatEngine | None = None  # set with --judge llm
+    # The evaluation engine in its writing roles, each sampling its own way (utils.federated.sampling);
+    # None: the evaluation engine as it is.
+    feedback: ChatEngine | None = None
+    optimizer: ChatEngine | None = None
+    merge: ChatEngine | None = None
+
+    def writer(self, role: str) -> ChatEngine:
+        """The evaluation engine as one of its writing roles (feedback, optimizer, merge) uses it."""
+        return getattr(self, role) or self.evaluation
+
+    def by_role(self) -> dict[str, ChatEngine]:
+        """Every role the run has, and the engine (view) that plays it."""
+        roles = {"answer": self.test, **{role: self.writer(role) for role in ("feedback", "optimizer", "merge")}}
+        return {**roles, "judge": self.judge} if self.judge is not None else roles
 
 
 @dataclass
@@ -156,8 +170,8 @@ def local_step(prompt_text: str, batch: list[Example], task: TaskSpec, engines: 
             {"response": response, "target": target}, response_role_description="correctness of the response"))
     accuracy = sum(correct) / len(correct)
 
-    tg.sum(losses).backward(engines.evaluation)
-    optimizer = make_optimizer(prompt, engines.evaluation, settings, history)
+    tg.sum(losses).backward(engines.writer("feedback"))
+    optimizer = make_optimizer(prompt, engines.writer("optimizer"), settings, history)
     if not prompt.gradients and model.feedback_skipped:
         return prompt_text, StepResult(step, accuracy, None, False, "context_overflow", judge_failures)
     optimizer.step()

@@ -40,6 +40,7 @@ class Experiment:
     settings: LocalSettings
     merge_max_tokens: int = 768
     run_larger_model: bool = True
+    initial_prompt: str | None = None  # --initial_prompt; None: ours (TaskSpec.starting_prompt)
     # task name -> {"train", "val", "test"}: the split sizes used (small BBH subtasks shrink the paper's)
     split_sizes: dict[str, dict[str, int]] = field(default_factory=dict)
     # Leak guard and simulated attackers (client side), screened aggregation (server side): issue 16.
@@ -47,9 +48,10 @@ class Experiment:
     screening: ScreenSettings = field(default_factory=ScreenSettings)
 
 
-def starting_prompt(tasks: list[TaskSpec]) -> str:
-    """The trained text every run starts from: instructions only, the same for every task."""
-    return tasks[0].starting_prompt()
+def starting_prompt(tasks: list[TaskSpec], initial_prompt: str | None = None) -> str:
+    """The trained text every client starts from: instructions only (--initial_prompt, else ours, the same
+    for every task)."""
+    return initial_prompt or tasks[0].starting_prompt()
 
 
 def served_prompts(prompt: str, tasks: list[TaskSpec]) -> dict[str, str]:

@@ -9,8 +9,8 @@ the last. Three readers share it, so they cannot disagree about what a run does:
 
 Calls are counted as the spec's method makes them. A local step of a batch of B examples makes 3B + 1:
 B answers with the current prompt (forward), B feedbacks (backward), one optimizer call (TGD), and B
-answers with the new prompt (re-score); with --judge llm each free-form answer is judged too (one call
-more per answer). An evaluation answers every example of its split. A merge of two or more different
+answers with the new prompt (re-score); with --judge llm each answer is judged too (one call more per
+answer). An evaluation answers every example of its split. A merge of two or more different
 prompts by summarization or sum_uid is one call; concat makes none. A call the response cache answers
 still counts: the bars count it as done, --estimate reports it as cached.
 
@@ -43,7 +43,7 @@ class Evaluation:
     prompt: str   # "start", "aggregate" (of its round), "last" or "best"
     split: str    # "val" or "test"
     engine: str   # "test" or "evaluation": which of the run's engines answers
-    calls: int    # an answer per example, plus a judge call per free-form answer with --judge llm
+    calls: int    # an answer per example, plus a judge call per answer with --judge llm
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class RunPlan:
     zero_shot: tuple[Evaluation, ...]    # empty for a run resumed after a checkpoint
     rounds: tuple[Round, ...]            # the rounds still to run
     final_test: tuple[Evaluation, ...]   # the last and the best prompt
-    judge: bool                          # free-form answers are judged by the evaluation engine
+    judge: bool                          # answers are judged by the evaluation engine (--judge llm)
 
     @property
     def zero_shot_calls(self) -> int:
@@ -125,8 +125,8 @@ def select_clients(client_ids: list[str], per_round: int, seed: int, round_index
 
 
 def eval_calls(sets: EvalSets, judge: bool) -> int:
-    """An answer per example, plus a judge call per free-form answer with --judge llm."""
-    return sum(len(examples) * (2 if judge and task.kind == "free_form" else 1) for task, examples in sets.values())
+    """An answer per example, plus a judge call per answer with --judge llm."""
+    return sum(len(examples) * (2 if judge else 1) for _, examples in sets.values())
 
 
 def plan_run(exp: Experiment, judge: bool = False) -> RunPlan:
@@ -158,18 +158,17 @@ def _plan_round(exp: Experiment, judge: bool, index: int) -> Round:
 
 def _plan_steps(exp: Experiment, judge: bool, client: Client, round_index: int) -> tuple[Step, ...]:
     settings = exp.settings
-    judged = judge and client.task.kind == "free_form"
     if not client.examples:  # a Flower server: the client's data is on its node, its batches are full
         batches: list[tuple[Example, ...] | None] = [None] * settings.max_steps
         sizes = [settings.batch_size] * settings.max_steps
     else:
         loaded = round_batches(client.examples, settings, client.client_id, round_index)
         batches, sizes = [tuple(b) for b in loaded], [len(b) for b in loaded]
-    return tuple(Step(round_index, client.client_id, i, batch, step_calls(size, judged))
+    return tuple(Step(round_index, client.client_id, i, batch, step_calls(size, judge))
                  for i, (batch, size) in enumerate(zip(batches, sizes, strict=True)))
 
 
 def step_calls(batch_size: int, judged: bool) -> int:
     """One local step: forward, feedback and re-score of each example, and the optimizer call; the
-    forward and re-score answers judged with --judge llm on a free-form task."""
+    forward and re-score answers judged with --judge llm."""
     return 3 * batch_size + 1 + (2 * batch_size if judged else 0)

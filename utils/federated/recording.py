@@ -12,6 +12,7 @@ from textgrad.serving.runtime import current_runtime
 from textgrad.serving.stats import EngineStats
 from textgrad.structured import CONTEXT_OVERFLOW, REPLY_FAILURES
 from utils.privacy.leakage import leakage_results, record_leakage
+from utils.reporting.complexity import COMPLEXITY, complexity
 from utils.reporting.prompt_stats import token_count
 from utils.reporting.tracking import RunLog
 
@@ -85,6 +86,9 @@ def record_round(log: RunLog, exp: Experiment, engines: Engines, round_index: in
     for task, acc in val.items():
         log.metric(f"val/{task}", acc, round_index)
     log.metric("aggregate/tokens", length["tokens"], round_index)
+    for measure in COMPLEXITY:
+        if length[measure] is not None:
+            log.metric(f"aggregate/{measure}", length[measure], round_index)
     if length["uid"]:
         for stat in ("mean", "variance", "max"):
             log.metric(f"aggregate/uid_{stat}", length["uid"][stat], round_index)
@@ -107,6 +111,9 @@ def record_round(log: RunLog, exp: Experiment, engines: Engines, round_index: in
         poisoned_clients=[u.client_id for u in updates if u.client_id in exp.outbound.malicious],
         leakage=record_leakage(log, round_index, {u.client_id: u.leakage for u in updates if u.leakage})["leakage"],
         screening=record_screening(log, round_index, screening)["screening"],
+        aggregate_complexity={measure: length[measure] for measure in COMPLEXITY},
+        client_prompt_complexity={u.client_id: {m: lengths[u.client_id][m] for m in (*COMPLEXITY, "uid")}
+                                  for u in returned},
     )
 
 
@@ -145,6 +152,10 @@ def write_results(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         "clients": [c.client_id for c in exp.clients],
         "split_sizes": exp.split_sizes,
         "settings": vars(exp.settings),
+        "judge": "llm" if engines.judge is not None else "string",  # who scored the answers (--judge)
+        "sampling": {role: {"temperature": getattr(engine, "temperature", 0.0), "top_p": getattr(engine, "top_p", None)}
+                     for role, engine in engines.by_role().items()},
+        "starting_prompt": state.starting_prompt,
         "zero_shot": state.zero_shot,
         "evaluation_engine_zero_shot_test": state.evaluation_engine_zero_shot_test,
         "rounds": rounds,
@@ -155,6 +166,7 @@ def write_results(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         "served_prompts": {"last": served_prompts(last, exp.tasks), "best": served_prompts(best, exp.tasks)},
         # Round 0 of the length plots, in the same tokenizer as every later prompt.
         "starting_prompt_tokens": token_count(state.starting_prompt, engines.test).tokens,
+        "starting_prompt_complexity": complexity(state.starting_prompt),
         "final_test": {"last": last_test, "best": best_test},
         "steps": {"total": sum(r.steps for r in history), "accepted": sum(r.accepted_steps for r in history)},
         "format_failures": format_failures(history, evaluate.judge_failures),

@@ -103,7 +103,7 @@ class RoundLoop:
 
     def zero_shot(self) -> RunState:
         """Accuracy of the starting prompt on validation and test (and the evaluation engine's own test)."""
-        prompt, evaluations = starting_prompt(self.exp.tasks), self.plan.zero_shot
+        prompt, evaluations = starting_prompt(self.exp.tasks, self.exp.initial_prompt), self.plan.zero_shot
         if self.in_process:
             # Round 1 trains from the starting prompt and needs the zero-shot accuracies only when it is
             # recorded, so it starts now; the zero-shot calls run at background priority in the endpoint
@@ -197,7 +197,7 @@ class RoundLoop:
         prompts = [u.prompt for u in kept]
         calls = planned.merge if len({p.strip() for p in prompts}) > 1 else 0  # one prompt: nothing to merge
         with self.console.phase("aggregation", f"round {planned.index}: merge", calls) as merge:
-            return merge.run(aggregate_prompts, prompts, method, self.exp.tasks, self.engines.evaluation,
+            return merge.run(aggregate_prompts, prompts, method, self.exp.tasks, self.engines.writer("merge"),
                              max_tokens=self.exp.merge_max_tokens)
 
     def validate(self, planned: Round, prompt: str) -> tuple[Scores, dict[str, Any]]:

@@ -49,6 +49,10 @@ class RoundSummary:
     poisoned_clients: list[str] = field(default_factory=list)
     leakage: dict[str, Any] | None = None     # utils.privacy.leakage.record_leakage
     screening: dict[str, Any] | None = None   # utils.federated.screening.record_screening
+    # Complexity (utils.reporting.complexity): the aggregate's entropy and compression ratio, and each returned
+    # client prompt's with its UID measures. None / {} in rounds checkpointed before they were recorded.
+    aggregate_complexity: dict[str, Any] | None = None
+    client_prompt_complexity: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Set once the round is done: its LLM counters, retries included (in-process calls only).
     llm: dict[str, int] = field(default_factory=dict)
     context_overflows: int = 0

@@ -24,6 +24,7 @@ from utils.tasks.registry import resolve_task
 from .client import Engines, LocalSettings
 from .experiment import Client, Experiment
 from .rounds import TrainRound, run_experiment
+from .sampling import role_sampling, sampled
 from .screening import ScreenSettings
 
 BuildClients = Callable[[RunConfig, list[TaskData]], list[Client]]
@@ -64,7 +65,10 @@ def make_engines(args: RunConfig, check: bool = True) -> Engines:
     with progress.current().phase("server_startup", desc, None):
         for engine in dict.fromkeys([test, evaluation]) if check else ():
             engine.check_available()
-    return Engines(test=test, evaluation=evaluation, judge=evaluation if args.judge == "llm" else None)
+    roles = role_sampling(args.temperature, args.top_p)
+    writers = {role: sampled(evaluation, roles[role]) for role in ("feedback", "optimizer", "merge")}
+    return Engines(test=sampled(test, roles["answer"]), evaluation=sampled(evaluation, roles["answer"]),
+                   judge=sampled(evaluation, roles["judge"]) if args.judge == "llm" else None, **writers)
 
 
 def run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
@@ -136,6 +140,7 @@ def build_experiment(args: RunConfig, data: list[TaskData], clients: list[Client
                                momentum_window=args.momentum_window),
         merge_max_tokens=args.merge_max_tokens,
         run_larger_model=not args.do_not_run_larger_model and args.evaluation_engine != args.test_engine,
+        initial_prompt=args.initial_prompt,
         split_sizes={d.task.name: d.sizes for d in data},
         outbound=OutboundPlan.from_args(args, [c.client_id for c in clients]),
         screening=ScreenSettings(args.robust_aggregation, args.screen_size, args.screen_margin),

@@ -123,19 +123,61 @@ def run_series(results: dict[str, Any]) -> dict[str, list[Series]]:
     length = [Series("global prompt", length_xs, [*lead, *[r["aggregate_tokens"] for r in rounds]], OVERALL),
               Series("client prompts (mean)", length_xs, [*lead, *client_mean], colour(7))]
     return {"validation_accuracy.png": validation, "client_train_accuracy.png": training,
-            "prompt_length.png": length}
+            "prompt_length.png": length, **complexity_series(results)}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _points(xs: list[int], ys: list[float | None]) -> tuple[list[float], list[float]]:
+    kept = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def complexity_series(results: dict[str, Any]) -> dict[str, list[Series]]:
+    """The complexity plots of a run that recorded the measures: character entropy and compression ratio of the
+    global prompt and the clients' (mean) from round 0, and the global prompt's surprisal (mean ± std)."""
+    rounds = results["rounds"]
+    if not rounds or not all(r.get("aggregate_complexity") for r in rounds):
+        return {}  # a run from before the measures were recorded
+    start = results.get("starting_prompt_complexity") or {}
+    xs = [0, *[r["round"] for r in rounds]]
+    plots = {}
+    for measure, name in (("entropy", "prompt_entropy.png"), ("compression_ratio", "prompt_compression.png")):
+        clients = [_mean([c[measure] for c in r["client_prompt_complexity"].values()]) for r in rounds]
+        plots[name] = [Series("global prompt", *_points(xs, [start.get(measure), *[r["aggregate_complexity"][measure]
+                                                                                    for r in rounds]]), OVERALL),
+                       Series("client prompts (mean)", *_points(xs, [start.get(measure), *clients]), colour(7))]
+    uid = [(r["round"], r["aggregate_uid"]) for r in rounds if r.get("aggregate_uid")]
+    if uid:
+        plots["prompt_uid.png"] = [Series("global prompt", [x for x, _ in uid], [u["mean"] for _, u in uid], OVERALL,
+                                          yerr=[u["variance"] ** 0.5 for _, u in uid])]
+    return plots
+
+
+PLOT_LABELS = {
+    "validation_accuracy.png": dict(xlabel="round (0 = starting prompt)", ylabel="validation accuracy",
+                                    title="Validation accuracy of the global prompt", accuracy=True),
+    "client_train_accuracy.png": dict(xlabel="round", ylabel="mean local batch accuracy",
+                                      title="Per-client training accuracy", accuracy=True),
+    "prompt_length.png": dict(xlabel="round (0 = starting prompt)", title="Prompt length"),
+    "prompt_entropy.png": dict(xlabel="round (0 = starting prompt)", ylabel="character entropy (bits/char)",
+                               title="Prompt complexity: character entropy"),
+    "prompt_compression.png": dict(xlabel="round (0 = starting prompt)", ylabel="zlib size / raw size",
+                                   title="Prompt complexity: compression ratio (lower: more repetitive)"),
+    "prompt_uid.png": dict(xlabel="round", ylabel="surprisal per token (nats), mean ± std",
+                           title="UID: surprisal of the global prompt"),
+}
 
 
 def plot_run(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    """validation_accuracy.png, client_train_accuracy.png, prompt_length.png."""
+    """validation_accuracy.png, client_train_accuracy.png, prompt_length.png; with the complexity measures,
+    prompt_entropy.png and prompt_compression.png, and prompt_uid.png where log-probabilities were given."""
     series = run_series(results)
     rounds = [0, *[r["round"] for r in results["rounds"]]]
-    labels = {
-        "validation_accuracy.png": dict(xlabel="round (0 = starting prompt)", ylabel="validation accuracy",
-                                        title="Validation accuracy of the global prompt", accuracy=True),
-        "client_train_accuracy.png": dict(xlabel="round", ylabel="mean local batch accuracy",
-                                          title="Per-client training accuracy", accuracy=True),
-        "prompt_length.png": dict(xlabel="round (0 = starting prompt)", ylabel=token_axis_label([results]),
-                                  title="Prompt length"),
-    }
-    return [save_png(draw(series[name], xticks=rounds, **labels[name]), out_dir / name) for name in labels]
+    labels = {**PLOT_LABELS, "prompt_length.png": {**PLOT_LABELS["prompt_length.png"],
+                                                   "ylabel": token_axis_label([results])}}
+    return [save_png(draw(series[name], xticks=rounds, **labels[name]), out_dir / name)
+            for name in labels if name in series]

@@ -11,6 +11,7 @@ from textgrad.errors import EngineError
 from textgrad.parallel import run_concurrently
 from textgrad.serving.tokenizers import TokenCount, estimate_tokens
 
+from .complexity import complexity
 from .uid import uid_measures
 
 # engine -> text -> UID measures: a prompt returned unchanged by several clients, or kept over rounds,
@@ -64,11 +65,13 @@ def token_count(text: str, engine: Any = None) -> TokenCount:
 
 def measure_prompt(text: str, engine: Any = None) -> dict[str, Any]:
     """Length in characters and tokens (the test engine's tokenizer where reachable; "tokens_estimated"
-    says when it was not); with an engine, also the UID measures of the text (mean/variance/max
-    per-token surprisal in nats, see utils.reporting.uid) where that engine exposes log-probabilities, else None."""
+    says when it was not), character entropy and compression ratio (utils.reporting.complexity); with an
+    engine, also the UID measures of the text (mean/variance/max per-token surprisal in nats, see
+    utils.reporting.uid) where that engine exposes log-probabilities, else None."""
     tokens = token_count(text, engine)
     uid = cached_uid(text, engine) if engine is not None else None
-    return {"chars": len(text), "tokens": tokens.tokens, "tokens_estimated": not tokens.exact, "uid": uid}
+    return {"chars": len(text), "tokens": tokens.tokens, "tokens_estimated": not tokens.exact, "uid": uid,
+            **complexity(text)}
 
 
 def measure_prompts(texts: dict[str, str], engine: Any = None) -> dict[str, dict[str, Any]]:

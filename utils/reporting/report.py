@@ -19,12 +19,12 @@ from typing import Any
 
 from utils.files import write_text_atomic
 
+from .paper_tables import judge_line, paper_tables
 from .prompt_stats import token_axis_label
 from .runs import (
     EXTRA_KEYS,
     GROUP_KEYS,
     METRICS,
-    SHORT_TITLES,
     Group,
     ReportError,
     Run,
@@ -33,8 +33,9 @@ from .runs import (
     load_runs,
     mean_std,
     per_task_test,
-    run_metrics,
+    series_label,
     summarise,
+    versus_points,
 )
 
 
@@ -83,6 +84,7 @@ def markdown_report(groups: list[Group]) -> str:
         "of words copied from one of the client's own training examples, and the share of the client's "
         "distinct 8-word shingles found in its update.",
     ]
+    parts += ["", judge_line(groups), *paper_tables(groups, fmt)]
     parts += estimate_section([run for group in groups for run in group.runs])
     multi_task = [g for g in groups if len(g.runs[0].results["tasks"]) > 1]
     if multi_task:
@@ -121,22 +123,6 @@ def estimate_section(runs: list[Run]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- plots
-
-
-def series_label(group: Group, groups: list[Group], leave_out: str = "") -> str:
-    """The settings that tell this group apart from the others, briefly (the aggregation method if none):
-    values alone for module, tasks and aggregation, "title value" for the rest."""
-    titles = dict(GROUP_KEYS)
-    parts = []
-    for key in [k for k, _ in GROUP_KEYS] + list(EXTRA_KEYS):
-        if key == leave_out or len({g.value(key) for g in groups}) <= 1:
-            continue
-        value = group.value(key)
-        if key == "tasks":
-            value = str(value).replace("BBH_", "")  # the BBH subtask names say enough
-        parts.append(str(value) if key in ("module", "tasks", "aggregation") else
-                     f"{SHORT_TITLES.get(key, titles.get(key, key))} {value}")
-    return ", ".join(parts) or str(group.value("aggregation"))
 
 
 def group_colours(groups: list[Group]) -> dict[tuple, str]:
@@ -198,14 +184,8 @@ def versus_series(groups: list[Group], key: str) -> list[Any]:
     """Final test accuracy (best prompt) against one setting; one line per combination of the rest."""
     from .plots import Series, colour
 
-    lines: dict[str, list[tuple[Any, tuple[float, float, int]]]] = {}
-    for group in groups:
-        stat = mean_std([run_metrics(r.results)["test_best"] for r in group.runs])
-        if stat is not None:
-            lines.setdefault(series_label(group, groups, leave_out=key), []).append((group.value(key), stat))
     series = []
-    for index, (label, points) in enumerate(lines.items()):
-        points.sort(key=lambda p: p[0])
+    for index, (label, points) in enumerate(versus_points(groups, key).items()):
         series.append(Series(label, [p[0] for p in points], [p[1][0] for p in points], colour(index),
                              yerr=[p[1][1] for p in points]))
     return series

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+JUDGES = {"string": "string: our deterministic grader", "llm": "llm: the evaluation engine judges every answer"}
+
 
 def _fmt(scores: dict[str, float] | None) -> str:
     if not scores:
@@ -56,6 +58,7 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
         f"== {results['module']} on {', '.join(results['tasks'])} "
         f"({results['aggregate_method'] or 'no aggregation'}), {results['rounds_completed']} rounds ==",
         f"splits         {_splits(results)}",
+        f"scoring        {JUDGES.get(results.get('judge', 'string'), results.get('judge'))}",
         f"zero-shot      val {_fmt(results['zero_shot']['val'])}   test {_fmt(results['zero_shot']['test'])}",
         *[f"round {r['round']:<3}      val {_fmt(r['val'])}   aggregate {r['aggregate_tokens']} tokens, "
           f"{r['accepted_steps']}/{r['steps']} steps kept, {r.get('skipped_steps', 0)} skipped (context)"

@@ -184,4 +184,33 @@ def per_task_test(group: Group) -> dict[str, tuple[float, float, int] | None]:
     return {t: mean_std([r.results["final_test"]["best"].get(t) for r in group.runs]) for t in tasks}
 
 
-# ---------------------------------------------------------------------------------- markdown
+def series_label(group: Group, groups: list[Group], leave_out: tuple[str, ...] = ()) -> str:
+    """varying_label, or the aggregation method where no setting tells the groups apart."""
+    return varying_label(group, groups, leave_out) or str(group.value("aggregation"))
+
+
+def varying_label(group: Group, groups: list[Group], leave_out: tuple[str, ...] = ()) -> str:
+    """The settings (but those left out) that tell this group apart from the others, briefly ("" if none):
+    values alone for module, tasks and aggregation, "title value" for the rest."""
+    titles = dict(GROUP_KEYS)
+    parts = []
+    for key in [k for k, _ in GROUP_KEYS] + list(EXTRA_KEYS):
+        if key in leave_out or len({g.value(key) for g in groups}) <= 1:
+            continue
+        value = group.value(key)
+        if key == "tasks":
+            value = str(value).replace("BBH_", "")  # the BBH subtask names say enough
+        parts.append(str(value) if key in ("module", "tasks", "aggregation") else
+                     f"{SHORT_TITLES.get(key, titles.get(key, key))} {value}")
+    return ", ".join(parts)
+
+
+def versus_points(groups: list[Group], key: str) -> dict[str, list[tuple[Any, tuple[float, float, int]]]]:
+    """Final test accuracy (best prompt, mean over tasks) against one setting: per combination of the other
+    settings (its series_label), the (value, mean ± std over seeds) points in the order of the values."""
+    lines: dict[str, list[tuple[Any, tuple[float, float, int]]]] = {}
+    for group in groups:
+        stat = mean_std([run_metrics(r.results)["test_best"] for r in group.runs])
+        if stat is not None:
+            lines.setdefault(series_label(group, groups, leave_out=(key,)), []).append((group.value(key), stat))
+    return {label: sorted(points, key=lambda p: p[0]) for label, points in lines.items()}

@@ -24,6 +24,10 @@ PAPER_SPLIT = (50, 100, 100)
 # Fixed constants, never the run's --seed: a split is part of the benchmark, not of the method.
 _SYNTHETIC_POOL_SEED = 0
 GSM8K_SHUFFLE_SEED = 0
+# GSM8K as the reference code cuts it (ubc-tea/FedTextGrad, its GSM8K_DSPy task): each official split shuffled
+# by its own random.Random(0), then train = train[0:50], validation = train[200:300], test = test[300:400].
+# --split_sizes T,V,TE takes prefixes of these slices (or runs on past their ends): [0:T], [200:200+V], [300:300+TE].
+GSM8K_TRAIN_START, GSM8K_VAL_START, GSM8K_TEST_START = 0, 200, 300
 
 
 class DataError(ValueError):
@@ -88,10 +92,14 @@ def _parse_bbh_file(path: Path) -> list[Example]:
 
 
 def gsm8k_target(answer: str) -> str | None:
-    """The final number of a GSM8K solution: text after the last "####", commas removed."""
+    """The final number of a GSM8K solution as a whole number: the text after the last "####", commas
+    removed, read by int() (as the reference code reads it); None if that is not a whole number."""
     if "####" not in answer:
         return None
-    return answer.rsplit("####", 1)[1].replace(",", "").strip() or None
+    try:
+        return str(int(answer.rsplit("####", 1)[1].replace(",", "").strip()))
+    except ValueError:
+        return None
 
 
 def _parse_gsm8k_file(path: Path) -> list[Example]:
@@ -110,7 +118,7 @@ def _parse_gsm8k_file(path: Path) -> list[Example]:
             raise DataError(f'{path} line {number} lacks a text "question" or "answer"; fix or replace the file')
         target = gsm8k_target(answer)
         if target is None:
-            raise DataError(f'{path} line {number}: the answer has no "#### <number>" ending; fix or replace the file')
+            raise DataError(f'{path} line {number}: the answer has no "#### <whole number>" ending; fix or replace the file')
         examples.append(Example(question=question, target=target))
     return examples
 
@@ -201,7 +209,7 @@ def _hub_gsm8k_split(split: str) -> list[Example]:
         question, answer = _as_text(row.get("question")), _as_text(row.get("answer"))
         target = gsm8k_target(answer) if answer is not None else None
         if question is None or target is None:
-            raise _HubFailure(f'openai/gsm8k {split} rows lack "question" or a "#### <number>" answer')
+            raise _HubFailure(f'openai/gsm8k {split} rows lack "question" or a "#### <whole number>" answer')
         examples.append(Example(question=question, target=target))
     return examples
 
@@ -289,6 +297,27 @@ def _fixed_shuffle(examples: list[Example]) -> list[Example]:
     return shuffled
 
 
+def gsm8k_split(task: TaskSpec, official_train: list[Example], official_test: list[Example],
+                sizes: tuple[int, int, int]) -> TaskData:
+    """The reference code's GSM8K split (see GSM8K_VAL_START): train and validation from the shuffled
+    official train split, test from the shuffled official test split, at fixed offsets."""
+    n_train, n_val, n_test = sizes
+    if n_train > GSM8K_VAL_START - GSM8K_TRAIN_START:
+        raise DataError(f"{task.name} trains on [0:{n_train}] of its shuffled train split, which would overlap "
+                        f"validation [{GSM8K_VAL_START}:...]; pass a train size of at most {GSM8K_VAL_START} "
+                        "in --split_sizes")
+    if GSM8K_VAL_START + n_val > len(official_train):
+        raise _too_small(task, f"training-split examples (validation starts at {GSM8K_VAL_START})",
+                         len(official_train), GSM8K_VAL_START + n_val)
+    if GSM8K_TEST_START + n_test > len(official_test):
+        raise _too_small(task, f"test-split examples (test starts at {GSM8K_TEST_START})",
+                         len(official_test), GSM8K_TEST_START + n_test)
+    train, test = _fixed_shuffle(official_train), _fixed_shuffle(official_test)
+    return TaskData(task=task, train=train[GSM8K_TRAIN_START:GSM8K_TRAIN_START + n_train],
+                    val=train[GSM8K_VAL_START:GSM8K_VAL_START + n_val],
+                    test=test[GSM8K_TEST_START:GSM8K_TEST_START + n_test])
+
+
 def load_task_data(
     task: TaskSpec,
     data_dir: str | None,
@@ -299,9 +328,8 @@ def load_task_data(
 
     ``split_sizes`` None is the paper's protocol (``paper_split_for``); explicit sizes must fit the
     data. BBH and synthetic tasks are cut in file (generation) order as ordered slices [0:a],
-    [a:a+b], [a+b:a+b+c]; GSM8K as the same slices of its official train split (train, val) and
-    test split (test), each shuffled once with a fixed constant. ``seed`` is accepted for callers
-    but changes no split: a run's seed moves batches, partitions and client sampling only.
+    [a:a+b], [a+b:a+b+c]; GSM8K as the reference code cuts it (``gsm8k_split``). ``seed`` is accepted
+    for callers but changes no split: a run's seed moves batches, partitions and client sampling only.
     """
     del seed  # splits are the same for every run seed, so seeds are comparable (and with the paper)
     sizes = None if split_sizes is None else _check_sizes(split_sizes)
@@ -313,21 +341,13 @@ def load_task_data(
         pool, official_test = load_examples(task, data_dir)
         task = with_kind_from_targets(task, [e.target for e in pool])
 
-    if official_test is None:
-        n_train, n_val, n_test = sizes or paper_split_for(len(pool))
-        if sizes is None and n_val < 1:
-            raise DataError(f"{task.name} has only {len(pool)} examples, too few for the paper's split (train "
-                            f"{n_train} plus validation and test); pass --split_sizes that fit")
-        if n_train + n_val + n_test > len(pool):
-            raise _too_small(task, "examples", len(pool), n_train + n_val + n_test)
-        train, val, test = _ordered_slices(pool, (n_train, n_val, n_test))
-        return TaskData(task=task, train=train, val=val, test=test)
-
-    # GSM8K: train and validation come from the official train split, test from the official test split.
-    n_train, n_val, n_test = sizes or PAPER_SPLIT
-    if n_train + n_val > len(pool):
-        raise _too_small(task, "training-split examples (for train + val)", len(pool), n_train + n_val)
-    if n_test > len(official_test):
-        raise _too_small(task, "test-split examples", len(official_test), n_test)
-    train, val, _ = _ordered_slices(_fixed_shuffle(pool), (n_train, n_val, 0))
-    return TaskData(task=task, train=train, val=val, test=_fixed_shuffle(official_test)[:n_test])
+    if official_test is not None:
+        return gsm8k_split(task, pool, official_test, sizes or PAPER_SPLIT)
+    n_train, n_val, n_test = sizes or paper_split_for(len(pool))
+    if sizes is None and n_val < 1:
+        raise DataError(f"{task.name} has only {len(pool)} examples, too few for the paper's split (train "
+                        f"{n_train} plus validation and test); pass --split_sizes that fit")
+    if n_train + n_val + n_test > len(pool):
+        raise _too_small(task, "examples", len(pool), n_train + n_val + n_test)
+    train, val, test = _ordered_slices(pool, (n_train, n_val, n_test))
+    return TaskData(task=task, train=train, val=val, test=test)

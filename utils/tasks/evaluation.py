@@ -49,10 +49,11 @@ def judge_answer(judge: ChatEngine, response: str, target: str) -> int | None:
 
 def score_answer(task: TaskSpec, response: str, target: str, judge: ChatEngine | None = None, *,
                  question: str | None = None) -> tuple[int, bool]:
-    """(score, judge_failed). The LLM judge only replaces string matching for free-form answers.
+    """(score, judge_failed): the LLM judge's verdict when there is a judge (--judge llm: every task, as the
+    reference code judges its BBH tasks), else our deterministic grader.
 
     question lets multiple choice read an option given by its text from the question's Options: list."""
-    if judge is not None and task.kind == "free_form":
+    if judge is not None:
         verdict = judge_answer(judge, response, target)
         return (0, True) if verdict is None else (verdict, False)
     return score_response(task, response, target, question=question), False

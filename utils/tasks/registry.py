@@ -11,6 +11,7 @@ in a heterogeneous run each task's questions carry their own line and no other.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import re
 from dataclasses import dataclass
@@ -86,6 +87,22 @@ STARTING_INSTRUCTIONS = (
     "You are a careful problem solver. Read the question closely and reason step by step, "
     "checking each intermediate result before moving on."
 )
+
+
+def initial_prompt_text(value: str) -> str:
+    """--initial_prompt: the text itself, or @FILE for a UTF-8 file's text (an argparse type: a file that
+    cannot be read, or an empty prompt, is one error line)."""
+    text = value
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise argparse.ArgumentTypeError(f"cannot read the prompt file {value[1:]!r} ({reason}): give an "
+                                             "existing UTF-8 text file after @, or the prompt itself") from None
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"the initial prompt {value!r} is empty: give instructions to start from")
+    return text.strip()
 
 _OPTION_TARGET = re.compile(r"^\([A-Za-z]\)$")
 _NUMBER_TARGET = re.compile(r"^-?\d[\d,]*(\.\d+)?$")
