@@ -18,6 +18,8 @@ ROUND = {
     "optimizer_failures": {"empty": 0, "no_tags": 1, "truncated": 0, "unparseable_json": 0, "context_overflow": 0},
     "judge_format_failures": 0, "aggregation_failure": None, "poisoned_clients": [],
     "leakage": {"max_longest_run": 1, "redacted_updates": 0}, "screening": None, "llm": LLM, "context_overflows": 0,
+    "merge_tree": {"inputs": 2, "levels": [1], "retries": 0, "over_budget": 0, "left_out": 0, "failures": {},
+                   "depth": 1, "requests": 1},
 }
 # checkpoint.json as the round loop has always written it (docs/reliability.md), keys in file order.
 CHECKPOINT = {

@@ -51,6 +51,7 @@ class RunConfig:
     merge_max_tokens: int
     structured_output: str
     max_context: int | None
+    max_prompt_tokens: int | None
     estimate: bool
     estimate_latency: float | None
     price_in: list[str] | None

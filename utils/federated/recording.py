@@ -79,8 +79,9 @@ def record_round(log: RunLog, exp: Experiment, engines: Engines, round_index: in
     returned = [u for u in updates if not u.error]
     log.save_prompt(round_index, "global", aggregate.prompt)
     record_updates(log, round_index, updates, lengths)
+    tree = aggregate.tree.to_dict() if aggregate.tree is not None else None
     log.event("aggregate", round=round_index, method=exp.aggregate_method or "none", clients=[u.client_id for u in
-              merged_from], failure=aggregate.failure, **length)
+              merged_from], failure=aggregate.failure, merge_tree=tree, **length)
     log.event("evaluation", round=round_index, split="val", prompt="global", engine=engines.test.name, **val)
     for task, acc in val.items():
         log.metric(f"val/{task}", acc, round_index)
@@ -104,6 +105,7 @@ def record_round(log: RunLog, exp: Experiment, engines: Engines, round_index: in
         optimizer_failures=reply_failures([s.format_failure for s in steps]),
         judge_format_failures=sum(s.judge_format_failures for s in steps),
         aggregation_failure=aggregate.failure,
+        merge_tree=tree,
         poisoned_clients=[u.client_id for u in updates if u.client_id in exp.outbound.malicious],
         leakage=record_leakage(log, round_index, {u.client_id: u.leakage for u in updates if u.leakage})["leakage"],
         screening=record_screening(log, round_index, screening)["screening"],
@@ -114,12 +116,19 @@ def format_failures(history: list[RoundSummary], eval_judge_failures: int) -> di
     """Unusable optimizer and merge replies by kind, and judge replies; one flat count per key, so their sum
     is the total. Context overflows are counted under results.json's `context`."""
     optimizer = {kind: sum(r.optimizer_failures[kind] for r in history) for kind in REPLY_FAILURES}
-    merges = reply_failures([r.aggregation_failure for r in history])
+    # A round merged in a tree may have had several unusable merge replies: its tree counts them by kind.
+    merges = reply_failures([kind for r in history for kind, n in _merge_failures(r).items() for _ in range(n)])
     return {**{f"optimizer_{kind}": n for kind, n in optimizer.items()},
             **{f"aggregation_{kind}": merges[kind] for kind in REPLY_FAILURES},
             "judge": sum(r.judge_format_failures for r in history) + eval_judge_failures,
             # Steps whose requests could not fit the context window: not in train_accuracy.
             "skipped_steps": sum(r.skipped_steps for r in history)}
+
+
+def _merge_failures(summary: RoundSummary) -> dict[str, int]:
+    if summary.merge_tree is not None:
+        return summary.merge_tree["failures"]
+    return {summary.aggregation_failure: 1} if summary.aggregation_failure else {}
 
 
 def write_results(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, state: RunState,
@@ -142,6 +151,8 @@ def write_results(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         "tasks": [t.name for t in exp.tasks],
         "aggregate_method": exp.aggregate_method,
         "rounds_completed": state.round,
+        # The budget of a merged prompt (--max_prompt_tokens, or derived from the windows); None: not set.
+        "max_prompt_tokens": exp.merge_limits.max_prompt_tokens if exp.merge_limits else None,
         "clients": [c.client_id for c in exp.clients],
         "split_sizes": exp.split_sizes,
         "settings": vars(exp.settings),
