@@ -109,16 +109,16 @@ def test_imports_resolve_to_project_modules() -> None:
     # not the module's own: textgrad and textgrad.engine are set up before textgrad.engine.base runs)
     assert {"textgrad.serving.cache", "textgrad.serving"} <= graph["textgrad.engine.base"]
     assert not {"textgrad", "textgrad.engine"} & graph["textgrad.engine.base"]
-    assert "textgrad" in graph["utils.client"]
-    assert "textgrad.serving.budget" in graph["utils.evaluation"]
+    assert "textgrad" in graph["utils.federated.client"]
+    assert "textgrad.serving.budget" in graph["utils.tasks.evaluation"]
     assert "textgrad.serving.budget" in graph["textgrad.structured"]
-    assert "utils.rounds" in graph["main"]  # imported inside run(): counted all the same
+    assert "utils.federated.phases" in graph["main"]  # imported inside run(): counted all the same
     assert "textgrad.config" not in graph["textgrad.model"]  # only under TYPE_CHECKING
 
 
 def test_the_project_has_no_import_cycle() -> None:
     graph = _graph()
-    assert {"textgrad.serving.runtime", "textgrad.engine.openai", "utils.client", "fedtextgrad_flower.server_app",
+    assert {"textgrad.serving.runtime", "textgrad.engine.openai", "utils.federated.client", "fedtextgrad_flower.server_app",
             "main", "train_homo_fed"} <= set(graph)
     assert _cycle(graph) is None
 

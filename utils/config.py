@@ -25,7 +25,7 @@ from .run_config import RunConfig
 
 MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
 AGGREGATE_METHODS = ("concat", "summarization", "sum_uid")
-OPTIMIZERS = ("tgd", "tgd_momentum")  # utils.client.make_optimizer
+OPTIMIZERS = ("tgd", "tgd_momentum")  # utils.federated.client.make_optimizer
 # A run name is one plain folder name inside --output_dir: no separator, no "..", nothing a shell or a
 # filesystem treats specially.
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.+=-]{1,255}")
