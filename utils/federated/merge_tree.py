@@ -4,8 +4,9 @@ When the prompts to merge do not fit one merge request (the evaluation engine's 
 own text and the room for its reply), the server merges them in groups that fit, then merges the results
 the same way, until one prompt remains: a tree whose leaves are the client prompts. A group is a run of
 consecutive prompts in client order (client0, client1, ...), so the same prompts always form the same
-groups; of the splits into the fewest groups that fit, the one whose largest group is smallest, so the
-groups weigh about the same. The groups of a level are merged concurrently.
+groups; of the splits into the fewest groups that fit, the one whose largest group is smallest (a prompt
+left alone in its group goes up to the next level unmerged, costing no request). The groups of a level
+are merged concurrently.
 
 `fitting_groups` forms the groups; the merge itself (utils.federated.aggregation) sends them; the plan of a
 run (utils.federated.plan) and --estimate call `planned_levels` to foresee the same tree for prompts of an

@@ -111,7 +111,9 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
             # Imported here, after the endpoints answered: a run's first request does not wait for them.
             from utils.estimate.summary import record_estimate
 
-            record_estimate(args, experiment, run_dir)
+            # What --estimate printed for these flags: it knows a window only from --max_context.
+            record_estimate(args, replace(experiment, merge_limits=fit_merges(replace(args, estimate=True),
+                                                                              experiment, engines)), run_dir)
         train_round = make_train_round(experiment, engines, log) if make_train_round else None
         results = run_experiment(experiment, engines, log, resume=args.resume, train_round=train_round)
         from utils.reporting.plots import plot_run  # matplotlib: only once there is something to draw
