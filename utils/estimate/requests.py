@@ -347,11 +347,10 @@ class _Planner:
     def _send(self, phase: str, requests: list[_Request]) -> None:
         """Requests sent together (concurrently): one is free if an earlier one had its key, not if a
         sibling does (both are in flight before either reply reaches the cache)."""
-        earlier = set(self.seen)
-        for request in requests:
-            cached = self.spec.use_cache and (request.key in earlier or self._in_disk_cache(request))
-            self._count(phase, request, cached)
-            self.seen.add(request.key)
+        cached = [self.spec.use_cache and (r.key in self.seen or self._in_disk_cache(r)) for r in requests]
+        for request, hit in zip(requests, cached, strict=True):
+            self._count(phase, request, hit)
+        self.seen.update(r.key for r in requests)  # no copy of the set: a run of 1000 clients sends 4000 batches
 
     def _in_disk_cache(self, request: _Request) -> bool:
         return request.messages is not None and self.spec.known_reply(request.engine, request.messages,

@@ -229,8 +229,8 @@ class _Merger:
         while len(prompts) > 1:
             groups = [[prompts[i] for i in group] for group in fitting_groups(sizes, capacity)]
             if all(len(group) == 1 for group in groups):
-                logger.warning("no two of %d merged prompts fit one merge request of %d tokens: concatenated "
-                               "(raise the window or lower --max_prompt_tokens)", len(prompts), capacity)
+                logger.warning("no two of %d prompts fit one merge request of %d tokens: concatenated instead "
+                               "(a larger window gives merges room)", len(prompts), capacity)
                 tree.failures[structured.CONTEXT_OVERFLOW] = tree.failures.get(structured.CONTEXT_OVERFLOW, 0) + 1
                 return self._result([concat_prompts(prompts)], method, tree)
             done = run_concurrently([lambda g=g: self.merge_group(g) if len(g) > 1 else _GroupMerge(g)

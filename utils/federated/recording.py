@@ -56,6 +56,7 @@ def record_zero_shot(log: RunLog, exp: Experiment, engines: Engines, prompt: str
 def record_updates(log: RunLog, round_index: int, updates: list[ClientUpdate],
                    lengths: dict[str, dict[str, Any]]) -> None:
     """Each client's steps and the prompt it returned (with its length), or why it failed."""
+    log.save_prompts(round_index, {f"client_{u.client_id}": u.prompt for u in updates if not u.error})
     for update in updates:
         for s in update.steps:
             log.event("step", round=round_index, client=update.client_id, **vars(s))
@@ -64,7 +65,6 @@ def record_updates(log: RunLog, round_index: int, updates: list[ClientUpdate],
         if update.error:
             log.event("client_failed", round=round_index, client=update.client_id, error=update.error)
         else:
-            log.save_prompt(round_index, f"client_{update.client_id}", update.prompt)
             log.event("client_update", round=round_index, client=update.client_id,
                       train_accuracy=update.train_accuracy, **lengths[update.client_id])
             if update.train_accuracy is not None:

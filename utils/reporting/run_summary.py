@@ -36,6 +36,7 @@ def merge_tree_note(tree: dict[str, Any] | None) -> str:
     levels = "+".join(map(str, tree["levels"])) or "0"
     extras = [f"{tree[key]} {what}" for key, what in (("retries", "asked again"), ("over_budget", "over budget"),
                                                         ("left_out", "prompts left out")) if tree.get(key)]
+    extras += [f"{n} concatenated ({kind})" for kind, n in tree.get("failures", {}).items()]
     return (f", merge {levels} requests ({tree['depth']} level{'s' if tree['depth'] != 1 else ''})"
             + "".join(f", {extra}" for extra in extras))
 
