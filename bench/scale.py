@@ -52,7 +52,8 @@ def child(argv: list[str]) -> None:
     from main import main
 
     code = main(argv)
-    print(json.dumps({"code": code, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"code": code, "peak_rss_mb": usage.ru_maxrss / 1024, "cpu": usage.ru_utime + usage.ru_stime}))
 
 
 def measure(server: FakeServer, clients: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def measure(server: FakeServer, clients: int, args: argparse.Namespace, out: Pat
     tree = results["rounds"][0].get("merge_tree") or {"levels": [], "depth": 0}
     return {
         "clients": clients, "calls": results["llm"]["calls"], "logprob_requests": stats["logprob_requests"],
-        "wall": results["wall_seconds"], "peak_rss_mb": report["peak_rss_mb"],
+        "wall": results["wall_seconds"], "peak_rss_mb": report["peak_rss_mb"], "cpu": report["cpu"],
         "levels": tree["levels"], "depth": tree["depth"], "distinct": tree.get("inputs", 0),
         "over_budget": tree.get("over_budget", 0),
         "not_fitting": (context["shortened_requests"], context["overflow_replies"] + stats["context_rejections"],
@@ -101,13 +102,15 @@ def kept_prompts(run_dir: Path) -> list[str]:
 
 
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    header = ("clients", "LLM calls (+UID log-prob requests)", "wall s", "calls/s", "peak RSS MB", "merge levels", "depth",
-              "shortened/overflowed/skipped/left out", "cut texts", "kept edits in a merge", "global prompt")
+    header = ("clients", "LLM calls (+UID log-prob requests)", "wall s", "calls/s", "CPU ms/call", "peak RSS MB",
+              "merge levels", "depth", "shortened/overflowed/skipped/left out", "cut texts", "kept edits in a merge",
+              "global prompt")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
         levels = "+".join(map(str, r["levels"])) or "-"
         lines.append("| " + " | ".join([
-            str(r["clients"]), f"{r['calls']} (+{r['logprob_requests']})", f"{r['wall']:.1f}", f"{r['calls'] / r['wall']:.0f}",
+            str(r["clients"]), f"{r['calls']} (+{r['logprob_requests']})", f"{r['wall']:.1f}",
+            f"{r['calls'] / r['wall']:.0f}", f"{1000 * r['cpu'] / r['calls']:.1f}",
             f"{r['peak_rss_mb']:.0f}", f"{levels} ({r['distinct']} prompts)", str(r["depth"]),
             "/".join(map(str, r["not_fitting"])), str(r["cut"]),
             f"{r['reached']}/{r['kept']} = {100 * r['reached'] / max(1, r['kept']):.0f}%",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 
 import textgrad as tg
 from bench.fake_server import CONTEXT_ERROR_MESSAGE, FakeServer
+from bench.fake_server.replies import request_kind
 from main import main
 from textgrad.engine import get_engine
 from textgrad.errors import ContextOverflowError
@@ -255,6 +257,14 @@ def run_hetero(tmp_path: Path, shared_data: Path, *extra: str) -> tuple[dict[str
     return results, events
 
 
+CUT_MARK = re.compile(r"\[\.\.\.|\.\.\.\]|tokens cut|items dropped")  # what a cut text looked like before issue 27
+
+
+def _splits(task: Any, shared_data: Path) -> tuple[list[Any], list[Any], list[Any]]:
+    data = load_task_data(task, str(shared_data), (6, 6, 6), 42)
+    return data.train, data.val, data.test
+
+
 def test_a_heterogeneous_run_in_an_unreported_small_window_completes(tmp_path: Path, shared_data: Path,
                                                                       monkeypatch: Any) -> None:
     # 512 tokens, unreported: every natural request of this run (512-token answers, 256-token feedback,
@@ -265,6 +275,14 @@ def test_a_heterogeneous_run_in_an_unreported_small_window_completes(tmp_path: P
         rejections = server.stats["context_rejections"]
         assert resent_after_rejection(server) == []
         assert max(request_sizes(server)) <= 512
+        bodies = server.chat_requests
+    # No text was cut to fit (issue 27), though 25 calls could not fit: no request carries a shortening mark,
+    # and every question asked is one of the run's questions word for word.
+    questions = {ex.question for task in (resolve_task("BBH_object_counting"), resolve_task("GSM8K"))
+                 for split in _splits(task, shared_data) for ex in split}
+    assert len(bodies) > 100 and not any(CUT_MARK.search(m["content"]) for b in bodies for m in b["messages"])
+    answers = [b["messages"] for b in bodies if request_kind(b["messages"]) == "answer"]
+    assert answers and all(messages[-1]["content"] in questions for messages in answers)
     assert results["rounds_completed"] == 3 and set(results["final_test"]["best"]) == {
         "BBH_object_counting", "GSM8K", "mean"}
     assert rejections >= 1 and results["context_overflows"] == rejections

@@ -9,6 +9,7 @@ for a text that was cut.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -314,3 +315,38 @@ def test_a_run_of_many_clients_plots_their_mean_per_round_not_a_line_each() -> N
     assert training.label == "mean over the round's clients (± std)"
     few = {**results, "rounds": [{**r, "client_train_accuracy": {"client0": 1.0, "client1": 0.0}} for r in rounds]}
     assert [s.label for s in run_series(few)["client_train_accuracy.png"]] == ["client0", "client1"]
+
+
+def test_a_concatenation_over_the_budget_says_so_before_its_requests_go_out(tmp_path: Path, monkeypatch: Any,
+                                                                            caplog: Any) -> None:
+    seen_at_warning: list[list[dict[str, Any]]] = []
+
+    class Snapshot(logging.Handler):  # what the server had received when the warning was given
+        def emit(self, record: logging.LogRecord) -> None:
+            if "concatenated prompt" in record.getMessage():
+                seen_at_warning.append(server.chat_requests)
+
+    with FakeServer(distinct_edits=True) as server:
+        monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
+        logging.getLogger("utils.federated.rounds").addHandler(snapshot := Snapshot())
+        try:
+            results, run_dir = run_homo(tmp_path, "--task", "synthetic_object_counting", "--homo_split_num", "6",
+                                        "--split_sizes", "12,4,4", "--aggregate_method", "concat",
+                                        "--max_prompt_tokens", "60")
+        finally:
+            logging.getLogger("utils.federated.rounds").removeHandler(snapshot)
+        everything = server.chat_requests
+    tokens_of_global = results["rounds"][0]["aggregate_tokens"]
+    assert tokens_of_global > 60 and results["max_prompt_tokens"] == 60 and results["rounds"][0]["merge_tree"] is None
+    warning = next(r.getMessage() for r in caplog.records if "concatenated prompt" in r.getMessage())
+    assert warning.startswith(f"round 1: the concatenated prompt has {tokens_of_global} tokens, over the 60 that "
+                              "leave its requests room in the 8192-token window of vllm-fake-model")
+    assert all(option in warning for option in ("--aggregate_method summarization", "--max_context",
+                                                "--clients_per_round"))
+    # Given before any request with the concatenated prompt went out (its validation came after).
+    served = (run_dir / "prompts" / "round_001" / "global.txt").read_text().strip()
+
+    def with_it(bodies: list[dict[str, Any]]) -> int:
+        return sum(body["messages"][0]["content"].startswith(served) for body in bodies)
+
+    assert len(seen_at_warning) == 1 and with_it(seen_at_warning[0]) == 0 and with_it(everything) >= 4
