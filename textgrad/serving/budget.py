@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ContextOverflowError
@@ -74,7 +74,11 @@ class Request:
     messages: list[dict[str, str]]
     max_tokens: int
     lowered: bool    # the reply's max_tokens was lowered to fit
-    dropped: int = 0  # items of droppable fields left out, whole
+    left_out: Mapping[str, int] = field(default_factory=dict)  # noun -> items of a droppable field left out, whole
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.left_out.values())
 
 
 def _render(system: str | None, user: str, values: Mapping[str, str]) -> list[dict[str, str]]:
@@ -110,22 +114,21 @@ def fit_request(engine: Any, window: int, *, system: str | None, user: str, fiel
                         key=lambda pair: pair[1].priority)
     kept = {name: len(f.items) for name, f in droppables}
     sizes = {name: [count(item) for item in f.items] for name, f in droppables}
-    excess, dropped = natural_tokens - room, 0
-    for name, field in droppables:
-        while excess > 0 and kept[name] > field.keep:
-            excess -= sizes[name][len(field.items) - kept[name]]
+    excess = natural_tokens - room
+    for name, droppable in droppables:
+        while excess > 0 and kept[name] > droppable.keep:
+            excess -= sizes[name][len(droppable.items) - kept[name]]
             kept[name] -= 1
-            dropped += 1
     for _ in range(len(natural) + 3):  # tokens merge across item borders: re-measure, drop one more if needed
+        left_out = {f.noun: len(f.items) - kept[name] for name, f in droppables if kept[name] < len(f.items)}
         values = {**values, **{name: f.latest(kept[name]) for name, f in droppables}}
         messages = _render(system, user, values)
-        if dropped and _size(messages, count) <= room:
-            return Request(messages, output, lowered=output < max_tokens, dropped=dropped)
+        if left_out and _size(messages, count) <= room:
+            return Request(messages, output, lowered=output < max_tokens, left_out=left_out)
         more = next((name for name, f in droppables if kept[name] > f.keep), None)
         if more is None:
             break
         kept[more] -= 1
-        dropped += 1
     raise ContextOverflowError(f"a request of {natural_tokens} prompt tokens does not fit the {window}-token window "
                                f"beside a {output}-token reply (no text is cut to fit)", window=window,
                                prompt_tokens=natural_tokens)
@@ -157,14 +160,14 @@ def _send(engine: Any, messages: list[dict[str, str]], max_tokens: int,
     return ChatReply(engine.chat(messages, max_tokens=max_tokens))  # a plain engine: text only, tags only
 
 
-def _count_fitting(engine: Any, request: Request, fields: Fields, window: int) -> None:
+def _count_fitting(engine: Any, request: Request, window: int) -> None:
     if request.lowered:
         engine.stats.add(context_shortened=1)
     if request.dropped:
         engine.stats.add(context_dropped=request.dropped)
-        nouns = ", ".join(dict.fromkeys(f.noun for f in fields.values() if isinstance(f, Droppable)))
-        logger.warning("%s: %d %s left out, whole, of a request to fit the %d-token context window (counted as "
-                       "context_dropped)", getattr(engine, "name", "engine"), request.dropped, nouns, window)
+        what = " and ".join(f"{n} of its {noun}" for noun, n in request.left_out.items())
+        logger.warning("%s: a request left out %s, whole, to fit the %d-token context window (counted as "
+                       "context_dropped)", getattr(engine, "name", "engine"), what, window)
 
 
 def fitted_reply(engine: Any, *, system: str | None, user: str, fields: Fields | None = None, max_tokens: int,
@@ -191,7 +194,7 @@ def fitted_reply(engine: Any, *, system: str | None, user: str, fields: Fields |
             break
         if sent == (request.messages, request.max_tokens):
             break  # nothing left to change: never send a rejected request again unchanged
-        _count_fitting(engine, request, fields, window)
+        _count_fitting(engine, request, window)
         try:
             return _send(engine, request.messages, request.max_tokens, response_format)
         except ContextOverflowError as exc:

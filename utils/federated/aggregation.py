@@ -251,8 +251,8 @@ class _Merger:
 def aggregate_prompts(prompts: list[str], method: str, tasks: list[TaskSpec], engine: ChatEngine | None,
                       max_tokens: int = 768, max_prompt_tokens: int | None = None) -> Aggregate:
     """Merge client prompts (trained texts, so without answer-format lines, in client order) into one trained
-    text. max_prompt_tokens: the merged prompt's budget (None: no budget is stated, and an engine that knows
-    its window merges as if it were a fifth of it)."""
+    text. max_prompt_tokens: the merged prompt's budget (a run passes its own, utils.federated.runner); None: a
+    fifth of the engine's window, or for an engine that does not know its window no budget and one request."""
     unique = list(dict.fromkeys(p.strip() for p in prompts if p.strip()))
     if method == "concat" or len(unique) <= 1:
         # Nothing to summarise when every client returned the same prompt: skip the call.

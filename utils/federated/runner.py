@@ -93,7 +93,7 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
         raise UsageError(f"{run_dir} already holds a run: pass --resume to continue it or pick another --run_name")
     experiment = build_experiment(args, data, clients, aggregate)
     engines = make_engines(args, check=not args.estimate)
-    experiment.merge_limits = fit_merges(args, experiment, engines)
+    experiment.merge_limits = fit_merges(args, experiment, None if args.estimate else engines)
     if args.estimate:
         from utils.estimate.summary import print_estimate  # only when asked: the estimator is a large import
 
@@ -111,9 +111,8 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
             # Imported here, after the endpoints answered: a run's first request does not wait for them.
             from utils.estimate.summary import record_estimate
 
-            # What --estimate printed for these flags: it knows a window only from --max_context.
-            record_estimate(args, replace(experiment, merge_limits=fit_merges(replace(args, estimate=True),
-                                                                              experiment, engines)), run_dir)
+            # What --estimate printed for these flags, which knows a window only from --max_context.
+            record_estimate(args, replace(experiment, merge_limits=fit_merges(args, experiment, None)), run_dir)
         train_round = make_train_round(experiment, engines, log) if make_train_round else None
         results = run_experiment(experiment, engines, log, resume=args.resume, train_round=train_round)
         from utils.reporting.plots import plot_run  # matplotlib: only once there is something to draw
@@ -125,13 +124,13 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
     return results
 
 
-def fit_merges(args: RunConfig, exp: Experiment, engines: Engines) -> MergeLimits | None:
+def fit_merges(args: RunConfig, exp: Experiment, engines: Engines | None) -> MergeLimits | None:
     """The run's merge limits for its engines' windows (utils.federated.aggregation.merge_limits); a budget too
-    large for a merge request is a UsageError. --estimate contacts no server: it knows a window only from
-    --max_context (and then counts tokens with the estimate)."""
-    if args.estimate and args.max_context is None:
+    large for a merge request is a UsageError. Without engines, as --estimate (which contacts no server) sees
+    them: from --max_context, counting tokens with the estimate; None without it."""
+    if engines is None and args.max_context is None:
         return None
-    if args.estimate:
+    if engines is None:
         windows, count, structured_reply = (args.max_context, args.max_context), estimate_tokens, True
     else:
         windows = (engines.test.context_window, engines.evaluation.context_window)
