@@ -21,7 +21,12 @@ from bench.fake_server import FakeServer
 from bench.fake_server.replies import request_kind
 from main import main
 from textgrad.engine import get_engine
-from utils.federated.aggregation import aggregate_prompts, default_max_prompt_tokens, merge_limits
+from utils.federated.aggregation import (
+    UID_GUIDANCE,
+    aggregate_prompts,
+    default_max_prompt_tokens,
+    merge_limits,
+)
 from utils.federated.client import LocalSettings
 from utils.federated.experiment import Client, Experiment
 from utils.federated.merge_tree import MergeLimits, fitting_groups, planned_levels
@@ -116,22 +121,25 @@ def merge_requests(server: FakeServer) -> list[list[str]]:
             if request_kind(body["messages"]) == "merge"]
 
 
-def test_prompts_that_do_not_fit_one_request_are_merged_in_groups_of_consecutive_clients(monkeypatch: Any) -> None:
+@pytest.mark.parametrize("method", ["summarization", "sum_uid"])
+def test_prompts_that_do_not_fit_one_request_are_merged_in_groups_of_consecutive_clients(method: str,
+                                                                                         monkeypatch: Any) -> None:
     prompts = [client_prompt(i) for i in range(12)]
     assert {tokens(p) for p in prompts} == {90}
     # A 760-token window with a 120-token budget and 100-token merge replies holds 385 tokens of numbered
-    # prompts (9 tokens of numbering each): three of these (297), not four (396).
+    # prompts (9 tokens of numbering each; 345 beside sum_uid's guidance): three of these (297), not four (396).
     with FakeServer(max_context=760) as server:
         monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
         engine = get_engine("vllm-fake-model")
-        merged = aggregate_prompts(prompts, "summarization", [COUNTING], engine, max_tokens=100, max_prompt_tokens=120)
+        merged = aggregate_prompts(prompts, method, [COUNTING], engine, max_tokens=100, max_prompt_tokens=120)
         requests = merge_requests(server)
         stats = server.stats
+        guided = [UID_GUIDANCE in body["messages"][-1]["content"] for body in server.chat_requests]
     tree = merged.tree
     assert tree.levels == [4, 2, 1] and tree.depth == 3 and tree.requests == 7 and tree.inputs == 12
     level_one = [[prompts.index(p) for p in request] for request in requests if request[0] in prompts]
     assert sorted(level_one) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
-    assert len(requests) == 7 and stats["context_rejections"] == 0
+    assert len(requests) == 7 and stats["context_rejections"] == 0 and guided == [method == "sum_uid"] * 7
     assert (tree.retries, tree.over_budget, tree.left_out, merged.failure) == (0, 0, 0, None)
     assert tokens(merged.prompt) <= 120 and merged.prompt.endswith("Answer with care.")
     assert engine.stats.context_shortened == 0 and engine.stats.context_skipped == 0
