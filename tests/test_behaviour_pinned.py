@@ -5,7 +5,8 @@ checked against the values of commit 07e78c6 on its own branch; they were re-rec
 protocol changes that move them on purpose (file-order splits and loader batches, issue 11; the answer
 format line served instead of trained, structured replies, issue 13), so later refactors of the engine
 or the round loop are checked against this run. The heterogeneous and centralized runs were recorded at
-commit caaceeb, before textgrad/ and utils/ were laid out anew.
+commit caaceeb, before textgrad/ and utils/ were laid out anew. Issue 27 moved only the homogeneous and
+heterogeneous runs' prompt tokens, by 33 each: their two merge requests now state the merged prompt's budget.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ BEFORE = {"final_prompt": FINAL_PROMPT, **{'zero_shot': {'test': {'mean': 0.5, '
          'calls': 134,
          'completion_tokens': 3905,
          'failures': 0,
-         'prompt_tokens': 24444,
+         'prompt_tokens': 24477,
          'retries': 0},
  'server_requests': 134,
  'server_requests_by_kind': {'answer': 96, 'feedback': 24, 'merge': 2, 'optimizer': 12},
@@ -112,7 +113,7 @@ HETERO = {'aggregate_tokens': [69, 136],
          'calls': 176,
          'completion_tokens': 5104,
          'failures': 0,
-         'prompt_tokens': 28449,
+         'prompt_tokens': 28482,
          'retries': 0},
  'prompt_files': {'round_000/global.served.synthetic_multistep_arithmetic.txt': '8dbb5fe4f8b45636',
                   'round_000/global.served.synthetic_object_counting.txt': '8dbb5fe4f8b45636',

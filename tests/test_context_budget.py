@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import subprocess
 import sys
@@ -23,12 +24,14 @@ import pytest
 
 import textgrad as tg
 from bench.fake_server import CONTEXT_ERROR_MESSAGE, FakeServer
+from bench.fake_server.replies import request_kind
 from main import main
 from textgrad.engine import get_engine
 from textgrad.errors import ContextOverflowError
 from textgrad.serving import budget
 from textgrad.serving.llama_process import find_packaged_model
 from textgrad.serving.runtime import Runtime, current_runtime
+from textgrad.serving.stats import EngineStats
 from textgrad.serving.tokenizers import estimate_tokens
 from textgrad.serving.window import discover_window, is_overflow, overflow_sizes
 from utils.federated.aggregation import aggregate_prompts
@@ -64,33 +67,43 @@ def test_estimate_is_never_below_the_real_tokenizer_on_the_shared_data(shared_da
     assert total_estimate < 2 * total_real  # conservative, not useless
 
 
-def test_shorten_middle_keeps_both_ends_and_says_how_much_was_cut() -> None:
-    text = words(200)
-    short = budget.shorten_middle(text, 60, count_words)
-    assert count_words(short) <= 60
-    assert short.startswith("w0 w1") and short.endswith("w198 w199")
-    head, marker, tail = short.split("\n")
-    assert marker == budget.CUT_MARKER.format(n=200 - count_words(head) - count_words(tail))
-    assert budget.shorten_middle("short text", 60, count_words) == "short text"
+class Windowed:
+    """A test double that tells its window and counts words: what fit_request needs of an engine."""
+
+    context_window = 300
+
+    def count_tokens(self, text: str) -> int:
+        return count_words(text)
+
+    estimate_tokens = count_tokens
 
 
-def test_allocate_gives_small_parts_what_they_need_and_shares_the_rest_by_weight() -> None:
-    assert budget.allocate([10, 500, 500], [1, 2, 1], 310) == [10, 200, 100]
-    assert budget.allocate([10, 20], [1, 1], 100) == [10, 20]
-    # every part keeps a floor before the weights share the rest
-    assert budget.allocate([30, 1000], [1, 10], 60, floor=24) == [25, 34]
+def test_feedback_items_are_left_out_whole_the_earliest_first_and_one_always_stays() -> None:
+    items = tuple(words(50, 100 * i) for i in range(5))
+    fields = {"feedback": budget.Droppable(items=items, noun="feedback items")}
+    request = budget.fit_request(Windowed(), 300, system=None, user="Feedback:\n{feedback}", fields=fields,
+                                 max_tokens=100)
+    sent = request.messages[-1]["content"]
+    # 1 + 250 words and 38 of overhead (one user message, no system) beside a reply lowered to a quarter of the
+    # window (75): 64 words too many. The earliest two items go, each whole; the last three stay word for word.
+    assert request.dropped == 2 and sent == "Feedback:\n" + "\n\n".join(items[2:])
+    assert request.max_tokens == 75 and count_words(sent) + 38 + request.max_tokens <= 300
+    one = budget.fit_request(Windowed(), 300, system=None, user="Feedback:\n{feedback}", max_tokens=100,
+                             fields={"feedback": budget.Droppable(items=(words(150), words(150, 150)))})
+    assert one.dropped == 1 and one.messages[-1]["content"] == "Feedback:\n" + words(150, 150)
+    # The last item stays whole or the request is not sent at all: it is never cut.
+    with pytest.raises(ContextOverflowError, match="no text is cut"):
+        budget.fit_request(Windowed(), 300, system=None, user="{feedback}", max_tokens=100,
+                           fields={"feedback": budget.Droppable(items=(words(10), words(250)))})
 
 
-def test_feedback_items_lose_the_earliest_first_but_client_prompts_are_never_dropped() -> None:
-    items = tuple(words(40, 100 * i) for i in range(5))
-    feedback = budget.Cuttable(items=items, drop_oldest=True, noun="feedback items")
-    fitted = feedback.fit(80, count_words)
-    assert count_words(fitted) <= 80
-    assert "earlier feedback items dropped" in fitted and "w0 " not in fitted and "w400" in fitted
-    prompts = budget.Cuttable(items=items, noun="client prompts")
-    with pytest.raises(ContextOverflowError):
-        prompts.fit(80, count_words)
-    assert count_words(prompts.fit(160, count_words)) <= 160  # each prompt cut, none dropped
+def test_a_text_that_cannot_fit_is_never_cut_the_call_is_skipped_and_counted() -> None:
+    engine = Windowed()
+    engine.stats = EngineStats()
+    engine.chat = lambda messages, max_tokens: pytest.fail("an over-long request was sent")  # type: ignore[attr-defined]
+    with pytest.raises(ContextOverflowError, match="300-token window"):
+        budget.generate(engine, words(260), system_prompt="Count the objects.", max_tokens=64)
+    assert engine.stats.context_skipped == 1 and engine.stats.context_shortened == 0
 
 
 LLAMA_SERVER = {"error": {"code": 400, "message": CONTEXT_ERROR_MESSAGE, "type": "exceed_context_size_error",
@@ -204,13 +217,17 @@ def test_an_overflow_reply_is_counted_never_retried_and_never_resent(hidden_wind
     assert len(sent(hidden_window)) == 1 and hidden_window.stats["context_rejections"] == 1
 
 
-def test_fitted_chat_shortens_once_after_an_overflow_and_gets_an_answer(hidden_window: FakeServer) -> None:
+def test_an_overflow_reply_gets_the_request_rebuilt_once_for_the_window_it_states(hidden_window: FakeServer) -> None:
     engine = get_engine("vllm-fake-model")
-    reply = budget.generate(engine, "Sort these words: " + words(700), system_prompt="Be brief.", max_tokens=64)
+    question = "Sort these words: " + words(150)
+    reply = budget.generate(engine, question, system_prompt="Be brief.", max_tokens=300)
     assert reply
-    assert [status for _, _, status in sent(hidden_window)] == [400, 200]
-    answered = json.loads(sent(hidden_window)[1][0])
-    assert "tokens cut ...]" in answered[1]["content"] and answered[1]["content"].endswith("w699")
+    (first, first_max, first_status), (second, second_max, second_status) = sent(hidden_window)
+    assert (first_status, second_status) == (400, 200) and second_max < first_max == 300
+    # Rebuilt for the 400 tokens the overflow reply stated: the reply's limit lowered, the question sent whole.
+    assert json.loads(first) == json.loads(second) and json.loads(second)[1]["content"] == question
+    assert request_sizes(hidden_window) == [sum(math.ceil(len(m["content"]) / 4) for m in json.loads(second))
+                                            + second_max] and request_sizes(hidden_window)[0] <= 400
     stats = engine.stats.as_dict()
     assert (stats["context_overflows"], stats["context_shortened"], stats["context_skipped"]) == (1, 1, 0)
 
@@ -240,6 +257,14 @@ def run_hetero(tmp_path: Path, shared_data: Path, *extra: str) -> tuple[dict[str
     return results, events
 
 
+CUT_MARK = re.compile(r"\[\.\.\.|\.\.\.\]|tokens cut|items dropped")  # what a cut text looked like before issue 27
+
+
+def _splits(task: Any, shared_data: Path) -> tuple[list[Any], list[Any], list[Any]]:
+    data = load_task_data(task, str(shared_data), (6, 6, 6), 42)
+    return data.train, data.val, data.test
+
+
 def test_a_heterogeneous_run_in_an_unreported_small_window_completes(tmp_path: Path, shared_data: Path,
                                                                       monkeypatch: Any) -> None:
     # 512 tokens, unreported: every natural request of this run (512-token answers, 256-token feedback,
@@ -250,6 +275,14 @@ def test_a_heterogeneous_run_in_an_unreported_small_window_completes(tmp_path: P
         rejections = server.stats["context_rejections"]
         assert resent_after_rejection(server) == []
         assert max(request_sizes(server)) <= 512
+        bodies = server.chat_requests
+    # No text was cut to fit (issue 27), though 25 calls could not fit: no request carries a shortening mark,
+    # and every question asked is one of the run's questions word for word.
+    questions = {ex.question for task in (resolve_task("BBH_object_counting"), resolve_task("GSM8K"))
+                 for split in _splits(task, shared_data) for ex in split}
+    assert len(bodies) > 100 and not any(CUT_MARK.search(m["content"]) for b in bodies for m in b["messages"])
+    answers = [b["messages"] for b in bodies if request_kind(b["messages"]) == "answer"]
+    assert answers and all(messages[-1]["content"] in questions for messages in answers)
     assert results["rounds_completed"] == 3 and set(results["final_test"]["best"]) == {
         "BBH_object_counting", "GSM8K", "mean"}
     assert rejections >= 1 and results["context_overflows"] == rejections
@@ -284,7 +317,7 @@ GROWTH = ("Client {r} found: " + " ".join(
 
 def test_a_prompt_grown_over_rounds_stays_within_the_window_on_the_real_server(shared_data: Path,
                                                                                local_engine_url: str) -> None:
-    window = 512  # the server runs 8192; a small --max_context keeps the test quick and forces every cut
+    window = 1024  # the server runs 8192; a small --max_context keeps the test quick
     current_runtime().configure(max_context=window)
     engine = get_engine("local")
     task = resolve_task("BBH_object_counting")
@@ -293,21 +326,25 @@ def test_a_prompt_grown_over_rounds_stays_within_the_window_on_the_real_server(s
                              optimizer_max_tokens=48)
     prompt = task.starting_prompt()
     sizes, outcomes = [], []
-    for round_index in range(2):
+    for round_index in range(3):  # about 260, 740, 1680 tokens
         # concat keeps every client's text: one client kept the prompt, one added rules to it
         clients = [prompt, GROWTH.format(r=round_index) + "\n" + prompt]
         prompt = aggregate_prompts(clients, "concat", [task], engine).prompt
         sizes.append(engine.count_tokens(prompt))
         _, outcome = local_step(prompt, data.train[:1], task, Engines(engine, engine), settings, round_index)
         outcomes.append(outcome)
-    assert 0.0 <= evaluate_prompt(prompt, data.val[:1], task, engine, max_tokens=24).accuracy <= 1.0
+    skipped = engine.stats.context_skipped
+    assert evaluate_prompt(prompt, data.val[:1], task, engine, max_tokens=24).accuracy == 0.0  # skipped: scores 0
+    assert engine.stats.context_skipped == skipped + 1
     assert engine.context_window == window and engine.context.source == "--max_context"
     assert sizes[-1] > window  # the prompt alone outgrew the window
     # by the server's own count of every prompt it answered
     assert 0 < engine.context.largest_request <= window
     stats = engine.stats.as_dict()
-    assert stats["context_shortened"] >= 3 and stats["failures"] == 0 and stats["calls"] >= 4
-    assert outcomes[-1].format_failure == "context_overflow"  # too long to be rewritten whole
+    assert stats["failures"] == 0 and stats["calls"] + stats["cache_hits"] >= 4 and stats["context_overflows"] == 0
+    # The grown prompt is served whole or not at all: its steps are skipped, never trained on a cut prompt
+    # (round 2's feedback request cannot hold the prompt, round 3's answer request neither).
+    assert [o.format_failure == "context_overflow" for o in outcomes] == [False, True, True]
 
 
 def test_optimizer_and_merge_replies_may_be_as_long_as_the_text_they_return(monkeypatch: Any) -> None:
@@ -385,9 +422,11 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_the_reference_crash_request_gets_feedback_from_a_real_small_window_server(small_llama_server: str) -> None:
-    # The reference run died here: a feedback request carrying a looping 2000-token answer, larger than
-    # the server's window, rejected with HTTP 400 and retried unchanged. Same shape, a 512-token window.
+def test_the_reference_crash_request_is_skipped_and_counted_by_a_real_small_window_server(
+        small_llama_server: str) -> None:
+    # The reference run died here: a feedback request carrying a looping 1,300-token answer, larger than the
+    # server's window, rejected with HTTP 400 and retried unchanged. Same shape, a 512-token window. No text is
+    # cut to fit, so the request cannot be sent in any form: it is skipped and counted, and the run goes on.
     engine = get_engine("local")
     assert engine.context_window == 2048  # the server does not say: the default for self-hosted servers
     prompt = tg.Variable(resolve_task("BBH_object_counting").starting_prompt(), "system prompt", requires_grad=True)
@@ -400,8 +439,9 @@ def test_the_reference_crash_request_gets_feedback_from_a_real_small_window_serv
                                      "Checking the final answer")({"response": response})
     verdict.backward(engine)
 
-    assert len(prompt.gradients) == 1 and prompt.gradients[0].value.strip()
+    assert prompt.gradients == [] and model.feedback_skipped == 1
     stats = engine.stats.as_dict()
-    assert stats["context_overflows"] == 1 and stats["retries"] == 0 and stats["context_skipped"] == 0
+    assert stats["context_overflows"] == 1 and stats["retries"] == 0 and stats["context_skipped"] == 1
+    assert stats["failures"] == 0 and stats["context_shortened"] == 0
     assert engine.context_window == 512 and engine.context.source == "stated by an overflow reply"
-    assert 0 < engine.context.largest_request <= 512  # by the server's own token count
+    assert 0 < engine.context.largest_request <= 512  # the answer request, by the server's own token count

@@ -383,8 +383,10 @@ def test_a_merge_cut_at_its_token_limit_is_truncated_not_no_tags(mode: str, monk
     runtime.reply_formats.configure(mode)
     # Four different prompts merge into one four times as long as any: more than the reply's room.
     prompts = [f"Rule {i}: look at every item of kind {i} twice and write down its count first." for i in range(4)]
-    with FakeServer(flavour="vllm", cut_at_max_tokens=True) as server:
+    # A budget of 16 tokens leaves the reply room for 52; this server's merges ignore the budget they are told.
+    with FakeServer(flavour="vllm", cut_at_max_tokens=True, merge_budget="ignore") as server:
         engine = engine_on(server, "vllm-fake-model", "VLLM_BASE_URL", monkeypatch)
-        merged = aggregate_prompts(prompts, "summarization", [COUNTING], engine, max_tokens=16)
+        merged = aggregate_prompts(prompts, "summarization", [COUNTING], engine, max_tokens=16, max_prompt_tokens=16)
     assert merged.failure == "truncated" and merged.format_failure
+    assert merged.tree.retries == 1 and merged.tree.levels == [2]  # asked once more for a shorter merge, in vain
     assert merged.prompt == "\n\n".join(prompts)  # concatenated instead

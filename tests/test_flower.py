@@ -20,9 +20,10 @@ from typing import Any
 
 import psutil
 import pytest
-from flwr.app import ConfigRecord, Context, Error, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
 
 import train_homo_fed
 from bench.fake_server import FakeServer
@@ -41,6 +42,7 @@ from fedtextgrad_flower.records import (
     update_limits,
 )
 from fedtextgrad_flower.run_config import ALLOWED_DIRS_VARIABLE, PATH_KEYS, parse_run_config
+from fedtextgrad_flower.server_app import run_server
 from fedtextgrad_flower.simulation import simulate as run_in_simulation
 from main import main as main_cli
 from textgrad.engine import get_engine
@@ -369,6 +371,48 @@ def test_flower_client_gets_its_policy_and_applies_the_shared_leak_guard():
     release_update(update, [Example(question, "4"), Example("short q", "1")], ClientPolicy())
     assert update.leakage.redacted_spans == 2 and question not in update.error
     assert update.prompt == f"Think.\n{REDACTED}?\nAnswer: N"
+
+
+class InProcessGrid:
+    """A grid whose SuperNodes live in this process: each message is handed to the ClientApp's handler at once
+    (the ServerApp's round loop, merges and run folder are the real ones; no Ray, no SuperLink)."""
+
+    def __init__(self, node_configs: list[dict[str, Any]]) -> None:
+        self.nodes = {node_id: config for node_id, config in enumerate(node_configs, start=101)}
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            context = Context(run_id=1, node_id=node, node_config=self.nodes[node], state=RecordDict(), run_config={})
+            handle = client_app.identify if message.metadata.message_type == MessageType.QUERY else client_app.train
+            replies.append(handle(message, context))
+        return replies
+
+
+def test_flower_server_app_merges_many_clients_in_a_tree_as_the_in_process_run_does(tmp_path, monkeypatch):
+    """The ServerApp runs the same round loop: 12 clients whose prompts do not fit one merge request of a
+    760-token window are merged in a tree, exactly as in-process (same requests: all cache hits)."""
+    for name in ("_run_id", "_node_id", "_task_id"):  # what a SuperLink would give this process
+        monkeypatch.setattr(TaskIdentity, name, 1 if name == "_run_id" else 0)
+    with FakeServer(max_context=760, distinct_edits=True) as server:
+        monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
+        flags = tiny_flags(tmp_path, homo_split_num=12, max_epochs=1, split_sizes="12,3,3",
+                           aggregate_method="summarization")
+        assert main_cli([*as_argv(flags), "--run_name", "in_process"]) == 0
+        server.reset_stats()
+        grid = InProcessGrid([{"partition-id": i, "num-partitions": 12} for i in range(12)])
+        run_server(grid, {**flags, "run_name": "flower"})
+        assert server.chat_count == 0  # every request the Flower run made, the in-process run had made
+    ours, _ = read_run(tmp_path / "in_process")
+    theirs, _ = read_run(tmp_path / "flower")
+    tree = ours["rounds"][0]["merge_tree"]
+    assert tree["depth"] >= 2 and tree["levels"][-1] == 1 and tree["requests"] > 2
+    assert theirs["rounds"][0]["merge_tree"] == tree and theirs["final_prompt"] == ours["final_prompt"]
+    assert theirs["max_prompt_tokens"] == ours["max_prompt_tokens"] == 760 // 5
 
 
 # ------------------------------------------------------------------ whole runs through Flower

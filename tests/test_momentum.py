@@ -117,11 +117,14 @@ def test_the_oldest_versions_go_first_when_the_window_is_small() -> None:
     engine = Small()
     variable = tg.Variable("start", "draft")
     optimizer = TGDMomentum([variable], engine=engine, momentum_window=3)
-    steps(optimizer, variable, [" ".join(["long"] * 60) + f" fb{i}" for i in range(1, 5)])
+    steps(optimizer, variable, [" ".join(["long"] * 30) + f" fb{i}" for i in range(1, 5)])
     last = engine.requests[-1]
-    assert "[... 1 earlier versions dropped ...]" in last
-    assert "fb1" not in last and "fb2" in last and "fb3" in last and "fb4" in last  # cut in the middle, ends kept
-    assert len(last.split()) + 105 <= 300  # the reply keeps a quarter of the window
+    assert "fb1" not in last and "fb3" in last and "fb4" in last  # the oldest left out, the newest kept
+    # No text is cut: every feedback in the request is there whole, its 30 words and its name.
+    kept = [f"fb{i}" for i in range(1, 5) if f"fb{i}" in last]
+    assert last.split().count("long") == 30 * len(kept) and "cut" not in last
+    assert kept == ["fb3", "fb4"] and engine.stats.context_dropped == 3  # 1 version at the 3rd step, 2 at the 4th
+    assert len(last.split()) + 75 <= 300  # the reply keeps a quarter of the window
 
 
 # ---------------------------------------------------------------- in the training modules

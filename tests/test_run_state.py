@@ -21,6 +21,8 @@ ROUND = {
     "aggregate_complexity": {"entropy": 2.5, "compression_ratio": 0.9},
     "client_prompt_complexity": {"client0": {"entropy": 2.0, "compression_ratio": 1.2, "uid": None}},
     "llm": LLM, "context_overflows": 0,
+    "merge_tree": {"inputs": 2, "levels": [1], "retries": 0, "over_budget": 0, "left_out": 0, "failures": {},
+                   "depth": 1, "requests": 1},
 }
 # checkpoint.json as the round loop has always written it (docs/reliability.md), keys in file order.
 CHECKPOINT = {

@@ -13,7 +13,7 @@ import textgrad as tg
 from bench.fake_server import FakeServer
 from bench.fake_server.replies import edited_prompt, feedback_reply, request_kind
 from textgrad import prompts
-from textgrad.errors import EngineError
+from textgrad.errors import ContextOverflowError, EngineError
 from utils.tasks.synthetic import generate_examples
 
 
@@ -221,11 +221,16 @@ def test_engine_lm_that_tells_its_window_gets_our_budget() -> None:
 
     engine = Windowed()
     model = tg.BlackboxLLM(engine, system_prompt="Count the items.", max_tokens=100)
-    model(tg.Variable(" ".join(f"w{i}" for i in range(1000)), role_description="question"))
+    question = " ".join(f"w{i}" for i in range(180))
+    model(tg.Variable(question, role_description="question"))
     (_, sent, kwargs), = engine.calls
-    assert "tokens cut ...]" in sent and sent.startswith("w0 ") and sent.rstrip().endswith("w999")
+    assert sent == question  # whole: only the reply's limit was lowered to fit
     assert len(sent.split()) + len("Count the items.".split()) + kwargs["max_tokens"] <= 300
+    assert 75 <= kwargs["max_tokens"] < 100
     assert engine.stats.context_shortened == 1
+    with pytest.raises(ContextOverflowError, match="does not fit the 300-token window"):
+        model(tg.Variable(" ".join(f"w{i}" for i in range(1000)), role_description="question"))
+    assert len(engine.calls) == 1 and engine.stats.context_skipped == 1  # never sent, never cut
 
 
 def test_engines_are_checked_and_defaults_explained() -> None:

@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     engines("--max_context", type=_context_size, default=None,
             help="context window in tokens (prompt + reply) of every engine; default: what the server reports, "
                  "else 8192 for the embedded server, 2048 for other self-hosted ones")
+    engines("--max_prompt_tokens", type=_positive_int, default=None,
+            help="budget of a merged prompt in tokens: each merge request states it and asks again once when a "
+                 "merge comes back longer (default: a fifth of the smaller context window of the two engines)")
     # The bill before the run (utils.estimate).
     estimate("--estimate", action="store_true",
              help="check everything, print calls, tokens, time and money per phase and engine; call no LLM")

@@ -54,6 +54,7 @@ class RunConfig:
     top_p: list[str] | None
     structured_output: str
     max_context: int | None
+    max_prompt_tokens: int | None
     estimate: bool
     estimate_latency: float | None
     price_in: list[str] | None

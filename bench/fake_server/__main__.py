@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from .handler import FLAVOURS
+from .replies import MERGE_BUDGETS
 from .server import FakeServer
 
 
@@ -33,6 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flavour", choices=FLAVOURS, default=None, help="check response_format as this backend")
     parser.add_argument("--no_structured", action="store_true", help="refuse any response_format (HTTP 400)")
     parser.add_argument("--cut_at_max_tokens", action="store_true", help="cut long replies (finish_reason length)")
+    parser.add_argument("--distinct_edits", action="store_true",
+                        help="every optimizer edit its own numbered rule, so that clients return different prompts")
+    parser.add_argument("--merge_budget", choices=MERGE_BUDGETS, default="obey",
+                        help="merges keep within their request's stated budget: obey, ignore, second_try")
     args = parser.parse_args(argv)
     try:
         server = FakeServer(latency=args.latency, slots=args.slots, seed=args.seed, rate_500=args.rate_500,
@@ -40,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
                             timeout_sleep=args.timeout_sleep, rate_malformed=args.rate_malformed,
                             max_context=args.max_context, model=args.model, logprobs=not args.no_logprobs,
                             port=args.port, quote_rate=args.quote_rate, flavour=args.flavour,
-                            structured=not args.no_structured, cut_at_max_tokens=args.cut_at_max_tokens)
+                            structured=not args.no_structured, cut_at_max_tokens=args.cut_at_max_tokens,
+                            distinct_edits=args.distinct_edits, merge_budget=args.merge_budget)
     except OSError as exc:  # most often the port is taken, by an earlier bench server still running
         print(f"error: cannot listen on 127.0.0.1:{args.port} ({exc.strerror or exc}): stop the process using it "
               f"(e.g. an earlier bench server) or pass another --port", file=sys.stderr)

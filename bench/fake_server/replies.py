@@ -144,11 +144,15 @@ def feedback_reply(request: str) -> str:
     return first if first == second else f"{first} {second}"
 
 
-def edited_prompt(current: str, feedback: str) -> str:
-    """The current prompt with one strategy sentence inserted before its last sentence."""
+def edited_prompt(current: str, feedback: str, distinct: bool = False) -> str:
+    """The current prompt with one strategy sentence inserted before its last sentence. distinct: the sentence
+    carries a rule number from the request's hash, so that (as with a real model) clients write different
+    prompts rather than one of a few."""
     h = stable_hash(current, feedback)
     unused = [s for s in _STRATEGIES if s not in current] or [f"Double-check step {h % 9 + 1} of the reasoning."]
     extra = unused[h % len(unused)]
+    if distinct:
+        extra = f"Rule {10000 + h % 90000}: {extra[0].lower()}{extra[1:]}"
     lines = current.splitlines() or [""]
     head = _SENTENCE_END.split(lines[-1])
     if len(head) > 1:  # keep the final sentence last, on its own line
@@ -167,8 +171,8 @@ def _found(pattern: re.Pattern[str], text: str) -> str:
     return match.group(1).strip() if match else ""
 
 
-def optimizer_text(request: str, quote_rate: float = 0.0) -> str:
-    edited = edited_prompt(_found(_CURRENT, request), _found(_FEEDBACK, request))
+def optimizer_text(request: str, quote_rate: float = 0.0, distinct: bool = False) -> str:
+    edited = edited_prompt(_found(_CURRENT, request), _found(_FEEDBACK, request), distinct)
     return quoting_edit(edited, request, quote_rate) if quote_rate > 0 else edited
 
 
@@ -186,8 +190,28 @@ def merged_prompt(prompts: list[str]) -> str:
     return "\n".join(body + finals)
 
 
-def merge_text(request: str) -> str:
-    return merged_prompt(re.findall(r"<PROMPT>\n?(.*?)\n?</PROMPT>", request, re.DOTALL))
+MERGE_BUDGETS = ("obey", "ignore", "second_try")
+_LIMIT = re.compile(r"must not exceed (\d+) tokens")
+_OVER = "came out at"
+
+
+def within_tokens(text: str, limit: int) -> str:
+    """The text's lines left out from its second-to-last up until it has at most limit tokens (the first and
+    the last line stay): how this server keeps a merge within the budget its request states."""
+    lines = text.split("\n")
+    while len(lines) > 2 and estimate_tokens("\n".join(lines)) > limit:
+        del lines[-2]
+    return "\n".join(lines)
+
+
+def merge_text(request: str, budget: str = "obey") -> str:
+    """merged_prompt of the request's prompts; within the request's stated budget, unless `budget` is "ignore"
+    (never), or "second_try" (only once told that an earlier merge came out too long)."""
+    merged = merged_prompt(re.findall(r"<PROMPT>\n?(.*?)\n?</PROMPT>", request, re.DOTALL))
+    limit = _LIMIT.search(request)
+    if limit is None or budget == "ignore" or (budget == "second_try" and _OVER not in request):
+        return merged
+    return within_tokens(merged, int(limit.group(1)))
 
 
 def judge_reply(request: str) -> str:
@@ -202,16 +226,18 @@ def judge_reply(request: str) -> str:
 _TAGS = {"optimizer": "IMPROVED_VARIABLE", "merge": "MERGED_PROMPT"}
 
 
-def reply_for(messages: list[dict], json_field: str | None = None, quote_rate: float = 0.0) -> tuple[str, str]:
+def reply_for(messages: list[dict], json_field: str | None = None, quote_rate: float = 0.0,
+              distinct_edits: bool = False, merge_budget: str = "obey") -> tuple[str, str]:
     """(kind, reply text) for a well-behaved server: with json_field (a structured request), a JSON object
     holding the text under that field; else optimizer and merge texts between their tags. With
     quote_rate > 0 feedback quotes the question it saw and that share of optimizer replies copies a
-    quoted question into the prompt."""
+    quoted question into the prompt; distinct_edits and merge_budget: see edited_prompt and merge_text."""
     kind = request_kind(messages)
     system = next((str(m.get("content") or "") for m in messages if m.get("role") == "system"), "")
     user = "\n".join(str(m.get("content") or "") for m in messages if m.get("role") == "user")
     texts = {"feedback": quoting_feedback if quote_rate > 0 else feedback_reply,
-             "optimizer": lambda request: optimizer_text(request, quote_rate), "merge": merge_text,
+             "optimizer": lambda request: optimizer_text(request, quote_rate, distinct_edits),
+             "merge": lambda request: merge_text(request, merge_budget),
              "judge": judge_reply}
     text = texts[kind](user) if kind in texts else answer_reply(system, user)
     if json_field is not None:

@@ -15,7 +15,11 @@ Structured output: `flavour` makes it check `response_format` the way one backen
 "json_schema", "json_schema": {"name", "schema"}}), any other shape getting HTTP 400 naming the field;
 no flavour accepts both. `structured=False` plays a server without structured output (HTTP 400 for any
 response_format). A structured request is answered with a JSON object holding the text under the
-schema's one property. `cut_at_max_tokens` cuts replies longer than max_tokens (finish_reason "length")."""
+schema's one property. `cut_at_max_tokens` cuts replies longer than max_tokens (finish_reason "length").
+
+Scale: `distinct_edits` makes every optimizer edit its own (a numbered rule), as a real model's are, so that
+many clients return many different prompts; `merge_budget` says whether merges keep within the budget their
+request states ("obey"), never ("ignore"), or only when asked again ("second_try")."""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .handler import FLAVOURS, Listener, check_response_format, make_handler
-from .replies import estimate_tokens, malformed_reply, prompt_token_logprobs, reply_for
+from .replies import MERGE_BUDGETS, estimate_tokens, malformed_reply, prompt_token_logprobs, reply_for
 
 FAULT_KINDS = ("http_500", "http_429", "timeout", "malformed")
 CONTEXT_ERROR_MESSAGE = "the request exceeds the available context size, try increasing it"
@@ -50,13 +54,17 @@ class FakeServer:
                  prompts_kept: int = 2000, quote_rate: float = 0.0, flavour: str | None = None,
                  structured: bool = True, cut_at_max_tokens: bool = False, replies: str = "method",
                  models: tuple[str, ...] | None = None, fail_with: list[int] | None = None,
-                 routes: dict[str, Route] | None = None) -> None:
+                 routes: dict[str, Route] | None = None, distinct_edits: bool = False,
+                 merge_budget: str = "obey") -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
         if flavour is not None and flavour not in FLAVOURS:
             raise ValueError(f"flavour must be one of {', '.join(FLAVOURS)}")
         if replies not in REPLIES:
             raise ValueError(f"replies must be one of {', '.join(REPLIES)}")
+        if merge_budget not in MERGE_BUDGETS:
+            raise ValueError(f"merge_budget must be one of {', '.join(MERGE_BUDGETS)}")
+        self.distinct_edits, self.merge_budget = distinct_edits, merge_budget
         self.replies = replies
         self.models = models or (model,)  # what /v1/models lists; the first is the model served
         self.fail_with = list(fail_with or [])  # HTTP statuses to answer the next chat requests with, in order
@@ -296,7 +304,7 @@ class FakeServer:
             status = 500 if fault == "http_500" else 429
             headers = {"Retry-After": "0"} if status == 429 else {}
             return status, {"error": {"message": f"injected fault: HTTP {status}", "code": status}}, headers
-        kind, text = reply_for(messages, json_field, self.quote_rate)
+        kind, text = reply_for(messages, json_field, self.quote_rate, self.distinct_edits, self.merge_budget)
         if fault == "malformed":
             # Each kind of request cycles through the malformations in order, so a run with a few
             # malformed optimizer replies meets every one of them, whatever order its threads send in.

@@ -44,8 +44,7 @@ def aggregate(variables: list[Variable]) -> Variable:
     def backward(engine: EngineLM) -> PendingGradients:
         if len(total.gradients) <= 1:
             return _to_inputs(variables, list(total.gradients))
-        items = budget.Cuttable(items=tuple(g.value for g in total.gradients), drop_oldest=True,
-                                noun="feedback items")
+        items = budget.Droppable(items=tuple(g.value for g in total.gradients), noun="feedback items")
         condensed = budget.fitted_chat(engine, system=prompts.AGGREGATE_SYSTEM, user=prompts.AGGREGATE_TEMPLATE,
                                        fields={"role": total.role_description, "count": str(len(total.gradients)),
                                                "feedback": items}, max_tokens=AGGREGATE_MAX_TOKENS)

@@ -24,8 +24,8 @@ RESPONSE_ROLE = "response from the language model"
 class LLMCall(Function):
     """The engine's answer to an input under an optional system prompt; without an engine, the backward one.
 
-    The answer asks for at most max_tokens, each feedback request for feedback_max_tokens. A feedback
-    request that cannot fit the engine's context window is skipped and counted in `feedback_skipped`.
+    The answer asks for at most max_tokens, each feedback request for feedback_max_tokens. No text is cut to
+    fit the context window: a feedback request that cannot fit is skipped and counted in `feedback_skipped`.
     """
 
     def __init__(self, engine: EngineSpec | None = None, system_prompt: Variable | None = None, *,
@@ -56,10 +56,8 @@ class LLMCall(Function):
         for parent in parents:
             if not parent.requires_grad:
                 continue
-            # The text under review weighs double: feedback on a prompt it cannot see is useless.
-            fields = {"role": parent.role_description, "variable": budget.Cuttable.text(parent.value, 2.0),
-                      "input": budget.Cuttable.text(prompt), "output": budget.Cuttable.text(response.value),
-                      "judgement": budget.Cuttable.text(judgement)}
+            fields = {"role": parent.role_description, "variable": parent.value, "input": prompt,
+                      "output": response.value, "judgement": judgement}
             try:
                 feedback = budget.fitted_chat(engine, system=prompts.FEEDBACK_SYSTEM, user=prompts.FEEDBACK_TEMPLATE,
                                               fields=fields, max_tokens=self.feedback_max_tokens)

@@ -8,7 +8,7 @@ fixed and its fix should stay. With no past yet (the first step) the request is 
 
 The past lives in a `MomentumHistory`, apart from the optimizer, so that a caller who makes a new
 optimizer every step (as FedTextGrad's client does, one per local step) can still hand it the past.
-Under the context window the past is shortened like the feedback is, its oldest steps dropped first.
+Under the context window the past is never cut: its oldest steps are left out, whole, before any feedback.
 """
 
 from __future__ import annotations
@@ -77,13 +77,13 @@ class TGDMomentum(TGD):
             raise ValueError(f"momentum_window {momentum_window} differs from the history's {history.window}")
         self.momentum_window = momentum_window
 
-    def _request(self, index: int, variable: Variable) -> tuple[str, dict[str, str | budget.Cuttable]]:
+    def _request(self, index: int, variable: Variable) -> tuple[str, dict[str, str | budget.Droppable]]:
         past = self.history.of(index)
         template, fields = super()._request(index, variable)
         if not past:
             return template, fields
         steps = tuple(_describe(step, number, len(past) - number + 1) for number, step in enumerate(past, 1))
-        history = budget.Cuttable(items=steps, drop_oldest=True, noun="versions")
+        history = budget.Droppable(items=steps, keep=0, noun="earlier versions", priority=0)
         return prompts.MOMENTUM_TEMPLATE, {**fields, "history": history}
 
     def step(self) -> None:

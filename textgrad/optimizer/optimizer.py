@@ -37,10 +37,10 @@ class TGD:
     not exceptional: the variable keeps its value, `format_failures` counts it, `failures` says why
     (no_tags, unparseable_json, empty, truncated, context_overflow) and `updated` which variables changed.
 
-    Within the context window, the text under edit is never cut (the reply must give it back whole,
-    so the reply keeps room for it plus a quarter); the feedback items share the rest, each cut in the
-    middle as needed, and when they still do not fit the earliest items are dropped. A variable whose
-    request cannot fit at all keeps its value and is marked in `overflowed`.
+    Within the context window no text is cut: the text under edit is sent whole (and the reply keeps room
+    to give it back whole, plus a quarter); when the feedback items do not all fit, the earliest are left
+    out, whole, down to one (counted by the engine as context_dropped). A variable whose request cannot fit
+    even so keeps its value and is marked in `overflowed`.
 
     `reply` names the text in the request and the JSON field that carries it back; set it to
     INSTRUCTIONS_REPLY when the variables are prompts.
@@ -64,18 +64,17 @@ class TGD:
         for p in self.parameters:
             p.reset_gradients()
 
-    def _request(self, index: int, variable: Variable) -> tuple[str, dict[str, str | budget.Cuttable]]:
+    def _request(self, index: int, variable: Variable) -> tuple[str, dict[str, str | budget.Droppable]]:
         """The user template of the request that updates parameter `index`, and its fields."""
         return prompts.OPTIMIZER_TEMPLATE, self._fields(variable)
 
-    def _fields(self, variable: Variable) -> dict[str, str | budget.Cuttable]:
+    def _fields(self, variable: Variable) -> dict[str, str | budget.Droppable]:
         constraints = ""
         if self.constraints:
             constraints = prompts.CONSTRAINTS_HEADER + "\n".join(f"- {c}" for c in self.constraints) + "\n"
-        feedback: str | budget.Cuttable = "(no feedback)"
+        feedback: str | budget.Droppable = "(no feedback)"
         if variable.gradients:
-            feedback = budget.Cuttable(items=tuple(g.value for g in variable.gradients), drop_oldest=True,
-                                       noun="feedback items")
+            feedback = budget.Droppable(items=tuple(g.value for g in variable.gradients), noun="feedback items")
         return {"role": variable.role_description, "value": variable.value, "feedback": feedback,
                 "constraints": constraints}
 

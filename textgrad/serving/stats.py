@@ -21,13 +21,14 @@ class EngineStats:
     retries: int = 0
     failures: int = 0
     context_overflows: int = 0  # overflow replies from the server (HTTP 400 naming the context)
-    context_shortened: int = 0  # requests cut down to fit the window before they were sent
-    context_skipped: int = 0    # calls given up because not even the shortest version fits
+    context_shortened: int = 0  # requests whose reply limit (max_tokens) was lowered to fit the window
+    context_dropped: int = 0    # whole items (feedback, earlier versions) left out of requests to fit the window
+    context_skipped: int = 0    # calls given up because they cannot fit, no text being ever cut
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     _COUNTERS = ("calls", "prompt_tokens", "completion_tokens", "cache_hits",
                  "cache_misses", "retries", "failures", "context_overflows", "context_shortened",
-                 "context_skipped")
+                 "context_dropped", "context_skipped")
 
     def add(self, **deltas: int) -> None:
         self._bump(deltas)

@@ -170,7 +170,7 @@ class _Planner:
         returned = [self._client_round(planned.index, client, global_prompt) for client in planned.clients]
         if planned.screening_sets is not None:
             self._screen(planned, returned)
-        aggregate = self._merge(planned.index, returned)
+        aggregate = self._merge(planned, returned)
         self._evaluate(f"round {planned.index} validation", aggregate, planned.validation)
         if planned.last_test is not None:  # the last aggregate's test overlaps its validation
             self._evaluate(FINAL_TEST, aggregate, planned.last_test)
@@ -214,17 +214,30 @@ class _Planner:
             self._answer_sets(f"round {planned.index} screening", prompt, planned.screening_sets or {},
                               self.spec.test_engine)
 
-    def _merge(self, round_index: int, returned: list[_Prompt]) -> _Prompt:
+    def _merge(self, planned: Round, returned: list[_Prompt]) -> _Prompt:
+        """The round's merge: the plan's tree of requests (one when the prompts fit one), level by level, each
+        level's requests over consecutive runs of the level's prompts, as many as the plan foresees."""
         distinct = list({p.id: p for p in returned}.values())
-        method = self.exp.aggregate_method
+        method, round_index = self.exp.aggregate_method, planned.index
         if method is None or len(distinct) == 1:  # nothing to merge: the prompt itself goes on
             return returned[0] if method is None else distinct[0]
         key = (method, tuple(p.id for p in distinct))
         text = self.outcomes.texts.get((round_index, "global"))
         if method == "concat":
             return self._derive(key, sum(p.tokens for p in distinct), text)
-        self._send(f"round {round_index} merge", [self._merge_request(key, distinct)])
-        return self._derive(key, min(max(p.tokens for p in distinct), self.exp.merge_max_tokens), text)
+        limits = self.exp.merge_limits
+        ceiling = limits.max_prompt_tokens if limits is not None else self.exp.merge_max_tokens
+        level = distinct
+        for planned_requests in planned.merge_levels[:-1]:
+            requests = max(1, min(planned_requests, len(level) // 2))  # groups of two prompts or more
+            groups = [level[i * len(level) // requests:(i + 1) * len(level) // requests] for i in range(requests)]
+            keys = [(method, tuple(p.id for p in group)) for group in groups]
+            self._send(f"round {round_index} merge", [self._merge_request(k, g) for k, g in zip(keys, groups,
+                                                                                                strict=True)])
+            level = [self._derive(k, min(sum(p.tokens for p in g), ceiling)) for k, g in zip(keys, groups,
+                                                                                              strict=True)]
+        self._send(f"round {round_index} merge", [self._merge_request(key, level)])
+        return self._derive(key, min(max(p.tokens for p in level), ceiling), text)
 
     # -- a client's local step: forward, feedback, optimizer, re-score --------------------
 
@@ -315,8 +328,10 @@ class _Planner:
 
     def _merge_request(self, key: tuple[Any, ...], distinct: list[_Prompt]) -> _Request:
         # The request as written around empty client prompts: their own tokens are added to it.
+        limit = self.exp.merge_limits.max_prompt_tokens if self.exp.merge_limits is not None else None
         fixed = self.fixed(MERGE_SYSTEM, merge_request([""] * len(distinct), self.exp.tasks,
-                                                       self.exp.aggregate_method == "sum_uid", self.spec.structured))
+                                                       self.exp.aggregate_method == "sum_uid", self.spec.structured,
+                                                       limit))
         size = fixed + sum(p.tokens for p in distinct)
         return _Request(self.spec.evaluation_engine, "merge", key, size, self.exp.merge_max_tokens)
 
@@ -332,11 +347,10 @@ class _Planner:
     def _send(self, phase: str, requests: list[_Request]) -> None:
         """Requests sent together (concurrently): one is free if an earlier one had its key, not if a
         sibling does (both are in flight before either reply reaches the cache)."""
-        earlier = set(self.seen)
-        for request in requests:
-            cached = self.spec.use_cache and (request.key in earlier or self._in_disk_cache(request))
-            self._count(phase, request, cached)
-            self.seen.add(request.key)
+        cached = [self.spec.use_cache and (r.key in self.seen or self._in_disk_cache(r)) for r in requests]
+        for request, hit in zip(requests, cached, strict=True):
+            self._count(phase, request, hit)
+        self.seen.update(r.key for r in requests)  # no copy of the set: a run of 1000 clients sends 4000 batches
 
     def _in_disk_cache(self, request: _Request) -> bool:
         return request.messages is not None and self.spec.known_reply(request.engine, request.messages,

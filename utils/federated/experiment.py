@@ -12,6 +12,7 @@ from utils.tasks.evaluation import evaluate_on_tasks
 from utils.tasks.registry import Example, TaskSpec, served_prompt
 
 from .client import Engines, LocalSettings
+from .merge_tree import MergeLimits
 from .screening import ScreenSettings
 
 if TYPE_CHECKING:  # the plan is built from an Experiment
@@ -46,6 +47,9 @@ class Experiment:
     # Leak guard and simulated attackers (client side), screened aggregation (server side): issue 16.
     outbound: OutboundPlan = field(default_factory=OutboundPlan)
     screening: ScreenSettings = field(default_factory=ScreenSettings)
+    # The budget of a merged prompt and what one merge request holds, set once the engines' windows are known
+    # (utils.federated.runner); None: merges derive them from the evaluation engine's window (issue 27).
+    merge_limits: MergeLimits | None = None
 
 
 def starting_prompt(tasks: list[TaskSpec], initial_prompt: str | None = None) -> str:

@@ -11,8 +11,10 @@ Calls are counted as the spec's method makes them. A local step of a batch of B 
 B answers with the current prompt (forward), B feedbacks (backward), one optimizer call (TGD), and B
 answers with the new prompt (re-score); with --judge llm each answer is judged too (one call more per
 answer). An evaluation answers every example of its split. A merge of two or more different
-prompts by summarization or sum_uid is one call; concat makes none. A call the response cache answers
-still counts: the bars count it as done, --estimate reports it as cached.
+prompts by summarization or sum_uid is one call when they fit one request; when they do not, it is a tree
+of calls (utils.federated.merge_tree), foreseen from the experiment's merge limits for client prompts of
+the starting prompt's size, a quarter longer per local step. concat makes none. A call the response cache
+answers still counts: the bars count it as done, --estimate reports it as cached.
 
 What the replies decide cannot be planned, so the counts are the a-priori ones, which --estimate assumes
 too: every optimizer reply gives a usable prompt (each step re-scores); every client returns a prompt of
@@ -77,13 +79,18 @@ class Round:
     clients: tuple[ClientRound, ...]     # the chosen clients, in client order (the order merging sees)
     screening_sets: EvalSets | None      # the validation questions screening asks (--robust_aggregation screen)
     screening: int                       # their answers, for every returned prompt
-    merge: int                           # 1: the returned prompts are merged by an LLM call
+    merge_levels: tuple[int, ...]        # the merge's requests per level (utils.federated.merge_tree); () for none
     validation: Evaluation
     last_test: Evaluation | None         # the last round tests its aggregate beside validating it
 
     @property
     def client_ids(self) -> list[str]:
         return [c.client.client_id for c in self.clients]
+
+    @property
+    def merge(self) -> int:
+        """The merge's requests: 0 for concat or a single client, 1 when the prompts fit one request."""
+        return sum(self.merge_levels)
 
     @property
     def step_calls(self) -> int:
@@ -151,7 +158,9 @@ def _plan_round(exp: Experiment, judge: bool, index: int) -> Round:
     if exp.screening.method == "screen":
         sets = screening_sets(exp.val_sets, exp.screening.size, exp.settings.seed, index)
     screening = eval_calls(sets, judge) * len(chosen) if sets is not None and len(chosen) > 1 else 0
-    merge = int(exp.aggregate_method in MERGE_METHODS and len(chosen) > 1)
+    merge: tuple[int, ...] = ()
+    if exp.aggregate_method in MERGE_METHODS and len(chosen) > 1:
+        merge = tuple(exp.merge_limits.levels(len(chosen))) if exp.merge_limits is not None else (1,)
     last_test = _evaluation(exp, judge, "aggregate", "test") if index == exp.rounds else None
     return Round(index, clients, sets, screening, merge, _evaluation(exp, judge, "aggregate", "val"), last_test)
 

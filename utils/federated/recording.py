@@ -57,6 +57,7 @@ def record_zero_shot(log: RunLog, exp: Experiment, engines: Engines, prompt: str
 def record_updates(log: RunLog, round_index: int, updates: list[ClientUpdate],
                    lengths: dict[str, dict[str, Any]]) -> None:
     """Each client's steps and the prompt it returned (with its length), or why it failed."""
+    log.save_prompts(round_index, {f"client_{u.client_id}": u.prompt for u in updates if not u.error})
     for update in updates:
         for s in update.steps:
             log.event("step", round=round_index, client=update.client_id, **vars(s))
@@ -65,7 +66,6 @@ def record_updates(log: RunLog, round_index: int, updates: list[ClientUpdate],
         if update.error:
             log.event("client_failed", round=round_index, client=update.client_id, error=update.error)
         else:
-            log.save_prompt(round_index, f"client_{update.client_id}", update.prompt)
             log.event("client_update", round=round_index, client=update.client_id,
                       train_accuracy=update.train_accuracy, **lengths[update.client_id])
             if update.train_accuracy is not None:
@@ -80,8 +80,9 @@ def record_round(log: RunLog, exp: Experiment, engines: Engines, round_index: in
     returned = [u for u in updates if not u.error]
     log.save_prompt(round_index, "global", aggregate.prompt)
     record_updates(log, round_index, updates, lengths)
+    tree = aggregate.tree.to_dict() if aggregate.tree is not None else None
     log.event("aggregate", round=round_index, method=exp.aggregate_method or "none", clients=[u.client_id for u in
-              merged_from], failure=aggregate.failure, **length)
+              merged_from], failure=aggregate.failure, merge_tree=tree, **length)
     log.event("evaluation", round=round_index, split="val", prompt="global", engine=engines.test.name, **val)
     for task, acc in val.items():
         log.metric(f"val/{task}", acc, round_index)
@@ -108,6 +109,7 @@ def record_round(log: RunLog, exp: Experiment, engines: Engines, round_index: in
         optimizer_failures=reply_failures([s.format_failure for s in steps]),
         judge_format_failures=sum(s.judge_format_failures for s in steps),
         aggregation_failure=aggregate.failure,
+        merge_tree=tree,
         poisoned_clients=[u.client_id for u in updates if u.client_id in exp.outbound.malicious],
         leakage=record_leakage(log, round_index, {u.client_id: u.leakage for u in updates if u.leakage})["leakage"],
         screening=record_screening(log, round_index, screening)["screening"],
@@ -121,12 +123,19 @@ def format_failures(history: list[RoundSummary], eval_judge_failures: int) -> di
     """Unusable optimizer and merge replies by kind, and judge replies; one flat count per key, so their sum
     is the total. Context overflows are counted under results.json's `context`."""
     optimizer = {kind: sum(r.optimizer_failures[kind] for r in history) for kind in REPLY_FAILURES}
-    merges = reply_failures([r.aggregation_failure for r in history])
+    # A round merged in a tree may have had several unusable merge replies: its tree counts them by kind.
+    merges = reply_failures([kind for r in history for kind, n in _merge_failures(r).items() for _ in range(n)])
     return {**{f"optimizer_{kind}": n for kind, n in optimizer.items()},
             **{f"aggregation_{kind}": merges[kind] for kind in REPLY_FAILURES},
             "judge": sum(r.judge_format_failures for r in history) + eval_judge_failures,
             # Steps whose requests could not fit the context window: not in train_accuracy.
             "skipped_steps": sum(r.skipped_steps for r in history)}
+
+
+def _merge_failures(summary: RoundSummary) -> dict[str, int]:
+    if summary.merge_tree is not None:
+        return summary.merge_tree["failures"]
+    return {summary.aggregation_failure: 1} if summary.aggregation_failure else {}
 
 
 def write_results(exp: Experiment, engines: Engines, log: RunLog, evaluate: Evaluator, state: RunState,
@@ -149,6 +158,8 @@ def write_results(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         "tasks": [t.name for t in exp.tasks],
         "aggregate_method": exp.aggregate_method,
         "rounds_completed": state.round,
+        # The budget of a merged prompt (--max_prompt_tokens, or derived from the windows); None: not set.
+        "max_prompt_tokens": exp.merge_limits.max_prompt_tokens if exp.merge_limits else None,
         "clients": [c.client_id for c in exp.clients],
         "split_sizes": exp.split_sizes,
         "settings": vars(exp.settings),

@@ -19,11 +19,13 @@ utils.federated.phases.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from textgrad.engine import ChatEngine
 from textgrad.errors import EngineError
 from textgrad.parallel import run_concurrently
 from textgrad.serving.runtime import current_runtime
@@ -46,6 +48,8 @@ from .screening import Screening, screen_updates
 # (the planned round, the global prompt) -> one update per chosen client, in the plan's order. In-process
 # simulation (train_in_process) and Flower (fedtextgrad_flower.federation) each provide one.
 TrainRound = Callable[[Round, str], list[ClientUpdate]]
+
+logger = logging.getLogger(__name__)
 
 
 def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bool = False,
@@ -190,15 +194,21 @@ class RoundLoop:
         return (screening.kept(returned) if screening else returned), screening
 
     def aggregate(self, planned: Round, kept: list[ClientUpdate]) -> Aggregate:
-        """The kept prompts merged into the next global prompt (centralized: the one client's prompt is it)."""
+        """The kept prompts merged into the next global prompt (centralized: the one client's prompt is it):
+        by an LLM in a tree of requests that fit (utils.federated.merge_tree), within --max_prompt_tokens."""
         method = self.exp.aggregate_method
         if method is None:
             return Aggregate(kept[0].prompt, "none")
         prompts = [u.prompt for u in kept]
         calls = planned.merge if len({p.strip() for p in prompts}) > 1 else 0  # one prompt: nothing to merge
+        limits = self.exp.merge_limits
         with self.console.phase("aggregation", f"round {planned.index}: merge", calls) as merge:
-            return merge.run(aggregate_prompts, prompts, method, self.exp.tasks, self.engines.writer("merge"),
-                             max_tokens=self.exp.merge_max_tokens)
+            aggregate = merge.run(aggregate_prompts, prompts, method, self.exp.tasks, self.engines.writer("merge"),
+                                  max_tokens=self.exp.merge_max_tokens,
+                                  max_prompt_tokens=limits.max_prompt_tokens if limits else None)
+        if method == "concat" and limits is not None:
+            warn_if_over_budget(planned.index, aggregate.prompt, limits.max_prompt_tokens, self.engines.test)
+        return aggregate
 
     def validate(self, planned: Round, prompt: str) -> tuple[Scores, dict[str, Any]]:
         """The aggregate's validation accuracy and length. The last round's aggregate is the final "last"
@@ -291,6 +301,18 @@ def keep_best(state: RunState, summary: RoundSummary) -> None:
     state.global_prompt = summary.aggregate
     if summary.val["mean"] > state.best.val:
         state.best = BestPrompt(summary.round, summary.val["mean"], summary.aggregate)
+
+
+def warn_if_over_budget(round_index: int, prompt: str, max_prompt_tokens: int, engine: ChatEngine) -> None:
+    """Before a concatenated prompt is served: say so when it is over the budget that leaves served requests
+    room (its requests that cannot fit are then skipped and counted), with the ways out."""
+    tokens = engine.count_tokens(prompt)
+    if tokens > max_prompt_tokens:
+        logger.warning("round %d: the concatenated prompt has %d tokens, over the %d that leave its requests room "
+                       "in the %d-token window of %s (--max_prompt_tokens): requests with it that cannot fit are "
+                       "skipped and counted. Use --aggregate_method summarization (it merges within the budget), a "
+                       "larger window (--max_context, the server's), or fewer --clients_per_round", round_index,
+                       tokens, max_prompt_tokens, engine.context_window, engine.name)
 
 
 def train_in_process(engines: Engines, settings: LocalSettings, outbound: OutboundPlan,

@@ -56,6 +56,9 @@ class RoundSummary:
     # Set once the round is done: its LLM counters, retries included (in-process calls only).
     llm: dict[str, int] = field(default_factory=dict)
     context_overflows: int = 0
+    # utils.federated.merge_tree.MergeTree.to_dict(): requests per level, depth, retries, over budget, left out;
+    # None where no LLM merged (concat, one prompt, a round checkpointed before issue 27)
+    merge_tree: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

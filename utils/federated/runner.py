@@ -10,8 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from textgrad import structured
 from textgrad.engine import get_engine
 from textgrad.serving.runtime import current_runtime
+from textgrad.serving.tokenizers import estimate_tokens
 from utils.config import UsageError, resolved_config
 from utils.privacy.outbound import OutboundPlan
 from utils.reporting import progress
@@ -21,8 +23,10 @@ from utils.run_config import RunConfig
 from utils.tasks.data import TaskData, load_task_data
 from utils.tasks.registry import resolve_task
 
+from .aggregation import MERGED_REPLY, merge_limits
 from .client import Engines, LocalSettings
-from .experiment import Client, Experiment
+from .experiment import Client, Experiment, starting_prompt
+from .merge_tree import MergeLimits
 from .rounds import TrainRound, run_experiment
 from .sampling import role_sampling, sampled
 from .screening import ScreenSettings
@@ -93,6 +97,7 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
         raise UsageError(f"{run_dir} already holds a run: pass --resume to continue it or pick another --run_name")
     experiment = build_experiment(args, data, clients, aggregate)
     engines = make_engines(args, check=not args.estimate)
+    experiment.merge_limits = fit_merges(args, experiment, None if args.estimate else engines)
     if args.estimate:
         from utils.estimate.summary import print_estimate  # only when asked: the estimator is a large import
 
@@ -110,7 +115,8 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
             # Imported here, after the endpoints answered: a run's first request does not wait for them.
             from utils.estimate.summary import record_estimate
 
-            record_estimate(args, experiment, run_dir)
+            # What --estimate printed for these flags, which knows a window only from --max_context.
+            record_estimate(args, replace(experiment, merge_limits=fit_merges(args, experiment, None)), run_dir)
         train_round = make_train_round(experiment, engines, log) if make_train_round else None
         results = run_experiment(experiment, engines, log, resume=args.resume, train_round=train_round)
         from utils.reporting.plots import plot_run  # matplotlib: only once there is something to draw
@@ -120,6 +126,25 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
         log.comet.end()
     print_summary(results, run_dir)
     return results
+
+
+def fit_merges(args: RunConfig, exp: Experiment, engines: Engines | None) -> MergeLimits | None:
+    """The run's merge limits for its engines' windows (utils.federated.aggregation.merge_limits); a budget too
+    large for a merge request is a UsageError. Without engines, as --estimate (which contacts no server) sees
+    them: from --max_context, counting tokens with the estimate; None without it."""
+    if engines is None and args.max_context is None:
+        return None
+    if engines is None:
+        windows, count, structured_reply = (args.max_context, args.max_context), estimate_tokens, True
+    else:
+        windows = (engines.test.context_window, engines.evaluation.context_window)
+        count = engines.evaluation.count_tokens
+        structured_reply = structured.request_format(engines.evaluation, MERGED_REPLY) is not None
+    try:
+        return merge_limits(count, *windows, exp.aggregate_method, exp.tasks, starting_prompt(exp.tasks),
+                            exp.settings.max_steps, exp.merge_max_tokens, args.max_prompt_tokens, structured_reply)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def build_experiment(args: RunConfig, data: list[TaskData], clients: list[Client],

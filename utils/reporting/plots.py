@@ -29,6 +29,7 @@ OVERALL = "black"  # the mean over tasks, the global prompt
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 LINESTYLES = ("-", "--", "-.", ":")
 OFFSET = 0.06  # x shift between series that coincide, in x units (rounds)
+MAX_CLIENT_LINES = 10  # more clients than this: the training plot draws their mean per round, not a line each
 
 
 @dataclass
@@ -111,10 +112,13 @@ def run_series(results: dict[str, Any]) -> dict[str, list[Series]]:
         validation.append(Series(task, xs, [zero[task], *[r["val"][task] for r in rounds]], colours[task]))
 
     training = []
-    for client in sorted({c for r in rounds for c in r["client_train_accuracy"]}):
+    clients = sorted({c for r in rounds for c in r["client_train_accuracy"]})
+    for client in clients if len(clients) <= MAX_CLIENT_LINES else []:
         pts = [(r["round"], r["client_train_accuracy"][client]) for r in rounds
                if r["client_train_accuracy"].get(client) is not None]  # None: every step skipped
         training.append(Series(client, [p[0] for p in pts], [p[1] for p in pts], colours.get(client, OVERALL)))
+    if len(clients) > MAX_CLIENT_LINES:  # many clients: the mean over each round's own (sampled) clients
+        training.append(_mean_over_clients(rounds))
 
     start = results.get("starting_prompt_tokens")
     lead = [start] if start is not None else []  # round 0: the starting prompt, every client's first prompt
@@ -170,6 +174,19 @@ PLOT_LABELS = {
     "prompt_uid.png": dict(xlabel="round", ylabel="surprisal per token (nats), mean ± std",
                            title="UID: surprisal of the global prompt"),
 }
+
+
+def _mean_over_clients(rounds: list[dict[str, Any]]) -> Series:
+    """Mean and standard deviation of the training accuracy over the clients that took part in each round."""
+    xs, means, stds = [], [], []
+    for r in rounds:
+        values = [v for v in r["client_train_accuracy"].values() if v is not None]
+        if values:
+            mean = sum(values) / len(values)
+            xs.append(r["round"])
+            means.append(mean)
+            stds.append((sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5)
+    return Series("mean over the round's clients (± std)", xs, means, OVERALL, yerr=stds)
 
 
 def plot_run(results: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -86,6 +86,7 @@ def markdown_report(groups: list[Group]) -> str:
     ]
     parts += ["", judge_line(groups), *paper_tables(groups, fmt)]
     parts += estimate_section([run for group in groups for run in group.runs])
+    parts += merge_tree_section([run for group in groups for run in group.runs])
     multi_task = [g for g in groups if len(g.runs[0].results["tasks"]) > 1]
     if multi_task:
         task_rows = []
@@ -120,6 +121,28 @@ def estimate_section(runs: list[Run]) -> list[str]:
             "assumes every optimizer reply usable and kept and the best prompt being the last one; (+n): the "
             "calls of an earlier best prompt's final test. Its tokens use the token limits until a finished run "
             "of the engine calibrates them."]
+
+
+def merge_tree_section(runs: list[Run]) -> list[str]:
+    """The shape of each round's merge (requests per level) of the runs that merged by an LLM (markdown)."""
+    rows = []
+    for run in runs:
+        trees = [(r["round"], r.get("merge_tree")) for r in run.results.get("rounds") or []]
+        trees = [(index, tree) for index, tree in trees if tree]
+        if trees:
+            shapes = ", ".join(f"{index}: {'+'.join(map(str, tree['levels'])) or '0'}" for index, tree in trees)
+            rows.append([run.path.name, shapes, str(max(tree["depth"] for _, tree in trees)),
+                         str(sum(tree["requests"] for _, tree in trees)),
+                         str(sum(tree["over_budget"] for _, tree in trees)),
+                         str(sum(tree["left_out"] for _, tree in trees))])
+    if not rows:
+        return []
+    header = ["run", "requests per level, by round", "deepest", "merge requests", "over budget", "left out"]
+    return ["", "### Merge trees", "", _md_table(header, rows), "",
+            "When the clients' prompts do not fit one merge request, the server merges them in groups and then "
+            "merges the results (level 1 merges client prompts). over budget: merges still longer than "
+            "--max_prompt_tokens after being asked once more; left out: client prompts too long for any merge "
+            "request (never cut)."]
 
 
 # ---------------------------------------------------------------------------------- plots

@@ -26,8 +26,21 @@ def _splits(results: dict[str, Any]) -> str:
 def _context_line(results: dict[str, Any]) -> str:
     context = results.get("context") or {}
     windows = ", ".join(f"{name} {w['tokens']} ({w['source']})" for name, w in context.get("windows", {}).items())
-    return (f"context        window {windows or '-'}; {context.get('shortened_requests', 0)} requests shortened, "
-            f"{context.get('overflow_replies', 0)} overflow replies, {context.get('skipped_calls', 0)} calls skipped")
+    return (f"context        window {windows or '-'}; {context.get('shortened_requests', 0)} replies shortened, "
+            f"{context.get('dropped_items', 0)} items left out, {context.get('overflow_replies', 0)} overflow "
+            f"replies, {context.get('skipped_calls', 0)} calls skipped; no text is ever cut")
+
+
+def merge_tree_note(tree: dict[str, Any] | None) -> str:
+    """", merge 6+2+1 requests (3 levels)" and what went over the budget or was left out; "" without a tree."""
+    if not tree:
+        return ""
+    levels = "+".join(map(str, tree["levels"])) or "0"
+    extras = [f"{tree[key]} {what}" for key, what in (("retries", "asked again"), ("over_budget", "over budget"),
+                                                        ("left_out", "prompts left out")) if tree.get(key)]
+    extras += [f"{n} concatenated ({kind})" for kind, n in tree.get("failures", {}).items()]
+    return (f", merge {levels} requests ({tree['depth']} level{'s' if tree['depth'] != 1 else ''})"
+            + "".join(f", {extra}" for extra in extras))
 
 
 def _defence_lines(results: dict[str, Any]) -> list[str]:
@@ -62,7 +75,7 @@ def print_summary(results: dict[str, Any], run_dir: Path) -> None:
         f"zero-shot      val {_fmt(results['zero_shot']['val'])}   test {_fmt(results['zero_shot']['test'])}",
         *[f"round {r['round']:<3}      val {_fmt(r['val'])}   aggregate {r['aggregate_tokens']} tokens, "
           f"{r['accepted_steps']}/{r['steps']} steps kept, {r.get('skipped_steps', 0)} skipped (context)"
-          for r in results["rounds"]],
+          f"{merge_tree_note(r.get('merge_tree'))}" for r in results["rounds"]],
         f"best (round {results['best']['round']})  val {results['best']['val']:.3f}",
         f"final test     last {_fmt(results['final_test']['last'])}   best {_fmt(results['final_test']['best'])}",
         f"LLM            {llm['calls']} calls, {llm['prompt_tokens']}+{llm['completion_tokens']} tokens, "

@@ -38,7 +38,7 @@ def judge_answer(judge: ChatEngine, response: str, target: str) -> int | None:
 
     A request that cannot fit the judge's window scores 0 (counted by the engine as context_skipped).
     """
-    fields = {"target": budget.Cuttable.text(target), "response": budget.Cuttable.text(extract_answer(response))}
+    fields = {"target": target, "response": extract_answer(response)}
     try:
         answer = structured.ask_text(judge, JUDGE_REPLY, system=JUDGE_SYSTEM, user=JUDGE_TEMPLATE, fields=fields,
                                      max_tokens=JUDGE_MAX_TOKENS)
