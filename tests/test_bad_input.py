@@ -90,10 +90,10 @@ CASES = [
     Case("split_larger_than_data", lambda r: ["--module", "train_homo_fed", "--task", "BBH_object_counting",
                                               "--data_dir", str(SHARED_DATA), "--split_sizes", "200,100,100",
                                               *FAKE], "--split_sizes"),
-    # GSM8K's validation starts at [200] of the shuffled train split, as in the reference code.
-    Case("gsm8k_train_reaching_validation", lambda r: ["--module", "train_centralized", "--task", "GSM8K",
-                                                       "--data_dir", str(SHARED_DATA), "--split_sizes", "201,5,5",
-                                                       *FAKE], "at most 200"),
+    # GSM8K's 7,473 training-split examples hold train and validation together.
+    Case("gsm8k_train_and_validation_too_large", lambda r: ["--module", "train_centralized", "--task", "GSM8K",
+                                                            "--data_dir", str(SHARED_DATA), "--split_sizes",
+                                                            "7400,100,5", *FAKE], "train and validation together"),
     Case("top_p_zero", homo("--top_p", "0"), "--top_p"),
     Case("temperature_of_unknown_role", homo("--temperature", "critic=0.5"), "unknown role 'critic'"),
     Case("initial_prompt_file_missing", lambda r: [*HOMO, "--initial_prompt", f"@{r / 'absent.txt'}"],

@@ -161,9 +161,17 @@ def test_gsm8k_split_sizes_take_prefixes_of_the_reference_slices():
     assert (len(whole.val), len(whole.test)) == (7273, 1019)
 
 
-def test_gsm8k_train_that_would_reach_validation_is_an_error():
-    with pytest.raises(DataError, match=r"at most 200 in --split_sizes"):
-        load_task_data(resolve_task("GSM8K"), str(DATA_ROOT), (201, 10, 10))
+def test_gsm8k_train_larger_than_200_goes_on_after_the_validation_slice():
+    # The shuffled train list: [0:200] train, [200:200+V] validation, then train again from 200+V on.
+    paper = load_task_data(resolve_task("GSM8K"), str(DATA_ROOT), (200, 100, 100))
+    larger = load_task_data(resolve_task("GSM8K"), str(DATA_ROOT), (400, 20, 20))
+    assert larger.train[:200] == paper.train and larger.val == paper.val[:20]
+    _assert_disjoint(larger)
+    after = load_task_data(resolve_task("GSM8K"), str(DATA_ROOT), (201, 100, 10))
+    # Its 201st training example is the shuffled list's [300], the first one after validation [200:300].
+    assert after.train[200] not in paper.val and after.train[:200] == paper.train
+    with pytest.raises(DataError, match=r"train and validation together"):
+        load_task_data(resolve_task("GSM8K"), str(DATA_ROOT), (7400, 100, 10))
 
 
 def test_gsm8k_train_val_from_official_train_and_test_from_official_test():

@@ -26,7 +26,8 @@ _SYNTHETIC_POOL_SEED = 0
 GSM8K_SHUFFLE_SEED = 0
 # GSM8K as the reference code cuts it (ubc-tea/FedTextGrad, its GSM8K_DSPy task): each official split shuffled
 # by its own random.Random(0), then train = train[0:50], validation = train[200:300], test = test[300:400].
-# --split_sizes T,V,TE takes prefixes of these slices (or runs on past their ends): [0:T], [200:200+V], [300:300+TE].
+# --split_sizes T,V,TE takes prefixes of these slices (or runs on past their ends): [200:200+V], [300:300+TE], and
+# for training the first T examples that are not validation ones ([0:T] up to T = 200, then on after validation).
 GSM8K_TRAIN_START, GSM8K_VAL_START, GSM8K_TEST_START = 0, 200, 300
 
 
@@ -300,21 +301,23 @@ def _fixed_shuffle(examples: list[Example]) -> list[Example]:
 def gsm8k_split(task: TaskSpec, official_train: list[Example], official_test: list[Example],
                 sizes: tuple[int, int, int]) -> TaskData:
     """The reference code's GSM8K split (see GSM8K_VAL_START): train and validation from the shuffled
-    official train split, test from the shuffled official test split, at fixed offsets."""
+    official train split, test from the shuffled official test split, at fixed offsets. A train set larger
+    than the 200 examples before validation (many clients need one) goes on after the validation slice, so
+    the two never share an example."""
     n_train, n_val, n_test = sizes
-    if n_train > GSM8K_VAL_START - GSM8K_TRAIN_START:
-        raise DataError(f"{task.name} trains on [0:{n_train}] of its shuffled train split, which would overlap "
-                        f"validation [{GSM8K_VAL_START}:...]; pass a train size of at most {GSM8K_VAL_START} "
-                        "in --split_sizes")
     if GSM8K_VAL_START + n_val > len(official_train):
         raise _too_small(task, f"training-split examples (validation starts at {GSM8K_VAL_START})",
                          len(official_train), GSM8K_VAL_START + n_val)
+    if n_train + n_val > len(official_train):
+        raise _too_small(task, "training-split examples (train and validation together)", len(official_train),
+                         n_train + n_val)
     if GSM8K_TEST_START + n_test > len(official_test):
         raise _too_small(task, f"test-split examples (test starts at {GSM8K_TEST_START})",
                          len(official_test), GSM8K_TEST_START + n_test)
     train, test = _fixed_shuffle(official_train), _fixed_shuffle(official_test)
-    return TaskData(task=task, train=train[GSM8K_TRAIN_START:GSM8K_TRAIN_START + n_train],
-                    val=train[GSM8K_VAL_START:GSM8K_VAL_START + n_val],
+    val_end = GSM8K_VAL_START + n_val
+    outside_validation = train[GSM8K_TRAIN_START:GSM8K_VAL_START] + train[val_end:]
+    return TaskData(task=task, train=outside_validation[:n_train], val=train[GSM8K_VAL_START:val_end],
                     test=test[GSM8K_TEST_START:GSM8K_TEST_START + n_test])
 
 
