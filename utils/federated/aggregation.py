@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from textgrad import structured
 from textgrad.engine import ChatEngine
 from textgrad.errors import ContextOverflowError
 from textgrad.serving import budget
-from utils.tasks.registry import TaskSpec
+from utils.tasks.registry import Example, TaskSpec
+
+from .degenerate import DEGENERATE, degenerate_reason
 
 MERGE_SYSTEM = (
     "You combine several system prompts, written independently for the same purpose, into one system prompt. "
@@ -37,7 +40,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Aggregate:
     """The merged trained text. failure: why the merge reply was unusable (no_tags, unparseable_json, empty,
-    truncated) or context_overflow (the request could not fit); either way concat was used instead."""
+    truncated, degenerate) or context_overflow (the request could not fit); either way concat was used instead."""
 
     prompt: str
     method: str
@@ -91,8 +94,9 @@ def _ask_merge(engine: ChatEngine, prompts: list[str], tasks: list[TaskSpec], ui
 
 
 def aggregate_prompts(prompts: list[str], method: str, tasks: list[TaskSpec], engine: ChatEngine | None,
-                      max_tokens: int = 768) -> Aggregate:
-    """Merge client prompts (trained texts, so without answer-format lines) into one trained text."""
+                      max_tokens: int = 768, questions: Sequence[Sequence[Example]] = ()) -> Aggregate:
+    """Merge client prompts (trained texts, so without answer-format lines) into one trained text. A merge
+    that is junk, or a copy of one of the questions (one set per task), is replaced by the concatenation."""
     unique = list(dict.fromkeys(p.strip() for p in prompts if p.strip()))
     if method == "concat" or len(unique) <= 1:
         # Nothing to summarise when every client returned the same prompt: skip the call.
@@ -106,8 +110,10 @@ def aggregate_prompts(prompts: list[str], method: str, tasks: list[TaskSpec], en
     except ContextOverflowError as exc:
         logger.warning("the merge request does not fit the context window (%s); concatenating instead", exc)
         return Aggregate(concat_prompts(unique), method, structured.CONTEXT_OVERFLOW)
-    if answer.value is None:
+    failure = answer.failure if answer.value is None else \
+        DEGENERATE if degenerate_reason(answer.value, *questions) else None
+    if failure is not None:
         # Common with small models. A concatenation keeps every client's instructions, which is safer
-        # than adopting free-form chatter as the prompt.
-        return Aggregate(concat_prompts(unique), method, answer.failure)
+        # than adopting free-form chatter or junk as the prompt.
+        return Aggregate(concat_prompts(unique), method, failure)
     return Aggregate(answer.value, method)

@@ -198,7 +198,8 @@ class RoundLoop:
         calls = planned.merge if len({p.strip() for p in prompts}) > 1 else 0  # one prompt: nothing to merge
         with self.console.phase("aggregation", f"round {planned.index}: merge", calls) as merge:
             return merge.run(aggregate_prompts, prompts, method, self.exp.tasks, self.engines.evaluation,
-                             max_tokens=self.exp.merge_max_tokens)
+                             max_tokens=self.exp.merge_max_tokens,
+                             questions=[examples for _, examples in self.exp.val_sets.values()])
 
     def validate(self, planned: Round, prompt: str) -> tuple[Scores, dict[str, Any]]:
         """The aggregate's validation accuracy and length. The last round's aggregate is the final "last"
