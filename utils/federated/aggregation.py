@@ -10,6 +10,7 @@ from textgrad import structured
 from textgrad.engine import ChatEngine
 from textgrad.errors import ContextOverflowError
 from textgrad.serving import budget
+from textgrad.serving.stats import call_kind
 from utils.tasks.registry import Example, TaskSpec
 
 from .degenerate import DEGENERATE, degenerate_reason
@@ -88,9 +89,10 @@ def merge_request(prompts: list[str], tasks: list[TaskSpec], uid: bool, structur
 def _ask_merge(engine: ChatEngine, prompts: list[str], tasks: list[TaskSpec], uid: bool,
                max_tokens: int) -> structured.TextAnswer:
     # The reply may be as long as the merged prompt needs: room for the longest client prompt plus a quarter.
-    return structured.ask_text(engine, MERGED_REPLY, system=MERGE_SYSTEM, user=MERGE_TEMPLATE,
-                               fields=_merge_fields(prompts, tasks, uid), max_tokens=max_tokens,
-                               min_output=budget.room_to_return(engine, prompts))
+    with call_kind("merge"):
+        return structured.ask_text(engine, MERGED_REPLY, system=MERGE_SYSTEM, user=MERGE_TEMPLATE,
+                                   fields=_merge_fields(prompts, tasks, uid), max_tokens=max_tokens,
+                                   min_output=budget.room_to_return(engine, prompts))
 
 
 def aggregate_prompts(prompts: list[str], method: str, tasks: list[TaskSpec], engine: ChatEngine | None,

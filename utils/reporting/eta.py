@@ -1,0 +1,54 @@
+"""How long a run takes: what is left of its plan, priced kind by kind at the pace its calls had so far.
+
+The round loop asks after the zero-shot evaluation and after every round. What is left comes from the
+run's plan (utils.federated.plan: its calls by kind), the pace from a CallPace that timed every request
+of the run (textgrad.serving.stats): the wall seconds charged to each kind of request, a request sharing
+the time with the others in flight. So an optimizer call that writes 500 tokens weighs what it weighed
+so far, not what a 64-token answer weighs, and calls that ran side by side are not counted twice.
+"""
+
+from __future__ import annotations
+
+import time
+
+from textgrad.serving.stats import Pace
+
+# Requests not every engine makes (only those that give log-probabilities measure UID): free until seen.
+OPTIONAL_KINDS = ("logprob",)
+
+
+def seconds_per_call(pace: Pace) -> dict[str, float]:
+    """Wall seconds one request of each measured kind adds, at the crowding the run had."""
+    return {kind: pace.seconds[kind] / n for kind, n in pace.calls.items() if n}
+
+
+def remaining_seconds(pace: Pace, left: dict[str, int], elapsed: float, sent_share: float = 1.0) -> float:
+    """Wall seconds the `left` requests (by kind) take: each kind at its pace so far, a kind not timed yet at
+    the mean pace of every request so far (OPTIONAL_KINDS at none). The sum is stretched by the run's share
+    of time with no request in flight (scoring, files: elapsed over busy seconds), and shrunk to the share
+    of calls sent rather than answered by the cache so far (sent_share)."""
+    paces = seconds_per_call(pace)
+    timed = sum(pace.calls.values())
+    mean = sum(pace.seconds.values()) / timed if timed else 0.0
+    busy_left = sum(n * paces.get(kind, 0.0 if kind in OPTIONAL_KINDS else mean) for kind, n in left.items())
+    stretch = elapsed / pace.busy if pace.busy > 0 else 1.0
+    return busy_left * stretch * sent_share
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate_line(when: str, elapsed: float, left_seconds: float, total_calls: int, pace: Pace) -> str:
+    """The line printed after `when` ("the zero-shot evaluation", "round 1"): the run's whole time, when it
+    ends, and the pace of each kind of call it is based on."""
+    total = elapsed + left_seconds
+    finish = time.strftime("%H:%M", time.localtime(time.time() + left_seconds))
+    paces = ", ".join(f"{kind} {seconds:.1f} s" for kind, seconds in sorted(seconds_per_call(pace).items()))
+    return (f"estimate after {when}: the whole run takes about {duration(total)} (done around {finish}), "
+            f"{total_calls} LLM calls by its plan, each kind at its pace so far ({paces or 'no request timed yet'}); "
+            "--split_sizes, --max_steps and --rounds make it shorter")
