@@ -114,7 +114,7 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
         plot_run(results, run_dir / "plots")
     finally:
         log.comet.end()
-    print_summary(results, run_dir)
+    print_summary(results, run_dir, args)
     return results
 
 
