@@ -42,7 +42,7 @@ class Experiment:
     run_larger_model: bool = True
     # task name -> {"train", "val", "test"}: the split sizes used (small BBH subtasks shrink the paper's)
     split_sizes: dict[str, dict[str, int]] = field(default_factory=dict)
-    # Leak guard and simulated attackers (client side), screened aggregation (server side): issue 16.
+    # Leak guard and simulated attackers (client side), screened aggregation (server side).
     outbound: OutboundPlan = field(default_factory=OutboundPlan)
     screening: ScreenSettings = field(default_factory=ScreenSettings)
 

@@ -88,12 +88,12 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
     if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
         raise UsageError(f"{run_dir} already holds a run: pass --resume to continue it or pick another --run_name")
     experiment = build_experiment(args, data, clients, aggregate)
-    engines = make_engines(args, check=not args.estimate)
-    if args.estimate:
+    if args.estimate:  # prices the plan from the engine names alone: no engine is made, no key is needed
         from utils.estimate.summary import print_estimate  # only when asked: the estimator is a large import
 
         print_estimate(args, experiment, run_dir)
         return {}
+    engines = make_engines(args)
     comet_path = Path(args.comet_log_path) if args.comet_log_path else Path(args.output_dir) / "comet"
     try:
         log = open_run_log(run_dir, args.comet_mode, args.comet_project_name, comet_path, resume=args.resume)
