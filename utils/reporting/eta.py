@@ -48,7 +48,8 @@ def estimate_line(when: str, elapsed: float, left_seconds: float, total_calls: i
     ends, and the pace of each kind of call it is based on."""
     total = elapsed + left_seconds
     finish = time.strftime("%H:%M", time.localtime(time.time() + left_seconds))
-    paces = ", ".join(f"{kind} {seconds:.1f} s" for kind, seconds in sorted(seconds_per_call(pace).items()))
+    paces = ", ".join(f"{kind} {seconds:.{1 if seconds >= 1 else 2}f} s"
+                      for kind, seconds in sorted(seconds_per_call(pace).items()))
     return (f"estimate after {when}: the whole run takes about {duration(total)} (done around {finish}), "
             f"{total_calls} LLM calls by its plan, each kind at its pace so far ({paces or 'no request timed yet'}); "
             "--split_sizes, --max_steps and --rounds make it shorter")

@@ -292,7 +292,7 @@ class RunConsole:
     def time_left(self, left: str) -> None:
         """The run's estimated time still to go, after the last round's accuracies on the rounds bar."""
         if self.rounds_bar is not None:
-            self.rounds_bar.set_postfix_str(f"{self.rounds_bar.postfix}, about {left} left", refresh=False)
+            self.rounds_bar.set_postfix_str(f"{self.rounds_bar.postfix}, about {left} left")
 
     # -- the whole run -----------------------------------------------------------------------
     @contextlib.contextmanager
