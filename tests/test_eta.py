@@ -81,7 +81,11 @@ def test_a_kind_not_timed_yet_goes_at_the_mean_pace_and_log_probabilities_are_fr
 
 def test_the_estimate_line_names_the_whole_time_and_each_kinds_pace() -> None:
     pace = Pace(calls={"answer": 10, "feedback": 4}, seconds={"answer": 5.0, "feedback": 8.0}, busy=13.0)
-    line = eta.estimate_line("round 1", elapsed=100.0, left_seconds=50.0, total_calls=152, pace=pace)
+    line = eta.estimate_line("round 1", elapsed=100.0, left_seconds=50.0, total_calls=152, pace=pace,
+                             left={"answer": 30, "feedback": 9, "logprob": 4})
     assert line.startswith("estimate after round 1: the whole run takes about 2 min (done around ")
     assert "152 LLM calls by its plan" in line and "(answer 0.50 s, feedback 2.0 s)" in line
+    early = eta.estimate_line("the zero-shot evaluation", elapsed=10.0, left_seconds=50.0, total_calls=152,
+                              pace=pace, left={"answer": 30, "optimizer": 3, "merge": 1, "logprob": 4, "judge": 0})
+    assert "(answer 0.50 s, feedback 2.0 s; optimizer, merge at their mean until timed)" in early
     assert [eta.duration(s) for s in (89, 95, 5399, 5400)] == ["89 s", "2 min", "90 min", "1.5 h"]

@@ -289,7 +289,7 @@ class RoundLoop:
         seconds = eta.remaining_seconds(pace, left, elapsed, sent_share)
         if done_round <= 1:
             when = "the zero-shot evaluation" if done_round == 0 else "round 1"
-            progress.note(eta.estimate_line(when, elapsed, seconds, self.plan.calls(), pace))
+            progress.note(eta.estimate_line(when, elapsed, seconds, self.plan.calls(), pace, left))
         if done_round:
             self.console.time_left(eta.duration(seconds))
         self.log.event("estimate", after_round=done_round, seconds=round(elapsed + seconds, 1),

@@ -43,13 +43,18 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def estimate_line(when: str, elapsed: float, left_seconds: float, total_calls: int, pace: Pace) -> str:
+def estimate_line(when: str, elapsed: float, left_seconds: float, total_calls: int, pace: Pace,
+                  left: dict[str, int]) -> str:
     """The line printed after `when` ("the zero-shot evaluation", "round 1"): the run's whole time, when it
-    ends, and the pace of each kind of call it is based on."""
+    ends, and the pace of each kind of call it is based on; kinds still to come that were not timed yet
+    are named, as their pace is a guess."""
     total = elapsed + left_seconds
     finish = time.strftime("%H:%M", time.localtime(time.time() + left_seconds))
     paces = ", ".join(f"{kind} {seconds:.{1 if seconds >= 1 else 2}f} s"
                       for kind, seconds in sorted(seconds_per_call(pace).items()))
+    guessed = [kind for kind, n in left.items() if n and kind not in pace.calls and kind not in OPTIONAL_KINDS]
+    if guessed:
+        paces = f"{paces or 'none timed yet'}; {', '.join(guessed)} at their mean until timed"
     return (f"estimate after {when}: the whole run takes about {duration(total)} (done around {finish}), "
             f"{total_calls} LLM calls by its plan, each kind at its pace so far ({paces or 'no request timed yet'}); "
             "--split_sizes, --max_steps and --rounds make it shorter")
