@@ -57,7 +57,8 @@ def test_rounds_is_the_flag_and_max_epochs_its_reference_name(flags: list[str], 
 
 def test_rounds_and_max_epochs_with_different_values_is_one_line_and_exit_2(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([*TINY, "--output_dir", str(tmp_path), "--rounds", "2", "--max_epochs", "3"]) == 2
+    # (--estimate: were the guard gone, the test would end at once instead of training)
+    assert main([*TINY, "--output_dir", str(tmp_path), "--rounds", "2", "--max_epochs", "3", "--estimate"]) == 2
     err = capsys.readouterr().err
     assert err == ("error: the command line gives --rounds 2 and --max_epochs 3: they name one setting, so give "
                    "one of them\n")
