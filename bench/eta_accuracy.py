@@ -30,8 +30,8 @@ def run_once(config: str, seed: int, workdir: Path, extra: list[str]) -> tuple[d
     """(results.json, the estimate events) of one run with a fresh response cache."""
     name = f"eta-seed{seed}"
     command = [sys.executable, str(REPO / "main.py"), "--config", config, "--seed", str(seed),
-               "--output_dir", str(workdir / "runs"), "--run_name", name, "--cache_dir", str(workdir / f"cache-{name}"),
-               "--comet_mode", "disabled", *extra]
+               "--output_dir", str(workdir / "runs"), "--run_name", name,
+               "--cache_dir", str(workdir / f"cache-{name}"), "--comet_mode", "disabled", *extra]
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     run_dir = workdir / "runs" / name
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]

@@ -87,5 +87,5 @@ def test_the_estimate_line_names_the_whole_time_and_each_kinds_pace() -> None:
     assert "152 LLM calls by its plan" in line and "(answer 0.50 s, feedback 2.0 s)" in line
     early = eta.estimate_line("the zero-shot evaluation", elapsed=10.0, left_seconds=50.0, total_calls=152,
                               pace=pace, left={"answer": 30, "optimizer": 3, "merge": 1, "logprob": 4, "judge": 0})
-    assert "(answer 0.50 s, feedback 2.0 s; optimizer, merge at their mean until timed)" in early
+    assert "(answer 0.50 s, feedback 2.0 s; optimizer, merge not timed yet, so at the mean)" in early
     assert [eta.duration(s) for s in (89, 95, 5399, 5400)] == ["89 s", "2 min", "90 min", "1.5 h"]

@@ -73,7 +73,7 @@ def test_the_verdict_of_a_run_on_capable_engines_suggests_no_server(tmp_path: Pa
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     args = replace(QUICKSTART, test_engine="vllm-qwen", evaluation_engine="gpt-4o")
     verdict = line(summary(tmp_path, ScriptedEngine(answer=lambda q, s: "Answer: -1"), capsys, args), "result")
-    assert "--max_epochs" in verdict and "python main.py" not in verdict
+    assert "--rounds" in verdict and "python main.py" not in verdict
 
 
 def test_the_rerun_command_repeats_the_experiment_on_capable_models() -> None:
@@ -82,4 +82,5 @@ def test_the_rerun_command_repeats_the_experiment_on_capable_models() -> None:
     assert rerun_command(args) == ("python main.py --module train_hetero_fed --task BBH_navigate GSM8K --data_dir "
                                    "../shared/data --split_sizes 12,20,20 --test_engine gpt-4o-mini "
                                    "--evaluation_engine gpt-4o")
-    assert rerun_command(replace(args, config="my config.yaml")).startswith("python main.py --config 'my config.yaml' ")
+    with_config = rerun_command(replace(args, config="my config.yaml"))
+    assert with_config.startswith("python main.py --config 'my config.yaml' --test_engine")

@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
              help="USD per million prompt tokens, for every engine or ENGINE=USD for one (default: "
                   "utils/estimate/prices.py for OpenAI models)")
     estimate("--price_out", nargs="+", type=_price, default=None, metavar="[ENGINE=]USD",
-             help="USD per million completion tokens, as --price_in (default: as --price_in)")
+             help="USD per million completion tokens, given as for --price_in (default: utils/estimate/prices.py "
+                  "for OpenAI models)")
     estimate("--estimate_json", default=None, metavar="FILE",
              help="with --estimate, also write the estimate here (default: not written)")
     _add_privacy_and_robustness_flags(p)

@@ -1,9 +1,9 @@
 """Junk that must never become a prompt: an optimizer or merge reply that parsed, yet holds no instructions.
 
 Small models answer a rewrite request with an answer ("2. The answer is 2"), stray brackets ("]["), or a
-question copied out of the feedback ("How many musical instruments do I have?"). Such a reply is rejected like a reply in the wrong format:
-the local step keeps its prompt, the merge falls back to the concatenation, and the reply is counted as
-its own kind, DEGENERATE. A reply is degenerate when
+question copied out of the feedback ("How many musical instruments do I have?"). Such a reply is rejected
+like a reply in the wrong format: the local step keeps its prompt, the merge falls back to the
+concatenation, and the reply is counted as its own kind, DEGENERATE. A reply is degenerate when
   - what is left once its answer statements are removed (utils.tasks.answers) has fewer than MIN_WORDS
     distinct words or fewer than MIN_LETTERS letters: a handful of characters or words, or no instruction
     left besides an answer;

@@ -24,7 +24,7 @@ makes fewer, or more when an earlier round's prompt validates best (its own fina
 Each part of the plan also gives its calls by kind (`Calls`: answer, feedback, optimizer, merge, judge),
 with the log-probability requests of the UID measures beside them (a round measures every returned prompt
 and its aggregate; they are not LLM calls of the run, so `total` leaves them out). The progress estimate
-prices what is left of the plan kind by kind (utils.reporting.progress.remaining_seconds).
+prices what is left of the plan kind by kind (utils.reporting.eta.remaining_seconds).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def estimate_line(when: str, elapsed: float, left_seconds: float, total_calls: i
                       for kind, seconds in sorted(seconds_per_call(pace).items()))
     guessed = [kind for kind, n in left.items() if n and kind not in pace.calls and kind not in OPTIONAL_KINDS]
     if guessed:
-        paces = f"{paces or 'none timed yet'}; {', '.join(guessed)} at their mean until timed"
+        paces = f"{paces or 'none timed yet'}; {', '.join(guessed)} not timed yet, so at the mean"
     return (f"estimate after {when}: the whole run takes about {duration(total)} (done around {finish}), "
             f"{total_calls} LLM calls by its plan, each kind at its pace so far ({paces or 'no request timed yet'}); "
             "--split_sizes, --max_steps and --rounds make it shorter")

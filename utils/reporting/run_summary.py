@@ -113,7 +113,7 @@ def verdict(results: dict[str, Any], args: RunConfig) -> str | None:
     sentence = (f"result         no round improved on the starting prompt (validation {val:.3f} on "
                 f"{_questions(results, 'val')}, never beaten)")
     if "local" not in (args.test_engine, args.evaluation_engine):
-        return sentence + "; more rounds or steps (--max_epochs, --max_steps) or a stronger evaluation engine may help"
+        return sentence + "; more rounds or steps (--rounds, --max_steps) or a stronger evaluation engine may help"
     return (sentence + "; the packaged 135M model is a smoke test, not a research model, so for a result worth "
             f"reading run it against a capable server, e.g. with OPENAI_API_KEY set: {rerun_command(args)} "
             "(or your own vLLM, SGLang or Ollama server: docs/engines.md)")

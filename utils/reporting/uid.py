@@ -43,8 +43,9 @@ def uid_measures(text: str, engine: Any) -> dict[str, float | int] | None:
         logprobs = prompt_logprobs(text)
     except Exception as exc:  # noqa: BLE001 - a measurement must never stop a run
         backend = getattr(getattr(engine, "backend", None), "kind", "unknown")
+        able = [b.prefix if b.prefix == "local" else f"{b.prefix}<model>" for b in backends_with_prompt_logprobs()]
         logger.warning("UID measures not available from %s (a %s server): it returned no prompt log-probabilities "
                        "(%s: %s); the backends that give them: %s", getattr(engine, "name", engine), backend,
-                       type(exc).__name__, exc, ", ".join(b.prefix if b.prefix == "local" else f"{b.prefix}<model>" for b in backends_with_prompt_logprobs()))
+                       type(exc).__name__, exc, ", ".join(able))
         return None
     return surprisal_stats([-value for _, value in logprobs]) if logprobs is not None else None
