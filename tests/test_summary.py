@@ -48,6 +48,7 @@ def test_a_run_that_improved_nothing_says_so_with_the_command_for_a_capable_serv
     assert line(lines, "change") == ("change         test 0.000 -> 0.000 (+0.000) with the final prompt, "
                                      "0.000 -> 0.000 (+0.000) with the best, on 4 questions")
     verdict = line(lines, "result")
+    assert lines[-1] == verdict  # the summary's last line
     assert verdict.startswith("result         no round improved on the starting prompt (validation 0.000 on "
                               "4 questions, never beaten); the packaged 135M model is a smoke test")
     assert ("python main.py --config configs/quickstart.yaml --test_engine gpt-4o-mini --evaluation_engine gpt-4o"

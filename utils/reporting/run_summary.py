@@ -134,7 +134,6 @@ def print_summary(results: dict[str, Any], run_dir: Path, args: RunConfig) -> No
         f"final test     last {_fmt(results['final_test']['last'])}   best {_fmt(results['final_test']['best'])}",
         _accuracy_change(results),
         *_prompt_lines(results, run_dir),
-        *filter(None, [verdict(results, args)]),
         f"LLM            {llm['calls']} calls, {llm['prompt_tokens']}+{llm['completion_tokens']} tokens, "
         f"cache {llm['cache_hits']} hits / {llm['cache_misses']} misses, {llm['retries']} retries",
         f"format fails   optimizer {_by_kind(ff, 'optimizer_')}; merge {_by_kind(ff, 'aggregation_')}; "
@@ -143,5 +142,6 @@ def print_summary(results: dict[str, Any], run_dir: Path, args: RunConfig) -> No
         *_defence_lines(results),
         f"wall time      {results['wall_seconds']:.1f} s",
         f"outputs        {run_dir}",
+        *filter(None, [verdict(results, args)]),  # last, where the eye lands
     ]
     print("\n".join(lines), flush=True)
