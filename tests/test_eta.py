@@ -69,6 +69,15 @@ def test_the_time_left_is_each_kind_at_its_pace() -> None:
         pytest.approx(40.0)
 
 
+def test_what_is_left_is_scaled_by_how_much_of_its_plan_the_run_really_sent() -> None:
+    # 12 re-scores planned and 8 sent (steps whose rewrite was unusable skip theirs): 2/3 of the 30 answers
+    # left; merges as planned; logprob requests half answered by the memo; judge not planned so far: as is.
+    left = eta.as_made({"answer": 30, "merge": 1, "logprob": 4, "judge": 6},
+                       planned={"answer": 12, "merge": 1, "logprob": 4, "judge": 0},
+                       sent={"answer": 8, "merge": 1, "logprob": 2})
+    assert left == pytest.approx({"answer": 20.0, "merge": 1.0, "logprob": 2.0, "judge": 6.0})
+
+
 def test_a_kind_not_timed_yet_goes_at_the_mean_pace_and_log_probabilities_are_free_until_seen() -> None:
     pace = Pace(calls={"answer": 10, "optimizer": 2}, seconds={"answer": 5.0, "optimizer": 10.0}, busy=15.0)
     mean = 15.0 / 12

@@ -139,7 +139,7 @@ class RoundLoop:
                                    lambda last_try: self.one_round(planned, last_try), self.keep_cost_of_failed_tries)
         keep_best(self.state, summary)
         self.checkpoint(summary)
-        self.report_eta(planned.index, self.state.llm)
+        self.report_eta(planned.index)
 
     def one_round(self, planned: Round, last_try: bool) -> RoundSummary:
         """One try of a round, recorded. Its clients were chosen by the plan: a seeded draw of
@@ -273,19 +273,22 @@ class RoundLoop:
         if self.steps_bar is not None:
             self.steps_bar.step_done()
 
-    def report_eta(self, done_round: int, counts: dict[str, int]) -> None:
-        """The whole run's time: what is left of its plan, each kind of call at its pace so far (counts: the
-        run's calls and cache hits so far). Printed after the zero-shot evaluation and after round 1, the
-        first moment every kind of call has been timed; after every round on the rounds bar and in events."""
+    def report_eta(self, done_round: int, counts: dict[str, int] | None = None) -> None:
+        """The whole run's time: what is left of its plan, each kind of call at its pace so far. Printed after
+        the zero-shot evaluation (counts: the run's calls and cache hits by then) and after round 1, the first
+        moment every kind of call has been timed; after every round on the rounds bar and in events."""
         left_plan = self.plan.after(done_round)
         if not left_plan.rounds:
             return  # the final test is all that is left, and the last round ran it
         pace, elapsed = self.pace.snapshot(), time.monotonic() - self.began
-        left = left_plan.kinds().by_kind()
+        left: dict[str, float] = dict(left_plan.kinds().by_kind())
         if done_round == 0:  # round 1 runs beside the zero-shot evaluation: its calls so far are not left
             zero_shot = sum((e.kinds for e in self.plan.zero_shot), Calls()).by_kind()
             left = {kind: max(0, n - max(0, pace.calls.get(kind, 0) - zero_shot[kind])) for kind, n in left.items()}
-        sent_share = counts["calls"] / max(1, counts["calls"] + counts["cache_hits"])
+            sent_share = counts["calls"] / max(1, counts["calls"] + counts["cache_hits"]) if counts else 1.0
+        else:  # the rounds so far tell how much of its plan the run really sends
+            planned = {kind: n - left[kind] for kind, n in self.plan.kinds().by_kind().items()}
+            left, sent_share = eta.as_made(left, planned, pace.calls), 1.0
         seconds = eta.remaining_seconds(pace, left, elapsed, sent_share)
         if done_round <= 1:
             when = "the zero-shot evaluation" if done_round == 0 else "round 1"

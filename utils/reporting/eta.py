@@ -22,7 +22,15 @@ def seconds_per_call(pace: Pace) -> dict[str, float]:
     return {kind: pace.seconds[kind] / n for kind, n in pace.calls.items() if n}
 
 
-def remaining_seconds(pace: Pace, left: dict[str, int], elapsed: float, sent_share: float = 1.0) -> float:
+def as_made(left: dict[str, int], planned: dict[str, int], sent: dict[str, int]) -> dict[str, float]:
+    """What is left of the plan as the run has been making its calls: each kind scaled by the share of its
+    planned calls so far that were sent. The plan assumes the costlier outcome (every step re-scores, every
+    round merges and validates a new prompt); the run knows how often that held, and which calls the
+    response cache or the evaluator's memo answered."""
+    return {kind: n * (sent.get(kind, 0) / planned[kind] if planned.get(kind) else 1.0) for kind, n in left.items()}
+
+
+def remaining_seconds(pace: Pace, left: dict[str, float], elapsed: float, sent_share: float = 1.0) -> float:
     """Wall seconds the `left` requests (by kind) take: each kind at its pace so far, a kind not timed yet at
     the mean pace of every request so far (OPTIONAL_KINDS at none). The sum is stretched by the run's share
     of time with no request in flight (scoring, files: elapsed over busy seconds), and shrunk to the share
@@ -44,7 +52,7 @@ def duration(seconds: float) -> str:
 
 
 def estimate_line(when: str, elapsed: float, left_seconds: float, total_calls: int, pace: Pace,
-                  left: dict[str, int]) -> str:
+                  left: dict[str, float]) -> str:
     """The line printed after `when` ("the zero-shot evaluation", "round 1"): the run's whole time, when it
     ends, and the pace of each kind of call it is based on; kinds still to come that were not timed yet
     are named, as their pace is a guess."""
