@@ -7,6 +7,8 @@ format line served instead of trained, structured replies, issue 13), so later r
 or the round loop are checked against this run. The heterogeneous and centralized runs were recorded at
 commit caaceeb, before textgrad/ and utils/ were laid out anew. Issue 27 moved only the homogeneous and
 heterogeneous runs' prompt tokens, by 33 each: their two merge requests now state the merged prompt's budget.
+The degenerate counts (junk replies, zero in these runs) were added to format_failures later, with nothing
+else moved.
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ BEFORE = {"final_prompt": FINAL_PROMPT, **{'zero_shot': {'test': {'mean': 0.5, '
                           {'client0': 119, 'client1': 119, 'client2': 92}],
  'aggregate_uid_tokens': [91, 118],
  'steps': {'accepted': 8, 'total': 12},
- 'format_failures': {'aggregation_empty': 0,
+ 'format_failures': {'aggregation_degenerate': 0,
+                     'aggregation_empty': 0,
                      'aggregation_no_tags': 0,
                      'aggregation_truncated': 0,
                      'aggregation_unparseable_json': 0,
                      'judge': 0,
+                     'optimizer_degenerate': 0,
                      'optimizer_empty': 0,
                      'optimizer_no_tags': 0,
                      'optimizer_truncated': 0,
@@ -98,11 +102,13 @@ HETERO = {'aggregate_tokens': [69, 136],
                          'synthetic_multistep_arithmetic': 0.3333333333333333,
                          'synthetic_object_counting': 0.5,
                          'synthetic_word_sorting': 0.16666666666666666}},
- 'format_failures': {'aggregation_empty': 0,
+ 'format_failures': {'aggregation_degenerate': 0,
+                     'aggregation_empty': 0,
                      'aggregation_no_tags': 0,
                      'aggregation_truncated': 0,
                      'aggregation_unparseable_json': 0,
                      'judge': 0,
+                     'optimizer_degenerate': 0,
                      'optimizer_empty': 0,
                      'optimizer_no_tags': 0,
                      'optimizer_truncated': 0,
@@ -162,11 +168,13 @@ CENTRALIZED = {'aggregate_tokens': [63, 90],
                  'before moving on.',
  'final_test': {'best': {'mean': 0.5, 'synthetic_multistep_arithmetic': 0.5},
                 'last': {'mean': 0.3333333333333333, 'synthetic_multistep_arithmetic': 0.3333333333333333}},
- 'format_failures': {'aggregation_empty': 0,
+ 'format_failures': {'aggregation_degenerate': 0,
+                     'aggregation_empty': 0,
                      'aggregation_no_tags': 0,
                      'aggregation_truncated': 0,
                      'aggregation_unparseable_json': 0,
                      'judge': 0,
+                     'optimizer_degenerate': 0,
                      'optimizer_empty': 0,
                      'optimizer_no_tags': 0,
                      'optimizer_truncated': 0,

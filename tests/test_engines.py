@@ -70,8 +70,9 @@ def test_missing_openai_key_is_one_clear_line() -> None:
     with pytest.raises(EngineError) as info:
         get_engine("gpt-4o-mini")
     message = str(info.value)
-    assert "OPENAI_API_KEY is not set" in message
-    assert "--evaluation_engine local" in message
+    # the engine, the variable to set, and the other way: a server of one's own at OPENAI_BASE_URL
+    assert "engine 'gpt-4o-mini'" in message and "needs OPENAI_API_KEY, which is not set" in message
+    assert "export OPENAI_API_KEY=" in message and "set OPENAI_BASE_URL" in message
     assert "\n" not in message
 
 

@@ -338,8 +338,9 @@ def test_optimizer_merge_and_judge_use_each_backends_structured_output(flavour: 
         assert optimizer.updated == [True] and optimizer.failures == [None]
         assert set(json.loads(optimizer.last_replies[0])) == {"improved_text"}  # it came back as JSON
         assert variable.value.startswith("You are a careful problem solver.\n")
-        merged = aggregate_prompts(["A. B.", "A. C."], "summarization", [COUNTING], engine)
-        assert merged.failure is None and merged.prompt == "A.\nB.\nC."
+        merged = aggregate_prompts(["Count every item. Add them up.", "Count every item. Check the sum."],
+                                   "summarization", [COUNTING], engine)
+        assert merged.failure is None and merged.prompt == "Count every item.\nAdd them up.\nCheck the sum."
         assert judge_answer(engine, "Answer: 12", "12") == 1
         shape = "json_object" if flavour == "llama-cpp-python" else "json_schema"
         assert server.stats["response_formats"] == {shape: 3}

@@ -192,8 +192,10 @@ def test_flower_run_config_is_checked_like_the_command_line(tmp_path):
                                      "output_dir": str(tmp_path)})
     assert args.task == ["synthetic_object_counting", "GSM8K"] and args.run_name is None
     assert args.max_epochs == 2 and flower.round_timeout == 30.0 and flower.node_wait == 120.0
-    with pytest.raises(UsageError, match="unknown key 'rounds' in the Flower run config"):
-        parse_run_config({"module": "train_homo_fed", "rounds": 3})
+    with pytest.raises(UsageError, match="unknown key 'epochs' in the Flower run config"):
+        parse_run_config({"module": "train_homo_fed", "epochs": 3})
+    rounds, _ = parse_run_config({"module": "train_homo_fed", "rounds": 3, "output_dir": str(tmp_path)})
+    assert rounds.max_epochs == 3  # --rounds, the name --max_epochs is kept beside
     with pytest.raises(UsageError, match="max_steps"):
         parse_run_config({"module": "train_homo_fed", "max_steps": 0})
     for bad in ("soon", -5):

@@ -17,10 +17,13 @@ import pytest
 
 from bench.fake_server import FakeServer
 from main import main
+from textgrad.serving.stats import CallPace, paced
+from utils.config import parse_args
 from utils.estimate.requests import PlanSpec, plan_calls
 from utils.federated.client import LocalSettings
 from utils.federated.experiment import Client, Experiment
 from utils.federated.plan import plan_run
+from utils.federated.runner import experiment_from_args
 from utils.federated.screening import ScreenSettings
 from utils.tasks.registry import Example, resolve_task
 
@@ -151,7 +154,8 @@ def test_estimate_progress_and_the_run_agree_with_the_plan(tmp_path: Path, monke
         monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
         assert main([*argv, "--estimate", "--estimate_json", str(tmp_path / "estimate.json")]) == 0
         assert server.stats["requests"] == 0
-        assert main(argv) == 0
+        with paced(CallPace()) as pace:  # times every request of the run, by kind, as the run's ETA does
+            assert main(argv) == 0
         requests = server.stats["requests"]
     capsys.readouterr()
     estimate = json.loads((tmp_path / "estimate.json").read_text())
@@ -163,3 +167,16 @@ def test_estimate_progress_and_the_run_agree_with_the_plan(tmp_path: Path, monke
     assert progress_total == BENCH_CALLS
     assert results["llm"]["calls"] + results["llm"]["cache_hits"] == BENCH_CALLS == requests
     assert results["best"]["round"] == 2 and results["steps"]["total"] == 12  # the plan's assumptions held
+    # The ETA prices the plan's calls by kind at the pace of the requests it timed: the same kinds, call for call
+    # (answers: zero-shot 4 + 4, 2 rounds x 3 clients x 2 steps x 2 x 2, validation 4 + 4, the last test 4;
+    # log-probabilities: each round's 3 client prompts and its aggregate, a text measured once however often
+    # it comes back, so the run measures its distinct prompts).
+    kinds = {"answer": 8 + 48 + 8 + 4, "feedback": 24, "optimizer": 12, "merge": 2, "judge": 0, "logprob": 8}
+    assert plan_run_of(argv).kinds().by_kind() == kinds
+    measured = {path.read_text() for path in (run_dir / "prompts").glob("round_00[12]/*.txt")}
+    assert pace.snapshot().calls == {**{kind: n for kind, n in kinds.items() if n}, "logprob": len(measured)}
+
+
+def plan_run_of(argv: list[str]):
+    """The plan main.py walks for these flags."""
+    return plan_run(experiment_from_args(parse_args(argv)))

@@ -31,7 +31,7 @@ FREE_FORM = resolve_task("BBH_my_free_text_task", kind_hint_targets=["a sunny da
 
 
 def _versioned_run(tmp_path: Path, correct_by_version: dict[int, int]) -> dict:
-    """One client, one step per round; round r's prompt is "Version r" and gets correct_by_version[r]
+    """One client, one step per round; round r's prompt is "Version r: ..." and gets correct_by_version[r]
     of the 4 validation questions right (version 0 = the starting prompt); training batches are always
     right, so every new prompt is kept."""
     versions = itertools.count(1)
@@ -46,7 +46,7 @@ def _versioned_run(tmp_path: Path, correct_by_version: dict[int, int]) -> dict:
         right = question not in val_questions or val_questions.index(question) < correct_by_version[version]
         return f"Answer: {targets[question]}" if right else "Answer: -1"
 
-    engine = ScriptedEngine(answer=answer, improve=lambda cur: f"Version {next(versions)}.")
+    engine = ScriptedEngine(answer=answer, improve=lambda cur: f"Version {next(versions)}: count each item once.")
     return run(tmp_path, exp, engine)
 
 
@@ -62,7 +62,7 @@ def test_best_prompt_is_the_round_with_the_highest_validation_score_ties_keep_th
                                                             for v in range(1, len(correct_by_version))]
     assert (results["best"]["round"], results["best"]["val"]) == (best_round, best_val)
     if best_round:
-        assert f"Version {best_round}." in results["best"]["prompt"]
+        assert f"Version {best_round}:" in results["best"]["prompt"]
     else:
         assert results["best"]["prompt"] == starting_prompt([COUNTING])
 
@@ -110,10 +110,11 @@ def test_no_merge_call_when_every_client_returns_the_same_prompt(tmp_path):
     aggregate_prompts([f"Same.\n{fmt}", f"Other.\n{fmt}"], "summarization", [COUNTING], engine)
     assert engine.count("merge") == 1
 
-    same = ScriptedEngine(improve=lambda cur: "Same.")
+    same = ScriptedEngine(improve=lambda cur: "Count the same way every time.")
     results = run(tmp_path, make_experiment([COUNTING], homo_clients(), rounds=2, method="sum_uid"), same)
     assert same.count("merge") == 0 and same.count("optimizer") == 3 * 2 * 2
-    assert results["final_prompt"] == "Same."  # the trained text: the format line is served, not trained
+    # the trained text: the format line is served, not trained
+    assert results["final_prompt"] == "Count the same way every time."
 
 
 # ------------------------------------------------------------------ LLM judge

@@ -179,18 +179,28 @@ def test_a_repeated_warning_prints_once_above_the_bars_with_its_count_at_the_end
         assert re.search(r"(\r|\n|\x1b\[A)$", screen[:match.start()]), repr(screen[match.start() - 80:match.start()])
 
 
-def test_the_estimate_of_the_whole_run_follows_the_zero_shot_phase(scenarios: dict[str, Future]) -> None:
+def test_the_estimate_of_the_whole_run_follows_the_zero_shot_phase_and_round_1(scenarios: dict[str, Future]) -> None:
     run = scenarios["watched"].result()
     screen, results = run["screen"], run["results"]
-    line = re.search(r"estimate: the whole run takes about (\d+) s .*?: (\d+) LLM calls by its plan", screen)
+    line = re.search(r"estimate after the zero-shot evaluation: the whole run takes about (\d+) s .*?, "
+                     r"(\d+) LLM calls by its plan, each kind at its pace so far \((.*?)\)", screen)
     assert line, screen[-2000:]
-    assert screen.index("estimate:") > screen.rindex("zero-shot:")  # after its bar closed, not before
+    assert screen.index("estimate after") > screen.rindex("zero-shot:")  # after its bar closed, not before
     estimated_calls = int(line.group(2))
     made = results["llm"]["calls"] + results["llm"]["cache_hits"]
     assert made / 2 <= estimated_calls <= made * 2  # the plan's a-priori count: see tests/test_plan.py
-    events = read_events(run["run_dir"])
-    estimate = next(e for e in events if e["type"] == "estimate")
-    assert estimate["llm_calls"] == estimated_calls and estimate["seconds"] > 0
+    after_round_1 = re.search(r"estimate after round 1: .*? each kind at its pace so far \((.*?)\)", screen)
+    assert after_round_1, screen[-2000:]
+    # By then every kind of call this run makes has been timed (the UID requests too: the server takes them,
+    # though it answers without log-probabilities).
+    assert re.fullmatch(r"answer [\d.]+ s, feedback [\d.]+ s, logprob [\d.]+ s, merge [\d.]+ s, optimizer [\d.]+ s",
+                        after_round_1.group(1))
+    events = [e for e in read_events(run["run_dir"]) if e["type"] == "estimate"]
+    assert [e["after_round"] for e in events] == [0, 1, 2]  # none after the last round: nothing is left
+    assert events[0]["llm_calls"] == estimated_calls and all(e["seconds"] > 0 for e in events)
+    # The rounds bar shows the time still to go after each round but the last.
+    assert any(re.search(r"2/3 .*best [\d.]+ \(round \d\), about \d+ s left", line)
+               for line in bar_lines(screen, "rounds"))
 
 
 def test_events_have_timestamps_and_results_per_phase_seconds(scenarios: dict[str, Future]) -> None:
@@ -390,13 +400,6 @@ def test_warnings_repeat_once_per_run_with_their_count(capsys: pytest.CaptureFix
     with progress.run_console():
         logger.warning("cannot reach %s", "the server")
     assert capsys.readouterr().err == ""
-
-
-def test_estimate_line_uses_the_pace_of_requests_sent() -> None:
-    line, seconds = progress.estimate_line(elapsed=10.0, requests_sent=20, calls_done=30, total_calls=130)
-    assert seconds == pytest.approx(60.0)  # 10 s + the 100 calls left x 0.5 s (the 10 cache hits were free)
-    assert "takes about 60 s" in line and "130 LLM calls by its plan" in line and "0.50 s each" in line
-    assert progress.estimate_line(elapsed=10.0, requests_sent=20, calls_done=30, total_calls=25)[1] == 10.0
 
 
 def test_fake_server_on_a_port_in_use_is_one_line_and_exit_2() -> None:

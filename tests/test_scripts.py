@@ -105,7 +105,8 @@ def test_sweeps_cover_the_paper_grid_over_seeds(script: str, flag: str | None, v
     assert {a.config for a in runs} == {str(REPO_ROOT / "configs" / "paper" / script.replace(".sh", ".yaml"))}
 
 
-def test_environment_and_extra_flags_reach_every_run(tmp_path: Path) -> None:
+def test_environment_and_extra_flags_reach_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # the runs' key, which parsing their commands here checks too
     env = {"FEDTEXTGRAD_TEST_ENGINE": "vllm-small", "FEDTEXTGRAD_EVAL_ENGINE": "gpt-4o",
            "FEDTEXTGRAD_DATA_DIR": str(tmp_path), "FEDTEXTGRAD_OUTPUT_DIR": "rel/out",
            "FEDTEXTGRAD_SPLIT_SIZES": "3,3,3", "FEDTEXTGRAD_ROUNDS": "1", "GRID": "1 2", "SETTING": "hetero",

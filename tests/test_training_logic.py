@@ -157,12 +157,13 @@ def test_format_failures_are_counted_not_raised():
 
 
 def test_an_edit_without_format_line_is_served_with_it_and_kept():
-    engine = ScriptedEngine(answer=lambda q, s: "Answer: 3", improve=lambda cur: "Just answer.")
+    EDIT = "Count each listed item once, then add them up."
+    engine = ScriptedEngine(answer=lambda q, s: "Answer: 3", improve=lambda cur: EDIT)
     prompt, result = _step(engine, proximal=False)
-    assert prompt == "Just answer." and result.accepted and result.format_failure is None
+    assert prompt == EDIT and result.accepted and result.format_failure is None
     systems = [system for kind, system, _ in engine.calls if kind == "answer"]
     assert systems[:2] == [STARTING + "\n" + COUNTING.format_instruction] * 2  # forward pass
-    assert systems[2:] == ["Just answer.\n" + COUNTING.format_instruction] * 2  # re-score
+    assert systems[2:] == [EDIT + "\n" + COUNTING.format_instruction] * 2  # re-score
     optimizer_request = next(p for kind, _, p in engine.calls if kind == "optimizer")
     assert COUNTING.format_instruction not in optimizer_request  # the format line is never trained
 

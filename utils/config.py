@@ -7,7 +7,6 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -16,12 +15,14 @@ from typing import Any, NoReturn
 import yaml
 
 # The engine-name grammar is textgrad.serving.backends' (a cheap import: no LLM client library loads with it).
-from textgrad.serving.backends import engine_name_problem
+from textgrad.serving.backends import engine_name_problem, missing_key_problem
 from utils.federated.sampling import temperature_entry, top_p_entry
 from utils.privacy.attacks import ATTACKS
 from utils.privacy.leakage import LEAK_GUARDS
 from utils.tasks.registry import TaskError, check_bbh_subtask, initial_prompt_text
 
+from .files import writable_folder
+from .flag_names import Aliased, key_problem, names_problem
 from .run_config import RunConfig
 
 MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
@@ -91,14 +92,24 @@ def _price(text: str) -> str:
 
 
 class _HelpFormatter(argparse.HelpFormatter):
-    """Each flag's help with its default, unless the flag is unset by default or the help says it."""
+    """Each flag's help with its default (a switch's is "off"), unless the help says it."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+        if "default" in text or action.default is None or action.default is argparse.SUPPRESS:
             return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
         default = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
         return f"{text} (default: {str(default).replace('%', '%%')})".lstrip()
+
+
+def _run_config(namespace: argparse.Namespace, source: str | None) -> RunConfig:
+    """The parsed flags as a RunConfig; with a source, a setting given under two names is checked."""
+    problem = names_problem(namespace, source)
+    if problem:
+        raise UsageError(problem)
+    return RunConfig.from_namespace(namespace)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,15 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     outputs = p.add_argument_group("outputs", "the run folder <output_dir>/<run_name>/ and comet_ml").add_argument
     estimate = p.add_argument_group("estimate", "the bill before the run: calls, tokens, time, money; "
                                                 "no LLM is called").add_argument
-    run("--module", choices=MODULES, help="which experiment to run")
-    run("--config", help="YAML file whose keys are flag names; the command line wins")
+    run("--module", choices=MODULES, help="which experiment to run (required)")
+    run("--config", help="YAML file whose keys are flag names; the command line wins (default: none)")
     run("--task", nargs="+", default=["BBH_object_counting"],
         help="BBH_<subtask>, GSM8K (alias GSM8K_DSPy) or synthetic_{object_counting,word_sorting,"
              "multistep_arithmetic}; several for train_hetero_fed")
     engines("--evaluation_engine", default="local", help="model for feedback, optimizer, merging, judging")
     engines("--test_engine", default="local", help="model whose system prompt is trained")
     run("--batch_size", type=_positive_int, default=3, help="training examples per local step")
-    run("--max_epochs", type=_positive_int, default=3, help="rounds (epochs for train_centralized)")
+    run("--rounds", "--max_epochs", dest="max_epochs", action=Aliased, type=_positive_int, default=3, metavar="N",
+        help="rounds of the run (epochs of train_centralized); --max_epochs is the reference code's name for it")
     run("--max_steps", type=_positive_int, default=3, help="local steps per client per round")
     run("--seed", type=int, default=42, help="batches, partitions and client sampling (never the splits)")
     federated("--aggregate_method", choices=AGGREGATE_METHODS, default="summarization",
@@ -151,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     federated("--partition", choices=("iid", "dirichlet"), default="iid", help="how train_homo_fed shards a task")
     federated("--dirichlet_alpha", type=_positive_float, default=1.0,
               help="skew of --partition dirichlet by answer value: smaller is more skewed")
-    federated("--clients_per_round", type=_positive_int, default=None, help="default: every client")
+    federated("--clients_per_round", type=_positive_int, default=None,
+              help="clients chosen (seeded) each round (default: every client)")
     outputs("--output_dir", default="logs", help="where run folders go")
     outputs("--run_name", default=None, help="the run folder's name (default: module, tasks, method, seed, time)")
     outputs("--resume", action="store_true", help="continue --run_name from its last completed round")
@@ -194,18 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
              help="USD per million prompt tokens, for every engine or ENGINE=USD for one (default: "
                   "utils/estimate/prices.py for OpenAI models)")
     estimate("--price_out", nargs="+", type=_price, default=None, metavar="[ENGINE=]USD",
-             help="USD per million completion tokens, as --price_in")
-    estimate("--estimate_json", default=None, metavar="FILE", help="with --estimate, also write the estimate here")
+             help="USD per million completion tokens, given as for --price_in (default: utils/estimate/prices.py "
+                  "for OpenAI models)")
+    estimate("--estimate_json", default=None, metavar="FILE",
+             help="with --estimate, also write the estimate here (default: not written)")
     _add_privacy_and_robustness_flags(p)
     return p
 
 
 def default_run_config() -> RunConfig:
     """Every flag at its default (module None): what a run is before any flag is given."""
-    return RunConfig.from_namespace(build_parser().parse_args([]))
+    return _run_config(build_parser().parse_args([]), None)
 
 
-# ---------------------------------------------------------------- privacy and robustness (issue 16)
+# ---------------------------------------------------------------- privacy and robustness
 ROBUST_AGGREGATIONS = ("none", "screen")
 
 
@@ -248,16 +263,21 @@ def _config_to_argv(parser: argparse.ArgumentParser, path: str, skip: tuple[str,
 
 def mapping_to_argv(parser: argparse.ArgumentParser, data: dict[str, Any], path: str,
                     skip: tuple[str, ...] = ()) -> list[str]:
-    """Flag names -> values (from YAML, or a Flower run config named by `path`) as command-line flags."""
-    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    """Flag names -> values (from YAML, or a Flower run config named by `path`) as command-line flags. A
+    setting with two names (rounds, max_epochs) may be given under either, not under both with two values."""
+    actions = {name.lstrip("-"): a for a in parser._actions for name in a.option_strings}
     argv: list[str] = []
+    seen: dict[str, tuple[str, Any]] = {}  # dest -> the first key that gave it, and its value
     for key, value in data.items():
         if key in skip or value == REDACTED:
             continue
         action = actions.get(str(key))
-        if action is None or key in ("config", "help"):
+        if action is None or action.dest in ("config", "help"):
             raise UsageError(f"unknown key {key!r} in {path}: keys are flag names such as task, max_steps "
                              "(see python main.py --help)")
+        problem = key_problem(seen, action.dest, key, value, path)
+        if problem:
+            raise UsageError(problem)
         flag = f"--{key}"
         if isinstance(action, argparse._StoreTrueAction):
             if not isinstance(value, bool):
@@ -275,7 +295,7 @@ def mapping_to_argv(parser: argparse.ArgumentParser, data: dict[str, Any], path:
 def parse_args(argv: list[str] | None = None) -> RunConfig:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    first = RunConfig.from_namespace(parser.parse_known_args(argv)[0])
+    first = _run_config(parser.parse_known_args(argv)[0], "the command line")
     config_argv = _config_to_argv(parser, first.config) if first.config else []
     if first.resume and first.run_name:
         check_run_name(first.run_name)  # before it names a file to read
@@ -285,7 +305,7 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         if saved.is_file():
             config_argv = _config_to_argv(parser, str(saved), skip=("config", "resume", "run_name", "output_dir"))
     # Later flags win: the command line beats the file.
-    args = RunConfig.from_namespace(parser.parse_args(config_argv + argv))
+    args = _run_config(parser.parse_args(config_argv + argv), None)
     validate_args(args)
     return args
 
@@ -294,7 +314,7 @@ def validate_args(args: RunConfig) -> None:
     if args.module is None:
         raise UsageError("no --module given: choose one of " + ", ".join(MODULES))
     for flag in ("evaluation_engine", "test_engine"):
-        check_engine_name(getattr(args, flag), flag)
+        check_engine_name(getattr(args, flag), flag, needs_key=not args.estimate)  # an estimate calls nothing
     if args.module == "train_hetero_fed" and len(args.task) < 2:
         raise UsageError("train_hetero_fed needs two or more --task values (one client per task)")
     if args.module != "train_hetero_fed" and len(args.task) != 1:
@@ -324,7 +344,7 @@ def validate_args(args: RunConfig) -> None:
         raise UsageError("--comet_mode online needs COMET_API_KEY: export it, or use --comet_mode offline")
     for flag in ("output_dir", "cache_dir", "comet_log_path"):
         value = getattr(args, flag)
-        if value is not None and not _writable(Path(value)):
+        if value is not None and not writable_folder(Path(value)):
             raise UsageError(f"--{flag} {value} is not writable: choose a folder you can write to")
 
 
@@ -346,33 +366,14 @@ def check_run_name(name: str) -> None:
                          "only (no '/', no '..', not '.', at most 255 characters)")
 
 
-def check_engine_name(name: str, flag: str = "engine") -> None:
-    problem = engine_name_problem(name)
+def check_engine_name(name: str, flag: str = "engine", needs_key: bool = False) -> None:
+    problem = engine_name_problem(name) or (missing_key_problem(name) if needs_key else None)
     if problem is not None:
         raise UsageError(f"--{flag} {name!r} {problem}")
 
 
 def num_clients(args: RunConfig) -> int:
     return {"train_centralized": 1, "train_homo_fed": args.homo_split_num}.get(args.module, len(args.task))
-
-
-def _writable(path: Path) -> bool:
-    """True if path is (or could be created as) a writable folder; leaves nothing behind.
-
-    A missing folder is tried for real, as an empty temporary folder made and removed in its nearest
-    existing parent: permissions alone do not tell (root passes them all, yet /proc takes no folder)."""
-    path = path.resolve()
-    missing = not path.exists()
-    while not path.exists():
-        path = path.parent
-    if not (path.is_dir() and os.access(path, os.W_OK | os.X_OK)):
-        return False
-    if missing:
-        try:
-            os.rmdir(tempfile.mkdtemp(prefix=".fedtextgrad-probe-", dir=path))
-        except OSError:
-            return False
-    return True
 
 
 def _looks_secret(name: str) -> bool:

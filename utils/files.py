@@ -42,3 +42,22 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def writable_folder(path: Path) -> bool:
+    """True if path is (or could be created as) a writable folder; leaves nothing behind.
+
+    A missing folder is tried for real, as an empty temporary folder made and removed in its nearest
+    existing parent: permissions alone do not tell (root passes them all, yet /proc takes no folder)."""
+    path = path.resolve()
+    missing = not path.exists()
+    while not path.exists():
+        path = path.parent
+    if not (path.is_dir() and os.access(path, os.W_OK | os.X_OK)):
+        return False
+    if missing:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".fedtextgrad-probe-", dir=path))
+        except OSError:
+            return False
+    return True

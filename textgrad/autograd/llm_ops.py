@@ -11,6 +11,7 @@ from .. import prompts
 from ..config import resolve_engine
 from ..errors import ContextOverflowError
 from ..serving import budget
+from ..serving.stats import call_kind
 from ..variable import PendingGradients, Variable
 from .function import Function
 
@@ -41,7 +42,8 @@ class LLMCall(Function):
 
     def _answer(self, prompt: str, inputs: list[Variable], role: str) -> Variable:
         system = self.system_prompt.value if self.system_prompt is not None else None
-        answer = budget.generate(self.engine, prompt, system_prompt=system, max_tokens=self.max_tokens)
+        with call_kind("answer"):
+            answer = budget.generate(self.engine, prompt, system_prompt=system, max_tokens=self.max_tokens)
         parents = inputs if self.system_prompt is None else [self.system_prompt, *inputs]
         response = Variable(answer, role, requires_grad=True, predecessors=parents)
         response.backward_fn = lambda engine: self._feedback(engine, parents, prompt, response)
@@ -59,8 +61,10 @@ class LLMCall(Function):
             fields = {"role": parent.role_description, "variable": parent.value, "input": prompt,
                       "output": response.value, "judgement": judgement}
             try:
-                feedback = budget.fitted_chat(engine, system=prompts.FEEDBACK_SYSTEM, user=prompts.FEEDBACK_TEMPLATE,
-                                              fields=fields, max_tokens=self.feedback_max_tokens)
+                with call_kind("feedback"):
+                    feedback = budget.fitted_chat(engine, system=prompts.FEEDBACK_SYSTEM,
+                                                  user=prompts.FEEDBACK_TEMPLATE, fields=fields,
+                                                  max_tokens=self.feedback_max_tokens)
             except ContextOverflowError:
                 self.feedback_skipped += 1  # the engine counted it too; the other inputs' feedback remains
                 continue

@@ -10,6 +10,7 @@ from ..config import resolve_engine
 from ..errors import ContextOverflowError
 from ..parallel import run_concurrently
 from ..serving import budget
+from ..serving.stats import call_kind
 from ..serving.transport import ChatReply
 from ..variable import Variable
 
@@ -89,9 +90,10 @@ class TGD:
         template, fields = self._request(index, variable)
         try:
             # The reply may be as long as the text it gives back needs, whatever max_tokens says.
-            return structured.ask_text(self.engine, self.reply, system=prompts.OPTIMIZER_SYSTEM, user=template,
-                                       fields=fields, max_tokens=self.max_tokens,
-                                       min_output=budget.room_to_return(self.engine, [variable.value]))
+            with call_kind("optimizer"):
+                return structured.ask_text(self.engine, self.reply, system=prompts.OPTIMIZER_SYSTEM, user=template,
+                                           fields=fields, max_tokens=self.max_tokens,
+                                           min_output=budget.room_to_return(self.engine, [variable.value]))
         except ContextOverflowError:
             return None
 

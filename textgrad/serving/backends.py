@@ -92,6 +92,12 @@ BACKENDS: dict[BackendKind, Backend] = {
                       prompt_logprobs=None, window_probes=("model_listing",), tokenizer="tiktoken"),
 }
 
+
+def backends_with_prompt_logprobs() -> list[Backend]:
+    """The backends whose servers return a prompt's log-probabilities (for UID measures)."""
+    return [b for b in BACKENDS.values() if b.prompt_logprobs is not None]
+
+
 # ---------------------------------------------------------------- the engine-name grammar
 
 ENGINE_PREFIXES = tuple(b.prefix for b in BACKENDS.values() if b.prefix)  # local, ollama-, vllm-, sglang-
@@ -186,11 +192,10 @@ def route(name: str) -> Route:
     if backend.kind != "openai" and model == "":
         raise EngineError(f"engine `{name}` names no model: write it as `{backend.prefix}<model>`, "
                           f"e.g. `{backend.prefix}llama3.1`")
-    key = os.environ.get(backend.key_env) or backend.placeholder_key
-    if not key:
-        raise MissingKeyError(f"{backend.key_env} is not set: export it, or choose a local engine "
-                              "(--evaluation_engine local)")
     url = os.environ.get(backend.url_env) or backend.default_url
+    key = _key(backend, url)
+    if not key:
+        raise MissingKeyError(f"engine {name!r} {missing_key_problem(name)}")
     if not url:
         return Route(backend, model, None, key)
     # LOCAL_BASE_URL may name several identical servers, comma-separated (scripts/llamacpp_serve.sh
@@ -199,6 +204,27 @@ def route(name: str) -> Route:
     if not urls:
         raise EngineError(f"{backend.url_env}={url!r} names no server: give one URL, or several separated by commas")
     return Route(backend, model, urls[0], key, pool_urls=urls)
+
+
+def _key(backend: Backend, url: str | None) -> str:
+    """The key an engine's requests carry: its variable's, else the backend's placeholder; "none" for a server
+    of one's own at the URL variable (it may be keyless; the SDK needs a key all the same); "" when OpenAI
+    itself is asked and no key is set."""
+    key = os.environ.get(backend.key_env) or backend.placeholder_key
+    if not key and url and clean_url(url) != OPENAI_DEFAULT_URL:
+        key = "none"
+    return key
+
+
+def missing_key_problem(name: str) -> str | None:
+    """What the engine name lacks to have a key (worded to follow "--flag 'name' "), or None. Decided from
+    the environment alone, so --estimate, which calls nothing, never asks."""
+    backend, _ = split_engine_name(canonical_engine_name(name))
+    url = os.environ.get(backend.url_env) or backend.default_url
+    if _key(backend, url):
+        return None
+    return (f"is served by {url} and needs {backend.key_env}, which is not set: export {backend.key_env}=<your key>, "
+            f"or set {backend.url_env} to an OpenAI-compatible server of your own (it may be keyless)")
 
 
 def backend_at(base_url: str) -> Backend:

@@ -1,11 +1,13 @@
-"""Counters of LLM calls: per engine, and per phase of a run through `metered()` context meters."""
+"""Counters of LLM calls: per engine, and per phase of a run through `metered()` context meters; the wall
+seconds of each kind of call through `paced()` ones (CallPace)."""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -61,3 +63,103 @@ def metered(meter: EngineStats | None = None) -> Iterator[EngineStats]:
         yield meter
     finally:
         _meters.reset(token)
+
+
+# ---------------------------------------------------------------- the pace of each kind of call
+
+# The kind of the calls made in the current context (see call_kind): "answer", "feedback", "optimizer",
+# "merge", "judge", "logprob" (a prompt's log-probabilities); "other" when no caller said.
+_kind: contextvars.ContextVar[str] = contextvars.ContextVar("fedtextgrad_call_kind", default="other")
+
+
+@contextlib.contextmanager
+def call_kind(kind: str) -> Iterator[None]:
+    """The requests sent inside the block (also from the threads it starts through textgrad.parallel) are
+    of this kind for every CallPace that times them."""
+    token = _kind.set(kind)
+    try:
+        yield
+    finally:
+        _kind.reset(token)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """What a CallPace measured: requests sent and the wall seconds charged to them, per kind; `busy`: the
+    wall seconds with at least one request in flight."""
+
+    calls: dict[str, int]
+    seconds: dict[str, float]
+    busy: float
+
+
+class CallPace:
+    """Wall seconds of each kind of request, measured while requests run side by side.
+
+    While n requests are in flight, each is charged 1/n of the time, so the charges add up to the wall
+    time with any request in flight (`busy`), however many servers, slots and queues there are. A kind's
+    seconds per request is then what one more request of that kind adds to a run's wall time, at the
+    crowding the run had: a run's remaining time is its remaining requests of each kind times their pace.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._charged = 0.0  # seconds charged so far to each request that was in flight all along
+        self._busy = 0.0
+        self._last = clock()
+        self._calls: dict[str, int] = {}
+        self._seconds: dict[str, float] = {}
+
+    def _advance(self) -> None:
+        now = self._clock()
+        if self._in_flight:
+            self._charged += (now - self._last) / self._in_flight
+            self._busy += now - self._last
+        self._last = now
+
+    def begin(self) -> float:
+        """A request goes out; returns its mark for end()."""
+        with self._lock:
+            self._advance()
+            self._in_flight += 1
+            return self._charged
+
+    def end(self, kind: str, mark: float) -> None:
+        with self._lock:
+            self._advance()
+            self._in_flight -= 1
+            self._calls[kind] = self._calls.get(kind, 0) + 1
+            self._seconds[kind] = self._seconds.get(kind, 0.0) + self._charged - mark
+
+    def snapshot(self) -> Pace:
+        with self._lock:
+            self._advance()
+            return Pace(dict(self._calls), dict(self._seconds), self._busy)
+
+
+_paces: contextvars.ContextVar[tuple[CallPace, ...]] = contextvars.ContextVar("fedtextgrad_paces", default=())
+
+
+@contextlib.contextmanager
+def paced(pace: CallPace) -> Iterator[CallPace]:
+    """Requests sent inside the block, also from the threads it starts, are timed by pace."""
+    token = _paces.set((*_paces.get(), pace))
+    try:
+        yield pace
+    finally:
+        _paces.reset(token)
+
+
+@contextlib.contextmanager
+def on_the_wire(kind: str | None = None) -> Iterator[None]:
+    """Around one request while it is with the server: timed by every CallPace of the context, as `kind`
+    or the context's kind (call_kind)."""
+    paces = _paces.get()
+    marks = [pace.begin() for pace in paces]
+    try:
+        yield
+    finally:
+        for pace, mark in zip(paces, marks, strict=True):
+            pace.end(kind or _kind.get(), mark)

@@ -22,7 +22,7 @@ from .context import Connection
 from .llama_process import N_CTX
 from .server_pool import member_of
 from .slots import EndpointSlots
-from .stats import EngineStats
+from .stats import EngineStats, on_the_wire
 from .window import is_overflow
 
 if TYPE_CHECKING:
@@ -189,7 +189,8 @@ class Transport:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 # A pool of servers is one endpoint for the cap; the least busy server answers.
-                with self.slots, member_of(self._runtime.pool_of(self.base_url), self.base_url) as server_url:
+                with self.slots, member_of(self._runtime.pool_of(self.base_url), self.base_url) as server_url, \
+                        on_the_wire():
                     # The SDK's generic post, not chat.completions.create: that one converts the typed
                     # request and builds pydantic models of the reply, 2 of the 3 ms of CPU a call cost
                     # (measured with bench/). Errors and timeouts are raised exactly the same way.
@@ -241,7 +242,8 @@ class Transport:
     def echo(self, prompt: str) -> dict[str, Any]:
         """POST /completions echoing prompt with its log-probabilities (one token generated), under the
         endpoint's cap like every chat call: measurements run beside validation requests. May raise."""
-        with self.slots, member_of(self._runtime.pool_of(self.base_url), self.base_url) as server_url:
+        with self.slots, member_of(self._runtime.pool_of(self.base_url), self.base_url) as server_url, \
+                on_the_wire("logprob"):
             response = self._runtime.http.client(self.base_url).post(
                 f"{server_url}/completions", headers={"Authorization": f"Bearer {self.route.api_key}"},
                 timeout=self.request_timeout, json={"model": self.model, "prompt": prompt, "max_tokens": 1,

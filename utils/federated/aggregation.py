@@ -9,7 +9,7 @@ more, with a note that the last one was too long; one still over is kept and cou
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from textgrad import structured
@@ -17,10 +17,12 @@ from textgrad.engine import ChatEngine
 from textgrad.errors import ContextOverflowError
 from textgrad.parallel import run_concurrently
 from textgrad.serving import budget
+from textgrad.serving.stats import call_kind
 from textgrad.serving.tokenizers import estimate_tokens
 from textgrad.serving.window import message_overhead
-from utils.tasks.registry import TaskSpec
+from utils.tasks.registry import Example, TaskSpec
 
+from .degenerate import DEGENERATE, degenerate_reason
 from .merge_tree import MergeLimits, MergeTree, fitting_groups
 
 MERGE_SYSTEM = (
@@ -58,7 +60,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Aggregate:
     """The merged trained text. failure: why a merge reply was unusable (no_tags, unparseable_json, empty,
-    truncated) or context_overflow (prompts that no merge request could hold); either way those prompts were
+    truncated, degenerate) or context_overflow (prompts that no merge request could hold); either way those prompts were
     concatenated instead. tree: the merge's shape when an LLM merged (None for concat or a single prompt)."""
 
     prompt: str
@@ -157,16 +159,18 @@ class _Merger:
     """One round's merge tree: the requests of one engine under one budget, and what they did."""
 
     def __init__(self, engine: ChatEngine, tasks: list[TaskSpec], uid: bool, max_tokens: int,
-                 limit: int | None) -> None:
+                 limit: int | None, questions: Sequence[Sequence[Example]] = ()) -> None:
         self.engine, self.tasks, self.uid, self.max_tokens, self.limit = engine, tasks, uid, max_tokens, limit
+        self.questions = questions
         self.count: Callable[[str], int] = getattr(engine, "count_tokens", estimate_tokens)
 
     def ask(self, prompts: list[str], over: int | None = None) -> structured.TextAnswer:
         fields = {"count": str(len(prompts)), "numbered": number_prompts(prompts), "tasks": _tasks_note(self.tasks),
                   "extra": UID_GUIDANCE if self.uid else "", "limit": _limit_note(self.limit, over)}
         room = budget.room_for(self.limit) if self.limit is not None else budget.room_to_return(self.engine, prompts)
-        return structured.ask_text(self.engine, MERGED_REPLY, system=MERGE_SYSTEM, user=MERGE_TEMPLATE,
-                                   fields=fields, max_tokens=self.max_tokens, min_output=room)
+        with call_kind("merge"):
+            return structured.ask_text(self.engine, MERGED_REPLY, system=MERGE_SYSTEM, user=MERGE_TEMPLATE,
+                                       fields=fields, max_tokens=self.max_tokens, min_output=room)
 
     def over(self, answer: structured.TextAnswer) -> int | None:
         """The merge's tokens when it is over the limit (or was cut at its token limit), else None."""
@@ -198,10 +202,12 @@ class _Merger:
             usable = [a for a in (answer, again) if a.value is not None]
             answer = min(usable, key=lambda a: self.count(a.value or "")) if usable else again
             done.over_budget = int(answer.value is not None and self.over(answer) is not None)
-        if answer.value is None:
+        failure = (answer.failure or "empty") if answer.value is None else \
+            DEGENERATE if degenerate_reason(answer.value, *self.questions) else None
+        if failure is not None:
             # Common with small models. A concatenation keeps every client's instructions, which is safer
-            # than adopting free-form chatter as the prompt.
-            done.failures.append(answer.failure or "empty")
+            # than adopting free-form chatter or junk as the prompt.
+            done.failures.append(failure)
             done.texts = [concat_prompts(prompts)]
         else:
             done.texts = [answer.value]
@@ -249,10 +255,13 @@ class _Merger:
 
 
 def aggregate_prompts(prompts: list[str], method: str, tasks: list[TaskSpec], engine: ChatEngine | None,
-                      max_tokens: int = 768, max_prompt_tokens: int | None = None) -> Aggregate:
+                      max_tokens: int = 768, max_prompt_tokens: int | None = None,
+                      questions: Sequence[Sequence[Example]] = ()) -> Aggregate:
     """Merge client prompts (trained texts, so without answer-format lines, in client order) into one trained
     text. max_prompt_tokens: the merged prompt's budget (a run passes its own, utils.federated.runner); None: a
-    fifth of the engine's window, or for an engine that does not know its window no budget and one request."""
+    fifth of the engine's window, or for an engine that does not know its window no budget and one request.
+    A merge that is junk, or a copy of one of the questions (one set per task), is replaced by the
+    concatenation of its inputs."""
     unique = list(dict.fromkeys(p.strip() for p in prompts if p.strip()))
     if method == "concat" or len(unique) <= 1:
         # Nothing to summarise when every client returned the same prompt: skip the call.
@@ -264,7 +273,7 @@ def aggregate_prompts(prompts: list[str], method: str, tasks: list[TaskSpec], en
     window = getattr(engine, "context_window", None)
     limit = max_prompt_tokens if max_prompt_tokens is not None else (
         default_max_prompt_tokens(window) if window is not None else None)
-    return _Merger(engine, tasks, method == "sum_uid", max_tokens, limit).merge(unique, method)
+    return _Merger(engine, tasks, method == "sum_uid", max_tokens, limit, questions).merge(unique, method)
 
 
 def merge_limits(count: Callable[[str], int], test_window: int, evaluation_window: int, method: str | None,

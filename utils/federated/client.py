@@ -21,6 +21,8 @@ from utils.privacy.outbound import ClientPolicy
 from utils.tasks.evaluation import evaluate_prompt, score_answer
 from utils.tasks.registry import Example, TaskSpec, served_prompt
 
+from .degenerate import DEGENERATE, degenerate_reason
+
 PROMPT_ROLE = "system prompt that steers the model's answers to the task's questions"
 SERVED_ROLE = "system prompt the model answered with (the trained text plus the task's answer-format line)"
 # The format line is appended by the program when serving (utils.tasks.registry.served_prompt), never trained.
@@ -71,8 +73,8 @@ class StepResult:
     new_batch_accuracy: float | None  # None when no new prompt was produced
     accepted: bool
     # Why the optimizer gave no usable prompt: "no_tags" | "unparseable_json" | "empty" | "truncated" (cut at
-    # its token limit) | "context_overflow" (the step's requests could not fit the window, so it was skipped)
-    # | None
+    # its token limit) | "degenerate" (junk: utils.federated.degenerate) | "context_overflow" (the step's
+    # requests could not fit the window, so it was skipped) | None
     format_failure: str | None
     judge_format_failures: int = 0
 
@@ -181,6 +183,8 @@ def local_step(prompt_text: str, batch: list[Example], task: TaskSpec, engines: 
 
     if not optimizer.updated[0]:
         return prompt_text, result(None, False, optimizer.failures[0])
+    if degenerate_reason(prompt.value, batch) is not None:  # parsed, yet junk: rejected like a format failure
+        return prompt_text, result(None, False, DEGENERATE)
     rescored = evaluate_prompt(prompt.value, batch, task, engines.test, max_tokens=settings.answer_max_tokens,
                                judge=engines.judge)
     accepted = keep_new_prompt(accuracy, rescored.accuracy, settings.proximal_update)

@@ -44,7 +44,7 @@ class Experiment:
     initial_prompt: str | None = None  # --initial_prompt; None: ours (TaskSpec.starting_prompt)
     # task name -> {"train", "val", "test"}: the split sizes used (small BBH subtasks shrink the paper's)
     split_sizes: dict[str, dict[str, int]] = field(default_factory=dict)
-    # Leak guard and simulated attackers (client side), screened aggregation (server side): issue 16.
+    # Leak guard and simulated attackers (client side), screened aggregation (server side).
     outbound: OutboundPlan = field(default_factory=OutboundPlan)
     screening: ScreenSettings = field(default_factory=ScreenSettings)
     # The budget of a merged prompt and what one merge request holds, set once the engines' windows are known

@@ -22,12 +22,17 @@ its own (each round merges, and validates a new aggregate); the best prompt is t
 test repeats the test the last round ran beside its validation, and costs nothing). A run whose replies
 meet these assumptions makes exactly the plan's calls (tests/test_plan.py); a run whose replies do not
 makes fewer, or more when an earlier round's prompt validates best (its own final test).
+
+Each part of the plan also gives its calls by kind (`Calls`: answer, feedback, optimizer, merge, judge),
+with the log-probability requests of the UID measures beside them (a round measures every returned prompt
+and its aggregate; they are not LLM calls of the run, so `total` leaves them out). The progress estimate
+prices what is left of the plan kind by kind (utils.reporting.eta.remaining_seconds).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from utils.tasks.registry import Example
 
@@ -39,13 +44,43 @@ MERGE_METHODS = ("summarization", "sum_uid")  # the aggregation methods that ask
 
 
 @dataclass(frozen=True)
+class Calls:
+    """Calls of one part of the plan, by kind."""
+
+    answer: int = 0
+    feedback: int = 0
+    optimizer: int = 0
+    merge: int = 0
+    judge: int = 0
+    logprob: int = 0  # UID measures: requests, not LLM calls of the run
+
+    @property
+    def total(self) -> int:
+        """The LLM calls: every kind but the log-probability requests."""
+        return self.answer + self.feedback + self.optimizer + self.merge + self.judge
+
+    def by_kind(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __add__(self, other: Calls) -> Calls:
+        return Calls(**{kind: n + getattr(other, kind) for kind, n in self.by_kind().items()})
+
+    def times(self, factor: int) -> Calls:
+        return Calls(**{kind: n * factor for kind, n in self.by_kind().items()})
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """One prompt answered on every example of a split by one of the run's engines."""
 
     prompt: str   # "start", "aggregate" (of its round), "last" or "best"
     split: str    # "val" or "test"
     engine: str   # "test" or "evaluation": which of the run's engines answers
-    calls: int    # an answer per example, plus a judge call per answer with --judge llm
+    kinds: Calls  # an answer per example, plus a judge call per answer with --judge llm
+
+    @property
+    def calls(self) -> int:
+        return self.kinds.total
 
 
 @dataclass(frozen=True)
@@ -56,7 +91,11 @@ class Step:
     client_id: str
     index: int                           # 0 .. max_steps - 1
     batch: tuple[Example, ...] | None    # None: the server does not hold this client's data (Flower)
-    calls: int
+    kinds: Calls
+
+    @property
+    def calls(self) -> int:
+        return self.kinds.total
 
 
 @dataclass(frozen=True)
@@ -78,10 +117,15 @@ class Round:
     index: int
     clients: tuple[ClientRound, ...]     # the chosen clients, in client order (the order merging sees)
     screening_sets: EvalSets | None      # the validation questions screening asks (--robust_aggregation screen)
-    screening: int                       # their answers, for every returned prompt
+    screening_kinds: Calls               # their answers (and judge calls), for every returned prompt
     merge_levels: tuple[int, ...]        # the merge's requests per level (utils.federated.merge_tree); () for none
     validation: Evaluation
     last_test: Evaluation | None         # the last round tests its aggregate beside validating it
+    measures: int                        # UID measures: every returned prompt and the aggregate
+
+    @property
+    def screening(self) -> int:
+        return self.screening_kinds.total
 
     @property
     def client_ids(self) -> list[str]:
@@ -97,8 +141,12 @@ class Round:
         return sum(step.calls for c in self.clients for step in c.steps)
 
     def calls(self) -> int:
-        return (self.step_calls + self.screening + self.merge + self.validation.calls
-                + (self.last_test.calls if self.last_test else 0))
+        return self.kinds().total
+
+    def kinds(self) -> Calls:
+        steps = [step.kinds for c in self.clients for step in c.steps]
+        tests = [e.kinds for e in (self.validation, self.last_test) if e is not None]
+        return sum([*steps, self.screening_kinds, *tests], Calls(merge=self.merge, logprob=self.measures))
 
 
 @dataclass(frozen=True)
@@ -115,8 +163,12 @@ class RunPlan:
     def calls(self) -> int:
         """Every call of the plan. The final test is free unless no round runs (a run resumed after its
         last round): the last round tested its aggregate, and the best prompt is assumed to be the last."""
-        final = 0 if self.rounds else self.final_test[0].calls
-        return self.zero_shot_calls + sum(r.calls() for r in self.rounds) + final
+        return self.kinds().total
+
+    def kinds(self) -> Calls:
+        """Every call of the plan by kind (see calls)."""
+        final = [] if self.rounds else [self.final_test[0].kinds]
+        return sum([*(e.kinds for e in self.zero_shot), *(r.kinds() for r in self.rounds), *final], Calls())
 
     def after(self, round_index: int) -> RunPlan:
         """The plan of the run resumed from the checkpoint of round round_index (0: the zero-shot one)."""
@@ -131,9 +183,10 @@ def select_clients(client_ids: list[str], per_round: int, seed: int, round_index
     return [c for c in client_ids if c in chosen]
 
 
-def eval_calls(sets: EvalSets, judge: bool) -> int:
+def eval_calls(sets: EvalSets, judge: bool) -> Calls:
     """An answer per example, plus a judge call per answer with --judge llm."""
-    return sum(len(examples) * (2 if judge else 1) for _, examples in sets.values())
+    answers = sum(len(examples) for _, examples in sets.values())
+    return Calls(answer=answers, judge=answers if judge else 0)
 
 
 def plan_run(exp: Experiment, judge: bool = False) -> RunPlan:
@@ -157,12 +210,15 @@ def _plan_round(exp: Experiment, judge: bool, index: int) -> Round:
     sets = None
     if exp.screening.method == "screen":
         sets = screening_sets(exp.val_sets, exp.screening.size, exp.settings.seed, index)
-    screening = eval_calls(sets, judge) * len(chosen) if sets is not None and len(chosen) > 1 else 0
+    screening = eval_calls(sets, judge).times(len(chosen)) if sets is not None and len(chosen) > 1 else Calls()
     merge: tuple[int, ...] = ()
     if exp.aggregate_method in MERGE_METHODS and len(chosen) > 1:
         merge = tuple(exp.merge_limits.levels(len(chosen))) if exp.merge_limits is not None else (1,)
     last_test = _evaluation(exp, judge, "aggregate", "test") if index == exp.rounds else None
-    return Round(index, clients, sets, screening, merge, _evaluation(exp, judge, "aggregate", "val"), last_test)
+    # The returned prompts and the aggregate (a single client's prompt is the aggregate: measured once).
+    measures = len(chosen) + (exp.aggregate_method is not None)
+    return Round(index, clients, sets, screening, merge, _evaluation(exp, judge, "aggregate", "val"), last_test,
+                 measures)
 
 
 def _plan_steps(exp: Experiment, judge: bool, client: Client, round_index: int) -> tuple[Step, ...]:
@@ -177,7 +233,7 @@ def _plan_steps(exp: Experiment, judge: bool, client: Client, round_index: int) 
                  for i, (batch, size) in enumerate(zip(batches, sizes, strict=True)))
 
 
-def step_calls(batch_size: int, judged: bool) -> int:
+def step_calls(batch_size: int, judged: bool) -> Calls:
     """One local step: forward, feedback and re-score of each example, and the optimizer call; the
     forward and re-score answers judged with --judge llm."""
-    return 3 * batch_size + 1 + (2 * batch_size if judged else 0)
+    return Calls(answer=2 * batch_size, feedback=batch_size, optimizer=1, judge=2 * batch_size if judged else 0)

@@ -18,6 +18,7 @@ from utils.reporting.tracking import RunLog
 
 from .aggregation import Aggregate
 from .client import ClientUpdate, Engines
+from .degenerate import DEGENERATE
 from .experiment import Evaluator, Experiment, served_prompts
 from .run_state import BestPrompt, RoundSummary, RunState, Scores, add_counts
 from .screening import Screening, record_screening, screening_results
@@ -26,9 +27,13 @@ if TYPE_CHECKING:
     from .plan import Evaluation
 
 
+# Why an optimizer or merge reply gave no prompt: its format, or junk in the right format.
+UNUSABLE = (*REPLY_FAILURES, DEGENERATE)
+
+
 def reply_failures(kinds: list[str | None]) -> dict[str, int]:
     """Counts of each way an optimizer or merge reply can be unusable (every kind listed, zeros too)."""
-    return {kind: kinds.count(kind) for kind in (*REPLY_FAILURES, CONTEXT_OVERFLOW)}
+    return {kind: kinds.count(kind) for kind in (*UNUSABLE, CONTEXT_OVERFLOW)}
 
 
 def record_zero_shot(log: RunLog, exp: Experiment, engines: Engines, prompt: str, evaluations: tuple[Evaluation, ...],
@@ -122,11 +127,12 @@ def record_round(log: RunLog, exp: Experiment, engines: Engines, round_index: in
 def format_failures(history: list[RoundSummary], eval_judge_failures: int) -> dict[str, int]:
     """Unusable optimizer and merge replies by kind, and judge replies; one flat count per key, so their sum
     is the total. Context overflows are counted under results.json's `context`."""
-    optimizer = {kind: sum(r.optimizer_failures[kind] for r in history) for kind in REPLY_FAILURES}
+    # .get: a checkpoint written before a kind existed has no count of it
+    optimizer = {kind: sum(r.optimizer_failures.get(kind, 0) for r in history) for kind in UNUSABLE}
     # A round merged in a tree may have had several unusable merge replies: its tree counts them by kind.
     merges = reply_failures([kind for r in history for kind, n in _merge_failures(r).items() for _ in range(n)])
     return {**{f"optimizer_{kind}": n for kind, n in optimizer.items()},
-            **{f"aggregation_{kind}": merges[kind] for kind in REPLY_FAILURES},
+            **{f"aggregation_{kind}": merges[kind] for kind in UNUSABLE},
             "judge": sum(r.judge_format_failures for r in history) + eval_judge_failures,
             # Steps whose requests could not fit the context window: not in train_accuracy.
             "skipped_steps": sum(r.skipped_steps for r in history)}
@@ -172,6 +178,7 @@ def write_results(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         "rounds": rounds,
         "prompt_tokens_estimated": any(r.prompt_tokens_estimated for r in history),
         "best": dataclasses.asdict(state.best),
+        "starting_prompt": state.starting_prompt,
         "final_prompt": last,
         # final_prompt and best.prompt are trained texts; these are what each task's questions are sent with.
         "served_prompts": {"last": served_prompts(last, exp.tasks), "best": served_prompts(best, exp.tasks)},

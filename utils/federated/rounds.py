@@ -30,9 +30,9 @@ from textgrad.errors import EngineError
 from textgrad.parallel import run_concurrently
 from textgrad.serving.runtime import current_runtime
 from textgrad.serving.slots import background
-from textgrad.serving.stats import EngineStats, metered
+from textgrad.serving.stats import CallPace, EngineStats, metered, paced
 from utils.privacy.outbound import OutboundPlan
-from utils.reporting import progress
+from utils.reporting import eta, progress
 from utils.reporting.prompt_stats import measure_prompt, measure_prompts
 from utils.reporting.tracking import RunLog
 
@@ -40,7 +40,7 @@ from .aggregation import Aggregate, aggregate_prompts
 from .client import ClientUpdate, Engines, LocalSettings, release_update, train_client
 from .experiment import Evaluator, Experiment, starting_prompt
 from .phases import RoundFailed, in_background, lost_endpoint, with_retries
-from .plan import ClientRound, Round, plan_run
+from .plan import Calls, ClientRound, Round, plan_run
 from .recording import record_round, record_updates, record_zero_shot, write_results
 from .run_state import BestPrompt, RoundSummary, RunState, Scores, add_counts, add_seconds
 from .screening import Screening, screen_updates
@@ -56,10 +56,11 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
                    train_round: TrainRound | None = None) -> dict[str, Any]:
     """Run the experiment, or the rest of it after its checkpoint; results.json's content."""
     loop = RoundLoop(exp, engines, log, train_round)
-    loop.start(resume)  # the zero-shot evaluation, or the checkpoint to continue from
-    for planned in loop.plan.rounds:  # the rounds still to run
-        loop.play_round(planned)
-    return loop.final_test()
+    with paced(loop.pace):  # every request of the run timed by kind, for its estimated time
+        loop.start(resume)  # the zero-shot evaluation, or the checkpoint to continue from
+        for planned in loop.plan.rounds:  # the rounds still to run
+            loop.play_round(planned)
+        return loop.final_test()
 
 
 class RoundLoop:
@@ -86,6 +87,7 @@ class RoundLoop:
         self.started = time.monotonic()
         self.seconds_before: dict[str, float] = {}
         self.restarts_mark = current_runtime().embedded.restarts  # per process: this run's own restarts
+        self.pace, self.began = CallPace(), time.monotonic()
 
     def start(self, resume: bool) -> None:
         """The zero-shot evaluation, or the state of the checkpoint to resume from."""
@@ -128,7 +130,7 @@ class RoundLoop:
         state.eval_judge_failures = self.evaluate.judge_failures
         # Its own meter counts the zero-shot calls; round 1, running beside it, counts in the round's.
         state.llm, state.phase_seconds = cost.as_dict(), dict(self.console.seconds)
-        self.print_eta(state.llm)
+        self.report_eta(0, add_counts(state.llm, self.round_cost.as_dict()))  # round 1's calls so far count too
         self.log.save_checkpoint(state.to_dict())
         return state
 
@@ -141,6 +143,7 @@ class RoundLoop:
                                    lambda last_try: self.one_round(planned, last_try), self.keep_cost_of_failed_tries)
         keep_best(self.state, summary)
         self.checkpoint(summary)
+        self.report_eta(planned.index)
 
     def one_round(self, planned: Round, last_try: bool) -> RoundSummary:
         """One try of a round, recorded. Its clients were chosen by the plan: a seeded draw of
@@ -205,7 +208,8 @@ class RoundLoop:
         with self.console.phase("aggregation", f"round {planned.index}: merge", calls) as merge:
             aggregate = merge.run(aggregate_prompts, prompts, method, self.exp.tasks, self.engines.writer("merge"),
                                   max_tokens=self.exp.merge_max_tokens,
-                                  max_prompt_tokens=limits.max_prompt_tokens if limits else None)
+                                  max_prompt_tokens=limits.max_prompt_tokens if limits else None,
+                                  questions=[examples for _, examples in self.exp.val_sets.values()])
         if method == "concat" and limits is not None:
             warn_if_over_budget(planned.index, aggregate.prompt, limits.max_prompt_tokens, self.engines.test)
         return aggregate
@@ -279,13 +283,30 @@ class RoundLoop:
         if self.steps_bar is not None:
             self.steps_bar.step_done()
 
-    def print_eta(self, zero_shot: dict[str, int]) -> None:
-        """After the zero-shot phase: the time the whole run takes at the pace of its calls so far."""
-        done = add_counts(zero_shot, self.round_cost.as_dict())  # round 1's calls so far count too
-        line, seconds = progress.estimate_line(time.monotonic() - self.started, done["calls"],
-                                               done["calls"] + done["cache_hits"], self.plan.calls())
-        progress.note(line)
-        self.log.event("estimate", seconds=round(seconds, 1), llm_calls=self.plan.calls())
+    def report_eta(self, done_round: int, counts: dict[str, int] | None = None) -> None:
+        """The whole run's time: what is left of its plan, each kind of call at its pace so far. Printed after
+        the zero-shot evaluation (counts: the run's calls and cache hits by then) and after round 1, the first
+        moment every kind of call has been timed; after every round on the rounds bar and in events."""
+        left_plan = self.plan.after(done_round)
+        if not left_plan.rounds:
+            return  # the final test is all that is left, and the last round ran it
+        pace, elapsed = self.pace.snapshot(), time.monotonic() - self.began
+        left: dict[str, float] = dict(left_plan.kinds().by_kind())
+        if done_round == 0:  # round 1 runs beside the zero-shot evaluation: its calls so far are not left
+            zero_shot = sum((e.kinds for e in self.plan.zero_shot), Calls()).by_kind()
+            left = {kind: max(0, n - max(0, pace.calls.get(kind, 0) - zero_shot[kind])) for kind, n in left.items()}
+            sent_share = counts["calls"] / max(1, counts["calls"] + counts["cache_hits"]) if counts else 1.0
+        else:  # the rounds so far tell how much of its plan the run really sends
+            planned = {kind: n - left[kind] for kind, n in self.plan.kinds().by_kind().items()}
+            left, sent_share = eta.as_made(left, planned, pace.calls), 1.0
+        seconds = eta.remaining_seconds(pace, left, elapsed, sent_share)
+        if done_round <= 1:
+            when = "the zero-shot evaluation" if done_round == 0 else "round 1"
+            progress.note(eta.estimate_line(when, elapsed, seconds, self.plan.calls(), pace, left))
+        if done_round:
+            self.console.time_left(eta.duration(seconds))
+        self.log.event("estimate", after_round=done_round, seconds=round(elapsed + seconds, 1),
+                       left_seconds=round(seconds, 1), llm_calls=self.plan.calls())
 
     def keep_cost_of_failed_tries(self) -> None:
         # A stopped phase's calls, retries and time are still the run's cost: kept with the last checkpoint

@@ -96,13 +96,14 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
     if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
         raise UsageError(f"{run_dir} already holds a run: pass --resume to continue it or pick another --run_name")
     experiment = build_experiment(args, data, clients, aggregate)
-    engines = make_engines(args, check=not args.estimate)
-    experiment.merge_limits = fit_merges(args, experiment, None if args.estimate else engines)
-    if args.estimate:
+    if args.estimate:  # prices the plan from the engine names alone: no engine is made, no key is needed
+        experiment.merge_limits = fit_merges(args, experiment, None)
         from utils.estimate.summary import print_estimate  # only when asked: the estimator is a large import
 
         print_estimate(args, experiment, run_dir)
         return {}
+    engines = make_engines(args)
+    experiment.merge_limits = fit_merges(args, experiment, engines)
     comet_path = Path(args.comet_log_path) if args.comet_log_path else Path(args.output_dir) / "comet"
     try:
         log = open_run_log(run_dir, args.comet_mode, args.comet_project_name, comet_path, resume=args.resume)
@@ -124,7 +125,7 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
         plot_run(results, run_dir / "plots")
     finally:
         log.comet.end()
-    print_summary(results, run_dir)
+    print_summary(results, run_dir, args)
     return results
 
 

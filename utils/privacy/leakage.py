@@ -91,20 +91,33 @@ def shingle_share(text: str, examples: Sequence[Example]) -> float:
     return len(private & _shingles(_words(text).words)) / len(private)
 
 
-def redact_copies(text: str, examples: Sequence[Example], min_words: int) -> tuple[str, int]:
-    """The text with every span of min_words or more words copied from one example replaced by REDACTED
-    (overlapping and touching copies become one span); returns it and the number of spans."""
-    parsed = _words(text)
-    covered: list[tuple[int, int]] = []  # word index ranges, inclusive
-    for ex in examples:
-        covered += [(end - length + 1, end) for end, length in _common_runs(parsed.words, example_words(ex))
-                    if length >= min_words]
+def _copied_spans(words: Sequence[str], examples: Sequence[Example], min_words: int) -> list[list[int]]:
+    """[first, last] word indices (inclusive) of every run of min_words or more words copied from one
+    example, overlapping and touching runs merged, in order."""
+    covered = [(end - length + 1, end) for ex in examples for end, length in _common_runs(words, example_words(ex))
+               if length >= min_words]
     merged: list[list[int]] = []
     for first, last in sorted(covered):
         if merged and first <= merged[-1][1] + 1:
             merged[-1][1] = max(merged[-1][1], last)
         else:
             merged.append([first, last])
+    return merged
+
+
+def copied_words(text: str, example: Example, min_words: int) -> tuple[set[int], int]:
+    """(the positions of the text's words that lie in runs of min_words or more words copied from the
+    example, the text's number of words)."""
+    words = _words(text).words
+    spans = _copied_spans(words, [example], min_words)
+    return {i for first, last in spans for i in range(first, last + 1)}, len(words)
+
+
+def redact_copies(text: str, examples: Sequence[Example], min_words: int) -> tuple[str, int]:
+    """The text with every span of min_words or more words copied from one example replaced by REDACTED
+    (overlapping and touching copies become one span); returns it and the number of spans."""
+    parsed = _words(text)
+    merged = _copied_spans(parsed.words, examples, min_words)
     for first, last in reversed(merged):  # from the end, so earlier character offsets stay valid
         start, end = parsed.spans[first][0], parsed.spans[last][1]
         text = text[:start] + REDACTED + text[end:]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from textgrad.structured import CONTEXT_OVERFLOW, REPLY_FAILURES
+from textgrad.structured import CONTEXT_OVERFLOW
 
 from .runs import GROUP_KEYS, Group, mean_std, per_task_test, series_label, varying_label, versus_points
 
@@ -92,7 +92,7 @@ def _aggregation_numbers(results: dict[str, Any]) -> dict[str, float | None]:
     return {"test": results["final_test"]["best"]["mean"], "tokens": last.get("aggregate_tokens"),
             "entropy": complexity.get("entropy"), "ratio": complexity.get("compression_ratio"),
             "uid_mean": uid.get("mean"), "uid_var": uid.get("variance"),
-            "fell_back": sum(f in REPLY_FAILURES for f in failures), "overflowed": failures.count(CONTEXT_OVERFLOW)}
+            "fell_back": sum(f is not None and f != CONTEXT_OVERFLOW for f in failures), "overflowed": failures.count(CONTEXT_OVERFLOW)}
 
 
 AGGREGATION_COLUMNS = (("test", "test (best)", 3), ("tokens", "final prompt tokens", 0),

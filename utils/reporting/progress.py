@@ -1,5 +1,6 @@
 """What a researcher watches during a run: a progress bar per phase, warnings printed above the bars,
-a repeating warning shown once (its count at the end), and the estimated time of the whole run.
+a repeating warning shown once (its count at the end), and the estimated time of the whole run (printed
+after the zero-shot evaluation and round 1, and on the rounds bar: utils.reporting.eta).
 
 Every phase (server start-up, zero-shot, each round's local steps, screening, merge and validation, the
 final test) gets a bar of LLM calls done / expected (the expected calls are the run's plan's,
@@ -288,6 +289,11 @@ class RunConsole:
             self.rounds_bar.set_postfix_str(f"val {val:.3f}, best {best:.3f} (round {best_round})", refresh=False)
             self.rounds_bar.update(1)
 
+    def time_left(self, left: str) -> None:
+        """The run's estimated time still to go, after the last round's accuracies on the rounds bar."""
+        if self.rounds_bar is not None:
+            self.rounds_bar.set_postfix_str(f"{self.rounds_bar.postfix}, about {left} left")
+
     # -- the whole run -----------------------------------------------------------------------
     @contextlib.contextmanager
     def running(self) -> Iterator[RunConsole]:
@@ -331,27 +337,7 @@ def run_console() -> Iterator[RunConsole]:
         _current = previous
 
 
-# ---------------------------------------------------------------------------------- the estimate
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def estimate_line(elapsed: float, requests_sent: int, calls_done: int, total_calls: int) -> tuple[str, float]:
-    """(the line to print, estimated seconds of the whole run): the calls of the run's plan (total_calls)
-    at the pace of the requests sent so far (answers from the cache are free)."""
-    pace = elapsed / max(1, requests_sent)
-    total = elapsed + max(0, total_calls - calls_done) * pace
-    finish = time.strftime("%H:%M", time.localtime(time.time() + total - elapsed))
-    line = (f"estimate: the whole run takes about {_duration(total)} (done around {finish}): "
-            f"{total_calls} LLM calls by its plan, {pace:.2f} s each so far; "
-            f"--split_sizes, --max_steps and --max_epochs make it shorter")
-    return line, total
+# ----------------------------------------------------------------------------------
 
 
 def resume_note(run_name: str, done: int | None, rounds: int) -> str:

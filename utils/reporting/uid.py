@@ -16,6 +16,8 @@ import logging
 import math
 from typing import Any
 
+from textgrad.serving.backends import backends_with_prompt_logprobs
+
 logger = logging.getLogger(__name__)
 
 UNIT = "nats"
@@ -40,6 +42,10 @@ def uid_measures(text: str, engine: Any) -> dict[str, float | int] | None:
     try:
         logprobs = prompt_logprobs(text)
     except Exception as exc:  # noqa: BLE001 - a measurement must never stop a run
-        logger.warning("UID measures not available from %s: %s", getattr(engine, "name", engine), exc)
+        backend = getattr(getattr(engine, "backend", None), "kind", "unknown")
+        able = [b.prefix if b.prefix == "local" else f"{b.prefix}<model>" for b in backends_with_prompt_logprobs()]
+        logger.warning("UID measures not available from %s (a %s server): it returned no prompt log-probabilities "
+                       "(%s: %s); the backends that give them: %s", getattr(engine, "name", engine), backend,
+                       type(exc).__name__, exc, ", ".join(able))
         return None
     return surprisal_stats([-value for _, value in logprobs]) if logprobs is not None else None

@@ -71,3 +71,11 @@ def extract_answer(response: str) -> str:
 def first_sentence(text: str) -> str:
     end = SENTENCE_END.search(text)
     return text[:end.start()] if end else text
+
+
+def without_answer_statements(text: str) -> str:
+    """The text with every answer statement removed: each ``Answer:`` mark or "the answer is" phrase up
+    to the end of its sentence or line. What is left of a prompt is its instructions."""
+    pattern = re.compile(f"(?:{_ANSWER_MARK.pattern}|{_ANSWER_PHRASE.pattern})[^\n]*?(?:{SENTENCE_END.pattern}|$)",
+                         re.IGNORECASE | re.MULTILINE)
+    return pattern.sub(" ", text if isinstance(text, str) else "")

@@ -9,6 +9,7 @@ from textgrad.engine import ChatEngine
 from textgrad.errors import ContextOverflowError
 from textgrad.parallel import run_concurrently
 from textgrad.serving import budget
+from textgrad.serving.stats import call_kind
 
 from .answers import extract_answer
 from .registry import Example, TaskSpec, served_prompt
@@ -40,8 +41,9 @@ def judge_answer(judge: ChatEngine, response: str, target: str) -> int | None:
     """
     fields = {"target": target, "response": extract_answer(response)}
     try:
-        answer = structured.ask_text(judge, JUDGE_REPLY, system=JUDGE_SYSTEM, user=JUDGE_TEMPLATE, fields=fields,
-                                     max_tokens=JUDGE_MAX_TOKENS)
+        with call_kind("judge"):
+            answer = structured.ask_text(judge, JUDGE_REPLY, system=JUDGE_SYSTEM, user=JUDGE_TEMPLATE, fields=fields,
+                                         max_tokens=JUDGE_MAX_TOKENS)
     except ContextOverflowError:
         return 0
     return None if answer.value is None else int(answer.value == "Yes")
@@ -66,7 +68,8 @@ def evaluate_prompt(prompt: str, examples: list[Example], task: TaskSpec, engine
 
     def answer_and_score(example: Example) -> tuple[int, bool]:
         try:
-            response = budget.generate(engine, example.question, system_prompt=system, max_tokens=max_tokens)
+            with call_kind("answer"):
+                response = budget.generate(engine, example.question, system_prompt=system, max_tokens=max_tokens)
         except ContextOverflowError:
             return 0, False  # skipped: scores 0, counted by the engine as context_skipped
         return score_answer(task, response, example.target, judge, question=example.question)
