@@ -21,7 +21,7 @@ from ..serving.runtime import Runtime, current_runtime
 from ..serving.slots import EndpointSlots
 from ..serving.stats import EngineStats
 from ..serving.tokenizers import TokenCount
-from ..serving.transport import ChatReply, OverflowReply, Transport
+from ..serving.transport import ChatReply, OverflowReply, Transport, chat_body
 from .base import EngineLM
 
 logger = logging.getLogger(__name__)
@@ -159,18 +159,18 @@ class ChatOpenAI(EngineLM):
         self.transport.connect()
         messages = _normalise_messages(messages)
         max_tokens = self.context.fit_reply(messages, int(max_tokens))
+        body = chat_body(self.model, messages, temperature=temperature, max_tokens=max_tokens,
+                         response_format=response_format)
         key = None
         if self._replies is not None:
-            # Looked up before the cap: a hit must never wait behind real requests.
-            params: dict[str, Any] = {"temperature": float(temperature), "max_tokens": int(max_tokens)}
-            if response_format is not None:  # absent otherwise, so earlier cache entries stay valid
-                params["response_format"] = response_format
-            key = ResponseCache.make_key(self.model, messages, params, endpoint=self.cache_endpoint)
+            # Keyed by the body as sent and the server it goes to; looked up before the cap: a hit must never
+            # wait behind real requests.
+            key = ResponseCache.request_key(body, endpoint=self.cache_endpoint)
             hit = self._replies.lookup(key, "text", str)
             if hit is not None:
                 return ChatReply(hit["text"], hit.get("finish_reason"))
         try:
-            completion = self.transport.send(messages, temperature, max_tokens, response_format)
+            completion = self.transport.send(body)
         except OverflowReply as exc:
             raise self.context.overflow(messages, max_tokens, exc.body) from None
         reply = completion.reply

@@ -23,11 +23,13 @@ class EngineStats:
     context_overflows: int = 0  # overflow replies from the server (HTTP 400 naming the context)
     context_shortened: int = 0  # requests cut down to fit the window before they were sent
     context_skipped: int = 0    # calls given up because not even the shortest version fits
+    invalid_replies: int = 0    # attempts answered with no usable chat completion (HTML, bad bytes, not JSON)
+    overlong_replies: int = 0   # replies far longer than their max_tokens, cut there
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     _COUNTERS = ("calls", "prompt_tokens", "completion_tokens", "cache_hits",
                  "cache_misses", "retries", "failures", "context_overflows", "context_shortened",
-                 "context_skipped")
+                 "context_skipped", "invalid_replies", "overlong_replies")
 
     def add(self, **deltas: int) -> None:
         self._bump(deltas)
