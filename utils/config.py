@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
             help="llama.cpp servers of the embedded `local` engine (default: LOCAL_SERVERS, else one per core, "
                  "at most 4; 1 = a single server)")
     engines("--request_timeout", type=_positive_float, default=None,
-            help="seconds before an LLM request is abandoned and retried (default 600)")
+            help="seconds an LLM request may take in all, waiting and reading included, before it is "
+                 "abandoned and retried (default 300)")
     engines("--cache_dir", default=None, help="LLM response cache (default ~/.cache/fedtextgrad)")
     engines("--no_cache", action="store_true", help="send every request, answer none from the cache")
     run("--judge", choices=("string", "llm"), default="string", help="llm: an LLM judges free-form answers")

@@ -35,6 +35,7 @@ from utils.reporting.prompt_stats import measure_prompt, measure_prompts
 from utils.reporting.tracking import RunLog
 
 from .aggregation import Aggregate, aggregate_prompts
+from .checkpoint import read_checkpoint
 from .client import ClientUpdate, Engines, LocalSettings, release_update, train_client
 from .experiment import Evaluator, Experiment, starting_prompt
 from .phases import RoundFailed, in_background, lost_endpoint, with_retries
@@ -85,8 +86,11 @@ class RoundLoop:
 
     def start(self, resume: bool) -> None:
         """The zero-shot evaluation, or the state of the checkpoint to resume from."""
-        saved = self.log.load_checkpoint() if resume else None  # None: it stopped before its first checkpoint
-        state = RunState.from_dict(saved) if saved is not None else None
+        # Checked whole before anything in the folder changes; None: it stopped before its first checkpoint.
+        saved = read_checkpoint(self.log.run_dir, self.exp.rounds, [t.name for t in self.exp.tasks]) if resume else None
+        if resume:
+            self.log.rewind(saved.events_size if saved is not None else 0)
+        state = saved.state if saved is not None else None
         if resume:
             done = state.round if state is not None else None
             progress.note(progress.resume_note(self.log.run_dir.name, done, self.exp.rounds))

@@ -15,12 +15,14 @@ from textgrad.serving.runtime import current_runtime
 from utils.config import UsageError, resolved_config
 from utils.privacy.outbound import OutboundPlan
 from utils.reporting import progress
+from utils.reporting.run_lock import claim_run_folder, holds_a_run
 from utils.reporting.run_summary import print_summary
 from utils.reporting.tracking import RunLog, open_run_log
 from utils.run_config import RunConfig
 from utils.tasks.data import TaskData, load_task_data
 from utils.tasks.registry import resolve_task
 
+from .checkpoint import read_checkpoint
 from .client import Engines, LocalSettings
 from .experiment import Client, Experiment
 from .rounds import TrainRound, run_experiment
@@ -85,15 +87,25 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
         raise UsageError(str(exc)) from None
     args = with_run_name(args)
     run_dir = Path(args.output_dir) / args.run_name
-    if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
+    if not args.resume and holds_a_run(run_dir):  # asked again under the folder's lock, before it is used
         raise UsageError(f"{run_dir} already holds a run: pass --resume to continue it or pick another --run_name")
     experiment = build_experiment(args, data, clients, aggregate)
+    if args.resume:  # a damaged checkpoint stops the run before any server starts or any file changes
+        read_checkpoint(run_dir, experiment.rounds, [t.name for t in experiment.tasks])
     engines = make_engines(args, check=not args.estimate)
     if args.estimate:
         from utils.estimate.summary import print_estimate  # only when asked: the estimator is a large import
 
         print_estimate(args, experiment, run_dir)
         return {}
+    with claim_run_folder(run_dir, resume=args.resume):  # one process per run folder, until the run ends
+        results = _run_in_folder(args, experiment, engines, run_dir, make_train_round)
+    print_summary(results, run_dir)
+    return results
+
+
+def _run_in_folder(args: RunConfig, experiment: Experiment, engines: Engines, run_dir: Path,
+                   make_train_round: Callable[[Experiment, Engines, RunLog], TrainRound] | None) -> dict[str, Any]:
     comet_path = Path(args.comet_log_path) if args.comet_log_path else Path(args.output_dir) / "comet"
     try:
         log = open_run_log(run_dir, args.comet_mode, args.comet_project_name, comet_path, resume=args.resume)
@@ -114,7 +126,6 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
         plot_run(results, run_dir / "plots")
     finally:
         log.comet.end()
-    print_summary(results, run_dir)
     return results
 
 
