@@ -310,9 +310,9 @@ def test_the_retry_loop_stops_at_once_after_an_interrupt(make_fake_server: Any, 
 
 STUCK_AFTER_CTRL_C = """
 import sys, time
-from textgrad.serving.interrupt import SigintWatch
+from textgrad.serving.interrupt import StopSignals
 from textgrad.serving.runtime import current_runtime
-SigintWatch(current_runtime().stop, lambda: "interrupted: resume me", grace_s=float(sys.argv[1])).install()
+StopSignals(current_runtime().stop, lambda: "interrupted: resume me", grace_s=float(sys.argv[1])).install()
 said = "ready"
 while True:  # a bug that swallows the KeyboardInterrupt and waits on
     try:

@@ -172,3 +172,41 @@ def test_resume_of_a_damaged_checkpoint_exits_2_and_changes_nothing(damage: str,
     line = one_error_line(done)
     assert f"{path} is damaged" in line and DAMAGES[damage][1] in line
     assert snapshot(tmp_path) == before  # nothing overwritten, cut back or added (no comet archive either)
+
+
+# ---------------------------------------------------------------- a file that cannot be written
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    """For a child process: files may not grow past `limit` bytes, and a write past it fails with EFBIG (File too
+    large) instead of killing the process (as a full disk fails a write with ENOSPC)."""
+    def apply() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_file_that_cannot_be_written_mid_run_stops_it_in_one_line_and_resume_finishes(tmp_path: Path) -> None:
+    argv = [*EXPERIMENT, "--max_epochs", "3"]
+    with FakeServer(latency=0.01) as server:
+        env = main_env(server.base_url, PYTHONDONTWRITEBYTECODE="1")
+        reference = run_main(run_args(tmp_path / "ref", "run", tmp_path / "ref-cache", *argv), env)
+        assert reference.returncode == 0, reference.stderr[-2000:]
+        out, run_dir = tmp_path / "out", tmp_path / "out" / "run"
+        full = subprocess.run(main_command(run_args(out, "run", tmp_path / "cache", *argv)), env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(12_000))
+        resumed = run_main(["--resume", "--run_name", "run", "--output_dir", str(out)], env)
+    lines = full.stderr.strip().splitlines()
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr[-2000:]
+    assert lines[-1].startswith(f"error: cannot write {run_dir}/") and "(File too large)" in lines[-1]
+    assert lines[-1].endswith(f"continue with python main.py --resume --run_name run --output_dir {out}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    from run_helpers import assert_run_files_intact, final_numbers, prompt_files
+
+    assert_run_files_intact(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert final_numbers(results) == final_numbers(json.loads((tmp_path / "ref" / "run" / "results.json").read_text()))
+    assert prompt_files(run_dir) == prompt_files(tmp_path / "ref" / "run")

@@ -53,10 +53,14 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
                    train_round: TrainRound | None = None) -> dict[str, Any]:
     """Run the experiment, or the rest of it after its checkpoint; results.json's content."""
     loop = RoundLoop(exp, engines, log, train_round)
-    loop.start(resume)  # the zero-shot evaluation, or the checkpoint to continue from
-    for planned in loop.plan.rounds:  # the rounds still to run
-        loop.play_round(planned)
-    return loop.final_test()
+    try:
+        loop.start(resume)  # the zero-shot evaluation, or the checkpoint to continue from
+        for planned in loop.plan.rounds:  # the rounds still to run
+            loop.play_round(planned)
+        return loop.final_test()
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: the calls made since the last checkpoint still count
+        loop.keep_cost_of_stopped_phase()
+        raise
 
 
 class RoundLoop:
@@ -83,13 +87,17 @@ class RoundLoop:
         self.started = time.monotonic()
         self.seconds_before: dict[str, float] = {}
         self.restarts_mark = current_runtime().embedded.restarts  # per process: this run's own restarts
+        # A stop signal never lands between a state change and its checkpoint (StopFlag.deferred).
+        self.stop = current_runtime().stop
+        self.saved_events = 0  # events.jsonl's size at the last checkpoint
 
     def start(self, resume: bool) -> None:
         """The zero-shot evaluation, or the state of the checkpoint to resume from."""
         # Checked whole before anything in the folder changes; None: it stopped before its first checkpoint.
         saved = read_checkpoint(self.log.run_dir, self.exp.rounds, [t.name for t in self.exp.tasks]) if resume else None
         if resume:
-            self.log.rewind(saved.events_size if saved is not None else 0)
+            self.saved_events = saved.events_size if saved is not None else 0
+            self.log.rewind(self.saved_events)
         state = saved.state if saved is not None else None
         if resume:
             done = state.round if state is not None else None
@@ -124,12 +132,13 @@ class RoundLoop:
                 self.early_round.exception()
                 self.steps_bar.close()  # type: ignore[union-attr]
             raise
-        state = record_zero_shot(self.log, self.exp, self.engines, prompt, evaluations, scores)
-        state.eval_judge_failures = self.evaluate.judge_failures
-        # Its own meter counts the zero-shot calls; round 1, running beside it, counts in the round's.
-        state.llm, state.phase_seconds = cost.as_dict(), dict(self.console.seconds)
-        self.print_eta(state.llm)
-        self.log.save_checkpoint(state.to_dict())
+        with self.stop.deferred():
+            state = record_zero_shot(self.log, self.exp, self.engines, prompt, evaluations, scores)
+            state.eval_judge_failures = self.evaluate.judge_failures
+            # Its own meter counts the zero-shot calls; round 1, running beside it, counts in the round's.
+            state.llm, state.phase_seconds = cost.as_dict(), dict(self.console.seconds)
+            self.print_eta(state.llm)
+            self.save(state)
         return state
 
     # -- one round ---------------------------------------------------------------------------------
@@ -139,8 +148,9 @@ class RoundLoop:
         with metered(self.round_cost):
             summary = with_retries(f"round {planned.index}", self.log, self.engines,
                                    lambda last_try: self.one_round(planned, last_try), self.keep_cost_of_failed_tries)
-        keep_best(self.state, summary)
-        self.checkpoint(summary)
+        with self.stop.deferred():
+            keep_best(self.state, summary)
+            self.checkpoint(summary)
 
     def one_round(self, planned: Round, last_try: bool) -> RoundSummary:
         """One try of a round, recorded. Its clients were chosen by the plan: a seeded draw of
@@ -233,8 +243,14 @@ class RoundLoop:
         state.wall_seconds += time.monotonic() - self.started
         state.phase_seconds = add_seconds(self.seconds_before, self.console.seconds)
         self.started = time.monotonic()
-        self.log.save_checkpoint(state.to_dict())
+        self.save(state)
         self.console.round_done(summary.val["mean"], state.best.val, state.best.round)
+
+    def save(self, state: RunState) -> None:
+        """state as checkpoint.json (with events.jsonl's size, which a resume cuts it back to)."""
+        self.state = state
+        self.log.save_checkpoint(state.to_dict())
+        self.saved_events = self.log.events_size()
 
     # -- final test --------------------------------------------------------------------------------
 
@@ -284,9 +300,19 @@ class RoundLoop:
     def keep_cost_of_failed_tries(self) -> None:
         # A stopped phase's calls, retries and time are still the run's cost: kept with the last checkpoint
         # (events.jsonl is already back at its size).
-        self.state.llm = add_counts(self.state.llm, self.round_cost.as_dict())
-        self.state.phase_seconds = add_seconds(self.seconds_before, self.console.seconds)
-        self.log.save_checkpoint(self.state.to_dict())
+        with self.stop.deferred():
+            self.state.llm = add_counts(self.state.llm, self.round_cost.as_dict())
+            self.state.phase_seconds = add_seconds(self.seconds_before, self.console.seconds)
+            self.save(self.state)
+
+    def keep_cost_of_stopped_phase(self) -> None:
+        """After a stop signal: what the phase under way cost joins the last checkpoint, whose events.jsonl
+        it cuts back to, so a resumed run counts the calls this process paid for. (A run stopped before its
+        first checkpoint starts over and has nothing to add them to.)"""
+        if getattr(self, "state", None) is None:
+            return
+        self.log.truncate_events(self.saved_events)
+        self.keep_cost_of_failed_tries()
 
 
 def keep_best(state: RunState, summary: RoundSummary) -> None:

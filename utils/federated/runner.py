@@ -25,6 +25,7 @@ from utils.tasks.registry import resolve_task
 from .checkpoint import read_checkpoint
 from .client import Engines, LocalSettings
 from .experiment import Client, Experiment
+from .phases import storage_failure
 from .rounds import TrainRound, run_experiment
 from .screening import ScreenSettings
 
@@ -99,7 +100,10 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
         print_estimate(args, experiment, run_dir)
         return {}
     with claim_run_folder(run_dir, resume=args.resume):  # one process per run folder, until the run ends
-        results = _run_in_folder(args, experiment, engines, run_dir, make_train_round)
+        try:
+            results = _run_in_folder(args, experiment, engines, run_dir, make_train_round)
+        except OSError as exc:  # a full disk, a read-only folder: one line and the resume command
+            raise storage_failure(exc, run_dir) or exc from None
     print_summary(results, run_dir)
     return results
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from utils.files import TEMP_SUFFIX, write_json_atomic, write_text_atomic
+from utils.files import TEMP_SUFFIX, naming, write_json_atomic, write_text_atomic
 
 CHECKPOINT = "checkpoint.json"
 
@@ -96,7 +96,7 @@ class RunLog:
         # local, with its UTC offset, to the millisecond.
         stamp = datetime.now().astimezone().isoformat(timespec="milliseconds")
         line = json.dumps({"type": kind, "time": stamp, **fields}, ensure_ascii=False) + "\n"
-        with self._lock, open(self.events_path, "a", encoding="utf-8") as fh:
+        with self._lock, naming(self.events_path), open(self.events_path, "a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
 
