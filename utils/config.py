@@ -4,6 +4,7 @@ file is written or any LLM is called."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -44,13 +45,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _within(convert: Callable[[str], float], low: float, high: float | None, noun: str) -> Callable[[str], Any]:
-    """An argparse type: a number from low to high (no upper bound if None), both included."""
+    """An argparse type: a finite number from low to high (no upper bound if None), both included."""
     def parse(text: str) -> Any:
         try:
             value = convert(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-        if value < low or (high is not None and value > high):
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
             bounds = f"{low:g} or more" if high is None else f"between {low:g} and {high:g}"
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {value:g}")
         return value
@@ -65,9 +66,35 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number greater than 0, got {value}")
     return value
+
+
+# The largest sensible value of each numeric flag (the smallest is its type's): past it a value is a typo
+# or a unit mixed up, not a plan, and it is refused before anything runs. A round, step or client more
+# is a line here; so is a longer timeout.
+LIMITS: dict[str, float] = {
+    "max_epochs": 10_000, "max_steps": 1_000, "batch_size": 10_000, "homo_split_num": 1_000,
+    "momentum_window": 1_000, "max_concurrency": 1_024, "local_servers": 16, "max_tokens": 1_048_576,
+    "feedback_max_tokens": 1_048_576, "optimizer_max_tokens": 1_048_576, "merge_max_tokens": 1_048_576,
+    "max_context": 10_485_760, "screen_size": 10_000, "leak_min_words": 10_000, "dirichlet_alpha": 1e6,
+    "request_timeout": 86_400.0, "estimate_latency": 86_400.0, "split_sizes": 1_000_000,
+}
+SEED_LIMIT = 2**63  # seeds are kept in JSON and YAML: within a 64-bit integer
+
+
+def check_limits(args: RunConfig) -> None:
+    """Every numeric flag within LIMITS (and the seed within 64 bits)."""
+    for flag, limit in LIMITS.items():
+        value = getattr(args, flag)
+        for number in value if isinstance(value, tuple | list) else [value]:
+            if number is not None and number > limit:
+                shown = [f"{n:g}" if isinstance(n, float) else str(n) for n in (number, limit)]
+                raise UsageError(f"--{flag} {shown[0]} is more than {shown[1]}, the largest this program takes: "
+                                 "check the value")
+    if not -SEED_LIMIT <= args.seed < SEED_LIMIT:
+        raise UsageError(f"--seed {args.seed} does not fit in 64 bits: choose a smaller seed")
 
 
 def _context_size(text: str) -> int:
@@ -224,22 +251,56 @@ def _add_privacy_and_robustness_flags(p: argparse.ArgumentParser) -> None:
         help="screening leaves out prompts whose accuracy is below the round's best by more than this")
 
 
-def _config_to_argv(parser: argparse.ArgumentParser, path: str, skip: tuple[str, ...] = ()) -> list[str]:
-    """Turn a YAML config into flags, so argparse checks its values exactly as it checks the command line."""
+# A config holds a few dozen flags. Past these it is not one (a data file given by mistake, or a YAML "billion
+# laughs" whose aliases expand to gigabytes), and it is refused before it is expanded.
+MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_ALIASES = 64
+
+
+def _load_yaml(path: str) -> Any:
+    """The YAML document of a config file; UsageError for a missing, large, binary, alias-heavy or invalid one."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise UsageError(f"config file {path} does not exist: check the --config path") from None
+    except OSError as exc:
+        raise UsageError(f"config file {path} cannot be read ({exc.strerror}): check the --config path") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise UsageError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1_000_000} MB: a config holds "
+                         "flag names and values, check the --config path")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not a text file (not UTF-8): give a YAML file of flag names "
+                         "and values") from None
+    try:
+        aliases = sum(isinstance(token, yaml.AliasToken) for token in yaml.scan(text, Loader=yaml.SafeLoader))
+        if aliases > MAX_CONFIG_ALIASES:
+            raise UsageError(f"config file {path} uses {aliases} YAML aliases (*name), more than "
+                             f"{MAX_CONFIG_ALIASES}: write the values out")
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" near line {line + 1}" if line is not None else ""
         raise UsageError(f"config file {path} is not valid YAML{where}: fix its syntax") from None
+    except RecursionError:
+        raise UsageError(f"config file {path} nests too deeply: a config is a flat mapping of flag names to "
+                         "values") from None
+
+
+def _config_to_argv(parser: argparse.ArgumentParser, path: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """Turn a YAML config into flags, so argparse checks its values exactly as it checks the command line."""
+    data = _load_yaml(path)
     if data is None:
         return []
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must be a mapping of flag names to values")
     return mapping_to_argv(parser, data, path, skip)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
 
 
 def mapping_to_argv(parser: argparse.ArgumentParser, data: dict[str, Any], path: str,
@@ -255,6 +316,10 @@ def mapping_to_argv(parser: argparse.ArgumentParser, data: dict[str, Any], path:
             raise UsageError(f"unknown key {key!r} in {path}: keys are flag names such as task, max_steps "
                              "(see python main.py --help)")
         flag = f"--{key}"
+        if not (_is_scalar(value) or isinstance(value, list) and all(map(_is_scalar, value))):
+            what = "a list of lists or mappings" if isinstance(value, list) else f"a {type(value).__name__}"
+            raise UsageError(f"key {key!r} in {path} must be a number, text, true/false or a list of them, not "
+                             f"{what}")
         if isinstance(action, argparse._StoreTrueAction):
             if not isinstance(value, bool):
                 raise UsageError(f"key {key!r} in {path} must be true or false")
@@ -289,6 +354,7 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
 def validate_args(args: RunConfig) -> None:
     if args.module is None:
         raise UsageError("no --module given: choose one of " + ", ".join(MODULES))
+    check_limits(args)
     for flag in ("evaluation_engine", "test_engine"):
         check_engine_name(getattr(args, flag), flag)
     if args.module == "train_hetero_fed" and len(args.task) < 2:

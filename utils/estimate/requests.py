@@ -332,11 +332,10 @@ class _Planner:
     def _send(self, phase: str, requests: list[_Request]) -> None:
         """Requests sent together (concurrently): one is free if an earlier one had its key, not if a
         sibling does (both are in flight before either reply reaches the cache)."""
-        earlier = set(self.seen)
         for request in requests:
-            cached = self.spec.use_cache and (request.key in earlier or self._in_disk_cache(request))
+            cached = self.spec.use_cache and (request.key in self.seen or self._in_disk_cache(request))
             self._count(phase, request, cached)
-            self.seen.add(request.key)
+        self.seen.update(request.key for request in requests)
 
     def _in_disk_cache(self, request: _Request) -> bool:
         return request.messages is not None and self.spec.known_reply(request.engine, request.messages,
