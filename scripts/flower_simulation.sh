@@ -47,6 +47,35 @@ stop_all() {
     return 0
 }
 
+USAGE="Usage: scripts/flower_simulation.sh [--dry-run] [flwr run options] | stop
+
+Runs FedTextGrad on a local Flower simulation (a SuperLink started here, \`flwr run . --stream\`), then
+stops everything it started: the SuperLink, its SuperExec, the simulation and Ray. Exit code: the run's
+(0 completed, 1 failed, 2 a bad run config, 130/143 stopped).
+
+Options:
+  --dry-run     print the commands, run nothing
+  -h, --help    this text
+  stop          stop a simulation this script started that is still running
+  other arguments go to \`flwr run . --stream\`, e.g.
+      --federation-config \"num-supernodes=3\" --run-config \"max_epochs=2 aggregate_method='sum_uid'\"
+
+Environment:
+  FLWR_PORT     the SuperLink's port (default 39091)
+  FLWR_HOME     Flower's folder (default ~/.flwr), with this script's SuperLink log and pid file
+  PYTHON        interpreter (default python)"
+
+case "${1:-}" in
+    -h|--help) echo "$USAGE"; exit 0 ;;
+    --dry-run)
+        shift
+        echo "$PYTHON -m fedtextgrad_flower.run_config [the --run-config values]"
+        echo "setsid $BIN/flower-superlink --insecure --simulation --disable-runtime-dependency-installation" \
+             "--host 127.0.0.1 --port $PORT"
+        echo "$BIN/flwr run . --stream $*"
+        exit 0 ;;
+esac
+
 if [[ "${1:-}" == "stop" ]]; then
     RAY_TMPDIR="$(cat "$STATE/ray_tmpdir" 2>/dev/null)"
     stop_all

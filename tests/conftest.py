@@ -42,7 +42,7 @@ def _embedded_pool() -> Iterator[EmbeddedPool]:
     test's runtime shares it, so llama.cpp loads once."""
     pool = EmbeddedPool(HttpClients(), StopFlag())
     yield pool
-    pool.stop()
+    pool.stop(remove_kept_logs=True)  # a test's failing run names them; the session leaves nothing in /tmp
 
 
 @pytest.fixture(autouse=True)

@@ -236,8 +236,11 @@ class EmbeddedPool:
         self.pool = self.pool_url = None
         return servers
 
-    def stop(self) -> None:
-        """Stop the servers and remove their logs unless a failure asked to keep them; safe to repeat."""
+    def stop(self, *, remove_kept_logs: bool = False) -> None:
+        """Stop the servers and remove their logs unless a failure asked to keep them (or remove_kept_logs: a
+        test session's pool, whose failures were the tests' own); safe to repeat."""
+        if remove_kept_logs:
+            self._keep_logs = False
         with self._lock:
             servers = self._drop()
         for server in servers:  # signalled all at once, so they stop in parallel
