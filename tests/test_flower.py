@@ -205,6 +205,21 @@ def test_flower_run_config_is_checked_like_the_command_line(tmp_path):
             parse_run_config({**flags, "max_update_tokens": bad})
 
 
+@pytest.mark.parametrize(("values", "words"), [
+    ({"max_epochs": 10**9}, "--max_epochs 1000000000 is more than 10000"),
+    ({"max_epochs": 1e9}, "expected a whole number"),
+    ({"screen_margin": float("nan")}, "--screen_margin"),
+    ({"request_timeout": float("inf")}, "--request_timeout"),
+    ({"round_timeout": float("inf")}, "round_timeout in the Flower run config must be a number of seconds from 0"),
+    ({"node_wait": float("nan")}, "node_wait in the Flower run config"),
+    ({"max_update_tokens": 10**12}, "max_update_tokens in the Flower run config"),
+])
+def test_flower_run_config_refuses_what_the_command_line_refuses(values, words):
+    with pytest.raises(UsageError, match=re.escape(words)):
+        parse_run_config({"module": "train_homo_fed", "test_engine": FAKE_ENGINE, "evaluation_engine": FAKE_ENGINE,
+                          **values})
+
+
 def test_flower_run_config_paths_stay_inside_the_allowed_folders(tmp_path, monkeypatch):
     allowed, second, outside = tmp_path / "allowed", tmp_path / "second", tmp_path / "outside"
     for folder in (allowed, second, outside / "old"):

@@ -5,12 +5,17 @@ a reply far longer than its max_tokens is cut there."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
+from run_helpers import final_numbers, main_env, prompt_files, run_args, run_main
 
+from bench.fake_server import FakeServer
 from bench.fake_server.hostile import HOSTILE_KINDS, RawReply, hostile_reply
 from textgrad.engine import get_engine
 from textgrad.errors import EngineError
@@ -175,3 +180,68 @@ def test_the_cache_key_covers_every_field_of_the_request(make_fake_server, monke
     engine.chat(messages)
     engine.chat(messages, response_format={"type": "json_object", "schema": {"type": "object"}})
     assert server.chat_count == 2
+
+
+# ---------------------------------------------------------------- whole runs against a hostile server
+
+RUN = ["--module", "train_homo_fed", "--task", "synthetic_object_counting", "--split_sizes", "6,4,4",
+       "--homo_split_num", "2", "--max_epochs", "2", "--max_steps", "1", "--batch_size", "2", "--seed", "3",
+       "--aggregate_method", "summarization", "--request_timeout", "2"]
+HOSTILITIES: dict[str, dict[str, Any]] = {
+    "clean": {},
+    "html_at_first": {"hostile": "html", "hostile_requests": 3},
+    "trickle_at_first": {"hostile": "trickle", "hostile_requests": 2, "trickle_seconds": 0.5},
+    "huge_always": {"hostile": "huge", "huge_chars": 100_000},
+    "html_always": {"hostile": "html"},
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Path]]:
+    root = tmp_path_factory.mktemp("hostile-runs")
+
+    def launch(name: str) -> tuple[Any, Path]:
+        with FakeServer(latency=0.01, **HOSTILITIES[name]) as server:
+            done = run_main(run_args(root / "out", name, root / f"cache-{name}", *RUN), main_env(server.base_url))
+        return done, root / "out" / name
+
+    with ThreadPoolExecutor(max_workers=len(HOSTILITIES)) as pool:
+        return dict(zip(HOSTILITIES, pool.map(launch, HOSTILITIES), strict=True))
+
+
+def results_of(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.mark.slow  # whole runs, one of them retried until it stops
+@pytest.mark.parametrize("name", ["html_at_first", "trickle_at_first"])
+def test_a_run_rides_out_bad_replies_and_stalls_with_nothing_lost(name: str, hostile_runs: dict) -> None:
+    (clean, clean_dir), (done, run_dir) = hostile_runs["clean"], hostile_runs[name]
+    assert clean.returncode == 0 and done.returncode == 0, done.stderr[-2000:]
+    results = results_of(run_dir)
+    assert final_numbers(results) == final_numbers(results_of(clean_dir))
+    assert prompt_files(run_dir) == prompt_files(clean_dir)
+    expected = {"html_at_first": ("invalid_replies", 3), "trickle_at_first": ("retries", 2)}[name]
+    assert results["llm"][expected[0]] == expected[1]
+
+
+@pytest.mark.slow
+def test_runaway_replies_never_become_a_prompt(hostile_runs: dict) -> None:
+    done, run_dir = hostile_runs["huge_always"]
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = results_of(run_dir)
+    assert results["llm"]["overlong_replies"] > 0
+    assert results["steps"]["accepted"] == 0 and results["format_failures"]["optimizer_truncated"] == 4
+    start = json.loads((run_dir / "checkpoint.json").read_text())["starting_prompt"]
+    assert results["final_prompt"] == start
+    assert max(p.stat().st_size for p in (run_dir / "prompts").rglob("*.txt")) < 10_000
+
+
+@pytest.mark.slow
+def test_a_server_that_only_sends_html_stops_the_run_in_one_line(hostile_runs: dict) -> None:
+    done, run_dir = hostile_runs["html_always"]
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert lines[-1].startswith("error: the zero-shot evaluation failed") and "the reply is not JSON" in lines[-1]
+    assert lines[-1].endswith(f"--resume --run_name html_always --output_dir {run_dir.parent}")
+    assert not list(Path(run_dir.parent.parent / "cache-html_always").rglob("*.json"))  # nothing cached
