@@ -49,7 +49,7 @@ def parse_run_config(run_config: Mapping[str, Any]) -> tuple[RunConfig, FlowerSe
     return args, FlowerSettings(**flower)
 
 
-# As utils.config.LIMITS: past these a value is a typo, not a plan.
+# As utils.flag_values.LIMITS: past these a value is a typo, not a plan.
 MAX_WAIT_S = 7 * 86_400.0
 MAX_UPDATE_TOKENS = 1_000_000_000
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -556,8 +558,11 @@ def test_flower_run_command_runs_a_local_federation(tmp_path, fake_llm, no_stray
     # starts `flower-superexec` (and `flwr run` a SuperLink) by PATH lookup, so the interpreter's bin/
     # goes first on a PATH that holds no other Python (a venv that is not activated).
     bin_dir = Path(sys.executable).parent
+    # Ray's session folder goes in a folder of ours, removed after (short: Ray's socket paths in it must stay
+    # under 108 characters), so the test leaves nothing in /tmp.
+    ray_dir = tempfile.mkdtemp(prefix="ftg-ray-", dir="/tmp")
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": port,
-           "FLWR_DISABLE_UPDATE_CHECK": "1", "VLLM_BASE_URL": fake_llm.base_url,
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "VLLM_BASE_URL": fake_llm.base_url, "RAY_TMPDIR": ray_dir,
            "PATH": os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"])}
     superlink = subprocess.Popen(
         [str(bin_dir / "flower-superlink"), "--insecure", "--simulation", "--disable-runtime-dependency-installation",
@@ -572,6 +577,7 @@ def test_flower_run_command_runs_a_local_federation(tmp_path, fake_llm, no_stray
     finally:
         superlink.terminate()
         superlink.wait(timeout=30)
+        shutil.rmtree(ray_dir, ignore_errors=True)
     results, events = read_run(tmp_path / "cli")
     assert results["rounds_completed"] == 2 and results["clients"] == ["client0", "client1", "client2"]
     assert len([e for e in events if e["type"] == "flower_client"]) == 6

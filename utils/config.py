@@ -4,12 +4,10 @@ file is written or any LLM is called."""
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
@@ -22,6 +20,13 @@ from utils.privacy.attacks import ATTACKS
 from utils.privacy.leakage import LEAK_GUARDS
 from utils.tasks.registry import TaskError, check_bbh_subtask
 
+from .flag_values import context_size as _context_size
+from .flag_values import limit_problem
+from .flag_values import positive_float as _positive_float
+from .flag_values import positive_int as _positive_int
+from .flag_values import price as _price
+from .flag_values import split_sizes as _split_sizes
+from .flag_values import within as _within
 from .run_config import RunConfig
 
 MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
@@ -42,83 +47,6 @@ class _Parser(argparse.ArgumentParser):
     # argparse's own error prints the whole usage block; we promise one line and exit code 2.
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see python main.py --help)")
-
-
-def _within(convert: Callable[[str], float], low: float, high: float | None, noun: str) -> Callable[[str], Any]:
-    """An argparse type: a finite number from low to high (no upper bound if None), both included."""
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except (ValueError, OverflowError):
-            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-        if not math.isfinite(value) or value < low or (high is not None and value > high):
-            bounds = f"{low:g} or more" if high is None else f"between {low:g} and {high:g}"
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value:g}")
-        return value
-    return parse
-
-
-_positive_int = _within(int, 1, None, "a whole number")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a number greater than 0, got {value}")
-    return value
-
-
-# The largest sensible value of each numeric flag (the smallest is its type's): past it a value is a typo
-# or a unit mixed up, not a plan, and it is refused before anything runs. A round, step or client more
-# is a line here; so is a longer timeout.
-LIMITS: dict[str, float] = {
-    "max_epochs": 10_000, "max_steps": 1_000, "batch_size": 10_000, "homo_split_num": 1_000,
-    "momentum_window": 1_000, "max_concurrency": 1_024, "local_servers": 16, "max_tokens": 1_048_576,
-    "feedback_max_tokens": 1_048_576, "optimizer_max_tokens": 1_048_576, "merge_max_tokens": 1_048_576,
-    "max_context": 10_485_760, "screen_size": 10_000, "leak_min_words": 10_000, "dirichlet_alpha": 1e6,
-    "request_timeout": 86_400.0, "estimate_latency": 86_400.0, "split_sizes": 1_000_000,
-}
-SEED_LIMIT = 2**63  # seeds are kept in JSON and YAML: within a 64-bit integer
-
-
-def check_limits(args: RunConfig) -> None:
-    """Every numeric flag within LIMITS (and the seed within 64 bits)."""
-    for flag, limit in LIMITS.items():
-        value = getattr(args, flag)
-        for number in value if isinstance(value, tuple | list) else [value]:
-            if number is not None and number > limit:
-                shown = [f"{n:g}" if isinstance(n, float) else str(n) for n in (number, limit)]
-                raise UsageError(f"--{flag} {shown[0]} is more than {shown[1]}, the largest this program takes: "
-                                 "check the value")
-    if not -SEED_LIMIT <= args.seed < SEED_LIMIT:
-        raise UsageError(f"--seed {args.seed} does not fit in 64 bits: choose a smaller seed")
-
-
-def _context_size(text: str) -> int:
-    value = _positive_int(text)
-    if value < 256:
-        raise argparse.ArgumentTypeError(f"must be at least 256 tokens to hold a prompt and a reply, got {value}")
-    return value
-
-
-def _split_sizes(text: str) -> tuple[int, int, int]:
-    parts = [p.strip() for p in str(text).split(",")]
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST such as 12,20,20, got {text!r}")
-    return tuple(_positive_int(p) for p in parts)  # type: ignore[return-value]
-
-
-def _price(text: str) -> str:
-    from utils.estimate.prices import parse_price_overrides
-
-    try:
-        parse_price_overrides([text], "price")
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected USD per million tokens as 2.5 or ENGINE=2.5, got {text!r}") from None
-    return text
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -354,7 +282,8 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
 def validate_args(args: RunConfig) -> None:
     if args.module is None:
         raise UsageError("no --module given: choose one of " + ", ".join(MODULES))
-    check_limits(args)
+    if (problem := limit_problem(args)) is not None:
+        raise UsageError(problem)
     for flag in ("evaluation_engine", "test_engine"):
         check_engine_name(getattr(args, flag), flag)
     if args.module == "train_hetero_fed" and len(args.task) < 2:
