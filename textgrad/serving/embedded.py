@@ -37,9 +37,10 @@ class EmbeddedPool:
     """The embedded llama.cpp servers of one runtime. `http` reaches them; `stop` is set on a stop signal
     before the servers are stopped, so the calls their end breaks neither retry nor blame them."""
 
-    def __init__(self, http: HttpClients, stop: StopFlag) -> None:
+    def __init__(self, http: HttpClients, stop: StopFlag, log_dir: str | None = None) -> None:
         self._http = http
         self._stop = stop
+        self._log_dir = log_dir  # where the servers log (default: the temporary folder)
         # An RLock because the signal handler may run in the main thread while that same
         # thread is inside ensure().
         self._lock = threading.RLock()
@@ -90,7 +91,7 @@ class EmbeddedPool:
         try:
             for _ in range(size):
                 servers.append(llama_process.spawn(model_path, llama_process.free_port(), threads,
-                                                   die_with_parent=in_main_thread))
+                                                   die_with_parent=in_main_thread, log_dir=self._log_dir))
                 self._starting.append(servers[-1].process)
         except BaseException:
             self._discard(servers)
@@ -176,7 +177,8 @@ class EmbeddedPool:
         # The same port if it is free, so the pool's URL (held by engines) stays valid when the first one died.
         port = dead.port if llama_process.port_is_free(dead.port) else llama_process.free_port()
         try:
-            server = llama_process.spawn(dead.model_path, port, dead.threads, die_with_parent=True)
+            server = llama_process.spawn(dead.model_path, port, dead.threads, die_with_parent=True,
+                                         log_dir=self._log_dir)
             self._starting.append(server.process)
             self._wait_ready([server])
         except EngineError as exc:
@@ -236,11 +238,8 @@ class EmbeddedPool:
         self.pool = self.pool_url = None
         return servers
 
-    def stop(self, *, remove_kept_logs: bool = False) -> None:
-        """Stop the servers and remove their logs unless a failure asked to keep them (or remove_kept_logs: a
-        test session's pool, whose failures were the tests' own); safe to repeat."""
-        if remove_kept_logs:
-            self._keep_logs = False
+    def stop(self) -> None:
+        """Stop the servers and remove their logs unless a failure asked to keep them; safe to repeat."""
         with self._lock:
             servers = self._drop()
         for server in servers:  # signalled all at once, so they stop in parallel

@@ -43,7 +43,8 @@ class InvalidReply(ValueError):
 
 @dataclass(frozen=True)
 class HttpReply:
-    """A complete reply: its status, headers and body, parsed as JSON (InvalidReply otherwise)."""
+    """A complete reply: its status, headers and body: parsed JSON, or an error status's text when that is
+    not JSON (a successful reply that is not JSON raises InvalidReply instead)."""
 
     status: int
     headers: dict[str, str]
@@ -167,7 +168,7 @@ class HttpClients:
         with self._lock:
             client = self._clients.get(origin)
             if client is None:
-                # The openai SDK's pool limits and redirect policy.
+                # Generous pool limits (the openai SDK's), redirects followed.
                 trust_env = not is_loopback(url)
                 limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
                 client = self._clients[origin] = httpx.Client(

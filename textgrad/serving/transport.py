@@ -214,12 +214,13 @@ class Transport:
         self.connect()
         stop = self._runtime.stop
         stop.check()  # after Ctrl-C no new request
-        self.stats.add(calls=1)
-        started = time.monotonic()
         delay = BACKOFF_BASE_S
         timeouts = 0
         # The slot is kept through the backoffs: a call waiting to retry lets no other call out.
         with self.slots:
+            stop.check()  # nor one that waited for its slot
+            self.stats.add(calls=1)
+            started = time.monotonic()
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 self._wait_while_held_off(stop)
                 try:

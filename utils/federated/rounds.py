@@ -93,13 +93,13 @@ class RoundLoop:
 
     def start(self, resume: bool) -> None:
         """The zero-shot evaluation, or the state of the checkpoint to resume from."""
-        # Checked whole before anything in the folder changes; None: it stopped before its first checkpoint.
-        saved = read_checkpoint(self.log.run_dir, self.exp.rounds, [t.name for t in self.exp.tasks]) if resume else None
+        state = None
         if resume:
+            # Checked whole before anything in the folder changes; None: it stopped before its first checkpoint.
+            saved = read_checkpoint(self.log.run_dir, self.exp.rounds, [t.name for t in self.exp.tasks])
             self.saved_events = saved.events_size if saved is not None else 0
             self.log.rewind(self.saved_events)
-        state = saved.state if saved is not None else None
-        if resume:
+            state = saved.state if saved is not None else None
             done = state.round if state is not None else None
             progress.note(progress.resume_note(self.log.run_dir.name, done, self.exp.rounds))
         self.console.open_rounds(self.exp.rounds, state.round if state is not None else 0)
@@ -302,6 +302,7 @@ class RoundLoop:
         # (events.jsonl is already back at its size).
         with self.stop.deferred():
             self.state.llm = add_counts(self.state.llm, self.round_cost.as_dict())
+            self.round_cost = EngineStats()  # kept once, should a stop follow a failure
             self.state.phase_seconds = add_seconds(self.seconds_before, self.console.seconds)
             self.save(self.state)
 
