@@ -72,3 +72,31 @@ def test_a_signal_inside_a_deferred_block_interrupts_when_it_ends() -> None:
     done = subprocess.run([sys.executable, "-c", DEFERRED], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.stdout.splitlines() == ["the block went on",
                                         f"interrupted after the block, stop set: True, signal {signal.SIGTERM}"]
+
+
+ASLEEP_IN_A_WAIT = """
+import signal, threading, time
+from textgrad.serving.interrupt import StopFlag, StopSignals
+StopSignals(StopFlag(), lambda: "resume me", grace_s=30).install()
+held = threading.Lock()
+held.acquire()
+
+def worker():
+    time.sleep(0.5)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # the kernel may pick any thread that is not main
+    time.sleep(60)
+
+threading.Thread(target=worker, daemon=True).start()
+started = time.monotonic()
+try:
+    held.acquire()  # the main thread asleep in a wait, as on a round's futures
+except KeyboardInterrupt:
+    print(f"interrupted after {time.monotonic() - started:.1f} s", flush=True)
+"""
+
+
+def test_a_signal_handed_to_another_thread_still_interrupts_a_main_thread_asleep_in_a_wait() -> None:
+    done = subprocess.run([sys.executable, "-c", ASLEEP_IN_A_WAIT], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.startswith("interrupted after "), done.stdout + done.stderr
+    assert float(done.stdout.split()[2]) < 5  # not the 30 s grace of the watchdog

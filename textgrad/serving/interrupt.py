@@ -27,6 +27,9 @@ STOP_GRACE_S = 10.0
 # What schedulers, `kill` and a closing terminal send: each stops a run as Ctrl-C does.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+# Sent to the main thread to wake it from a wait a stop signal did not interrupt (its handler does nothing).
+WAKE_SIGNAL = signal.SIGUSR1
+WAKE_AFTER_S = 0.1
 
 
 class Interrupted(KeyboardInterrupt):
@@ -112,6 +115,8 @@ class StopSignals:
             signal.signal(signum, self._on_signal)
         if not ours:
             return False
+        if signal.getsignal(WAKE_SIGNAL) == signal.SIG_DFL:
+            signal.signal(WAKE_SIGNAL, lambda signum, frame: None)
         woken, self._wake = socket.socketpair()
         self._wake.setblocking(False)
         signal.set_wakeup_fd(self._wake.fileno(), warn_on_full_buffer=False)
@@ -147,7 +152,13 @@ class StopSignals:
         # arrives, so the grace starts even if the main thread is stuck where Python handlers never run.
         while not set(STOP_SIGNALS) & set(woken.recv(64)):
             pass
-        time.sleep(self.grace_s)
+        # The kernel may hand the signal to another thread, and then a main thread asleep in a wait (on a
+        # lock, a future) runs the handler only once it wakes, which may be never: wake it.
+        time.sleep(WAKE_AFTER_S)
+        if self.stop.signal is None:
+            with contextlib.suppress(OSError, ValueError):
+                signal.pthread_kill(threading.main_thread().ident or 0, WAKE_SIGNAL)
+        time.sleep(max(self.grace_s - WAKE_AFTER_S, 0.0))
         trace: str | None = os.path.join(tempfile.gettempdir(), f"fedtextgrad-stop-{os.getpid()}.txt")
         try:
             with open(trace, "w") as out:  # type: ignore[arg-type]
