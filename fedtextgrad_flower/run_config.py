@@ -49,17 +49,22 @@ def parse_run_config(run_config: Mapping[str, Any]) -> tuple[RunConfig, FlowerSe
     return args, FlowerSettings(**flower)
 
 
+# As utils.flag_values.LIMITS: past these a value is a typo, not a plan.
+MAX_WAIT_S = 7 * 86_400.0
+MAX_UPDATE_TOKENS = 1_000_000_000
+
+
 def _setting(key: str, value: Any) -> float | int:
     if key == "max_update_tokens":
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_UPDATE_TOKENS:
             return value
-        raise UsageError(f"{key} in {SOURCE} must be a whole number of tokens, 0 or more")
+        raise UsageError(f"{key} in {SOURCE} must be a whole number of tokens from 0 to {MAX_UPDATE_TOKENS}")
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         seconds = -1.0
-    if not seconds >= 0:
-        raise UsageError(f"{key} in {SOURCE} must be a number of seconds, 0 or more")
+    if isinstance(value, bool) or not 0 <= seconds <= MAX_WAIT_S:  # NaN and infinity fail too
+        raise UsageError(f"{key} in {SOURCE} must be a number of seconds from 0 to {MAX_WAIT_S:g} (a week)")
     return seconds
 
 
@@ -81,3 +86,29 @@ def check_allowed_paths(values: Mapping[str, Any]) -> None:
             raise UsageError(f"{key} {value} in {SOURCE} is outside the folders this server allows "
                              f"({', '.join(map(str, allowed))}): use a path inside them, or have the operator "
                              f"add its folder to {ALLOWED_DIRS_VARIABLE} before starting the SuperLink")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m fedtextgrad_flower.run_config [--run-config "k=v ..."]: the run config `flwr run .` would send
+    from this folder (pyproject.toml's, with the overrides), checked as the ServerApp checks it. Exit code 2
+    and one line if it is bad: scripts/flower_simulation.sh asks before it starts anything."""
+    import argparse
+    import sys
+
+    import click
+    from flwr.common.config import get_fused_config_from_dir, parse_config_args
+
+    parser = argparse.ArgumentParser(prog="python -m fedtextgrad_flower.run_config")
+    parser.add_argument("--run-config", action="append", default=None)
+    try:
+        overrides = parse_config_args(parser.parse_args(argv).run_config)
+        parse_run_config(get_fused_config_from_dir(Path.cwd(), overrides))
+    except (UsageError, ValueError, click.ClickException) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        print("error: " + " ".join(message.split()), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from logging import ERROR
 from typing import Any
 
 from flwr.app import Context
-from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from textgrad.errors import EngineError
@@ -39,13 +37,26 @@ app = ServerApp()
 USER_ERRORS = (UsageError, TaskError, DataError, EngineError, FederationError, RoundFailed)
 
 
+class RunFailed(RuntimeError):
+    """A problem the user can fix ended the run. Flower marks the run failed and logs the exception that
+    ended it, with the exception's traceback: this one has none to show (it is no bug), so the log holds the
+    one line and nothing after it, and `flwr ls` shows the line as the run's status details."""
+
+    @property  # type: ignore[override]
+    def __traceback__(self) -> None:
+        return None
+
+    @__traceback__.setter
+    def __traceback__(self, value: object) -> None:
+        pass
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     try:
         run_server(grid, context.run_config)
     except USER_ERRORS as exc:
-        log(ERROR, "error: %s%s", exc, current_runtime().embedded.failure_note())
-        raise  # Flower marks the run failed (and prints its traceback)
+        raise RunFailed("error: " + " ".join(str(exc).split()) + current_runtime().embedded.failure_note()) from None
 
 
 def run_server(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@ config here, since run_simulation, unlike `flwr run`, passes none. Users run `fl
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,5 +32,8 @@ def simulate(run_config: Mapping[str, Any], clients: ClientApp = client_app.app,
     def _(grid: Grid, context: Context) -> None:
         run_server(grid_wrapper(grid) if grid_wrapper else grid, run_config)
 
-    run_simulation(server_app=server, client_app=clients, num_supernodes=num_supernodes or num_clients(args),
-                   backend_config=BACKEND)
+    # Ray keeps its session folder after it stops: it goes in a folder of ours, removed after the run (in /tmp
+    # whatever TMPDIR says: Ray's socket paths in it must stay under 108 characters).
+    with tempfile.TemporaryDirectory(prefix="ftg-ray-", dir="/tmp", ignore_cleanup_errors=True) as ray_dir:
+        run_simulation(server_app=server, client_app=clients, num_supernodes=num_supernodes or num_clients(args),
+                       backend_config={**BACKEND, "init_args": {"_temp_dir": ray_dir}})

@@ -37,10 +37,11 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def _embedded_pool() -> Iterator[EmbeddedPool]:
+def _embedded_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPool]:
     """The embedded llama.cpp pool of the whole session, started by the first test that needs it: every
-    test's runtime shares it, so llama.cpp loads once."""
-    pool = EmbeddedPool(HttpClients(), StopFlag())
+    test's runtime shares it, so llama.cpp loads once. Its servers log in the session's pytest folder: the
+    log of one a test kills is kept by design, and must not stay behind in /tmp."""
+    pool = EmbeddedPool(HttpClients(), StopFlag(), log_dir=str(tmp_path_factory.mktemp("llama-server-logs")))
     yield pool
     pool.stop()
 

@@ -48,6 +48,18 @@ def gsm8k_dir(root: Path, train: str, test: str | None = '{"question": "q", "ans
     return ["--module", "train_centralized", "--task", "GSM8K", "--data_dir", str(root / "data"), *FAKE]
 
 
+def write_bytes(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# Nine lines whose last one would expand to 9^9 strings (a "billion laughs").
+ALIAS_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefg", "bcdefgh", strict=True)) + \
+    "task: [*h, *h, *h, *h, *h, *h, *h, *h, *h]\n"
+
+
 def config(root: Path, text: str) -> list[str]:
     return ["--config", str(write(root / "bad.yaml", text))]
 
@@ -140,6 +152,20 @@ CASES = [
          "--run_name '../out/taken'"),
     Case("endpoint_down_at_start", lambda r: HOMO, "cannot reach the vllm endpoint"),
     Case("cache_dir_is_a_file", lambda r: [*HOMO, "--cache_dir", str(write(r / "cache", "x"))], "--cache_dir"),
+    # Values that parse but are no numbers to run with, and configs that are no configs.
+    Case("nan_in_config", lambda r: [*HOMO, *config(r, "screen_margin: .nan\n")], "--screen_margin: must be between"),
+    Case("infinite_timeout_in_config", lambda r: [*HOMO, *config(r, "request_timeout: .inf\n")], "--request_timeout"),
+    Case("nan_flag", homo("--dirichlet_alpha", "nan"), "--dirichlet_alpha"),
+    Case("absurd_rounds", homo("--max_epochs", "1000000000", "--estimate"), "--max_epochs 1000000000 is more than"),
+    Case("absurd_seed", homo("--seed", str(2**70)), "--seed"),
+    Case("absurd_price", homo("--estimate", "--price_in", "inf"), "--price_in"),
+    Case("binary_config", lambda r: [*HOMO, "--config", str(write_bytes(r / "bad.yaml", bytes(range(256)) * 8))],
+         "is not a text file"),
+    Case("alias_bomb_config", lambda r: [*HOMO, *config(r, ALIAS_BOMB)], "YAML aliases"),
+    Case("nested_config_value", lambda r: [*HOMO, *config(r, "task: [[synthetic_object_counting]]\n")],
+         "must be a number, text, true/false or a list of them"),
+    Case("config_too_large", lambda r: [*HOMO, *config(r, "# padding\n" * 120_000)], "larger than 1 MB"),
+    Case("config_is_a_folder", lambda r: [*HOMO, "--config", str(r)], "cannot be read"),
 ]
 
 

@@ -33,7 +33,7 @@ from textgrad.serving.llama_process import find_packaged_model
 from textgrad.serving.runtime import Runtime, current_runtime
 from textgrad.serving.stats import EngineStats
 from textgrad.serving.tokenizers import estimate_tokens
-from textgrad.serving.window import discover_window, is_overflow, overflow_sizes
+from textgrad.serving.window import discover_window, is_overflow, message_overhead, overflow_sizes
 from utils.federated.aggregation import aggregate_prompts
 from utils.federated.client import Engines, LocalSettings, local_step
 from utils.tasks.data import load_task_data
@@ -104,6 +104,17 @@ def test_a_text_that_cannot_fit_is_never_cut_the_call_is_skipped_and_counted() -
     with pytest.raises(ContextOverflowError, match="300-token window"):
         budget.generate(engine, words(260), system_prompt="Count the objects.", max_tokens=64)
     assert engine.stats.context_skipped == 1 and engine.stats.context_shortened == 0
+
+
+def test_a_prompt_that_fits_the_window_without_its_reply_room_is_fitted_with_it() -> None:
+    # 60 words and the chat overhead fit a window of 100, but not beside a 50-token reply: the budget's first
+    # check must count the reply's room, or the request goes out as written and the server rejects it.
+    engine = type("Counting", (), {"estimate_tokens": staticmethod(count_words), "count_tokens": staticmethod(count_words)})
+    fields = {"system": budget.Cuttable.text(words(30)), "prompt": budget.Cuttable.text(words(30, 100))}
+    request = budget.fit_request(engine, 100, system="{system}", user="{prompt}", fields=fields, max_tokens=50)
+    size = sum(count_words(m["content"]) for m in request.messages) + message_overhead(request.messages)
+    assert 60 + message_overhead(request.messages) <= 100 < 60 + message_overhead(request.messages) + 50
+    assert size + request.max_tokens <= 100 and request.shortened
 
 
 LLAMA_SERVER = {"error": {"code": 400, "message": CONTEXT_ERROR_MESSAGE, "type": "exceed_context_size_error",

@@ -64,17 +64,21 @@ def test_what_each_backend_can_do() -> None:
     }
 
 
-def test_one_pooled_client_per_server_shared_with_the_sdk(monkeypatch: pytest.MonkeyPatch, runtime: Runtime) -> None:
+def test_one_pooled_client_per_server_carries_the_chat_requests(monkeypatch: pytest.MonkeyPatch, runtime: Runtime,
+                                                                  fake_server) -> None:
     http_client = runtime.http.client
-    client = http_client("http://127.0.0.1:8123/v1")
-    assert http_client("http://127.0.0.1:8123/props") is client  # same server, same pool
+    client = http_client(fake_server.base_url)
+    assert http_client(fake_server.base_url.removesuffix("/v1") + "/props") is client  # same server, same pool
     assert http_client("http://127.0.0.1:8124/v1") is not client
     assert client.trust_env is False  # loopback: never through a proxy from the environment
     assert http_client("https://api.openai.com/v1").trust_env is True
-    monkeypatch.setenv("VLLM_BASE_URL", "http://127.0.0.1:8123/v1")
-    engine = get_engine("vllm-m")
-    assert engine.transport.connect()._client is client  # the openai SDK sends through it too
-    assert Runtime().http.client("http://127.0.0.1:8123/v1") is not client  # another runtime, its own clients
+    sent: list[str] = []
+    client.event_hooks["request"].append(lambda request: sent.append(request.url.path))
+    monkeypatch.setenv("VLLM_BASE_URL", fake_server.base_url)
+    assert get_engine("vllm-m").generate("hi") == "reply from m to: hi"
+    assert sent[-1] == "/v1/chat/completions"  # the chat went through it, as the model lookup did
+    assert "/v1/models" in sent
+    assert Runtime().http.client(fake_server.base_url) is not client  # another runtime, its own clients
 
 
 def test_the_grammar_loads_without_the_llm_client_libraries() -> None:

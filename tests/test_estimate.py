@@ -358,3 +358,47 @@ def test_launchers_estimate_the_grid_total_and_its_most_expensive_cells(tmp_path
         group = "sweep_aggregation_homo/synthetic_object_counting"
         assert calls[f"{group}-sum_uid-seed{seed}"] == calls[f"{group}-concat-seed{seed}"] + 2
     assert not (tmp_path / "logs").exists()  # nothing ran
+
+
+# ---------------------------------------------------------------- large runs: walked in part, the rest scaled
+
+
+def _counted(exp: Experiment) -> tuple[Any, int]:
+    from utils.estimate.walk import extrapolate, plan_walk
+
+    walk = plan_walk(exp, False, None)
+    plan = extrapolate(plan_calls(dataclasses.replace(spec(exp), experiment=walk.experiment, plan=walk.plan)), walk)
+    totals = plan.totals()["T"]
+    return walk, totals.calls + totals.cached
+
+
+@pytest.mark.parametrize("argv", [["--max_epochs", "60"], ["--max_epochs", "60", "--homo_split_num", "5",
+                                                          "--max_steps", "6"],
+                                  ["--max_epochs", "40", "--clients_per_round", "2"]])
+def test_a_run_larger_than_the_walk_budget_is_walked_in_part_and_its_calls_come_out_the_same(
+        argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from utils.estimate import walk
+
+    exp = experiment_from_args(parse_args(["--module", "train_homo_fed", "--task", "synthetic_object_counting",
+                                           "--test_engine", "vllm-x", "--evaluation_engine", "vllm-x", *argv]))
+    monkeypatch.setattr(walk, "WALK_BUDGET", 10**9)
+    exact_walk, exact = _counted(exp)
+    assert not exact_walk.scaled and exact == plan_run(exp).calls()
+    for budget in (2000, 300):  # a part of the rounds; a single round, with part of its steps when it is large
+        monkeypatch.setattr(walk, "WALK_BUDGET", budget)
+        part, scaled = _counted(exp)
+        assert part.scaled and part.walked_rounds < exp.rounds
+        assert abs(scaled - exact) <= 0.05 * exact, (budget, scaled, exact)
+
+
+def test_the_walk_of_a_huge_grid_is_bounded_whatever_its_rounds() -> None:
+    from utils.estimate.walk import WALK_BUDGET, plan_walk
+
+    for rounds in ("100", "10000"):
+        exp = experiment_from_args(parse_args([
+            "--module", "train_homo_fed", "--task", "synthetic_object_counting", "--test_engine", "vllm-x",
+            "--evaluation_engine", "vllm-x", "--max_epochs", rounds, "--homo_split_num", "100", "--max_steps", "50",
+            "--split_sizes", "1000,10,10"]))
+        part = plan_walk(exp, False, None)
+        assert part.rounds == int(rounds) and part.walked_rounds == 1 and part.walked_steps < 50
+        assert part.plan.calls() <= 2 * WALK_BUDGET

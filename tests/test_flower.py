@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -207,6 +209,21 @@ def test_flower_run_config_is_checked_like_the_command_line(tmp_path):
     for bad in ("many", -1, 2.5, True):
         with pytest.raises(UsageError, match="max_update_tokens in the Flower run config must be a whole number"):
             parse_run_config({**flags, "max_update_tokens": bad})
+
+
+@pytest.mark.parametrize(("values", "words"), [
+    ({"max_epochs": 10**9}, "--max_epochs 1000000000 is more than 10000"),
+    ({"max_epochs": 1e9}, "expected a whole number"),
+    ({"screen_margin": float("nan")}, "--screen_margin"),
+    ({"request_timeout": float("inf")}, "--request_timeout"),
+    ({"round_timeout": float("inf")}, "round_timeout in the Flower run config must be a number of seconds from 0"),
+    ({"node_wait": float("nan")}, "node_wait in the Flower run config"),
+    ({"max_update_tokens": 10**12}, "max_update_tokens in the Flower run config"),
+])
+def test_flower_run_config_refuses_what_the_command_line_refuses(values, words):
+    with pytest.raises(UsageError, match=re.escape(words)):
+        parse_run_config({"module": "train_homo_fed", "test_engine": FAKE_ENGINE, "evaluation_engine": FAKE_ENGINE,
+                          **values})
 
 
 def test_flower_run_config_paths_stay_inside_the_allowed_folders(tmp_path, monkeypatch):
@@ -587,8 +604,11 @@ def test_flower_run_command_runs_a_local_federation(tmp_path, fake_llm, no_stray
     # starts `flower-superexec` (and `flwr run` a SuperLink) by PATH lookup, so the interpreter's bin/
     # goes first on a PATH that holds no other Python (a venv that is not activated).
     bin_dir = Path(sys.executable).parent
+    # Ray's session folder goes in a folder of ours, removed after (short: Ray's socket paths in it must stay
+    # under 108 characters), so the test leaves nothing in /tmp.
+    ray_dir = tempfile.mkdtemp(prefix="ftg-ray-", dir="/tmp")
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": port,
-           "FLWR_DISABLE_UPDATE_CHECK": "1", "VLLM_BASE_URL": fake_llm.base_url,
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "VLLM_BASE_URL": fake_llm.base_url, "RAY_TMPDIR": ray_dir,
            "PATH": os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"])}
     superlink = subprocess.Popen(
         [str(bin_dir / "flower-superlink"), "--insecure", "--simulation", "--disable-runtime-dependency-installation",
@@ -603,6 +623,7 @@ def test_flower_run_command_runs_a_local_federation(tmp_path, fake_llm, no_stray
     finally:
         superlink.terminate()
         superlink.wait(timeout=30)
+        shutil.rmtree(ray_dir, ignore_errors=True)
     results, events = read_run(tmp_path / "cli")
     assert results["rounds_completed"] == 2 and results["clients"] == ["client0", "client1", "client2"]
     assert len([e for e in events if e["type"] == "flower_client"]) == 6

@@ -254,3 +254,31 @@ def test_embedded_servers_run_our_wrapper_without_extra_weight_buffers() -> None
 
     assert llama_capi.llama_model_default_params is llamacpp_server.model_params_without_extra_buffers
     assert llama_capi.llama_model_default_params().use_extra_bufts is False
+
+
+@pytest.mark.slow  # starts llama.cpp and stops a run with a real signal
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_the_embedded_servers_answer_is_no_death_and_leaves_no_log(signum: int, tmp_path: Path) -> None:
+    """Requests in flight to the embedded servers when the run is stopped: the stop breaks them, and none of
+    that is taken for a server's death (no restart during shutdown), and the servers' logs go with them."""
+    from bench.fake_server import FakeServer
+
+    env = {k: v for k, v in os.environ.items() if k != "LOCAL_BASE_URL"}
+    with FakeServer(latency=0.05) as evaluation:
+        env.update(TMPDIR=str(tmp_path / "tmp"), VLLM_BASE_URL=evaluation.base_url, HF_HUB_OFFLINE="1",
+                   LOCAL_SERVERS="2")
+        (tmp_path / "tmp").mkdir()
+        flags = ["--module", "train_centralized", "--task", "synthetic_object_counting", "--test_engine", "local",
+                 "--evaluation_engine", "vllm-fake-model", "--output_dir", str(tmp_path / "out"), "--run_name", "stop",
+                 "--cache_dir", str(tmp_path / "cache"), "--comet_mode", "disabled", "--split_sizes", "12,12,12",
+                 "--max_tokens", "48", "--do_not_run_larger_model"]
+        run = subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), *flags], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The first feedback request means answers of the local engine are under way (and more queue behind).
+        assert _wait_until(lambda: evaluation.chat_count >= 1 or run.poll() is not None, 300)
+        run.send_signal(signum)
+        _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 128 + signum, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: continue with python main.py --resume")
+    assert "died" not in stderr and "restart" not in stderr and "Traceback" not in stderr
+    assert not list((tmp_path / "tmp").glob(LOG_GLOB))

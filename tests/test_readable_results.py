@@ -11,10 +11,11 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pytest
 
-from utils.config import parse_args, resolved_config
+from utils.config import parse_args
 from utils.reporting.plots import OVERALL, draw, plot_run, run_series
 from utils.reporting.report import markdown_report, round_series, versus_series
 from utils.reporting.runs import Group, Run, group_runs, run_key
+from utils.run_config import resolved_config
 
 TASKS = ["BBH_object_counting", "BBH_multistep_arithmetic_two", "GSM8K"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from fedtextgrad_flower.records import EXPERIMENT_KEYS, experiment_from_record, experiment_record
-from utils.config import build_parser, default_run_config, parse_args, resolved_config
-from utils.run_config import RunConfig
+from utils.config import build_parser, default_run_config, parse_args
+from utils.run_config import RunConfig, resolved_config
 
 TINY = ["--task", "synthetic_object_counting", "--split_sizes", "3,3,3"]
 
@@ -112,7 +112,7 @@ def test_the_resume_line_after_ctrl_c_names_the_generated_run_folder(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     import main
-    from textgrad.serving.interrupt import SigintWatch
+    from textgrad.serving.interrupt import StopSignals
     from utils.federated import runner
 
     opened: list[Path] = []
@@ -124,7 +124,7 @@ def test_the_resume_line_after_ctrl_c_names_the_generated_run_folder(tmp_path: P
     monkeypatch.setattr(runner, "make_engines", lambda args, check=True: None)
     monkeypatch.setattr(runner, "open_run_log", open_then_ctrl_c)
     exit_lines: list[Callable[[], str]] = []
-    monkeypatch.setattr(SigintWatch, "install", lambda watch: exit_lines.append(watch.exit_line))
+    monkeypatch.setattr(StopSignals, "install", lambda watch: exit_lines.append(watch.exit_line))
     args = parse_args(["--module", "train_centralized", *TINY, "--output_dir", str(tmp_path),
                        "--comet_mode", "disabled"])
     assert args.run_name is None

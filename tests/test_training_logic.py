@@ -215,8 +215,10 @@ def test_one_failing_client_does_not_stop_the_round(tmp_path):
     broken.examples = []  # sampling from no examples raises inside that client only
     results = run(tmp_path, exp, engine)
     assert results["rounds"][0]["failed_clients"] == ["client1"]
-    events = (tmp_path / "run" / "events.jsonl").read_text()
-    assert '"client_failed"' in events
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    assert [e["client"] for e in events if e["type"] == "client_failed"] == ["client1"]
+    # The merge saw the clients that returned a prompt, never the failed one's start prompt.
+    assert [e["clients"] for e in events if e["type"] == "aggregate"] == [["client0", "client2"]]
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path):

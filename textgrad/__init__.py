@@ -1,7 +1,7 @@
 """FedTextGrad's own textual-autograd engine, laid out as TextGrad lays out its package.
 
 The names load on first use (PEP 562): `import textgrad.serving.backends` (the engine-name grammar that
-utils.config checks flags with) must not pay for the openai SDK, which takes a second or more to import.
+utils.config checks flags with) must not pay for the HTTP client and the engines behind these names.
 """
 
 from __future__ import annotations

@@ -7,8 +7,6 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,7 +21,14 @@ from utils.tasks.registry import TaskError, check_bbh_subtask, initial_prompt_te
 
 from .files import writable_folder
 from .flag_names import Aliased, key_problem, names_problem
-from .run_config import RunConfig
+from .flag_values import context_size as _context_size
+from .flag_values import limit_problem
+from .flag_values import positive_float as _positive_float
+from .flag_values import positive_int as _positive_int
+from .flag_values import price as _price
+from .flag_values import split_sizes as _split_sizes
+from .flag_values import within as _within
+from .run_config import REDACTED, RunConfig
 
 MODULES = ("train_centralized", "train_homo_fed", "train_hetero_fed")
 AGGREGATE_METHODS = ("concat", "summarization", "sum_uid")
@@ -31,8 +36,6 @@ OPTIMIZERS = ("tgd", "tgd_momentum")  # utils.federated.client.make_optimizer
 # A run name is one plain folder name inside --output_dir: no separator, no "..", nothing a shell or a
 # filesystem treats specially.
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.+=-]{1,255}")
-SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "credential", "credentials"}
-REDACTED = "<redacted>"
 
 
 class UsageError(ValueError):
@@ -43,52 +46,6 @@ class _Parser(argparse.ArgumentParser):
     # argparse's own error prints the whole usage block; we promise one line and exit code 2.
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see python main.py --help)")
-
-
-def _within(convert: Callable[[str], float], low: float, high: float | None, noun: str) -> Callable[[str], Any]:
-    """An argparse type: a number from low to high (no upper bound if None), both included."""
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            bounds = f"{low:g} or more" if high is None else f"between {low:g} and {high:g}"
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value:g}")
-        return value
-    return parse
-
-
-_positive_int = _within(int, 1, None, "a whole number")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
-    return value
-
-
-def _context_size(text: str) -> int:
-    value = _positive_int(text)
-    if value < 256:
-        raise argparse.ArgumentTypeError(f"must be at least 256 tokens to hold a prompt and a reply, got {value}")
-    return value
-
-
-def _split_sizes(text: str) -> tuple[int, int, int]:
-    parts = [p.strip() for p in str(text).split(",")]
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected TRAIN,VAL,TEST such as 12,20,20, got {text!r}")
-    return tuple(_positive_int(p) for p in parts)  # type: ignore[return-value]
-
-
-def _price(text: str) -> str:
-    from utils.estimate.prices import price_entry  # the estimator's package loads only when a price is given
-    return price_entry(text)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -173,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
             help="llama.cpp servers of the embedded `local` engine (default: LOCAL_SERVERS, else one per core, "
                  "at most 4; 1 = a single server)")
     engines("--request_timeout", type=_positive_float, default=None,
-            help="seconds before an LLM request is abandoned and retried (default 600)")
+            help="seconds an LLM request may take in all, waiting and reading included, before it is "
+                 "abandoned and retried (default 300)")
     engines("--cache_dir", default=None, help="LLM response cache (default ~/.cache/fedtextgrad)")
     engines("--no_cache", action="store_true", help="send every request, answer none from the cache")
     run("--judge", choices=("string", "llm"), default="string", help="llm: the evaluation engine judges every answer")
@@ -243,22 +201,56 @@ def _add_privacy_and_robustness_flags(p: argparse.ArgumentParser) -> None:
         help="screening leaves out prompts whose accuracy is below the round's best by more than this")
 
 
-def _config_to_argv(parser: argparse.ArgumentParser, path: str, skip: tuple[str, ...] = ()) -> list[str]:
-    """Turn a YAML config into flags, so argparse checks its values exactly as it checks the command line."""
+# A config holds a few dozen flags. Past these it is not one (a data file given by mistake, or a YAML "billion
+# laughs" whose aliases expand to gigabytes), and it is refused before it is expanded.
+MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_ALIASES = 64
+
+
+def _load_yaml(path: str) -> Any:
+    """The YAML document of a config file; UsageError for a missing, large, binary, alias-heavy or invalid one."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise UsageError(f"config file {path} does not exist: check the --config path") from None
+    except OSError as exc:
+        raise UsageError(f"config file {path} cannot be read ({exc.strerror}): check the --config path") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise UsageError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1_000_000} MB: a config holds "
+                         "flag names and values, check the --config path")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not a text file (not UTF-8): give a YAML file of flag names "
+                         "and values") from None
+    try:
+        aliases = sum(isinstance(token, yaml.AliasToken) for token in yaml.scan(text, Loader=yaml.SafeLoader))
+        if aliases > MAX_CONFIG_ALIASES:
+            raise UsageError(f"config file {path} uses {aliases} YAML aliases (*name), more than "
+                             f"{MAX_CONFIG_ALIASES}: write the values out")
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" near line {line + 1}" if line is not None else ""
         raise UsageError(f"config file {path} is not valid YAML{where}: fix its syntax") from None
+    except RecursionError:
+        raise UsageError(f"config file {path} nests too deeply: a config is a flat mapping of flag names to "
+                         "values") from None
+
+
+def _config_to_argv(parser: argparse.ArgumentParser, path: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """Turn a YAML config into flags, so argparse checks its values exactly as it checks the command line."""
+    data = _load_yaml(path)
     if data is None:
         return []
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must be a mapping of flag names to values")
     return mapping_to_argv(parser, data, path, skip)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
 
 
 def mapping_to_argv(parser: argparse.ArgumentParser, data: dict[str, Any], path: str,
@@ -279,6 +271,10 @@ def mapping_to_argv(parser: argparse.ArgumentParser, data: dict[str, Any], path:
         if problem:
             raise UsageError(problem)
         flag = f"--{key}"
+        if not (_is_scalar(value) or isinstance(value, list) and all(map(_is_scalar, value))):
+            what = "a list of lists or mappings" if isinstance(value, list) else f"a {type(value).__name__}"
+            raise UsageError(f"key {key!r} in {path} must be a number, text, true/false or a list of them, not "
+                             f"{what}")
         if isinstance(action, argparse._StoreTrueAction):
             if not isinstance(value, bool):
                 raise UsageError(f"key {key!r} in {path} must be true or false")
@@ -313,6 +309,8 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
 def validate_args(args: RunConfig) -> None:
     if args.module is None:
         raise UsageError("no --module given: choose one of " + ", ".join(MODULES))
+    if (problem := limit_problem(args)) is not None:
+        raise UsageError(problem)
     for flag in ("evaluation_engine", "test_engine"):
         check_engine_name(getattr(args, flag), flag, needs_key=not args.estimate)  # an estimate calls nothing
     if args.module == "train_hetero_fed" and len(args.task) < 2:
@@ -374,30 +372,3 @@ def check_engine_name(name: str, flag: str = "engine", needs_key: bool = False) 
 
 def num_clients(args: RunConfig) -> int:
     return {"train_centralized": 1, "train_homo_fed": args.homo_split_num}.get(args.module, len(args.task))
-
-
-def _looks_secret(name: str) -> bool:
-    # By whole words: api_key and auth_token are secrets, feedback_max_tokens is not.
-    return bool(SECRET_WORDS & set(name.lower().split("_")))
-
-
-def secret_values() -> list[str]:
-    """Values of secret-looking environment variables (OPENAI_API_KEY, VLLM_API_KEY, COMET_API_KEY, ...)."""
-    return [v for k, v in os.environ.items() if _looks_secret(k) and len(v) >= 8]
-
-
-def unused_flags(module: str | None) -> tuple[str, ...]:
-    """Flags a module never reads, left out of its config.yaml so it records only what shaped the run."""
-    return () if module == "train_homo_fed" else ("homo_split_num",)
-
-
-def resolved_config(args: RunConfig) -> dict[str, Any]:
-    """The flags as saved to config.yaml, in the parser's order: secret-named flags, and any value holding
-    a key from the environment (a key pasted into --run_name, say), are redacted."""
-    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(args).items()
-              if k not in unused_flags(args.module)}
-    secrets = secret_values()
-    for key, value in config.items():
-        if _looks_secret(key) or any(secret in str(value) for secret in secrets):
-            config[key] = REDACTED
-    return config

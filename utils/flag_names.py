@@ -36,6 +36,6 @@ def names_problem(namespace: argparse.Namespace, source: str | None) -> str | No
 def key_problem(seen: dict[str, tuple[str, Any]], dest: str, key: str, value: Any, source: str) -> str | None:
     """A config key's value against the keys before it (seen: dest -> the first key and value given)."""
     first_key, first_value = seen.setdefault(dest, (key, value))
-    if first_value == value:
+    if first_key == key or first_value == value:  # the key itself (a NaN is not equal to itself)
         return None
     return f"{source} gives {first_key}: {first_value} and {key}: {value}: they name one setting, so give one of them"

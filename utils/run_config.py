@@ -2,13 +2,19 @@
 
 The parser (utils.config.build_parser) is the one source of flags, defaults and checks; this class only
 gives what it produced a type and keeps it from changing. A derived config is a dataclasses.replace.
-Fields stand in the parser's order, which is also the key order of a run's config.yaml.
+Fields stand in the parser's order, which is also the key order of a run's config.yaml, which
+resolved_config writes with every secret redacted.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "credential", "credentials"}
+REDACTED = "<redacted>"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,3 +78,30 @@ class RunConfig:
     def from_namespace(cls, namespace: argparse.Namespace) -> RunConfig:
         """The parsed flags; a flag the parser has and this class lacks (or the reverse) raises TypeError."""
         return cls(**vars(namespace))
+
+
+def _looks_secret(name: str) -> bool:
+    # By whole words: api_key and auth_token are secrets, feedback_max_tokens is not.
+    return bool(SECRET_WORDS & set(name.lower().split("_")))
+
+
+def secret_values() -> list[str]:
+    """Values of secret-looking environment variables (OPENAI_API_KEY, VLLM_API_KEY, COMET_API_KEY, ...)."""
+    return [v for k, v in os.environ.items() if _looks_secret(k) and len(v) >= 8]
+
+
+def unused_flags(module: str | None) -> tuple[str, ...]:
+    """Flags a module never reads, left out of its config.yaml so it records only what shaped the run."""
+    return () if module == "train_homo_fed" else ("homo_split_num",)
+
+
+def resolved_config(args: RunConfig) -> dict[str, Any]:
+    """The flags as saved to config.yaml, in the parser's order: secret-named flags, and any value holding
+    a key from the environment (a key pasted into --run_name, say), are redacted."""
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(args).items()
+              if k not in unused_flags(args.module)}
+    secrets = secret_values()
+    for key, value in config.items():
+        if _looks_secret(key) or any(secret in str(value) for secret in secrets):
+            config[key] = REDACTED
+    return config

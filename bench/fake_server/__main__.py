@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from .handler import FLAVOURS
+from .hostile import HOSTILE_KINDS
 from .replies import MERGE_BUDGETS
 from .server import FakeServer
 
@@ -38,6 +39,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="every optimizer edit its own numbered rule, so that clients return different prompts")
     parser.add_argument("--merge_budget", choices=MERGE_BUDGETS, default="obey",
                         help="merges keep within their request's stated budget: obey, ignore, second_try")
+    parser.add_argument("--hostile", choices=HOSTILE_KINDS, default=None,
+                        help="answer chat requests as a broken server or proxy would (bench/fake_server/hostile.py)")
+    parser.add_argument("--hostile_requests", type=int, default=None, help="only the first N chat requests")
+    parser.add_argument("--retry_after", type=float, default=30.0, help="seconds of --hostile retry_after")
+    parser.add_argument("--trickle_seconds", type=float, default=1.0, help="seconds per byte of --hostile trickle")
     args = parser.parse_args(argv)
     try:
         server = FakeServer(latency=args.latency, slots=args.slots, seed=args.seed, rate_500=args.rate_500,
@@ -46,7 +52,9 @@ def main(argv: list[str] | None = None) -> None:
                             max_context=args.max_context, model=args.model, logprobs=not args.no_logprobs,
                             port=args.port, quote_rate=args.quote_rate, flavour=args.flavour,
                             structured=not args.no_structured, cut_at_max_tokens=args.cut_at_max_tokens,
-                            distinct_edits=args.distinct_edits, merge_budget=args.merge_budget)
+                            distinct_edits=args.distinct_edits, merge_budget=args.merge_budget,
+                            hostile=args.hostile, hostile_requests=args.hostile_requests,
+                            retry_after=args.retry_after, trickle_seconds=args.trickle_seconds)
     except OSError as exc:  # most often the port is taken, by an earlier bench server still running
         print(f"error: cannot listen on 127.0.0.1:{args.port} ({exc.strerror or exc}): stop the process using it "
               f"(e.g. an earlier bench server) or pass another --port", file=sys.stderr)

@@ -6,6 +6,7 @@ import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from .hostile import RawReply, response_bytes
 from .replies import estimate_tokens
 
 if TYPE_CHECKING:
@@ -79,6 +80,21 @@ def make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
+        def _send_raw(self, reply: RawReply) -> None:
+            """A hostile reply, byte for byte; trickled, it stops when the client hangs up or the server stops."""
+            data = response_bytes(reply)
+            if not reply.trickle:
+                self.wfile.write(data)
+                return
+            self.close_connection = True
+            for i in range(len(data)):
+                if server._stopping.wait(reply.trickle):
+                    return
+                try:
+                    self.wfile.write(data[i:i + 1])
+                except OSError:  # the client gave up
+                    return
+
         def _route(self) -> str:
             return self.path.split("?", 1)[0].rstrip("/")
 
@@ -149,6 +165,9 @@ def make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 server._leave()  # before the reply goes out, so the client's next request never overlaps it
             if payload is None:  # simulated hang: close without a reply
                 self.close_connection = True
+                return
+            if isinstance(payload, RawReply):
+                self._send_raw(payload)
                 return
             self._send(status, payload, headers)
 

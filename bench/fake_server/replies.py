@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import re
+from typing import Any
 
 from textgrad.prompts import FEEDBACK_SYSTEM, OPTIMIZER_SYSTEM
 from utils.federated.aggregation import MERGE_SYSTEM
@@ -20,6 +21,7 @@ from utils.tasks.evaluation import JUDGE_SYSTEM
 from utils.tasks.synthetic import _CATEGORIES  # our own word lists: lets the server count their items
 
 RIGHT_PERCENT = 40
+ECHO_USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
 
 _KIND_BY_SYSTEM = {FEEDBACK_SYSTEM: "feedback", OPTIMIZER_SYSTEM: "optimizer", MERGE_SYSTEM: "merge",
                    JUDGE_SYSTEM: "judge"}
@@ -309,3 +311,16 @@ def prompt_token_logprobs(text: str) -> tuple[list[str], list[float | None]]:
             logprobs.append(-1.0 - (h % 700) / 100)
         seen.add(token)
     return tokens, logprobs
+
+
+def echo_reply(request: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `echo` replies: "reply from <model> to: <last message>"."""
+    last = messages[-1]["content"] if messages else ""
+    content = None if last == "__null__" else f"reply from {request.get('model')} to: {last}"
+    payload: dict[str, Any] = {
+        "id": "chatcmpl-echo", "object": "chat.completion", "created": 0, "model": request.get("model"),
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+    }
+    if last != "__nousage__":
+        payload["usage"] = dict(ECHO_USAGE)
+    return payload

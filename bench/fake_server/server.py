@@ -1,25 +1,23 @@
 """FakeServer: the state and the answers of the fake OpenAI-compatible server (see bench/fake_server/__init__.py).
 
-`slots` requests are served at once, each takes `latency` seconds, the rest wait in a queue. Faults
-(HTTP 500, 429, hangs, malformed replies) are injected from a seeded RNG, `fail_with` answers the next
-chat requests with given HTTP statuses, and `max_context` makes it refuse over-long requests the way
-llama.cpp does. Replies are `method` replies (bench/fake_server/replies.py: answers, feedback, edits,
-merges and verdicts, a pure function of the request; like small models, its answers obey an instruction
-in the system prompt to always give one answer, and with `quote_rate` its optimizer copies a training
-question the feedback quoted into the prompt) or `echo` replies ("reply from <model> to: <last message>",
-any model name accepted, fixed usage of 11 prompt and 7 completion tokens; "__null__" answers null
-content, "__nousage__" leaves out the usage block) for the engine tests.
+`slots` requests are served at once, each takes `latency` seconds, the rest wait in a queue. Faults (HTTP 500,
+429, hangs, malformed replies) come from a seeded RNG, `fail_with` answers the next chat requests with given
+HTTP statuses, and `max_context` refuses over-long requests the way llama.cpp does. Replies are `method`
+replies (replies.py: answers, feedback, edits, merges and verdicts, a pure function of the request; like small
+models, its answers obey a system-prompt instruction to always give one answer, and with `quote_rate` its
+optimizer copies a quoted training question into the prompt) or `echo` replies ("reply from <model> to: <last
+message>", any model name, usage of 11 prompt and 7 completion tokens; "__null__" answers null content,
+"__nousage__" leaves out the usage block) for the engine tests.
 
-Structured output: `flavour` makes it check `response_format` the way one backend spells it
-(llama-cpp-python: {"type": "json_object", "schema": ...}; vllm, sglang, openai, ollama: {"type":
-"json_schema", "json_schema": {"name", "schema"}}), any other shape getting HTTP 400 naming the field;
-no flavour accepts both. `structured=False` plays a server without structured output (HTTP 400 for any
-response_format). A structured request is answered with a JSON object holding the text under the
-schema's one property. `cut_at_max_tokens` cuts replies longer than max_tokens (finish_reason "length").
-
-Scale: `distinct_edits` makes every optimizer edit its own (a numbered rule), as a real model's are, so that
-many clients return many different prompts; `merge_budget` says whether merges keep within the budget their
-request states ("obey"), never ("ignore"), or only when asked again ("second_try")."""
+Structured output: `flavour` checks `response_format` the way one backend spells it (llama-cpp-python:
+{"type": "json_object", "schema": ...}; vllm, sglang, openai, ollama: {"type": "json_schema", "json_schema":
+{"name", "schema"}}), any other shape getting HTTP 400 naming the field; no flavour accepts both.
+`structured=False` refuses any response_format (HTTP 400). A structured request is answered with a JSON
+object holding the text under the schema's one property. `cut_at_max_tokens` cuts replies longer than
+max_tokens (finish_reason "length"). Scale: `distinct_edits` makes every optimizer edit its own (a numbered
+rule), as a real model's are; `merge_budget`: merges keep within their request's stated budget ("obey"),
+never ("ignore"), or only when asked again ("second_try"). Hostile: `hostile` answers the first
+`hostile_requests` chat requests (all if None) as a broken server or proxy would (hostile.py)."""
 
 from __future__ import annotations
 
@@ -32,13 +30,20 @@ from collections.abc import Callable
 from typing import Any
 
 from .handler import FLAVOURS, Listener, check_response_format, make_handler
-from .replies import MERGE_BUDGETS, estimate_tokens, malformed_reply, prompt_token_logprobs, reply_for
+from .hostile import HANG, Hostility, RawReply
+from .replies import (
+    MERGE_BUDGETS,
+    echo_reply,
+    estimate_tokens,
+    malformed_reply,
+    prompt_token_logprobs,
+    reply_for,
+)
 
 FAULT_KINDS = ("http_500", "http_429", "timeout", "malformed")
 CONTEXT_ERROR_MESSAGE = "the request exceeds the available context size, try increasing it"
 DEFAULT_N_CTX = 8192
 REPLIES = ("method", "echo")
-ECHO_USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
 # A route of `routes`: fixed JSON (HTTP 200), a function of the request's JSON body returning (status, JSON),
 # or None (HTTP 404: this server has no such route).
 Route = dict[str, Any] | Callable[[dict[str, Any]], tuple[int, dict[str, Any]]] | None
@@ -55,9 +60,12 @@ class FakeServer:
                  structured: bool = True, cut_at_max_tokens: bool = False, replies: str = "method",
                  models: tuple[str, ...] | None = None, fail_with: list[int] | None = None,
                  routes: dict[str, Route] | None = None, distinct_edits: bool = False,
-                 merge_budget: str = "obey") -> None:
+                 merge_budget: str = "obey", hostile: str | None = None,
+                 hostile_requests: int | None = None, retry_after: float = 30.0, trickle_seconds: float = 1.0,
+                 huge_chars: int = 5_000_000) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
+        self.hostility = Hostility(hostile, hostile_requests, retry_after, trickle_seconds, huge_chars)
         if flavour is not None and flavour not in FLAVOURS:
             raise ValueError(f"flavour must be one of {', '.join(FLAVOURS)}")
         if replies not in REPLIES:
@@ -134,13 +142,8 @@ class FakeServer:
     # -- counters ---------------------------------------------------------------------------
 
     def _reset_counters(self) -> None:
-        self._requests = 0
-        self._completed = 0
-        self._in_flight = 0
-        self._waiting = 0
-        self._processing = 0
-        self._peak_in_flight = 0
-        self._peak_processing = 0
+        self._requests = self._completed = self._in_flight = self._waiting = self._processing = 0
+        self._peak_in_flight = self._peak_processing = 0
         self._faults = dict.fromkeys(FAULT_KINDS, 0)
         self._context_rejections = 0
         self._by_kind: dict[str, int] = collections.Counter()
@@ -150,6 +153,7 @@ class FakeServer:
         self._structured_rejections = 0
         self._prompts: collections.deque = collections.deque(maxlen=self._prompts_kept)  # answered: (messages, max_tokens)
         self._chat_log: collections.deque = collections.deque(maxlen=self._prompts_kept)  # (body, auth, status)
+        self._arrivals: collections.deque = collections.deque(maxlen=self._prompts_kept)  # time.monotonic() of each
         self.route_requests: collections.Counter[str] = collections.Counter()  # requests per path, any route
         self.routed_requests: list[tuple[str, dict[str, Any], str]] = []  # (path, body, auth) of `routes`
 
@@ -171,7 +175,7 @@ class FakeServer:
                 "requests_by_kind": dict(self._by_kind), "logprob_requests": self._logprob_requests,
                 "response_formats": dict(self._response_formats),
                 "structured_rejections": self._structured_rejections,
-                "prompts_seen": list(self._prompts),
+                "prompts_seen": list(self._prompts), "hostile_replies": self.hostility.sent,
             }
 
     # -- request handling (called from handler threads) ---------------------------------------
@@ -194,6 +198,12 @@ class FakeServer:
     def log_chat(self, request: dict[str, Any], auth: str, status: int) -> None:
         with self._lock:
             self._chat_log.append((request, auth, status))
+
+    @property
+    def arrivals(self) -> list[float]:
+        """time.monotonic() at which each of the last chat requests arrived, in order."""
+        with self._lock:
+            return list(self._arrivals)
 
     @property
     def chat_count(self) -> int:
@@ -265,13 +275,21 @@ class FakeServer:
                                     "param": "response_format"}}
         return field, None
 
-    def chat(self, request: dict[str, Any], auth: str = "") -> tuple[int, dict[str, Any] | None, dict[str, str]]:
-        """(status, JSON body or None for a hang-up, extra headers) for one chat request."""
+    def chat(self, request: dict[str, Any], auth: str = "") -> tuple[int, dict[str, Any] | RawReply | None,
+                                                                     dict[str, str]]:
+        """(status, JSON body, a RawReply or None for a hang-up, extra headers) for one chat request."""
         messages = request.get("messages") or []
         max_tokens = int(request.get("max_tokens") or request.get("max_completion_tokens") or 0)
         with self._lock:
             self._requests += 1
+            self._arrivals.append(time.monotonic())
             status = self.fail_with.pop(0) if self.fail_with else 200
+            hostile = self.hostility.due()
+        if hostile == HANG:
+            self._stopping.wait()  # until the server stops
+            return 0, None, {}
+        if hostile is not None:
+            return 200, self.hostility.reply(str(request.get("model"))), {}
         if status == 401:  # like some proxies, the key is echoed back: the engine must redact it
             return 401, {"error": {"message": f"invalid key {auth}\nsecond line", "code": 401}}, {}
         if status != 200:
@@ -279,7 +297,7 @@ class FakeServer:
             return status, {"error": {"message": f"injected failure {status}", "code": status}}, {}
         if self.replies == "echo":
             self._serve_slot()
-            return 200, _echo(request, messages), {}
+            return 200, echo_reply(request, messages), {}
         if request.get("model") != self.model:
             return 404, {"error": {"message": f"model {request.get('model')!r} not found; "
                                               f"this server serves {self.model!r}", "code": 404}}, {}
@@ -378,14 +396,3 @@ class FakeServer:
         stats["prompts_seen"] = len(stats["prompts_seen"])
         return stats
 
-
-def _echo(request: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
-    last = messages[-1]["content"] if messages else ""
-    content = None if last == "__null__" else f"reply from {request.get('model')} to: {last}"
-    payload: dict[str, Any] = {
-        "id": "chatcmpl-echo", "object": "chat.completion", "created": 0, "model": request.get("model"),
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-    }
-    if last != "__nousage__":
-        payload["usage"] = dict(ECHO_USAGE)
-    return payload

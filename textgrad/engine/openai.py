@@ -22,7 +22,7 @@ from ..serving.runtime import Runtime, current_runtime
 from ..serving.slots import EndpointSlots
 from ..serving.stats import EngineStats
 from ..serving.tokenizers import TokenCount
-from ..serving.transport import ChatReply, OverflowReply, Transport
+from ..serving.transport import ChatReply, OverflowReply, Transport, chat_body
 from .base import EngineLM
 
 logger = logging.getLogger(__name__)
@@ -35,15 +35,6 @@ def _normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # servers reject null, and the cache key must not depend on None-vs-"".
     return [{"role": m.get("role") or "user", "content": "" if m.get("content") is None else m["content"]}
             for m in messages]
-
-
-def sampling_params(temperature: float, max_tokens: int, top_p: float | None = None) -> dict[str, Any]:
-    """The sampling parameters of a chat request, as sent and as the response cache keys it. top_p None is
-    left out (the server's default), so entries cached before top_p could be set stay valid."""
-    params: dict[str, Any] = {"temperature": float(temperature), "max_tokens": int(max_tokens)}
-    if top_p is not None:
-        params["top_p"] = float(top_p)
-    return params
 
 
 def _rough_tokens(text: str) -> int:
@@ -182,20 +173,19 @@ class ChatOpenAI(EngineLM):
         self.transport.connect()
         messages = _normalise_messages(messages)
         max_tokens = self.context.fit_reply(messages, int(max_tokens))
-        sampling = sampling_params(self.temperature if temperature is None else temperature, max_tokens,
-                                   self.top_p if top_p is None else top_p)
+        body = chat_body(self.model, messages, temperature=self.temperature if temperature is None else temperature,
+                         max_tokens=max_tokens, top_p=self.top_p if top_p is None else top_p,
+                         response_format=response_format)
         key = None
         if self._replies is not None:
-            # Looked up before the cap: a hit must never wait behind real requests.
-            params = dict(sampling)
-            if response_format is not None:  # absent otherwise, so earlier cache entries stay valid
-                params["response_format"] = response_format
-            key = ResponseCache.make_key(self.model, messages, params, endpoint=self.cache_endpoint)
+            # Keyed by the body as sent and the server it goes to; looked up before the cap: a hit must never
+            # wait behind real requests.
+            key = ResponseCache.request_key(body, endpoint=self.cache_endpoint)
             hit = self._replies.lookup(key, "text", str)
             if hit is not None:
                 return ChatReply(hit["text"], hit.get("finish_reason"))
         try:
-            completion = self.transport.send(messages, sampling, response_format)
+            completion = self.transport.send(body)
         except OverflowReply as exc:
             raise self.context.overflow(messages, max_tokens, exc.body) from None
         reply = completion.reply

@@ -6,7 +6,7 @@ slots.py         EndpointSlots (the per-endpoint cap, background priority) and a
 http.py          HttpClients: one pooled httpx client per server, small JSON requests
 backends.py      Backend (what each kind of server can do), BACKENDS, the engine-name grammar, route()
 cache.py         ResponseCache on disk, CachedReplies (an engine's hits, misses and writes)
-interrupt.py     StopFlag (no request after Ctrl-C) and SigintWatch (main.py's Ctrl-C handler)
+interrupt.py     StopFlag (no request after a stop) and StopSignals (main.py's Ctrl-C/SIGTERM/SIGHUP handler)
 tokenizers.py    token counts: estimate, a server's /tokenize, tiktoken, GGUF Vocabularies
 window.py        what a server says about its context window, and its overflow replies
 context.py       EngineContext: one engine's window and counts, fit_reply and overflow errors

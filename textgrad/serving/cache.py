@@ -41,6 +41,13 @@ class ResponseCache:
         )
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
+    @staticmethod
+    def request_key(body: dict[str, Any], *, endpoint: str) -> str:
+        """make_key of a request body as sent (textgrad.serving.transport.chat_body): every field besides
+        the model and the messages (sampling, max_tokens, response_format) is a parameter."""
+        params = {k: v for k, v in body.items() if k not in ("model", "messages")}
+        return ResponseCache.make_key(body["model"], body["messages"], params, endpoint=endpoint)
+
     def _path(self, key: str) -> Path:
         # Two-character fan-out keeps directories small on long experiment grids.
         return self.directory / key[:2] / f"{key}.json"

@@ -3,8 +3,9 @@ that a runtime starts on first use.
 
 `EmbeddedPool.ensure` starts pool_size() servers, each on a free loopback port with its share of the
 cores, in parallel; requests go to the least busy of them (its `pool`); a server that dies is restarted
-once, in the background; all are stopped by stop(), at interpreter exit, on SIGTERM and on Ctrl-C.
-Their logs are removed when they stop, unless a failure named them (keep_logs).
+once, in the background (never while the process is stopping: a request its stop breaks is no death);
+all are stopped by stop(), at interpreter exit, on Ctrl-C, SIGTERM and SIGHUP. Their logs are removed
+when they stop, unless a failure named them (keep_logs).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from ..errors import EngineError
 from . import llama_process
 from .http import HttpClients
-from .interrupt import StopFlag
+from .interrupt import STOP_SIGNALS, StopFlag
 from .llama_process import ServerProcess, last_log_line, terminate
 from .server_pool import CONNECTION_ERRORS, Pool
 
@@ -33,12 +34,13 @@ SIGNAL_STOP_GRACE_S = 0.5
 
 
 class EmbeddedPool:
-    """The embedded llama.cpp servers of one runtime. `http` reaches them; `stop` is set on SIGINT/SIGTERM
+    """The embedded llama.cpp servers of one runtime. `http` reaches them; `stop` is set on a stop signal
     before the servers are stopped, so the calls their end breaks neither retry nor blame them."""
 
-    def __init__(self, http: HttpClients, stop: StopFlag) -> None:
+    def __init__(self, http: HttpClients, stop: StopFlag, log_dir: str | None = None) -> None:
         self._http = http
         self._stop = stop
+        self._log_dir = log_dir  # where the servers log (default: the temporary folder)
         # An RLock because the signal handler may run in the main thread while that same
         # thread is inside ensure().
         self._lock = threading.RLock()
@@ -89,7 +91,7 @@ class EmbeddedPool:
         try:
             for _ in range(size):
                 servers.append(llama_process.spawn(model_path, llama_process.free_port(), threads,
-                                                   die_with_parent=in_main_thread))
+                                                   die_with_parent=in_main_thread, log_dir=self._log_dir))
                 self._starting.append(servers[-1].process)
         except BaseException:
             self._discard(servers)
@@ -126,6 +128,8 @@ class EmbeddedPool:
     def _on_request_failure(self, index: int, exc: BaseException) -> float:
         """A request to server `index` failed: if its process died, avoid it and restart it once, in the
         background; the request is retried (by the engine) on the others meanwhile."""
+        if self._stop.is_set():  # the process is stopping: the servers' end broke the request, not a death
+            return 0.0
         with self._lock:
             if index >= len(self._servers):
                 return 0.0
@@ -135,7 +139,7 @@ class EmbeddedPool:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 server.process.wait(timeout=1.0)
         with self._lock:
-            if server.running() or self._servers[index] is not server:
+            if server.running() or self._servers[index] is not server or self._stop.is_set():
                 return 0.0
             if server.dead:  # another in-flight call already reported this death
                 return float("inf")
@@ -167,13 +171,14 @@ class EmbeddedPool:
 
     def _restart(self, index: int) -> None:
         with self._lock:
-            if index >= len(self._servers):
+            if index >= len(self._servers) or self._stop.is_set():
                 return
             dead = self._servers[index]
         # The same port if it is free, so the pool's URL (held by engines) stays valid when the first one died.
         port = dead.port if llama_process.port_is_free(dead.port) else llama_process.free_port()
         try:
-            server = llama_process.spawn(dead.model_path, port, dead.threads, die_with_parent=True)
+            server = llama_process.spawn(dead.model_path, port, dead.threads, die_with_parent=True,
+                                         log_dir=self._log_dir)
             self._starting.append(server.process)
             self._wait_ready([server])
         except EngineError as exc:
@@ -283,14 +288,14 @@ class EmbeddedPool:
             os.kill(os.getpid(), signum)
 
     def install_signal_handlers(self) -> None:
-        """Stop the servers on SIGINT/SIGTERM, then defer to whatever handler was there before.
+        """Stop the servers on Ctrl-C, SIGTERM or SIGHUP, then defer to whatever handler was there before.
 
         Python only allows this from the main thread; elsewhere it is a no-op and the
         atexit hook plus the parent-death signal still cover clean-up.
         """
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             current = signal.getsignal(signum)
             if current == self._on_signal or current == signal.SIG_IGN:
                 continue  # already ours, or the process deliberately ignores it

@@ -177,10 +177,13 @@ def _die_with_parent() -> None:
         pass
 
 
-def spawn(model_path: str, port: int, threads: int, *, die_with_parent: bool) -> ServerProcess:
-    """Start one server process (not yet ready). die_with_parent only from a thread that lives as long as
-    the process: PR_SET_PDEATHSIG fires when the *thread* that forked exits."""
-    log_handle = tempfile.NamedTemporaryFile(prefix="fedtextgrad-llama-server-", suffix=".log", delete=False)
+def spawn(model_path: str, port: int, threads: int, *, die_with_parent: bool,
+          log_dir: str | None = None) -> ServerProcess:
+    """Start one server process (not yet ready), logging to a new file in log_dir (default: the temporary
+    folder). die_with_parent only from a thread that lives as long as the process: PR_SET_PDEATHSIG fires
+    when the *thread* that forked exits."""
+    log_handle = tempfile.NamedTemporaryFile(prefix="fedtextgrad-llama-server-", suffix=".log", delete=False,
+                                             dir=log_dir)
     with log_handle:
         process = subprocess.Popen(
             server_command(model_path, port, threads),

@@ -17,11 +17,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
-import openai
 
 # A remote server that refused a connection gets no request for this long (it may be restarting).
 REMOTE_DOWN_S = 10.0
-CONNECTION_ERRORS = (httpx.TransportError, openai.APIConnectionError)
+CONNECTION_ERRORS = (httpx.TransportError,)
 
 
 @dataclass
@@ -82,7 +81,7 @@ class Pool:
 
 
 def _avoid_after_connection_error(index: int, exc: BaseException) -> float:
-    read_timeout = isinstance(exc, (httpx.ReadTimeout, openai.APITimeoutError))
+    read_timeout = isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout))
     return REMOTE_DOWN_S if isinstance(exc, CONNECTION_ERRORS) and not read_timeout else 0.0
 
 

@@ -11,9 +11,11 @@ from typing import Any
 MIN_PLAUSIBLE_WINDOW = 64
 
 DEFAULT_MAX_CONCURRENCY = 16
-# Long on purpose: the embedded server answers one request at a time, so a request
-# may queue behind max_concurrency others before its first token.
-DEFAULT_REQUEST_TIMEOUT_S = 600.0
+# The deadline of a whole request (textgrad.serving.http), queueing at the server included. Generous: the
+# embedded server answers one request at a time, so a request may wait behind max_concurrency others
+# (16 replies of 512 tokens at ~45 tokens/s is about 3 minutes); short enough that a stalled server
+# costs minutes, not half an hour (three timeouts end a call).
+DEFAULT_REQUEST_TIMEOUT_S = 300.0
 
 _UNSET: Any = object()
 

@@ -1,7 +1,8 @@
 """The per-endpoint cap on requests in flight, with a background priority for work off the critical path.
 
 Requests beyond the cap wait; a freed slot goes to the longest-waiting foreground request, and to a
-background one only when no foreground request waits. Work whose result nobody waits for yet (the
+background one only when no foreground request waits. An endpoint that answered 429 with Retry-After is
+held off: until that time no request goes to it, whichever call got the 429 (`hold_off`). Work whose result nobody waits for yet (the
 zero-shot evaluation while round 1 trains) runs under ``background()`` and so fills the slots the
 critical path leaves idle without delaying it. A runtime holds one ``EndpointCaps``: the cap of every
 endpoint its engines talk to.
@@ -15,6 +16,7 @@ import heapq
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,17 @@ class EndpointSlots:
         self._lock = threading.Lock()
         self._waiting: list[tuple[int, int, threading.Lock]] = []  # heap of (priority, arrival, gate)
         self._arrivals = itertools.count()
+        self._held_until = 0.0  # time.monotonic() before which no request may go out
+
+    def hold_off(self, seconds: float) -> None:
+        """No request to this endpoint for `seconds` from now (the server asked with Retry-After)."""
+        with self._lock:
+            self._held_until = max(self._held_until, time.monotonic() + seconds)
+
+    def held_for(self) -> float:
+        """Seconds until requests may go out again; 0 when they may now."""
+        with self._lock:
+            return max(0.0, self._held_until - time.monotonic())
 
     def acquire(self) -> None:
         with self._lock:

@@ -26,11 +26,13 @@ class EngineStats:
     context_shortened: int = 0  # requests whose reply limit (max_tokens) was lowered to fit the window
     context_dropped: int = 0    # whole items (feedback, earlier versions) left out of requests to fit the window
     context_skipped: int = 0    # calls given up because they cannot fit, no text being ever cut
+    invalid_replies: int = 0    # attempts answered with no usable chat completion (HTML, bad bytes, not JSON)
+    overlong_replies: int = 0   # replies far longer than their max_tokens, cut there
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     _COUNTERS = ("calls", "prompt_tokens", "completion_tokens", "cache_hits",
                  "cache_misses", "retries", "failures", "context_overflows", "context_shortened",
-                 "context_dropped", "context_skipped")
+                 "context_dropped", "context_skipped", "invalid_replies", "overlong_replies")
 
     def add(self, **deltas: int) -> None:
         self._bump(deltas)

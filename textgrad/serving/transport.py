@@ -1,24 +1,36 @@
 """Requests to one endpoint: connecting (starting the embedded pool, finding the model), sending a chat
-under the endpoint's cap to the least busy server of its pool, retrying with backoff on 429/5xx and
-timeouts, and wording what fails as one line without the key. Calls, retries and failures are counted
-in the engine's stats; what a reply means for the cache or the window is the engine's business.
+under the endpoint's cap to the least busy server of its pool, retrying with backoff on 429/5xx,
+timeouts and unusable replies, and wording what fails as one line without the key. Calls, retries and
+failures are counted in the engine's stats; what a reply means for the cache or the window is the
+engine's business.
+
+What a hostile server or proxy may send is a failed attempt, never a crash: each attempt must end within
+the request timeout in all (textgrad.serving.http: a deadline, not a limit between bytes); a 200 reply
+that is not a chat completion in UTF-8 JSON (an HTML page, invalid bytes, a lone surrogate) is retried and
+counted as `invalid_replies`; Retry-After holds off every call to the endpoint, and a call waiting to
+retry keeps its slot, so nothing else goes out meanwhile; a reply far longer than its max_tokens is cut
+there and marked as cut at the limit ("length"), counted as `overlong_replies`, so no caller trains it
+into a prompt.
 """
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import openai
 
 from ..errors import EngineError, StructuredOutputRejected
 from .backends import Route
 from .context import Connection
+from .http import HttpReply, InvalidReply
+from .interrupt import StopFlag
 from .llama_process import N_CTX
 from .server_pool import member_of
 from .slots import EndpointSlots
@@ -30,13 +42,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 5.0
 MAX_ATTEMPTS = 6
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0
+# A Retry-After beyond this is taken as this: a server down for longer is better reported than waited on.
+RETRY_AFTER_CAP_S = 300.0
 # A server that refuses connections is down, not busy: stop retrying well inside 30 s.
 CONNECTION_RETRY_BUDGET_S = 20.0
 CHECK_TIMEOUT_S = 10.0
+# A reply of max_tokens tokens has at most this many characters per token (long words, runs of spaces),
+# plus a little: longer, the server ignored the limit.
+OVERLONG_CHARS_PER_TOKEN = 16
+OVERLONG_SLACK_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -76,12 +93,37 @@ def _names_response_format(status: int, body: Any) -> bool:
                                         ("response_format", "json_schema", "json_object", "schema", "grammar"))
 
 
-def _retry_after(exc: openai.APIStatusError) -> float:
+def chat_body(model: str, messages: list[dict[str, Any]], *, temperature: float, max_tokens: int,
+              top_p: float | None = None, response_format: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON body of a chat request: exactly what is sent, and (with the endpoint) what the response
+    cache keys, so nothing that can change a reply is left out of the key. top_p None is left out (the
+    server's default), so entries cached before top_p could be set stay valid."""
+    body: dict[str, Any] = {"model": model, "messages": messages, "temperature": float(temperature),
+                            "max_tokens": int(max_tokens)}
+    if top_p is not None:
+        body["top_p"] = float(top_p)
+    if response_format is not None:  # absent otherwise, so earlier cache entries stay valid
+        body["response_format"] = response_format
+    return body
+
+
+def retry_after(headers: dict[str, str]) -> float:
+    """Seconds the server asks us to wait (Retry-After as seconds or an HTTP date), at most
+    RETRY_AFTER_CAP_S; 0 when it asks nothing."""
+    value = {k.lower(): v for k, v in headers.items()}.get("retry-after", "").strip()
     try:
-        value = float(exc.response.headers.get("retry-after", 0))
-    except (TypeError, ValueError, AttributeError):
-        return 0.0
-    return min(max(value, 0.0), BACKOFF_CAP_S)
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return 0.0
+    return min(seconds, RETRY_AFTER_CAP_S) if math.isfinite(seconds) and seconds > 0 else 0.0
+
+
+def overlong_limit(max_tokens: int) -> int:
+    """The most characters a reply of max_tokens tokens can plausibly hold."""
+    return OVERLONG_CHARS_PER_TOKEN * max_tokens + OVERLONG_SLACK_CHARS
 
 
 class Transport:
@@ -98,7 +140,7 @@ class Transport:
         self._runtime = runtime
         self._model = route.model
         self._base_url = route.base_url
-        self._client: openai.OpenAI | None = None
+        self._connected = False
         self._slots: EndpointSlots | None = None
         self._lock = threading.Lock()
 
@@ -121,24 +163,18 @@ class Transport:
         assert self._slots is not None
         return self._slots
 
-    def connect(self) -> openai.OpenAI:
+    def connect(self) -> None:
+        """Where the endpoint is and which model it serves (the embedded pool started first); once."""
         with self._lock:
-            if self._client is not None:
-                return self._client
+            if self._connected:
+                return
             if self._base_url is None:
                 self._base_url = self._runtime.ensure_embedded()
             self._runtime.pools.register_urls(self.route.pool_urls)
             if self._model is None:
                 self._model = self._discover_model()
-            self._client = openai.OpenAI(
-                base_url=self._base_url,
-                api_key=self.route.api_key,
-                max_retries=0,  # our own loop below counts and bounds retries
-                timeout=httpx.Timeout(self.request_timeout, connect=CONNECT_TIMEOUT_S),
-                http_client=self._runtime.http.client(self._base_url),  # the server's one pooled client
-            )
             self._slots = self._runtime.caps.for_endpoint(self._base_url, self.max_concurrency)
-            return self._client
+            self._connected = True
 
     def connection(self) -> Connection:
         """Where the model is (after starting the embedded pool), for the engine's EngineContext."""
@@ -174,82 +210,109 @@ class Transport:
 
     # -- sending -------------------------------------------------------------------------------
 
-    def send(self, messages: list[dict[str, Any]], sampling: dict[str, Any],
-             response_format: dict[str, Any] | None = None) -> Completion:
-        """One chat completion with these sampling parameters (temperature, max_tokens, top_p), retried on
-        what is transient. OverflowReply when the server says the request is too long (never resent),
-        StructuredOutputRejected when it refuses response_format."""
-        client = self.connect()
+    def send(self, body: dict[str, Any]) -> Completion:
+        """One chat completion of body (chat_body's), retried on what is transient. OverflowReply when the
+        server says the request is too long (never resent), StructuredOutputRejected when it refuses
+        response_format."""
+        self.connect()
         stop = self._runtime.stop
         stop.check()  # after Ctrl-C no new request
-        self.stats.add(calls=1)
-        started = time.monotonic()
         delay = BACKOFF_BASE_S
         timeouts = 0
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                # A pool of servers is one endpoint for the cap; the least busy server answers.
-                with self.slots, member_of(self._runtime.pool_of(self.base_url), self.base_url) as server_url, \
-                        on_the_wire():
-                    # The SDK's generic post, not chat.completions.create: that one converts the typed
-                    # request and builds pydantic models of the reply, 2 of the 3 ms of CPU a call cost
-                    # (measured with bench/). Errors and timeouts are raised exactly the same way.
-                    body = {"model": self.model, "messages": messages, **sampling}
-                    if response_format is not None:
-                        body["response_format"] = response_format
-                    response = client.post(f"{server_url}/chat/completions", cast_to=object, body=body)
-                return _parse(response)
-            except openai.APIStatusError as exc:
-                if is_overflow(exc.status_code, exc.body):
-                    # Not transient: the same request would fail the same way, so it is never resent.
-                    raise OverflowReply(exc.body) from None
-                if response_format is not None and _names_response_format(exc.status_code, exc.body):
-                    raise StructuredOutputRejected(str(self._status_error(exc))) from None
-                if exc.status_code != 429 and exc.status_code < 500:
-                    self.stats.add(failures=1)
-                    raise self._status_error(exc) from None
-                failure: EngineError = self._status_error(exc)
-                wait = max(delay, _retry_after(exc))
-            except openai.APIConnectionError as exc:
-                read_timeout = isinstance(exc, openai.APITimeoutError) and not isinstance(
-                    exc.__cause__, httpx.ConnectTimeout)
-                if read_timeout:
-                    timeouts += 1
-                    failure = EngineError(
-                        f"{self.name} request to {self._base_url} timed out after {self.request_timeout:.0f} s "
-                        f"({timeouts} times); the server is overloaded or the answer too long")
-                    # Retrying a long generation repeats the whole wait: at most three timeouts per call,
-                    # whatever transient errors came between them.
-                    if timeouts >= 3:
-                        break
-                else:
-                    failure = self._unreachable(one_line(str(exc.__cause__ or exc)))
+        # The slot is kept through the backoffs: a call waiting to retry lets no other call out.
+        with self.slots:
+            stop.check()  # nor one that waited for its slot
+            self.stats.add(calls=1)
+            started = time.monotonic()
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                self._wait_while_held_off(stop)
+                try:
+                    # A pool of servers is one endpoint for the cap; the least busy server answers.
+                    with member_of(self._runtime.pool_of(self.base_url), self.base_url) as server_url, \
+                            on_the_wire():
+                        reply = self._runtime.http.request("POST", f"{server_url}/chat/completions",
+                                                           self.route.api_key, body, timeout=self.request_timeout)
+                    if reply.status == 200:
+                        return self._completion(reply.body, int(body["max_tokens"]))
+                    failure = self._status_failure(reply, body.get("response_format") is not None)
+                    wait = delay
+                except InvalidReply as exc:
+                    self.stats.add(invalid_replies=1)
+                    failure = EngineError(f"{self.name} request to {self._base_url} got an unusable reply: {exc}")
+                    wait = delay
+                except httpx.TimeoutException as exc:
+                    if isinstance(exc, httpx.ConnectTimeout):
+                        failure = self._unreachable(one_line(str(exc)))
+                    else:
+                        timeouts += 1
+                        failure = EngineError(
+                            f"{self.name} request to {self._base_url} got no complete reply within "
+                            f"{self.request_timeout:g} s ({timeouts} times; --request_timeout); the server is "
+                            "overloaded, stalled or the answer too long")
+                        # Retrying a long generation repeats the whole wait: at most three timeouts per call,
+                        # whatever transient errors came between them.
+                        if timeouts >= 3:
+                            break
+                    wait = delay
+                except httpx.HTTPError as exc:
+                    failure = self._unreachable(one_line(str(exc) or type(exc).__name__))
                     # A refused connection means "down", not "busy": bound the total wait.
                     if time.monotonic() - started + delay > CONNECTION_RETRY_BUDGET_S:
                         break
-                wait = delay
-            if attempt == MAX_ATTEMPTS:
-                break
-            stop.check()  # after Ctrl-C: no retry, and no blame on the server
-            self.stats.add(retries=1)
-            logger.warning("%s: attempt %d failed (%s); retrying in %.1f s", self.name, attempt, failure, wait)
-            stop.sleep(wait)
-            delay = min(delay * 2, BACKOFF_CAP_S)
+                    wait = delay
+                if attempt == MAX_ATTEMPTS:
+                    break
+                stop.check()  # after Ctrl-C: no retry, and no blame on the server
+                self.stats.add(retries=1)
+                logger.warning("%s: attempt %d failed (%s); retrying in %.1f s", self.name, attempt, failure, wait)
+                stop.sleep(wait)
+                delay = min(delay * 2, BACKOFF_CAP_S)
         stop.check()
         self.stats.add(failures=1)
         raise failure
+
+    def _wait_while_held_off(self, stop: StopFlag) -> None:
+        """Wait out a Retry-After the endpoint gave (this call's, or any other call's)."""
+        while (seconds := self.slots.held_for()) > 0:
+            stop.sleep(seconds)
+
+    def _status_failure(self, reply: HttpReply, structured: bool) -> EngineError:
+        """The error of an attempt the server refused, to retry (429, 5xx); raised at once otherwise."""
+        if is_overflow(reply.status, reply.body):
+            # Not transient: the same request would fail the same way, so it is never resent.
+            raise OverflowReply(reply.body)
+        if structured and _names_response_format(reply.status, reply.body):
+            raise StructuredOutputRejected(str(self._status_error(reply.status, reply.body)))
+        failure = self._status_error(reply.status, reply.body)
+        if reply.status != 429 and reply.status < 500:
+            self.stats.add(failures=1)
+            raise failure
+        if reply.status == 429 and (seconds := retry_after(reply.headers)) > 0:
+            self.slots.hold_off(seconds)  # every call to this endpoint waits, not only this one
+        return failure
+
+    def _completion(self, body: Any, max_tokens: int) -> Completion:
+        """The reply of a 200, InvalidReply if it is no chat completion; one far longer than max_tokens is
+        cut there and marked as cut at the limit."""
+        completion = _parse(body)
+        text, limit = completion.reply.text, overlong_limit(max_tokens)
+        if len(text) <= limit:
+            return completion
+        self.stats.add(overlong_replies=1)
+        logger.warning("%s: a reply of %d characters for max_tokens %d was cut to %d", self.name, len(text),
+                       max_tokens, limit)
+        return Completion(ChatReply(text[:limit], "length"), completion.prompt_tokens,
+                          min(completion.completion_tokens or max_tokens, max_tokens))
 
     def echo(self, prompt: str) -> dict[str, Any]:
         """POST /completions echoing prompt with its log-probabilities (one token generated), under the
         endpoint's cap like every chat call: measurements run beside validation requests. May raise."""
         with self.slots, member_of(self._runtime.pool_of(self.base_url), self.base_url) as server_url, \
                 on_the_wire("logprob"):
-            response = self._runtime.http.client(self.base_url).post(
-                f"{server_url}/completions", headers={"Authorization": f"Bearer {self.route.api_key}"},
-                timeout=self.request_timeout, json={"model": self.model, "prompt": prompt, "max_tokens": 1,
-                                                    "temperature": 0.0, "echo": True, "logprobs": 1})
-        response.raise_for_status()
-        return response.json()
+            return self._runtime.http.post_json(
+                f"{server_url}/completions", self.route.api_key,
+                {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True,
+                 "logprobs": 1}, timeout=self.request_timeout)
 
     def check_available(self) -> None:
         """Fail fast, with one actionable line, if the endpoint cannot serve requests."""
@@ -285,27 +348,28 @@ class Transport:
         key = self.route.api_key
         return text.replace(key, "***") if key and len(key) >= 4 else text
 
-    def _status_error(self, exc: openai.APIStatusError) -> EngineError:
-        body = exc.body
+    def _status_error(self, status: int, body: Any) -> EngineError:
         if isinstance(body, dict):
             detail = body.get("error", body)
             message = detail.get("message", detail) if isinstance(detail, dict) else detail
         else:
-            message = exc.message
+            message = body or f"HTTP {status}"
         message = self._redact(one_line(str(message)))
-        prefix = f"{self.name} request to {self._base_url} failed with HTTP {exc.status_code}"
-        if exc.status_code in (401, 403) and self.route.key_env:
+        prefix = f"{self.name} request to {self._base_url} failed with HTTP {status}"
+        if status in (401, 403) and self.route.key_env:
             return EngineError(f"{prefix}: the API key was rejected; check {self.route.key_env} ({message})")
-        if exc.status_code == 404:
+        if status == 404:
             return EngineError(f"{prefix}: {message} (is `{self._model}` served there?)")
         return EngineError(f"{prefix}: {message}")
 
 
-def _parse(response: Any) -> Completion:
-    # The reply's JSON as sent: any part may be missing or of the wrong type on a sloppy server.
-    body = response if isinstance(response, dict) else {}
-    choices = body.get("choices")
-    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+def _parse(body: Any) -> Completion:
+    """A chat completion's reply; its parts may be missing or of the wrong type on a sloppy server, but
+    a body without a choice is no chat completion (a proxy's or another API's answer): InvalidReply."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
+        raise InvalidReply("the reply is JSON but no chat completion (it has no choices)")
+    first = choices[0]
     message = first.get("message")
     content = message.get("content") if isinstance(message, dict) else None
     text = content if isinstance(content, str) else ""

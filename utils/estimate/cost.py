@@ -17,15 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textgrad.engine.openai import sampling_params
 from textgrad.errors import EngineError
 from textgrad.serving.backends import canonical_engine_name, split_engine_name
 from textgrad.serving.cache import ResponseCache
 from textgrad.serving.http import clean_url
 from textgrad.serving.runtime import current_runtime
+from textgrad.serving.transport import chat_body
 from utils.config import UsageError
 from utils.federated.experiment import Experiment
-from utils.federated.plan import plan_run
 from utils.federated.sampling import Sampling, role_sampling
 from utils.files import write_json_atomic
 from utils.reporting.prompt_stats import uid_enabled
@@ -34,6 +33,7 @@ from utils.run_config import RunConfig
 from .prices import Price, engine_price, parse_price_overrides
 from .requests import CHAT_KINDS, JUDGE_MAX_TOKENS, LOGPROB, CallPlan, PlanSpec, Tally, plan_calls
 from .tokens import token_counter
+from .walk import extrapolate, plan_walk
 
 ESTIMATE_FILE = "estimate.json"
 FORMAT_VERSION = 1
@@ -249,8 +249,8 @@ def _cache_probe(facts: dict[str, EngineFacts], cache: ResponseCache | None, ans
         model, endpoint = facts[engine].model, facts[engine].endpoint
         if cache is None or model is None or endpoint is None:
             return False
-        key = ResponseCache.make_key(model, messages, sampling_params(answer.temperature, max_tokens, answer.top_p),
-                                     endpoint=endpoint)
+        body = chat_body(model, messages, temperature=answer.temperature, max_tokens=max_tokens, top_p=answer.top_p)
+        key = ResponseCache.request_key(body, endpoint=endpoint)
         hit = cache.get(key)
         return hit is not None and isinstance(hit.get("text"), str)
 
@@ -290,17 +290,16 @@ def estimate_run(args: RunConfig, exp: Experiment, run_dir: Path) -> Estimate:
     cache_dir = (Path(args.cache_dir).expanduser().resolve() if args.cache_dir
                  else Path(current_runtime().settings.cache_directory()))
     done, first_prompt = _resume_point(run_dir, args.resume)
-    # The plan the round loop will walk: from its checkpoint on when resuming.
-    run_plan = plan_run(exp, judge=args.judge == "llm")
-    if done is not None:
-        run_plan = run_plan.after(done)
-    plan = plan_calls(PlanSpec(
-        experiment=exp, plan=run_plan, test_engine=args.test_engine, evaluation_engine=args.evaluation_engine,
-        use_cache=not args.no_cache, logprobs=test.logprobs and uid_enabled(),
-        count_tokens=counter.count, completion=_limits(exp),
+    # The plan the round loop will walk (from its checkpoint on when resuming), counted request by request, or
+    # for a large run its first rounds and steps, and the rest scaled from them.
+    walk = plan_walk(exp, args.judge == "llm", done)
+    plan = extrapolate(plan_calls(PlanSpec(
+        experiment=walk.experiment, plan=walk.plan, test_engine=args.test_engine,
+        evaluation_engine=args.evaluation_engine, use_cache=not args.no_cache,
+        logprobs=test.logprobs and uid_enabled(), count_tokens=counter.count, completion=_limits(exp),
         known_reply=_cache_probe(facts, None if args.no_cache else ResponseCache(cache_dir),
                                  role_sampling(args.temperature, args.top_p)["answer"]),
-        first_prompt=first_prompt))
+        first_prompt=first_prompt)), walk)
     raw = {name: plan.totals().get(name, Tally()) for name in names}
     calibrations = {name: _calibration(facts[name], Path(args.output_dir), cache_dir, raw[name], args.estimate_latency)
                     for name in names}
@@ -318,7 +317,7 @@ def estimate_run(args: RunConfig, exp: Experiment, run_dir: Path) -> Estimate:
         totals=totals, raw_totals={name: _record(t) for name, t in raw.items()}, total=_sum_records(totals.values()),
         conditional=[{"what": what, "calls": calls, "tokens": round(tokens)} for what, calls, tokens in plan.conditional],
         seconds=_seconds(totals, engines, args.max_concurrency), usd=_usd(engines),
-        cache_note=_cache_note(args.no_cache, cache_dir, plan))
+        cache_note=_cache_note(args.no_cache, cache_dir, plan), notes=[walk.note()] if walk.scaled else [])
 
 
 def _prices(args: RunConfig, facts: dict[str, EngineFacts]) -> dict[str, Price | None]:

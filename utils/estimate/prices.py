@@ -67,8 +67,8 @@ def parse_price_overrides(values: list[str] | None, flag: str) -> dict[str | Non
         except ValueError:
             raise ValueError(f"{flag} {value!r} is not a price: give USD per million tokens, e.g. 2.5 or "
                              "gpt-4o=2.5") from None
-        if not price >= 0:
-            raise ValueError(f"{flag} {value!r} must not be negative")
+        if not 0 <= price < float("inf"):
+            raise ValueError(f"{flag} {value!r} must be a number of USD, 0 or more")
         prices[engine.strip() or None] = price
     return prices
 

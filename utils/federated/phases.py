@@ -6,10 +6,12 @@ beside another phase.
 from __future__ import annotations
 
 import contextvars
+import errno
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm import tqdm
@@ -32,7 +34,28 @@ class RoundFailed(RuntimeError):
 
 
 class RunStopped(RoundFailed):
-    """The LLM endpoint failed a phase twice mid-run; the run stopped at its last checkpoint, resumable."""
+    """The run stopped mid-way at its last checkpoint, resumable: the LLM endpoint kept failing a phase, or a
+    file of the run could not be written."""
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"python main.py --resume --run_name {run_dir.name} --output_dir {run_dir.parent}"
+
+
+# Why a file cannot be written (a full disk or quota, a read-only or vanished folder, permissions):
+# the run stops at its last checkpoint; anything else raising OSError is a bug.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO,
+                  errno.ENOENT, errno.ENOTDIR}
+
+
+def storage_failure(exc: OSError, run_dir: Path) -> RunStopped | None:
+    """The one line a run stopped by a file it cannot write ends with, or None if exc is no such failure."""
+    if exc.errno not in STORAGE_ERRNOS:
+        return None
+    where = exc.filename or run_dir
+    return RunStopped(f"cannot write {where} ({exc.strerror}); the run stopped at its last checkpoint, its files "
+                      f"intact: free some space or fix the folder's permissions, then continue with "
+                      f"{resume_command(run_dir)}")
 
 
 def with_retries(phase: str, log: RunLog, engines: Engines, attempt: Callable[[bool], T],
@@ -51,8 +74,8 @@ def with_retries(phase: str, log: RunLog, engines: Engines, attempt: Callable[[b
                     on_stop()
                 raise RunStopped(
                     f"{phase} failed {tries} times because the LLM endpoint failed ({exc}); the run stopped at "
-                    f"its last checkpoint: restart or fix the server, then continue with python main.py --resume "
-                    f"--run_name {log.run_dir.name} --output_dir {log.run_dir.parent}") from None
+                    f"its last checkpoint: restart or fix the server, then continue with "
+                    f"{resume_command(log.run_dir)}") from None
             tqdm.write(f"warning: {phase} failed ({exc}); retrying it in {PHASE_RETRY_WAIT_S:.0f} s", file=sys.stderr)
             time.sleep(PHASE_RETRY_WAIT_S)
     raise AssertionError("unreachable")

@@ -178,7 +178,6 @@ def write_results(exp: Experiment, engines: Engines, log: RunLog, evaluate: Eval
         "rounds": rounds,
         "prompt_tokens_estimated": any(r.prompt_tokens_estimated for r in history),
         "best": dataclasses.asdict(state.best),
-        "starting_prompt": state.starting_prompt,
         "final_prompt": last,
         # final_prompt and best.prompt are trained texts; these are what each task's questions are sent with.
         "served_prompts": {"last": served_prompts(last, exp.tasks), "best": served_prompts(best, exp.tasks)},

@@ -37,6 +37,7 @@ from utils.reporting.prompt_stats import measure_prompt, measure_prompts
 from utils.reporting.tracking import RunLog
 
 from .aggregation import Aggregate, aggregate_prompts
+from .checkpoint import read_checkpoint
 from .client import ClientUpdate, Engines, LocalSettings, release_update, train_client
 from .experiment import Evaluator, Experiment, starting_prompt
 from .phases import RoundFailed, in_background, lost_endpoint, with_retries
@@ -57,10 +58,14 @@ def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bo
     """Run the experiment, or the rest of it after its checkpoint; results.json's content."""
     loop = RoundLoop(exp, engines, log, train_round)
     with paced(loop.pace):  # every request of the run timed by kind, for its estimated time
-        loop.start(resume)  # the zero-shot evaluation, or the checkpoint to continue from
-        for planned in loop.plan.rounds:  # the rounds still to run
-            loop.play_round(planned)
-        return loop.final_test()
+        try:
+            loop.start(resume)  # the zero-shot evaluation, or the checkpoint to continue from
+            for planned in loop.plan.rounds:  # the rounds still to run
+                loop.play_round(planned)
+            return loop.final_test()
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: the calls made since the last checkpoint count
+            loop.keep_cost_of_stopped_phase()
+            raise
 
 
 class RoundLoop:
@@ -88,12 +93,19 @@ class RoundLoop:
         self.seconds_before: dict[str, float] = {}
         self.restarts_mark = current_runtime().embedded.restarts  # per process: this run's own restarts
         self.pace, self.began = CallPace(), time.monotonic()
+        # A stop signal never lands between a state change and its checkpoint (StopFlag.deferred).
+        self.stop = current_runtime().stop
+        self.saved_events = 0  # events.jsonl's size at the last checkpoint
 
     def start(self, resume: bool) -> None:
         """The zero-shot evaluation, or the state of the checkpoint to resume from."""
-        saved = self.log.load_checkpoint() if resume else None  # None: it stopped before its first checkpoint
-        state = RunState.from_dict(saved) if saved is not None else None
+        state = None
         if resume:
+            # Checked whole before anything in the folder changes; None: it stopped before its first checkpoint.
+            saved = read_checkpoint(self.log.run_dir, self.exp.rounds, [t.name for t in self.exp.tasks])
+            self.saved_events = saved.events_size if saved is not None else 0
+            self.log.rewind(self.saved_events)
+            state = saved.state if saved is not None else None
             done = state.round if state is not None else None
             progress.note(progress.resume_note(self.log.run_dir.name, done, self.exp.rounds))
         self.console.open_rounds(self.exp.rounds, state.round if state is not None else 0)
@@ -126,12 +138,13 @@ class RoundLoop:
                 self.early_round.exception()
                 self.steps_bar.close()  # type: ignore[union-attr]
             raise
-        state = record_zero_shot(self.log, self.exp, self.engines, prompt, evaluations, scores)
-        state.eval_judge_failures = self.evaluate.judge_failures
-        # Its own meter counts the zero-shot calls; round 1, running beside it, counts in the round's.
-        state.llm, state.phase_seconds = cost.as_dict(), dict(self.console.seconds)
-        self.report_eta(0, add_counts(state.llm, self.round_cost.as_dict()))  # round 1's calls so far count too
-        self.log.save_checkpoint(state.to_dict())
+        with self.stop.deferred():
+            state = record_zero_shot(self.log, self.exp, self.engines, prompt, evaluations, scores)
+            state.eval_judge_failures = self.evaluate.judge_failures
+            # Its own meter counts the zero-shot calls; round 1, running beside it, counts in the round's.
+            state.llm, state.phase_seconds = cost.as_dict(), dict(self.console.seconds)
+            self.report_eta(0, add_counts(state.llm, self.round_cost.as_dict()))  # round 1's calls so far count too
+            self.save(state)
         return state
 
     # -- one round ---------------------------------------------------------------------------------
@@ -141,8 +154,9 @@ class RoundLoop:
         with metered(self.round_cost):
             summary = with_retries(f"round {planned.index}", self.log, self.engines,
                                    lambda last_try: self.one_round(planned, last_try), self.keep_cost_of_failed_tries)
-        keep_best(self.state, summary)
-        self.checkpoint(summary)
+        with self.stop.deferred():
+            keep_best(self.state, summary)
+            self.checkpoint(summary)
         self.report_eta(planned.index)
 
     def one_round(self, planned: Round, last_try: bool) -> RoundSummary:
@@ -243,8 +257,14 @@ class RoundLoop:
         state.wall_seconds += time.monotonic() - self.started
         state.phase_seconds = add_seconds(self.seconds_before, self.console.seconds)
         self.started = time.monotonic()
-        self.log.save_checkpoint(state.to_dict())
+        self.save(state)
         self.console.round_done(summary.val["mean"], state.best.val, state.best.round)
+
+    def save(self, state: RunState) -> None:
+        """state as checkpoint.json (with events.jsonl's size, which a resume cuts it back to)."""
+        self.state = state
+        self.log.save_checkpoint(state.to_dict())
+        self.saved_events = self.log.events_size()
 
     # -- final test --------------------------------------------------------------------------------
 
@@ -311,9 +331,20 @@ class RoundLoop:
     def keep_cost_of_failed_tries(self) -> None:
         # A stopped phase's calls, retries and time are still the run's cost: kept with the last checkpoint
         # (events.jsonl is already back at its size).
-        self.state.llm = add_counts(self.state.llm, self.round_cost.as_dict())
-        self.state.phase_seconds = add_seconds(self.seconds_before, self.console.seconds)
-        self.log.save_checkpoint(self.state.to_dict())
+        with self.stop.deferred():
+            self.state.llm = add_counts(self.state.llm, self.round_cost.as_dict())
+            self.round_cost = EngineStats()  # kept once, should a stop follow a failure
+            self.state.phase_seconds = add_seconds(self.seconds_before, self.console.seconds)
+            self.save(self.state)
+
+    def keep_cost_of_stopped_phase(self) -> None:
+        """After a stop signal: what the phase under way cost joins the last checkpoint, whose events.jsonl
+        it cuts back to, so a resumed run counts the calls this process paid for. (A run stopped before its
+        first checkpoint starts over and has nothing to add them to.)"""
+        if getattr(self, "state", None) is None:
+            return
+        self.log.truncate_events(self.saved_events)
+        self.keep_cost_of_failed_tries()
 
 
 def keep_best(state: RunState, summary: RoundSummary) -> None:

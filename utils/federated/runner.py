@@ -14,19 +14,22 @@ from textgrad import structured
 from textgrad.engine import get_engine
 from textgrad.serving.runtime import current_runtime
 from textgrad.serving.tokenizers import estimate_tokens
-from utils.config import UsageError, resolved_config
+from utils.config import UsageError
 from utils.privacy.outbound import OutboundPlan
 from utils.reporting import progress
+from utils.reporting.run_lock import claim_run_folder, holds_a_run
 from utils.reporting.run_summary import print_summary
 from utils.reporting.tracking import RunLog, open_run_log
-from utils.run_config import RunConfig
+from utils.run_config import RunConfig, resolved_config
 from utils.tasks.data import TaskData, load_task_data
 from utils.tasks.registry import resolve_task
 
 from .aggregation import MERGED_REPLY, merge_limits
+from .checkpoint import read_checkpoint
 from .client import Engines, LocalSettings
 from .experiment import Client, Experiment, starting_prompt
 from .merge_tree import MergeLimits
+from .phases import storage_failure
 from .rounds import TrainRound, run_experiment
 from .sampling import role_sampling, sampled
 from .screening import ScreenSettings
@@ -93,9 +96,11 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
         raise UsageError(str(exc)) from None
     args = with_run_name(args)
     run_dir = Path(args.output_dir) / args.run_name
-    if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
+    if not args.resume and holds_a_run(run_dir):  # asked again under the folder's lock, before it is used
         raise UsageError(f"{run_dir} already holds a run: pass --resume to continue it or pick another --run_name")
     experiment = build_experiment(args, data, clients, aggregate)
+    if args.resume:  # a damaged checkpoint stops the run before any server starts or any file changes
+        read_checkpoint(run_dir, experiment.rounds, [t.name for t in experiment.tasks])
     if args.estimate:  # prices the plan from the engine names alone: no engine is made, no key is needed
         experiment.merge_limits = fit_merges(args, experiment, None)
         from utils.estimate.summary import print_estimate  # only when asked: the estimator is a large import
@@ -104,6 +109,17 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
         return {}
     engines = make_engines(args)
     experiment.merge_limits = fit_merges(args, experiment, engines)
+    with claim_run_folder(run_dir, resume=args.resume):  # one process per run folder, until the run ends
+        try:
+            results = _run_in_folder(args, experiment, engines, run_dir, make_train_round)
+        except OSError as exc:  # a full disk, a read-only folder: one line and the resume command
+            raise storage_failure(exc, run_dir) or exc from None
+    print_summary(results, run_dir, args)
+    return results
+
+
+def _run_in_folder(args: RunConfig, experiment: Experiment, engines: Engines, run_dir: Path,
+                   make_train_round: Callable[[Experiment, Engines, RunLog], TrainRound] | None) -> dict[str, Any]:
     comet_path = Path(args.comet_log_path) if args.comet_log_path else Path(args.output_dir) / "comet"
     try:
         log = open_run_log(run_dir, args.comet_mode, args.comet_project_name, comet_path, resume=args.resume)
@@ -125,7 +141,6 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
         plot_run(results, run_dir / "plots")
     finally:
         log.comet.end()
-    print_summary(results, run_dir, args)
     return results
 
 

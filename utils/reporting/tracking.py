@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from utils.files import TEMP_SUFFIX, write_json_atomic, write_text_atomic
+from utils.files import TEMP_SUFFIX, naming, write_json_atomic, write_text_atomic
 
 CHECKPOINT = "checkpoint.json"
 PROMPT_WRITERS = 16  # prompt files written at once
@@ -98,7 +98,7 @@ class RunLog:
         # local, with its UTC offset, to the millisecond.
         stamp = datetime.now().astimezone().isoformat(timespec="milliseconds")
         line = json.dumps({"type": kind, "time": stamp, **fields}, ensure_ascii=False) + "\n"
-        with self._lock, open(self.events_path, "a", encoding="utf-8") as fh:
+        with self._lock, naming(self.events_path), open(self.events_path, "a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()
 
@@ -130,17 +130,12 @@ class RunLog:
         write_json_atomic(self.run_dir / CHECKPOINT, {**state, "events_size": self.events_size(),
                                                       "comet_experiment_key": self.comet.key})
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
-        """The state of the last completed round, with events.jsonl cut back to it (which also drops a line
-        torn by a kill); None if the run stopped before its first checkpoint: it starts over."""
+    def rewind(self, events_size: int) -> None:
+        """On resume, back to the last checkpoint (utils.federated.checkpoint read and checked it): events.jsonl
+        cut back to the size it had then (which also drops a line torn by a kill; 0 if the run stopped before
+        its first checkpoint), and the temporary files of writes a kill interrupted removed."""
         self.remove_stray_temp_files()
-        path = self.run_dir / CHECKPOINT
-        if not path.is_file():
-            self.truncate_events(0)
-            return None
-        state = json.loads(path.read_text(encoding="utf-8"))
-        self.truncate_events(state["events_size"])
-        return state
+        self.truncate_events(events_size)
 
     def remove_stray_temp_files(self) -> None:
         """A run killed during an atomic write leaves its temporary file (never a half-written target)."""
