@@ -151,5 +151,6 @@ def make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             self._send(status, payload, headers)
+            server.replied()
 
     return Handler

@@ -133,6 +133,10 @@ class FakeServer:
         self._processing = 0
         self._peak_in_flight = 0
         self._peak_processing = 0
+        # time.monotonic() (one clock for every process of the machine) when the first LLM request came in
+        # and when the last LLM reply went out, so a benchmark can time a client's start and exit.
+        self._first_request_at: float | None = None
+        self._last_reply_at: float | None = None
         self._faults = dict.fromkeys(FAULT_KINDS, 0)
         self._context_rejections = 0
         self._by_kind: dict[str, int] = collections.Counter()
@@ -164,6 +168,7 @@ class FakeServer:
                 "response_formats": dict(self._response_formats),
                 "structured_rejections": self._structured_rejections,
                 "prompts_seen": list(self._prompts),
+                "first_request_at": self._first_request_at, "last_reply_at": self._last_reply_at,
             }
 
     # -- request handling (called from handler threads) ---------------------------------------
@@ -216,12 +221,19 @@ class FakeServer:
 
     def _enter(self) -> None:
         with self._lock:
+            if self._first_request_at is None:
+                self._first_request_at = time.monotonic()
             self._in_flight += 1
             self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
 
     def _leave(self) -> None:
         with self._lock:
             self._in_flight -= 1
+
+    def replied(self) -> None:
+        """An LLM reply (or an error reply to an LLM request) went out."""
+        with self._lock:
+            self._last_reply_at = time.monotonic()
 
     def _serve_slot(self) -> None:
         """Wait for a slot, hold it for `latency` seconds."""
