@@ -52,9 +52,13 @@ class HttpClients:
             client = self._clients.get(origin)
             if client is None:
                 # The openai SDK's own pool limits and redirect policy, so handing it this client changes nothing.
+                limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+                loopback = is_loopback(url)
+                # A transport of our own turns off proxies from the environment, which loopback never uses.
+                transport = _PlainHttpFirst(limits) if loopback and parts.scheme == "http" else None
                 client = self._clients[origin] = httpx.Client(
-                    trust_env=not is_loopback(url), follow_redirects=True,
-                    limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+                    trust_env=not loopback, follow_redirects=True, limits=limits,
+                    transport=transport)  # type: ignore[arg-type]
             return client
 
     def get_json(self, url: str, api_key: str, timeout: float = PROBE_TIMEOUT_S) -> Any:
@@ -80,3 +84,39 @@ class HttpClients:
             self._clients.clear()
         for client in clients:
             client.close()
+
+
+class _PlainHttpFirst:
+    """An httpx transport (duck-typed: httpx is imported only once a client is made) for a plain-HTTP
+    loopback server that loads no CA bundle until an https request needs one (a redirect): httpx loads it
+    for every client, tens of milliseconds of a run's start that a local server never uses. https requests
+    get httpx's usual verifying transport."""
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        import httpx
+
+        self._limits = limits
+        self._plain = httpx.HTTPTransport(verify=False, limits=limits)  # no TLS is spoken through it
+        self._tls: httpx.HTTPTransport | None = None
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme != "https":
+            return self._plain.handle_request(request)
+        with self._lock:
+            if self._tls is None:
+                import httpx
+
+                self._tls = httpx.HTTPTransport(limits=self._limits)
+        return self._tls.handle_request(request)
+
+    def close(self) -> None:
+        self._plain.close()
+        if self._tls is not None:
+            self._tls.close()
+
+    def __enter__(self) -> _PlainHttpFirst:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import io
 import logging
 import math
@@ -28,6 +29,7 @@ from .http import HttpClients, server_root
 logger = logging.getLogger(__name__)
 
 COUNT_CACHE_SIZE = 4096
+ESTIMATE_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Tokenizer(Protocol):
 _PIECES = re.compile(r"\d|[A-Za-z]+|[^\x00-\x7f]|\s+|.", re.DOTALL)
 
 
+@functools.lru_cache(maxsize=ESTIMATE_CACHE_SIZE)
 def estimate_tokens(text: str) -> int:
     """An upper estimate of the token count of text for BPE vocabularies of 32k-50k entries.
 
@@ -55,6 +58,9 @@ def estimate_tokens(text: str) -> int:
     below the true count and about 1.5 times it on average: digits and punctuation are one token
     each, rare words split into 3-letter pieces, non-ASCII characters cost a token per UTF-8 byte.
     Never below one token per 4 characters, the rate llama.cpp-style servers are often assumed to use.
+
+    Remembered: a request is measured several times on its way out (fitted to the window, then the
+    estimate calibrated by the reply), mostly in texts measured before (the prompt of a whole evaluation).
     """
     count = 0
     for match in _PIECES.finditer(text):
