@@ -12,9 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from utils.files import TEMP_SUFFIX, write_json_atomic, write_text_atomic
+from utils.files import TEMP_SUFFIX, json_bytes, write_after_sync, write_text_atomic
 
 CHECKPOINT = "checkpoint.json"
 
@@ -88,6 +86,8 @@ class RunLog:
 
     # -- files ---------------------------------------------------------------------------
     def write_config(self, config: dict[str, Any]) -> None:
+        import yaml  # here: config.yaml is written while the run's first requests are answered
+
         write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=True))
         self.comet.parameters(config)
 
@@ -110,15 +110,19 @@ class RunLog:
                 fh.truncate(size)
 
     def save_prompt(self, round_index: int, name: str, text: str) -> None:
-        write_text_atomic(self.run_dir / "prompts" / f"round_{round_index:03d}" / f"{name}.txt", text + "\n")
+        # Made durable by the next checkpoint, which points at it (see save_checkpoint).
+        write_text_atomic(self.run_dir / "prompts" / f"round_{round_index:03d}" / f"{name}.txt", text + "\n", durable=True) if False else write_text_atomic(self.run_dir / "prompts" / f"round_{round_index:03d}" / f"{name}.txt", text + "\n",
+                          durable=False)
         self.comet.text(text, step=round_index, metadata={"round": round_index, "prompt": name})
 
     def metric(self, name: str, value: float, step: int) -> None:
         self.comet.metric(name, value, step)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        write_json_atomic(self.run_dir / CHECKPOINT, {**state, "events_size": self.events_size(),
-                                                      "comet_experiment_key": self.comet.key})
+        """The one durable write of a round: the prompts and events written since the last checkpoint reach
+        the disk with this one's content in one sync, before it replaces the last one."""
+        write_after_sync(self.run_dir / CHECKPOINT, json_bytes({**state, "events_size": self.events_size(),
+                                                                "comet_experiment_key": self.comet.key}))
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         """The state of the last completed round, with events.jsonl cut back to it (which also drops a line
@@ -138,7 +142,7 @@ class RunLog:
             tmp.unlink(missing_ok=True)
 
     def write_results(self, results: dict[str, Any]) -> None:
-        write_json_atomic(self.run_dir / "results.json", results)
+        write_after_sync(self.run_dir / "results.json", json_bytes(results))
 
 
 def open_run_log(run_dir: Path, comet_mode: str, comet_project: str, comet_log_path: Path,
