@@ -38,7 +38,7 @@ from .aggregation import Aggregate, aggregate_prompts
 from .client import ClientUpdate, Engines, LocalSettings, release_update, train_client
 from .experiment import Evaluator, Experiment, starting_prompt
 from .phases import RoundFailed, in_background, lost_endpoint, with_retries
-from .plan import ClientRound, Round, plan_run
+from .plan import ClientRound, Evaluation, Round, plan_run
 from .recording import record_round, record_updates, record_zero_shot, write_results
 from .run_state import BestPrompt, RoundSummary, RunState, Scores, add_counts, add_seconds
 from .screening import Screening, screen_updates
@@ -49,10 +49,11 @@ TrainRound = Callable[[Round, str], list[ClientUpdate]]
 
 
 def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bool = False,
-                   train_round: TrainRound | None = None) -> dict[str, Any]:
-    """Run the experiment, or the rest of it after its checkpoint; results.json's content."""
+                   train_round: TrainRound | None = None, meanwhile: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Run the experiment, or the rest of it after its checkpoint; results.json's content. meanwhile: work
+    the first requests need not wait for (the run's config and estimate files), done while they are answered."""
     loop = RoundLoop(exp, engines, log, train_round)
-    loop.start(resume)  # the zero-shot evaluation, or the checkpoint to continue from
+    loop.start(resume, meanwhile)  # the zero-shot evaluation, or the checkpoint to continue from
     for planned in loop.plan.rounds:  # the rounds still to run
         loop.play_round(planned)
     return loop.final_test()
@@ -83,8 +84,8 @@ class RoundLoop:
         self.seconds_before: dict[str, float] = {}
         self.restarts_mark = current_runtime().embedded.restarts  # per process: this run's own restarts
 
-    def start(self, resume: bool) -> None:
-        """The zero-shot evaluation, or the state of the checkpoint to resume from."""
+    def start(self, resume: bool, meanwhile: Callable[[], None] | None = None) -> None:
+        """The zero-shot evaluation (meanwhile done while it runs), or the state of the checkpoint to resume from."""
         saved = self.log.load_checkpoint() if resume else None  # None: it stopped before its first checkpoint
         state = RunState.from_dict(saved) if saved is not None else None
         if resume:
@@ -92,7 +93,7 @@ class RoundLoop:
             progress.note(progress.resume_note(self.log.run_dir.name, done, self.exp.rounds))
         self.console.open_rounds(self.exp.rounds, state.round if state is not None else 0)
         if state is None:
-            self.state = self.zero_shot()
+            self.state = self.zero_shot(meanwhile)
             return
         self.state, self.plan = state, self.plan.after(state.round)
         self.evaluate = Evaluator(self.exp, self.engines, state.eval_judge_failures)
@@ -101,7 +102,7 @@ class RoundLoop:
 
     # -- zero-shot ---------------------------------------------------------------------------------
 
-    def zero_shot(self) -> RunState:
+    def zero_shot(self, meanwhile: Callable[[], None] | None = None) -> RunState:
         """Accuracy of the starting prompt on validation and test (and the evaluation engine's own test)."""
         prompt, evaluations = starting_prompt(self.exp.tasks), self.plan.zero_shot
         if self.in_process:
@@ -110,10 +111,16 @@ class RoundLoop:
             # slots its training leaves idle. (A Flower transport owns its clients: it keeps the order.)
             self.early_round = self.start_local_steps(self.plan.rounds[0], prompt)
         try:
-            with background(), metered() as cost, \
-                    self.console.phase("zero_shot", "zero-shot", self.plan.zero_shot_calls) as bar:
-                scores = bar.run(with_retries, "the zero-shot evaluation", self.log, self.engines,
-                                 lambda _: run_concurrently([lambda e=e: self.evaluate(prompt, e) for e in evaluations]))
+            with background(), metered() as cost:
+                evaluated = in_background(self.evaluate_start, prompt, evaluations)
+            try:
+                if meanwhile is not None:  # this thread's own work, while the first replies are awaited
+                    meanwhile()
+            except BaseException as exc:
+                if not isinstance(exc, KeyboardInterrupt):
+                    evaluated.exception()  # no evaluation thread is left running either
+                raise
+            scores = evaluated.result()
         except BaseException as exc:
             # No training thread is left running behind the caller's back; after Ctrl-C it stops by itself.
             if self.early_round is not None and not isinstance(exc, KeyboardInterrupt):
@@ -127,6 +134,11 @@ class RoundLoop:
         self.print_eta(state.llm)
         self.log.save_checkpoint(state.to_dict())
         return state
+
+    def evaluate_start(self, prompt: str, evaluations: tuple[Evaluation, ...]) -> list[Scores]:
+        with self.console.phase("zero_shot", "zero-shot", self.plan.zero_shot_calls) as bar:
+            return bar.run(with_retries, "the zero-shot evaluation", self.log, self.engines,
+                           lambda _: run_concurrently([lambda e=e: self.evaluate(prompt, e) for e in evaluations]))
 
     # -- one round ---------------------------------------------------------------------------------
 
@@ -255,9 +267,17 @@ class RoundLoop:
     # -- bars and bookkeeping ----------------------------------------------------------------------
 
     def start_local_steps(self, planned: Round, prompt: str) -> Future[list[ClientUpdate]]:
+        """The round's local steps in a thread of their own, ahead of the background work started beside
+        them: the endpoint keeps the slots of their first wave (each client's first batch) for them."""
         bar = self.open_steps_bar(planned)
+        slots = self.engines.test.request_slot() if hasattr(self.engines.test, "request_slot") else None
+        if slots is not None:
+            slots.reserve(sum(len(c.steps[0].batch or ()) for c in planned.clients if c.steps))
         with metered(self.round_cost):  # the thread counts in the round's meter (it copies this context)
-            return in_background(bar.run, self.train_round, planned, prompt)
+            steps = in_background(bar.run, self.train_round, planned, prompt)
+        if slots is not None:
+            steps.add_done_callback(lambda _: slots.reserve(0))  # whatever of it was not used
+        return steps
 
     def open_steps_bar(self, planned: Round) -> progress.StepsPhase:
         clients = len(planned.clients)
