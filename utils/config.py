@@ -13,8 +13,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
 # The engine-name grammar is textgrad.serving.backends' (a cheap import: no LLM client library loads with it).
 from textgrad.serving.backends import engine_name_problem
 from utils.privacy.attacks import ATTACKS
@@ -159,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     outputs("--output_dir", default="logs", help="where run folders go")
     outputs("--run_name", default=None, help="the run folder's name (default: module, tasks, method, seed, time)")
     outputs("--resume", action="store_true", help="continue --run_name from its last completed round")
+    outputs("--plots", action="store_true",
+            help="draw the run's plots into its folder when it ends (any time later: python -m utils.reporting.plots "
+                 "RUN_DIR)")
     engines("--max_concurrency", type=_positive_int, default=16, help="in-flight requests per endpoint")
     engines("--local_servers", type=_positive_int, default=None,
             help="llama.cpp servers of the embedded `local` engine (default: LOCAL_SERVERS, else one per core, "
@@ -225,6 +226,8 @@ def _add_privacy_and_robustness_flags(p: argparse.ArgumentParser) -> None:
 
 def _config_to_argv(parser: argparse.ArgumentParser, path: str, skip: tuple[str, ...] = ()) -> list[str]:
     """Turn a YAML config into flags, so argparse checks its values exactly as it checks the command line."""
+    import yaml  # only for a config file: a run without one sends its first request sooner
+
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
