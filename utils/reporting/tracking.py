@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,15 @@ class CometSink:
     """A thin wrapper so the rest of the code never checks which comet mode is on.
 
     A resumed run reopens its experiment (its key is kept in the checkpoint): one experiment, one history.
+    comet_ml takes about a second to import: an offline experiment is set up in a thread of its own while
+    the run sends its first requests (the first thing logged waits for it); an online one before the run
+    starts, so that a rejected key stops it before any LLM call.
     """
 
     def __init__(self, mode: str, project: str, log_path: Path, run_name: str,
                  experiment_key: str | None = None) -> None:
-        self.experiment = None
+        self._experiment: Any = None
+        self._setting_up: Future[Any] | None = None
         if mode == "disabled":
             return
         # comet_ml reports its own crashes to a remote service by default; a research run should not. Its
@@ -33,26 +38,27 @@ class CometSink:
         # errors only. Both are read when comet_ml is first imported.
         os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
         os.environ.setdefault("COMET_LOGGING_CONSOLE", "ERROR")
-        import comet_ml  # slow to import: only when used
-
-        options: dict[str, Any] = dict(
-            project_name=project, display_summary_level=0, auto_output_logging=False, auto_param_logging=False,
-            auto_metric_logging=False, parse_args=False, log_code=False, log_git_metadata=False, log_git_patch=False)
         if mode == "offline":
             log_path.mkdir(parents=True, exist_ok=True)
-            options.update(offline_directory=str(log_path), log_env_details=False, log_env_gpu=False,
-                           log_env_host=False)
-            if experiment_key:
-                self.experiment = comet_ml.ExistingOfflineExperiment(experiment_key=experiment_key, **options)
-            else:
-                self.experiment = comet_ml.OfflineExperiment(**options)
-        elif experiment_key:
-            self.experiment = comet_ml.ExistingExperiment(api_key=os.environ["COMET_API_KEY"],
-                                                          experiment_key=experiment_key, **options)
+            self._setting_up = Future()
+            threading.Thread(target=self._set_up, args=(mode, project, log_path, run_name, experiment_key),
+                             name="fedtextgrad-comet", daemon=True).start()
         else:
-            self.experiment = comet_ml.Experiment(api_key=os.environ["COMET_API_KEY"], **options)
-        if not experiment_key:
-            self.experiment.set_name(run_name)
+            self._experiment = _open_experiment(mode, project, log_path, run_name, experiment_key)
+
+    def _set_up(self, *args: Any) -> None:
+        assert self._setting_up is not None
+        try:
+            self._setting_up.set_result(_open_experiment(*args))
+        except BaseException as exc:  # raised where the experiment is first used
+            self._setting_up.set_exception(exc)
+
+    @property
+    def experiment(self) -> Any:
+        """The comet_ml experiment (None with comet disabled, or ended), once it is set up."""
+        if self._setting_up is not None:
+            self._experiment, self._setting_up = self._setting_up.result(), None
+        return self._experiment
 
     @property
     def key(self) -> str | None:
@@ -73,8 +79,31 @@ class CometSink:
 
     def end(self) -> None:
         if self.experiment is not None:
-            self.experiment.end()
-            self.experiment = None
+            self._experiment.end()
+            self._experiment = None
+
+
+def _open_experiment(mode: str, project: str, log_path: Path, run_name: str, experiment_key: str | None) -> Any:
+    import comet_ml  # slow to import: only when used
+
+    options: dict[str, Any] = dict(
+        project_name=project, display_summary_level=0, auto_output_logging=False, auto_param_logging=False,
+        auto_metric_logging=False, parse_args=False, log_code=False, log_git_metadata=False, log_git_patch=False)
+    if mode == "offline":
+        options.update(offline_directory=str(log_path), log_env_details=False, log_env_gpu=False,
+                       log_env_host=False)
+        if experiment_key:
+            experiment = comet_ml.ExistingOfflineExperiment(experiment_key=experiment_key, **options)
+        else:
+            experiment = comet_ml.OfflineExperiment(**options)
+    elif experiment_key:
+        experiment = comet_ml.ExistingExperiment(api_key=os.environ["COMET_API_KEY"], experiment_key=experiment_key,
+                                                 **options)
+    else:
+        experiment = comet_ml.Experiment(api_key=os.environ["COMET_API_KEY"], **options)
+    if not experiment_key:
+        experiment.set_name(run_name)
+    return experiment
 
 
 class RunLog:
