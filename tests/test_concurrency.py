@@ -132,9 +132,9 @@ def test_a_freed_slot_goes_to_foreground_work_before_background_work() -> None:
     assert order == ["foreground", "background"]
 
 
-def test_reserved_slots_wait_for_foreground_work_and_background_work_takes_the_rest() -> None:
+def test_reserved_slots_stay_out_of_reach_of_background_work_until_the_reservation_ends() -> None:
     slots = EndpointSlots(4)
-    slots.reserve(3)  # round 1's first wave, as the round loop reserves it before the zero-shot starts
+    slots.reserve(3)  # round 1's widest wave, as the round loop reserves it before the zero-shot starts
     got: list[str] = []
 
     def take(label: str, in_background: bool) -> None:
@@ -148,16 +148,16 @@ def test_reserved_slots_wait_for_foreground_work_and_background_work_takes_the_r
     time.sleep(0.1)
     assert got == ["zero-shot 0"]  # 4 slots, 3 of them kept for the foreground: one for the background
     for i in range(3):  # the foreground arrives late and still finds its slots free
-        take(f"round 1 {i}", False)
-    assert got == ["zero-shot 0", "round 1 0", "round 1 1", "round 1 2"]
-    slots.release()  # the reservation is used up: a freed slot goes to a waiting background request
-    background_waiters[1].join(timeout=5)
-    assert got[-1] == "zero-shot 1"
-    slots.reserve(2)
-    slots.release()  # reserved again: the last background request keeps waiting
+        take(f"round 1 wave 1, {i}", False)
+    slots.release()  # a reply of the first wave: its slot stays with the foreground's next wave...
     time.sleep(0.1)
-    assert len(got) == 5
-    slots.reserve(0)  # the end of a reservation hands its free slots over
+    assert len(got) == 4
+    take("round 1 wave 2", False)  # ...which takes it a moment later
+    slots.reserve(0)  # round 1 is over: the background may have every slot again
+    slots.release()
+    background_waiters[1].join(timeout=5)
+    assert got[-2:] == ["round 1 wave 2", "zero-shot 1"]
+    slots.release()
     background_waiters[2].join(timeout=5)
     assert got[-1] == "zero-shot 2"
 

@@ -3,11 +3,11 @@
 Requests beyond the cap wait; a freed slot goes to the longest-waiting foreground request, and to a
 background one only when no foreground request waits. Work whose result nobody waits for yet (the
 zero-shot evaluation while round 1 trains) runs under ``background()`` and so fills the slots the
-critical path leaves idle without delaying it. Priority only orders waiters, so foreground work that
-starts beside background work first reserves the slots of its first wave (``reserve``): otherwise
-whichever thread reaches the cap first takes them, and the critical path waits a whole reply for
-work that could wait. A runtime holds one ``EndpointCaps``: the cap of every endpoint its engines
-talk to.
+critical path leaves idle. Priority alone cannot keep it off the critical path: a reply frees a slot
+a few milliseconds before the foreground thread that got it sends its next request, and a background
+request that takes the slot meanwhile holds it for a whole reply. So foreground work started beside
+background work keeps the slots of its widest wave out of the background's reach (``reserve``). A
+runtime holds one ``EndpointCaps``: the cap of every endpoint its engines talk to.
 """
 
 from __future__ import annotations
@@ -36,14 +36,16 @@ def background() -> Iterator[None]:
 
 
 class EndpointSlots:
-    """A counting semaphore of `size` slots whose waiters are served foreground first, then by arrival."""
+    """A counting semaphore of `size` slots whose waiters are served foreground first, then by arrival;
+    background requests hold at most `size - reserved` slots."""
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError("an endpoint needs at least one slot")
         self.size = size
         self._free = size
-        self._reserved = 0  # free slots only foreground requests may take (see reserve())
+        self._background_cap = size  # slots background requests may hold at once (see reserve())
+        self._background_held = 0
         self._lock = threading.Lock()
         self._waiting: list[tuple[int, int, threading.Lock]] = []  # heap of (priority, arrival, gate)
         self._arrivals = itertools.count()
@@ -67,31 +69,31 @@ class EndpointSlots:
             raise
 
     def release(self) -> None:
+        """Give back a slot; called in the context that acquired it (background or not)."""
         with self._lock:
             if self._free >= self.size:
                 raise ValueError("EndpointSlots released more often than acquired")
             self._free += 1
+            if _background.get():
+                self._background_held -= 1
             self._hand_over()
 
     def reserve(self, slots: int) -> None:
-        """Keep `slots` free slots for the next foreground requests (each one that takes a slot uses a
-        reserved one up): background requests take only the slots beyond them. reserve(0) ends it."""
+        """Keep `slots` slots out of the reach of background requests (those in flight keep theirs) until
+        reserve(0): foreground work about to run beside background work needs that many at every wave."""
         with self._lock:
-            self._reserved = min(slots, self.size)
-            self._hand_over()  # background requests held back by what was left of an earlier reservation
-
-    def _take(self, foreground: bool) -> None:
-        self._free -= 1
-        if foreground and self._reserved:
-            self._reserved -= 1
+            self._background_cap = self.size - min(slots, self.size)
+            self._hand_over()
 
     def _hand_over(self) -> None:
-        """Give free slots to waiters, foreground first; background ones only beyond the reservation."""
+        """Give free slots to waiters, foreground first; background ones only within their cap."""
         while self._free and self._waiting:
-            foreground = self._waiting[0][0] == 0
-            if not foreground and self._free <= self._reserved:
-                return
-            self._take(foreground)
+            background = self._waiting[0][0] == 1
+            if background:
+                if self._background_held >= self._background_cap:
+                    return  # every foreground waiter was served before: the rest are background too
+                self._background_held += 1
+            self._free -= 1
             heapq.heappop(self._waiting)[2].release()
 
     def __enter__(self) -> EndpointSlots:

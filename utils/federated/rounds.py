@@ -268,15 +268,16 @@ class RoundLoop:
 
     def start_local_steps(self, planned: Round, prompt: str) -> Future[list[ClientUpdate]]:
         """The round's local steps in a thread of their own, ahead of the background work started beside
-        them: the endpoint keeps the slots of their first wave (each client's first batch) for them."""
+        them: until they end, the endpoint keeps the slots of their widest wave (a batch per client)."""
         bar = self.open_steps_bar(planned)
         slots = self.engines.test.request_slot() if hasattr(self.engines.test, "request_slot") else None
         if slots is not None:
-            slots.reserve(sum(len(c.steps[0].batch or ()) for c in planned.clients if c.steps))
+            slots.reserve(max((sum(len(c.steps[i].batch or ()) for c in planned.clients)
+                               for i in range(self.exp.settings.max_steps)), default=0))
         with metered(self.round_cost):  # the thread counts in the round's meter (it copies this context)
             steps = in_background(bar.run, self.train_round, planned, prompt)
         if slots is not None:
-            steps.add_done_callback(lambda _: slots.reserve(0))  # whatever of it was not used
+            steps.add_done_callback(lambda _: slots.reserve(0))
         return steps
 
     def open_steps_bar(self, planned: Round) -> progress.StepsPhase:
