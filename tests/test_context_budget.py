@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import socket
 import subprocess
 import sys
@@ -62,6 +63,25 @@ def test_estimate_is_never_below_the_real_tokenizer_on_the_shared_data(shared_da
     assert all(real is not None and estimate >= real for real, estimate in pairs)
     total_real, total_estimate = sum(r for r, _ in pairs), sum(e for _, e in pairs)
     assert total_estimate < 2 * total_real  # conservative, not useless
+
+
+def test_the_fast_ascii_estimate_counts_what_the_piece_by_piece_count_counts(shared_data: Path) -> None:
+    """The estimate counts ASCII text by kinds of character (textgrad.serving.tokenizers._ascii_pieces); the
+    plain loop over pieces (_pieces) is the definition, kept for the rest: both give the same number."""
+    from textgrad.serving.tokenizers import _ascii_pieces, _pieces
+
+    texts = [e["input"] for task in ("object_counting", "word_sorting", "dyck_languages", "multistep_arithmetic_two")
+             for e in json.loads((shared_data / "bbh" / f"{task}.json").read_text())["examples"]]
+    rows = [json.loads(line) for line in (shared_data / "gsm8k" / "train.jsonl").read_text().splitlines()[:300]]
+    texts = [text for text in texts + [r["question"] for r in rows] + [r["answer"] for r in rows] if text.isascii()]
+    assert len(texts) > 1000
+    rng = random.Random(7)
+    for alphabet in ("ab Z09 \n\t\r\x0b\x0c\x1c\x1f.,;!_-", "aaaab  0\n.", "xyz 1 2  3\n\n\t"):
+        texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(5000)]
+    texts += ["", " ", " 7", "a 7", "a  7", "a\n 7", "abcd", "abcdefg 12  ab\n\n\n\n\n\n\n\n\nx"]
+    assert [_ascii_pieces(text) for text in texts] == [_pieces(text) for text in texts]
+    assert _pieces("abcd 7") == 2 + 1 + 1  # ceil(4 / 3) pieces of the word, the lone space before a digit, the digit
+    assert estimate_tokens("abcd 7") == max(math.ceil(4 * 1.1), math.ceil(6 / 4)) == 5
 
 
 def test_shorten_middle_keeps_both_ends_and_says_how_much_was_cut() -> None:
