@@ -52,8 +52,13 @@ def main() -> None:
         raise SystemExit("usage: python -m bench.profiling OUT.prof SCRIPT.py [ARGS...]")
     path, script = sys.argv[1], sys.argv[2]
     sys.argv = sys.argv[2:]
-    with threads_profiled(path), contextlib.suppress(SystemExit):
-        runpy.run_path(script, run_name="__main__")
+    code: int | str | None = 0
+    with threads_profiled(path):
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as exc:  # the script's own exit: the profile is written first
+            code = exc.code
+    sys.exit(code)
 
 
 if __name__ == "__main__":
