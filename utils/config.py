@@ -158,8 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     outputs("--run_name", default=None, help="the run folder's name (default: module, tasks, method, seed, time)")
     outputs("--resume", action="store_true", help="continue --run_name from its last completed round")
     outputs("--plots", action="store_true",
-            help="draw the run's plots into its folder when it ends (any time later: python -m utils.reporting.plots "
-                 "RUN_DIR)")
+            help="draw the run's plots as it ends (any time later: python -m utils.reporting.plots RUN_DIR)")
     engines("--max_concurrency", type=_positive_int, default=16, help="in-flight requests per endpoint")
     engines("--local_servers", type=_positive_int, default=None,
             help="llama.cpp servers of the embedded `local` engine (default: LOCAL_SERVERS, else one per core, "
