@@ -27,7 +27,7 @@ from typing import Any
 from textgrad.errors import EngineError
 from textgrad.parallel import run_concurrently
 from textgrad.serving.runtime import current_runtime
-from textgrad.serving.slots import background
+from textgrad.serving.slots import EndpointSlots, background
 from textgrad.serving.stats import EngineStats, metered
 from utils.privacy.outbound import OutboundPlan
 from utils.reporting import progress
@@ -270,15 +270,26 @@ class RoundLoop:
         """The round's local steps in a thread of their own, ahead of the background work started beside
         them: until they end, the endpoint keeps the slots of their widest wave (a batch per client)."""
         bar = self.open_steps_bar(planned)
-        slots = self.engines.test.request_slot() if hasattr(self.engines.test, "request_slot") else None
-        if slots is not None:
-            slots.reserve(max((sum(len(c.steps[i].batch or ()) for c in planned.clients)
-                               for i in range(self.exp.settings.max_steps)), default=0))
+        widest = max((sum(len(c.steps[i].batch or ()) for c in planned.clients)
+                      for i in range(self.exp.settings.max_steps)), default=0)
+        endpoints = self.endpoint_slots()
+        for slots in endpoints:
+            slots.reserve(widest)
         with metered(self.round_cost):  # the thread counts in the round's meter (it copies this context)
             steps = in_background(bar.run, self.train_round, planned, prompt)
-        if slots is not None:
-            steps.add_done_callback(lambda _: slots.reserve(0))
+
+        def end_reservation(_: Future[list[ClientUpdate]]) -> None:
+            for slots in endpoints:
+                slots.reserve(0)
+
+        steps.add_done_callback(end_reservation)
         return steps
+
+    def endpoint_slots(self) -> list[EndpointSlots]:
+        """The caps of the run's endpoints: answers go to the test engine's, feedback to the evaluation
+        engine's (often one and the same); test doubles have none."""
+        caps = (getattr(engine, "request_slot", lambda: None)() for engine in (self.engines.test, self.engines.evaluation))
+        return list({id(slots): slots for slots in caps if slots is not None}.values())
 
     def open_steps_bar(self, planned: Round) -> progress.StepsPhase:
         clients = len(planned.clients)

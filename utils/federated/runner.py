@@ -100,6 +100,7 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
     except OSError as exc:  # the up-front check passed, yet the folder cannot be made (full disk, /proc)
         raise UsageError(f"cannot create {exc.filename or run_dir} ({exc.strerror}): choose an --output_dir "
                          "(and --comet_log_path) you can write to") from None
+
     def record_settings() -> None:
         """config.yaml and estimate.json, written while the run's first requests are answered."""
         if not args.resume:
