@@ -43,14 +43,14 @@ class ResponseCache:
         )
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
-    def _path(self, key: str) -> Path:
-        # Two-character fan-out keeps directories small on long experiment grids.
+    def path(self, key: str) -> Path:
+        """The entry's file. Two-character fan-out keeps directories small on long experiment grids."""
         return self.directory / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> dict[str, Any] | None:
         """Return the stored value, or None when absent or unreadable (treated as a miss)."""
         try:
-            with open(self._path(key), encoding="utf-8") as handle:
+            with open(self.path(key), encoding="utf-8") as handle:
                 value = json.load(handle)
         except (OSError, ValueError):
             return None
@@ -58,7 +58,7 @@ class ResponseCache:
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         """Store a value atomically: readers see either the old entry, the new one, or none."""
-        path = self._path(key)
+        path = self.path(key)
         data = json.dumps(value, ensure_ascii=False).encode("utf-8")
         # The temporary file must live in the target directory so os.replace is a rename on one
         # filesystem, which is atomic. Its name is this writer's own (host, process, thread: a thread

@@ -101,13 +101,15 @@ def _run_module(args: RunConfig, build_clients: BuildClients, aggregate: bool,
         raise UsageError(f"cannot create {exc.filename or run_dir} ({exc.strerror}): choose an --output_dir "
                          "(and --comet_log_path) you can write to") from None
 
+    started = time.time()  # the response cache as it was before the first request is what the estimate sees
+
     def record_settings() -> None:
         """config.yaml and estimate.json, written while the run's first requests are answered."""
         if not args.resume:
             log.write_config(resolved_config(args))
             from utils.estimate.summary import record_estimate  # a large import, after the first requests
 
-            record_estimate(args, experiment, run_dir)
+            record_estimate(args, experiment, run_dir, cache_before=started)
 
     try:
         train_round = make_train_round(experiment, engines, log) if make_train_round else None
