@@ -5,8 +5,10 @@
 Runs `python -X importtime main.py` (a one-round train_homo_fed run) against the bench server, stops the
 import log at the run's first connection to the server (an audit hook on socket.connect), and prints
 the modules imported by then, their self import time (the sum of `-X importtime`'s self column; the
-smallest of --repeat runs, the machine being shared) and which of the heavy ones (matplotlib, numpy, the
-estimator, comet_ml, llama_cpp) were among them: a plain run needs none of them to send its first request.
+smallest of --repeat runs, the machine being shared), the CPU seconds the process had spent by then
+(a figure other jobs on the machine barely change, unlike the wall time) and which of the heavy ones
+(matplotlib, numpy, the estimator, comet_ml, llama_cpp) were among them: a plain run needs none of them
+to send its first request.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ RUN = ["--module", "train_homo_fed", "--task", "synthetic_object_counting", "--s
 # Runs main.py as `python main.py` would, with a hook that writes the imported modules to stderr, among
 # -X importtime's lines, when the process first connects to the server's port.
 PROBE = """
-import json, runpy, sys
+import json, runpy, sys, time
 PORT, MARK = int(sys.argv.pop(1)), sys.argv.pop(1)
 def hook(event, args):
     if event == "socket.connect" and not hook.seen and isinstance(args[1], tuple) and args[1][1:2] == (PORT,):
         hook.seen = True
-        sys.stderr.write(MARK + json.dumps(sorted(sys.modules)) + "\\n")
+        seen = {"cpu": time.process_time(), "modules": sorted(sys.modules)}
+        sys.stderr.write(MARK + json.dumps(seen) + "\\n")
         sys.stderr.flush()
 hook.seen = False
 sys.addaudithook(hook)
@@ -51,6 +54,7 @@ class FirstRequest:
     modules: list[str]    # imported when the run first connected to the server
     import_ms: float      # their self import time, summed
     exit_code: int
+    cpu_s: float = 0.0    # CPU seconds of the process by then
 
     def heavy(self) -> dict[str, list[str]]:
         """The heavy packages among the modules, each with its modules imported by then."""
@@ -73,8 +77,8 @@ def first_request(base_url: str, port: int, out_dir: Path) -> FirstRequest:
                            "--output_dir", str(out_dir), "--run_name", "first-request"],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     before, _, after = done.stderr.partition(MARK)
-    modules = json.loads(after.splitlines()[0]) if after else []
-    return FirstRequest(modules, _self_ms(before), done.returncode)
+    seen = json.loads(after.splitlines()[0]) if after else {"modules": [], "cpu": 0.0}
+    return FirstRequest(seen["modules"], _self_ms(before), done.returncode, seen["cpu"])
 
 
 def main() -> None:
@@ -89,6 +93,7 @@ def main() -> None:
         raise SystemExit("a run failed or never reached the server")
     print(f"modules imported before the first request: {len(runs[0].modules)}")
     print(f"their self import time: {min(run.import_ms for run in runs):.0f} ms (smallest of {args.repeat} runs)")
+    print(f"CPU seconds of the process by then: {min(run.cpu_s for run in runs):.2f} s (smallest of {args.repeat})")
     for name, modules in runs[0].heavy().items():
         print(f"  {name:<16} {len(modules)} modules")
 

@@ -11,6 +11,7 @@ scale run (--scale_clients clients x 1 step). Targets are printed next to the fi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -25,6 +26,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(REPO_ROOT))
+
+from bench.profiling import threads_profiled  # noqa: E402
 
 TASK = "synthetic_object_counting"
 ENGINE = "vllm-fake-model"
@@ -80,10 +83,13 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     engine = get_engine(ENGINE)
     engine.check_available()
     experiment = build_experiment(case["clients"], case["steps"], case["batch"], case["val"], case["test"],
-                                  case["seed"])
+                                  case["seed"], case.get("rounds", 1))
     log = open_run_log(Path(case["run_dir"]), "disabled", "bench", Path(case["run_dir"]) / "comet")
+    # Profiled (bench --profile): every thread's CPU, which makes the run slower.
+    profiled = threads_profiled(case["profile"]) if case.get("profile") else contextlib.nullcontext()
     cpu_before, started = cpu_seconds(), time.perf_counter()
-    results = run_experiment(experiment, Engines(test=engine, evaluation=engine), log)
+    with profiled:
+        results = run_experiment(experiment, Engines(test=engine, evaluation=engine), log)
     wall = time.perf_counter() - started
     cpu = cpu_seconds() - cpu_before
     return {

@@ -7,6 +7,7 @@ concurrent and a sequential run would come from our code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -23,6 +24,7 @@ from textgrad.serving.runtime import Runtime, use_runtime
 from textgrad.serving.settings import Settings
 from textgrad.serving.slots import EndpointSlots, background
 from utils.federated.client import Engines
+from utils.federated.plan import plan_run
 from utils.federated.rounds import run_experiment
 from utils.reporting import prompt_stats
 from utils.reporting.tracking import open_run_log
@@ -128,6 +130,49 @@ def test_a_freed_slot_goes_to_foreground_work_before_background_work() -> None:
     for waiter in waiters:
         waiter.join(timeout=5)
     assert order == ["foreground", "background"]
+
+
+def test_reserved_slots_stay_out_of_reach_of_background_work_until_the_reservation_ends() -> None:
+    slots = EndpointSlots(4)
+    slots.reserve(3)  # round 1's widest wave, as the round loop reserves it before the zero-shot starts
+    got: list[str] = []
+
+    def take(label: str, in_background: bool) -> None:
+        with background() if in_background else contextlib.nullcontext():
+            slots.acquire()
+        got.append(label)
+
+    background_waiters = [threading.Thread(target=take, args=(f"zero-shot {i}", True)) for i in range(3)]
+    for waiter in background_waiters:
+        waiter.start()
+    time.sleep(0.1)
+    assert got == ["zero-shot 0"]  # 4 slots, 3 of them kept for the foreground: one for the background
+    for i in range(3):  # the foreground arrives late and still finds its slots free
+        take(f"round 1 wave 1, {i}", False)
+    slots.release()  # a reply of the first wave: its slot stays with the foreground's next wave...
+    time.sleep(0.1)
+    assert len(got) == 4
+    take("round 1 wave 2", False)  # ...which takes it a moment later
+    slots.reserve(0)  # round 1 is over: the background may have every slot again
+    slots.release()
+    background_waiters[1].join(timeout=5)
+    assert got[-2:] == ["round 1 wave 2", "zero-shot 1"]
+    slots.release()
+    background_waiters[2].join(timeout=5)
+    assert got[-1] == "zero-shot 2"
+
+
+def test_round_one_sends_its_first_wave_before_the_zero_shot_takes_the_slots(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shape = {"clients": 2, "steps": 1, "batch": 2, "val": 12, "test": 12}
+    with FakeServer(latency=0.4, slots=8) as server:
+        run_round(server, tmp_path, "order", 8, monkeypatch, **shape)
+        first = {body["messages"][-1]["content"] for body in server.chat_requests[:8]}  # the first 8 slots
+    round_one = plan_run(build_experiment(**shape, seed=5)).rounds[0]
+    first_wave = {ex.question for c in round_one.clients for ex in c.steps[0].batch}
+    # Each client's first batch (2 examples): all 4 answers hold a slot among the first 8, beside 4 of the
+    # 24 zero-shot answers started at the same time.
+    assert len(first_wave) == 4 and first_wave <= first
 
 
 def test_slots_bound_concurrency_and_background_reaches_worker_threads() -> None:

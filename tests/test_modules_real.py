@@ -9,6 +9,7 @@ import zipfile
 import pytest
 
 from main import main
+from utils.reporting.plots import main as draw_plots
 from utils.tasks.registry import resolve_task
 
 TINY = ["--split_sizes", "2,2,2", "--max_epochs", "1", "--max_steps", "1", "--batch_size", "1",
@@ -30,11 +31,17 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_module_runs_on_the_real_server_and_writes_every_output(module, tasks, extra, clients, tmp_path,
                                                                 shared_data, local_engine_url, capsys):
     comet_dir = tmp_path / "comet"
+    plotted = module == "train_centralized"  # plots as the run ends; the others draw them after
     argv = ["--module", module, "--task", *tasks, "--data_dir", str(shared_data), *TINY, *extra,
             "--output_dir", str(tmp_path), "--run_name", "run", "--comet_mode", "offline",
-            "--comet_log_path", str(comet_dir)]
+            "--comet_log_path", str(comet_dir), *(["--plots"] if plotted else [])]
     assert main(argv) == 0
+    summary = capsys.readouterr().out
     run = tmp_path / "run"
+    if not plotted:
+        assert not (run / "plots").exists()
+        assert f"python -m utils.reporting.plots {run}" in summary
+        assert draw_plots([str(run)]) == 0
 
     config = (run / "config.yaml").read_text()
     assert f"module: {module}" in config
@@ -81,5 +88,4 @@ def test_module_runs_on_the_real_server_and_writes_every_output(module, tasks, e
     assert '"metricName": "val/mean"' in messages.replace('":"', '": "')
     assert '"paramName": "module"' in messages.replace('":"', '": "')
 
-    summary = capsys.readouterr().out
     assert "final test" in summary and str(run) in summary

@@ -155,3 +155,25 @@ def test_a_resumed_run_without_homo_split_num_parses(module: str, tmp_path: Path
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     args = parse_args(["--resume", "--run_name", "r", "--output_dir", str(tmp_path)])
     assert args.module == module and args.task == tasks
+
+
+def test_plots_are_drawn_on_demand_into_each_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from utils.reporting.plots import main as draw_plots
+
+    for name in ("seed42", "seed43"):
+        (tmp_path / "sweep" / name).mkdir(parents=True)
+        (tmp_path / "sweep" / name / "results.json").write_text(json.dumps(hetero_results()))
+    assert draw_plots([str(tmp_path / "sweep")]) == 0  # a folder of runs: each run gets its own plots
+    for name in ("seed42", "seed43"):
+        drawn = sorted(p.name for p in (tmp_path / "sweep" / name / "plots").iterdir())
+        assert drawn == ["client_train_accuracy.png", "prompt_length.png", "validation_accuracy.png"]
+    capsys.readouterr()
+    assert draw_plots([str(tmp_path / "missing")]) == 2
+    with pytest.raises(SystemExit) as stopped:  # argparse's own errors are one line too
+        draw_plots([])
+    assert stopped.value.code == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
+    assert "does not exist" in errors[0] and "RUN_DIR" in errors[1]

@@ -10,8 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
 # The engine-name grammar is textgrad.serving.backends' (a cheap import: no LLM client library loads with it).
 from textgrad.serving.backends import engine_name_problem, missing_key_problem
 from utils.federated.sampling import temperature_entry, top_p_entry
@@ -125,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     outputs("--output_dir", default="logs", help="where run folders go")
     outputs("--run_name", default=None, help="the run folder's name (default: module, tasks, method, seed, time)")
     outputs("--resume", action="store_true", help="continue --run_name from its last completed round")
+    outputs("--plots", action="store_true",
+            help="draw the run's plots as it ends (any time later: python -m utils.reporting.plots RUN_DIR)")
     engines("--max_concurrency", type=_positive_int, default=16, help="in-flight requests per endpoint")
     engines("--local_servers", type=_positive_int, default=None,
             help="llama.cpp servers of the embedded `local` engine (default: LOCAL_SERVERS, else one per core, "
@@ -209,6 +209,8 @@ MAX_CONFIG_ALIASES = 64
 
 def _load_yaml(path: str) -> Any:
     """The YAML document of a config file; UsageError for a missing, large, binary, alias-heavy or invalid one."""
+    import yaml  # only for a config file: a run without one sends its first request sooner
+
     try:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_CONFIG_BYTES + 1)

@@ -45,6 +45,7 @@ class RunConfig:
     output_dir: str
     run_name: str | None
     resume: bool
+    plots: bool
     max_concurrency: int
     local_servers: int | None
     request_timeout: float | None

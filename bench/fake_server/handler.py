@@ -170,5 +170,6 @@ def make_handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 self._send_raw(payload)
                 return
             self._send(status, payload, headers)
+            server.replied()
 
     return Handler

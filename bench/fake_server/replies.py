@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import re
+import time
 from typing import Any
 
 from textgrad.prompts import FEEDBACK_SYSTEM, OPTIMIZER_SYSTEM
@@ -324,3 +325,29 @@ def echo_reply(request: dict[str, Any], messages: list[dict[str, Any]]) -> dict[
     if last != "__nousage__":
         payload["usage"] = dict(ECHO_USAGE)
     return payload
+
+
+def completion_reply(prompt: str, max_tokens: int, echo: bool, logprobs: bool, model: str) -> dict[str, Any]:
+    """A legacy completion of prompt: one generated token, the prompt echoed with its per-token
+    log-probabilities when asked (how the UID measures read a prompt's surprisal)."""
+    tokens: list[str] = []
+    values: list[float | None] = []
+    if echo:
+        tokens, values = prompt_token_logprobs(prompt)
+    generated = "\n" if max_tokens > 0 else ""
+    if generated:
+        tokens.append(generated)
+        values.append(-0.5)
+    offsets, position = [], 0
+    for token in tokens:
+        offsets.append(position)
+        position += len(token)
+    text = (prompt if echo else "") + generated
+    return {
+        "id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "text": text, "finish_reason": "length",
+                     "logprobs": {"tokens": tokens, "token_logprobs": values, "text_offset": offsets,
+                                  "top_logprobs": None} if logprobs else None}],
+        "usage": {"prompt_tokens": estimate_tokens(prompt), "completion_tokens": len(generated),
+                  "total_tokens": estimate_tokens(prompt) + len(generated)},
+    }

@@ -33,10 +33,10 @@ from .handler import FLAVOURS, Listener, check_response_format, make_handler
 from .hostile import HANG, Hostility, RawReply
 from .replies import (
     MERGE_BUDGETS,
+    completion_reply,
     echo_reply,
     estimate_tokens,
     malformed_reply,
-    prompt_token_logprobs,
     reply_for,
 )
 
@@ -144,6 +144,10 @@ class FakeServer:
     def _reset_counters(self) -> None:
         self._requests = self._completed = self._in_flight = self._waiting = self._processing = 0
         self._peak_in_flight = self._peak_processing = 0
+        # time.monotonic() (one clock for every process of the machine) when the first LLM request came in
+        # and when the last LLM reply went out, so a benchmark can time a client's start and exit.
+        self._first_request_at: float | None = None
+        self._last_reply_at: float | None = None
         self._faults = dict.fromkeys(FAULT_KINDS, 0)
         self._context_rejections = 0
         self._by_kind: dict[str, int] = collections.Counter()
@@ -176,6 +180,7 @@ class FakeServer:
                 "response_formats": dict(self._response_formats),
                 "structured_rejections": self._structured_rejections,
                 "prompts_seen": list(self._prompts), "hostile_replies": self.hostility.sent,
+                "first_request_at": self._first_request_at, "last_reply_at": self._last_reply_at,
             }
 
     # -- request handling (called from handler threads) ---------------------------------------
@@ -234,12 +239,19 @@ class FakeServer:
 
     def _enter(self) -> None:
         with self._lock:
+            if self._first_request_at is None:
+                self._first_request_at = time.monotonic()
             self._in_flight += 1
             self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
 
     def _leave(self) -> None:
         with self._lock:
             self._in_flight -= 1
+
+    def replied(self) -> None:
+        """An LLM reply (or an error reply to an LLM request) went out."""
+        with self._lock:
+            self._last_reply_at = time.monotonic()
 
     def _serve_slot(self) -> None:
         """Wait for a slot, hold it for `latency` seconds."""
@@ -366,27 +378,8 @@ class FakeServer:
         self._serve_slot()
         with self._lock:
             self._logprob_requests += 1
-        tokens: list[str] = []
-        logprobs: list[float | None] = []
-        if request.get("echo"):
-            tokens, logprobs = prompt_token_logprobs(prompt)
-        generated = "\n" if max_tokens > 0 else ""
-        if generated:
-            tokens.append(generated)
-            logprobs.append(-0.5)
-        offsets, position = [], 0
-        for token in tokens:
-            offsets.append(position)
-            position += len(token)
-        text = (prompt if request.get("echo") else "") + generated
-        return 200, {
-            "id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": self.model,
-            "choices": [{"index": 0, "text": text, "finish_reason": "length",
-                         "logprobs": {"tokens": tokens, "token_logprobs": logprobs, "text_offset": offsets,
-                                      "top_logprobs": None} if request.get("logprobs") is not None else None}],
-            "usage": {"prompt_tokens": estimate_tokens(prompt), "completion_tokens": len(generated),
-                      "total_tokens": estimate_tokens(prompt) + len(generated)},
-        }
+        return 200, completion_reply(prompt, max_tokens, bool(request.get("echo")),
+                                     request.get("logprobs") is not None, self.model)
 
     def props(self) -> dict[str, Any]:
         return {"default_generation_settings": {"n_ctx": self.max_context or DEFAULT_N_CTX}}

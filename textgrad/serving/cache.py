@@ -11,7 +11,8 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ class ResponseCache:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory).expanduser()
+        self._host = socket.gethostname()  # a cache folder may be shared over the network
 
     def __repr__(self) -> str:
         return f"ResponseCache({str(self.directory)!r})"
@@ -48,14 +50,14 @@ class ResponseCache:
         params = {k: v for k, v in body.items() if k not in ("model", "messages")}
         return ResponseCache.make_key(body["model"], body["messages"], params, endpoint=endpoint)
 
-    def _path(self, key: str) -> Path:
-        # Two-character fan-out keeps directories small on long experiment grids.
+    def path(self, key: str) -> Path:
+        """The entry's file. Two-character fan-out keeps directories small on long experiment grids."""
         return self.directory / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> dict[str, Any] | None:
         """Return the stored value, or None when absent or unreadable (treated as a miss)."""
         try:
-            with open(self._path(key), encoding="utf-8") as handle:
+            with open(self.path(key), encoding="utf-8") as handle:
                 value = json.load(handle)
         except (OSError, ValueError):
             return None
@@ -63,18 +65,25 @@ class ResponseCache:
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         """Store a value atomically: readers see either the old entry, the new one, or none."""
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # The temporary file must live in the target directory so os.replace is a rename
-        # on one filesystem, which is atomic; a unique name lets writers race safely.
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{key[:16]}-", suffix=".tmp", dir=path.parent)
+        path = self.path(key)
+        data = json.dumps(value, ensure_ascii=False).encode("utf-8")
+        # The temporary file must live in the target directory so os.replace is a rename on one
+        # filesystem, which is atomic. Its name is this writer's own (host, process, thread: a thread
+        # writes one entry at a time), so writers never collide and no random name has to be tried, as
+        # tempfile would; a leftover of a dead process under the same name is simply overwritten.
+        tmp = path.with_name(f".{key[:16]}-{self._host}-{os.getpid()}-{threading.get_ident()}.tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(value, handle, ensure_ascii=False)
-            os.replace(tmp_name, path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except FileNotFoundError:  # the first entry of its fan-out folder
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
         except BaseException:
             try:
-                os.unlink(tmp_name)
+                os.unlink(tmp)
             except OSError:
                 pass
             raise

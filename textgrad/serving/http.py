@@ -113,8 +113,10 @@ def _timeout_left(timeout: float | None) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
-def _deadline_transport(trust_env: bool, limits: httpx.Limits) -> httpx.HTTPTransport:
-    """httpx's transport over a connection pool whose sockets honour the request's deadline."""
+def _deadline_transport(trust_env: bool, limits: httpx.Limits, plain: bool) -> httpx.HTTPTransport:
+    """httpx's transport over a connection pool whose sockets honour the request's deadline. plain: for a
+    plain-HTTP loopback server, which loads no CA bundle (tens of milliseconds of a run's start) until an
+    https request (a redirect) needs one."""
     import httpcore
     import httpx
 
@@ -143,10 +145,12 @@ def _deadline_transport(trust_env: bool, limits: httpx.Limits) -> httpx.HTTPTran
                         socket_options: Any = None) -> httpcore.NetworkStream:
             return Stream(super().connect_tcp(host, port, _timeout_left(timeout), local_address, socket_options))
 
-    transport = httpx.HTTPTransport(trust_env=trust_env, limits=limits)
+    transport = httpx.HTTPTransport(verify=not plain, trust_env=trust_env, limits=limits)
     # The pool httpx would build, with our backend: the one thing its constructor does not let us choose.
+    # httpcore makes a verifying TLS context itself when it has none and meets https.
+    ssl_context = None if plain else httpx.create_ssl_context(trust_env=trust_env)
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=trust_env), max_connections=limits.max_connections,
+        ssl_context=ssl_context, max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
         network_backend=Backend())
     return transport
@@ -169,11 +173,11 @@ class HttpClients:
             client = self._clients.get(origin)
             if client is None:
                 # Generous pool limits (the openai SDK's), redirects followed.
-                trust_env = not is_loopback(url)
+                trust_env = not is_loopback(url)  # loopback never goes through a proxy from the environment
                 limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
                 client = self._clients[origin] = httpx.Client(
                     trust_env=trust_env, follow_redirects=True, limits=limits,
-                    transport=_deadline_transport(trust_env, limits))
+                    transport=_deadline_transport(trust_env, limits, plain=not trust_env and parts.scheme == "http"))
             return client
 
     def request(self, method: str, url: str, api_key: str, payload: dict[str, Any] | None = None, *,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import io
 import logging
 import math
@@ -28,6 +29,7 @@ from .http import HttpClients, server_root
 logger = logging.getLogger(__name__)
 
 COUNT_CACHE_SIZE = 4096
+ESTIMATE_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,13 @@ class Tokenizer(Protocol):
 # ---------------------------------------------------------------- counting without a tokenizer
 
 _PIECES = re.compile(r"\d|[A-Za-z]+|[^\x00-\x7f]|\s+|.", re.DOTALL)
+# ASCII text by kind of character: letter "a", digit "0", space " ", other whitespace "n", anything else ".".
+_KINDS = str.maketrans({chr(c): "a" if chr(c).isalpha() else "0" if chr(c).isdigit() else " " if c == 32 else
+                        "n" if chr(c).isspace() else "." for c in range(128)})
+_OTHER_WHITESPACE_RUNS = re.compile("[ n]{2,}|n")  # every run of whitespace but a single space
 
 
+@functools.lru_cache(maxsize=ESTIMATE_CACHE_SIZE)
 def estimate_tokens(text: str) -> int:
     """An upper estimate of the token count of text for BPE vocabularies of 32k-50k entries.
 
@@ -55,7 +62,17 @@ def estimate_tokens(text: str) -> int:
     below the true count and about 1.5 times it on average: digits and punctuation are one token
     each, rare words split into 3-letter pieces, non-ASCII characters cost a token per UTF-8 byte.
     Never below one token per 4 characters, the rate llama.cpp-style servers are often assumed to use.
+
+    Every request is measured on its way out, some texts many times (the prompt of a whole evaluation):
+    the counts are remembered, and ASCII text (nearly all of it) is counted by C-level string passes.
     """
+    count = _ascii_pieces(text) if text.isascii() else _pieces(text)
+    return max(math.ceil(count * 1.1), math.ceil(len(text) / 4))
+
+
+def _pieces(text: str) -> int:
+    """The estimate before scaling, piece by piece: digits, letter runs, non-ASCII characters, whitespace
+    runs, any other character."""
     count = 0
     for match in _PIECES.finditer(text):
         piece = match.group()
@@ -72,7 +89,18 @@ def estimate_tokens(text: str) -> int:
             count += (1 if follows_digit else 0) if piece == " " else 1 + len(piece) // 8
         else:
             count += 1
-    return max(math.ceil(count * 1.1), math.ceil(len(text) / 4))
+    return count
+
+
+def _ascii_pieces(text: str) -> int:
+    """_pieces of ASCII text, the same number in about a third of the time: counted on the text's kinds
+    of character (_KINDS) by passes of str methods instead of a Python step per piece."""
+    kinds = text.translate(_KINDS)
+    chunked = kinds.replace("aaa", "b")  # a word of n letters: n // 3 "b", then n % 3 "a" left over
+    words = chunked.count("b") + chunked.count("a") - chunked.count("aa")  # ceil(n / 3) per word
+    lone_spaces_before_digits = kinds.count(" 0") - kinds.count("  0") - kinds.count("n 0")
+    other_whitespace = sum(1 + len(run) // 8 for run in _OTHER_WHITESPACE_RUNS.findall(kinds))
+    return kinds.count("0") + kinds.count(".") + words + lone_spaces_before_digits + other_whitespace
 
 
 # ---------------------------------------------------------------- a server's tokenize route

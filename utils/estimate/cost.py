@@ -168,14 +168,18 @@ def calibrate_from_runs(engine: str, output_dir: Path) -> Calibration | None:
         seconds_per_call=latency, latency_source=f"measured in {where}" if latency else None)
 
 
-def calibrate_from_cache(facts: EngineFacts, cache_dir: Path, raw: Tally) -> Calibration | None:
-    """Average completion tokens of this model's replies in the response cache (every kind of call pooled)."""
+def calibrate_from_cache(facts: EngineFacts, cache_dir: Path, raw: Tally,
+                         written_before: float | None = None) -> Calibration | None:
+    """Average completion tokens of this model's replies in the response cache (every kind of call pooled),
+    of the entries written before `written_before` (a time.time()) if given."""
     if facts.model is None or not raw.calls or not cache_dir.is_dir():
         return None
     sums, entries = _Sums(), 0
     for path in cache_dir.glob("*/*.json"):
         if entries >= MAX_CACHE_ENTRIES:
             break
+        if written_before is not None and _written_since(path, written_before):
+            continue
         entry = _read_json(path)
         if not isinstance(entry, dict) or entry.get("model") != facts.model or "text" not in entry:
             continue
@@ -242,7 +246,8 @@ def _limits(exp: Experiment) -> dict[str, float]:
             "merge": exp.merge_max_tokens, "judge": JUDGE_MAX_TOKENS}
 
 
-def _cache_probe(facts: dict[str, EngineFacts], cache: ResponseCache | None, answer: Sampling
+def _cache_probe(facts: dict[str, EngineFacts], cache: ResponseCache | None, answer: Sampling,
+                 written_before: float | None
                  ) -> Callable[[str, list[dict[str, str]], int], bool]:
     """Whether the cache holds the reply to an answer request (the only requests known before the run)."""
     def known(engine: str, messages: list[dict[str, str]], max_tokens: int) -> bool:
@@ -252,9 +257,19 @@ def _cache_probe(facts: dict[str, EngineFacts], cache: ResponseCache | None, ans
         body = chat_body(model, messages, temperature=answer.temperature, max_tokens=max_tokens, top_p=answer.top_p)
         key = ResponseCache.request_key(body, endpoint=endpoint)
         hit = cache.get(key)
+        if written_before is not None and hit is not None and _written_since(cache.path(key), written_before):
+            return False
         return hit is not None and isinstance(hit.get("text"), str)
 
     return known
+
+
+def _written_since(path: Path, moment: float) -> bool:
+    """Whether the file was written at or after `moment` (a time.time()), or is gone."""
+    try:
+        return path.stat().st_mtime >= moment
+    except OSError:
+        return True
 
 
 def _resume_point(run_dir: Path, resume: bool) -> tuple[int | None, str | None]:
@@ -280,8 +295,9 @@ def _rows(plan: CallPlan, kinds: tuple[str, ...], factors: dict[str, Calibration
     return rows
 
 
-def estimate_run(args: RunConfig, exp: Experiment, run_dir: Path) -> Estimate:
-    """The estimate of the run these (validated) flags and this experiment describe."""
+def estimate_run(args: RunConfig, exp: Experiment, run_dir: Path, cache_before: float | None = None) -> Estimate:
+    """The estimate of the run these (validated) flags and this experiment describe. cache_before: the
+    response cache as it was then (a time.time()), for a run that estimates itself after it started."""
     names = list(dict.fromkeys([args.test_engine, args.evaluation_engine]))
     facts = {name: engine_facts(name) for name in names}
     prices = _prices(args, facts)
@@ -298,11 +314,11 @@ def estimate_run(args: RunConfig, exp: Experiment, run_dir: Path) -> Estimate:
         evaluation_engine=args.evaluation_engine, use_cache=not args.no_cache,
         logprobs=test.logprobs and uid_enabled(), count_tokens=counter.count, completion=_limits(exp),
         known_reply=_cache_probe(facts, None if args.no_cache else ResponseCache(cache_dir),
-                                 role_sampling(args.temperature, args.top_p)["answer"]),
+                                 role_sampling(args.temperature, args.top_p)["answer"], cache_before),
         first_prompt=first_prompt)), walk)
     raw = {name: plan.totals().get(name, Tally()) for name in names}
-    calibrations = {name: _calibration(facts[name], Path(args.output_dir), cache_dir, raw[name], args.estimate_latency)
-                    for name in names}
+    calibrations = {name: _calibration(facts[name], Path(args.output_dir), cache_dir, raw[name], args.estimate_latency,
+                                       cache_before) for name in names}
     totals = {name: _record(raw[name], calibrations[name].prompt_factor, calibrations[name].completion_factor)
               for name in names}
     # One tokenizer measures every request: the prompts in them are the test engine's.
@@ -330,8 +346,9 @@ def _prices(args: RunConfig, facts: dict[str, EngineFacts]) -> dict[str, Price |
 
 
 def _calibration(facts: EngineFacts, output_dir: Path, cache_dir: Path, raw: Tally,
-                 latency: float | None) -> Calibration:
-    found = calibrate_from_runs(facts.name, output_dir) or calibrate_from_cache(facts, cache_dir, raw) or Calibration()
+                 latency: float | None, cache_before: float | None = None) -> Calibration:
+    found = (calibrate_from_runs(facts.name, output_dir) or calibrate_from_cache(facts, cache_dir, raw, cache_before)
+             or Calibration())
     if latency is not None:
         return Calibration(found.prompt_factor, found.completion_factor, found.source, latency, "--estimate_latency")
     return found

@@ -112,11 +112,12 @@ def print_estimate(args: RunConfig, exp: Experiment, run_dir: Path) -> None:
                              "choose a file in a folder you can write to") from None
 
 
-def record_estimate(args: RunConfig, exp: Experiment, run_dir: Path) -> None:
+def record_estimate(args: RunConfig, exp: Experiment, run_dir: Path, cache_before: float | None = None) -> None:
     """Every run keeps its estimate beside its results: utils.reporting.report compares them, and later estimates of
-    the same engine calibrate against them. A failure here costs the comparison, never the run."""
+    the same engine calibrate against them. A failure here costs the comparison, never the run. cache_before: when
+    the run started (a time.time()), for an estimate made while it runs: the cache as it was then."""
     try:
-        write_estimate(estimate_run(args, exp, run_dir), run_dir / ESTIMATE_FILE)
+        write_estimate(estimate_run(args, exp, run_dir, cache_before), run_dir / ESTIMATE_FILE)
     except Exception as exc:  # noqa: BLE001 - the run itself does not depend on its estimate
         logger.warning("no estimate recorded for this run: %s", exc)
 

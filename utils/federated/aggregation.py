@@ -315,3 +315,15 @@ def default_max_prompt_tokens(window: int) -> int:
     then holds three prompts of that size beside the room to return one, and the optimizer request the prompt,
     its feedback and the room to return it a quarter longer; an answer keeps four fifths for question and reply."""
     return window // 5
+
+
+def warn_if_over_budget(round_index: int, prompt: str, max_prompt_tokens: int, engine: ChatEngine) -> None:
+    """Before a concatenated prompt is served: say so when it is over the budget that leaves served requests
+    room (its requests that cannot fit are then skipped and counted), with the ways out."""
+    tokens = engine.count_tokens(prompt)
+    if tokens > max_prompt_tokens:
+        logger.warning("round %d: the concatenated prompt has %d tokens, over the %d that leave its requests room "
+                       "in the %d-token window of %s (--max_prompt_tokens): requests with it that cannot fit are "
+                       "skipped and counted. Use --aggregate_method summarization (it merges within the budget), a "
+                       "larger window (--max_context, the server's), or fewer --clients_per_round", round_index,
+                       tokens, max_prompt_tokens, engine.context_window, engine.name)

@@ -15,6 +15,7 @@ from textgrad.engine import ChatEngine
 from textgrad.errors import ContextOverflowError
 from textgrad.optimizer import INSTRUCTIONS_REPLY, MomentumHistory, TGDMomentum
 from textgrad.parallel import run_concurrently
+from textgrad.serving.slots import EndpointSlots
 from utils.privacy.attacks import poisoned_prompt
 from utils.privacy.leakage import LeakAudit, guard_prompt, redact_copies
 from utils.privacy.outbound import ClientPolicy
@@ -64,6 +65,12 @@ class Engines:
         """Every role the run has, and the engine (view) that plays it."""
         roles = {"answer": self.test, **{role: self.writer(role) for role in ("feedback", "optimizer", "merge")}}
         return {**roles, "judge": self.judge} if self.judge is not None else roles
+
+    def endpoint_slots(self) -> list[EndpointSlots]:
+        """The caps of the run's endpoints: answers go to the test engine's, feedback to the evaluation
+        engine's (often one and the same); test doubles have none."""
+        caps = (getattr(engine, "request_slot", lambda: None)() for engine in (self.test, self.evaluation))
+        return list({id(slots): slots for slots in caps if slots is not None}.values())
 
 
 @dataclass

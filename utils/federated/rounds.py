@@ -25,7 +25,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from textgrad.engine import ChatEngine
 from textgrad.errors import EngineError
 from textgrad.parallel import run_concurrently
 from textgrad.serving.runtime import current_runtime
@@ -36,12 +35,12 @@ from utils.reporting import eta, progress
 from utils.reporting.prompt_stats import measure_prompt, measure_prompts
 from utils.reporting.tracking import RunLog
 
-from .aggregation import Aggregate, aggregate_prompts
+from .aggregation import Aggregate, aggregate_prompts, warn_if_over_budget
 from .checkpoint import read_checkpoint
 from .client import ClientUpdate, Engines, LocalSettings, release_update, train_client
 from .experiment import Evaluator, Experiment, starting_prompt
 from .phases import RoundFailed, in_background, lost_endpoint, with_retries
-from .plan import Calls, ClientRound, Round, plan_run
+from .plan import ClientRound, Evaluation, Round, plan_run
 from .recording import record_round, record_updates, record_zero_shot, write_results
 from .run_state import BestPrompt, RoundSummary, RunState, Scores, add_counts, add_seconds
 from .screening import Screening, screen_updates
@@ -54,12 +53,13 @@ logger = logging.getLogger(__name__)
 
 
 def run_experiment(exp: Experiment, engines: Engines, log: RunLog, *, resume: bool = False,
-                   train_round: TrainRound | None = None) -> dict[str, Any]:
-    """Run the experiment, or the rest of it after its checkpoint; results.json's content."""
+                   train_round: TrainRound | None = None, meanwhile: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Run the experiment, or the rest of it after its checkpoint; results.json's content. meanwhile: work
+    the first requests need not wait for (the run's config and estimate files), done while they are answered."""
     loop = RoundLoop(exp, engines, log, train_round)
     with paced(loop.pace):  # every request of the run timed by kind, for its estimated time
         try:
-            loop.start(resume)  # the zero-shot evaluation, or the checkpoint to continue from
+            loop.start(resume, meanwhile)  # the zero-shot evaluation, or the checkpoint to continue from
             for planned in loop.plan.rounds:  # the rounds still to run
                 loop.play_round(planned)
             return loop.final_test()
@@ -97,8 +97,8 @@ class RoundLoop:
         self.stop = current_runtime().stop
         self.saved_events = 0  # events.jsonl's size at the last checkpoint
 
-    def start(self, resume: bool) -> None:
-        """The zero-shot evaluation, or the state of the checkpoint to resume from."""
+    def start(self, resume: bool, meanwhile: Callable[[], None] | None = None) -> None:
+        """The zero-shot evaluation (meanwhile done while it runs), or the state of the checkpoint to resume from."""
         state = None
         if resume:
             # Checked whole before anything in the folder changes; None: it stopped before its first checkpoint.
@@ -110,7 +110,7 @@ class RoundLoop:
             progress.note(progress.resume_note(self.log.run_dir.name, done, self.exp.rounds))
         self.console.open_rounds(self.exp.rounds, state.round if state is not None else 0)
         if state is None:
-            self.state = self.zero_shot()
+            self.state = self.zero_shot(meanwhile)
             return
         self.state, self.plan = state, self.plan.after(state.round)
         self.evaluate = Evaluator(self.exp, self.engines, state.eval_judge_failures)
@@ -119,7 +119,7 @@ class RoundLoop:
 
     # -- zero-shot ---------------------------------------------------------------------------------
 
-    def zero_shot(self) -> RunState:
+    def zero_shot(self, meanwhile: Callable[[], None] | None = None) -> RunState:
         """Accuracy of the starting prompt on validation and test (and the evaluation engine's own test)."""
         prompt, evaluations = starting_prompt(self.exp.tasks, self.exp.initial_prompt), self.plan.zero_shot
         if self.in_process:
@@ -128,10 +128,16 @@ class RoundLoop:
             # slots its training leaves idle. (A Flower transport owns its clients: it keeps the order.)
             self.early_round = self.start_local_steps(self.plan.rounds[0], prompt)
         try:
-            with background(), metered() as cost, \
-                    self.console.phase("zero_shot", "zero-shot", self.plan.zero_shot_calls) as bar:
-                scores = bar.run(with_retries, "the zero-shot evaluation", self.log, self.engines,
-                                 lambda _: run_concurrently([lambda e=e: self.evaluate(prompt, e) for e in evaluations]))
+            with background(), metered() as cost:
+                evaluated = in_background(self.evaluate_start, prompt, evaluations)
+            try:
+                if meanwhile is not None:  # this thread's own work, while the first replies are awaited
+                    meanwhile()
+            except BaseException as exc:
+                if not isinstance(exc, KeyboardInterrupt):
+                    evaluated.exception()  # no evaluation thread is left running either
+                raise
+            scores = evaluated.result()
         except BaseException as exc:
             # No training thread is left running behind the caller's back; after Ctrl-C it stops by itself.
             if self.early_round is not None and not isinstance(exc, KeyboardInterrupt):
@@ -146,6 +152,11 @@ class RoundLoop:
             self.report_eta(0, add_counts(state.llm, self.round_cost.as_dict()))  # round 1's calls so far count too
             self.save(state)
         return state
+
+    def evaluate_start(self, prompt: str, evaluations: tuple[Evaluation, ...]) -> list[Scores]:
+        with self.console.phase("zero_shot", "zero-shot", self.plan.zero_shot_calls) as bar:
+            return bar.run(with_retries, "the zero-shot evaluation", self.log, self.engines,
+                           lambda _: run_concurrently([lambda e=e: self.evaluate(prompt, e) for e in evaluations]))
 
     # -- one round ---------------------------------------------------------------------------------
 
@@ -289,9 +300,23 @@ class RoundLoop:
     # -- bars and bookkeeping ----------------------------------------------------------------------
 
     def start_local_steps(self, planned: Round, prompt: str) -> Future[list[ClientUpdate]]:
+        """The round's local steps in a thread of their own, ahead of the background work started beside
+        them: until they end, the endpoint keeps the slots of their widest wave (a batch per client)."""
         bar = self.open_steps_bar(planned)
+        widest = max((sum(len(c.steps[i].batch or ()) for c in planned.clients)
+                      for i in range(self.exp.settings.max_steps)), default=0)
+        endpoints = self.engines.endpoint_slots()
+        for slots in endpoints:
+            slots.reserve(widest)
         with metered(self.round_cost):  # the thread counts in the round's meter (it copies this context)
-            return in_background(bar.run, self.train_round, planned, prompt)
+            steps = in_background(bar.run, self.train_round, planned, prompt)
+
+        def end_reservation(_: Future[list[ClientUpdate]]) -> None:
+            for slots in endpoints:
+                slots.reserve(0)
+
+        steps.add_done_callback(end_reservation)
+        return steps
 
     def open_steps_bar(self, planned: Round) -> progress.StepsPhase:
         clients = len(planned.clients)
@@ -307,18 +332,11 @@ class RoundLoop:
         """The whole run's time: what is left of its plan, each kind of call at its pace so far. Printed after
         the zero-shot evaluation (counts: the run's calls and cache hits by then) and after round 1, the first
         moment every kind of call has been timed; after every round on the rounds bar and in events."""
-        left_plan = self.plan.after(done_round)
-        if not left_plan.rounds:
-            return  # the final test is all that is left, and the last round ran it
         pace, elapsed = self.pace.snapshot(), time.monotonic() - self.began
-        left: dict[str, float] = dict(left_plan.kinds().by_kind())
-        if done_round == 0:  # round 1 runs beside the zero-shot evaluation: its calls so far are not left
-            zero_shot = sum((e.kinds for e in self.plan.zero_shot), Calls()).by_kind()
-            left = {kind: max(0, n - max(0, pace.calls.get(kind, 0) - zero_shot[kind])) for kind, n in left.items()}
-            sent_share = counts["calls"] / max(1, counts["calls"] + counts["cache_hits"]) if counts else 1.0
-        else:  # the rounds so far tell how much of its plan the run really sends
-            planned = {kind: n - left[kind] for kind, n in self.plan.kinds().by_kind().items()}
-            left, sent_share = eta.as_made(left, planned, pace.calls), 1.0
+        left_now = eta.left_of_plan(self.plan, done_round, pace, counts)
+        if left_now is None:
+            return  # the final test is all that is left, and the last round ran it
+        left, sent_share = left_now
         seconds = eta.remaining_seconds(pace, left, elapsed, sent_share)
         if done_round <= 1:
             when = "the zero-shot evaluation" if done_round == 0 else "round 1"
@@ -353,18 +371,6 @@ def keep_best(state: RunState, summary: RoundSummary) -> None:
     state.global_prompt = summary.aggregate
     if summary.val["mean"] > state.best.val:
         state.best = BestPrompt(summary.round, summary.val["mean"], summary.aggregate)
-
-
-def warn_if_over_budget(round_index: int, prompt: str, max_prompt_tokens: int, engine: ChatEngine) -> None:
-    """Before a concatenated prompt is served: say so when it is over the budget that leaves served requests
-    room (its requests that cannot fit are then skipped and counted), with the ways out."""
-    tokens = engine.count_tokens(prompt)
-    if tokens > max_prompt_tokens:
-        logger.warning("round %d: the concatenated prompt has %d tokens, over the %d that leave its requests room "
-                       "in the %d-token window of %s (--max_prompt_tokens): requests with it that cannot fit are "
-                       "skipped and counted. Use --aggregate_method summarization (it merges within the budget), a "
-                       "larger window (--max_context, the server's), or fewer --clients_per_round", round_index,
-                       tokens, max_prompt_tokens, engine.context_window, engine.name)
 
 
 def train_in_process(engines: Engines, settings: LocalSettings, outbound: OutboundPlan,

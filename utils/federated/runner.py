@@ -126,19 +126,27 @@ def _run_in_folder(args: RunConfig, experiment: Experiment, engines: Engines, ru
     except OSError as exc:  # the up-front check passed, yet the folder cannot be made (full disk, /proc)
         raise UsageError(f"cannot create {exc.filename or run_dir} ({exc.strerror}): choose an --output_dir "
                          "(and --comet_log_path) you can write to") from None
-    try:
+
+    started = time.time()  # the response cache as it was before the first request is what the estimate sees
+
+    def record_settings() -> None:
+        """config.yaml and estimate.json, written while the run's first requests are answered."""
         if not args.resume:
             log.write_config(resolved_config(args))
-            # Imported here, after the endpoints answered: a run's first request does not wait for them.
-            from utils.estimate.summary import record_estimate
+            from utils.estimate.summary import record_estimate  # a large import, after the first requests
 
             # What --estimate printed for these flags, which knows a window only from --max_context.
-            record_estimate(args, replace(experiment, merge_limits=fit_merges(args, experiment, None)), run_dir)
-        train_round = make_train_round(experiment, engines, log) if make_train_round else None
-        results = run_experiment(experiment, engines, log, resume=args.resume, train_round=train_round)
-        from utils.reporting.plots import plot_run  # matplotlib: only once there is something to draw
+            record_estimate(args, replace(experiment, merge_limits=fit_merges(args, experiment, None)), run_dir,
+                            cache_before=started)
 
-        plot_run(results, run_dir / "plots")
+    try:
+        train_round = make_train_round(experiment, engines, log) if make_train_round else None
+        results = run_experiment(experiment, engines, log, resume=args.resume, train_round=train_round,
+                                 meanwhile=record_settings)
+        if args.plots:
+            from utils.reporting.plots import plot_run  # matplotlib: only when asked
+
+            plot_run(results, run_dir / "plots")
     finally:
         log.comet.end()
     return results

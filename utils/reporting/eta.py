@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 from textgrad.serving.stats import Pace
+from utils.federated.plan import Calls, RunPlan
 
 # Requests not every engine makes (only those that give log-probabilities measure UID): free until seen.
 OPTIONAL_KINDS = ("logprob",)
@@ -66,3 +67,21 @@ def estimate_line(when: str, elapsed: float, left_seconds: float, total_calls: i
     return (f"estimate after {when}: the whole run takes about {duration(total)} (done around {finish}), "
             f"{total_calls} LLM calls by its plan, each kind at its pace so far ({paces or 'no request timed yet'}); "
             "--split_sizes, --max_steps and --rounds make it shorter")
+
+
+def left_of_plan(plan: RunPlan, done_round: int, pace: Pace, counts: dict[str, int] | None = None
+                 ) -> tuple[dict[str, float], float] | None:
+    """What is left of the plan after round done_round, kind by kind, and the share of the run's calls that
+    were sent rather than answered by the cache (counts: the run's calls and cache hits so far, after the
+    zero-shot evaluation); None when only the final test is left, which the last round ran."""
+    left_plan = plan.after(done_round)
+    if not left_plan.rounds:
+        return None
+    left: dict[str, float] = dict(left_plan.kinds().by_kind())
+    if done_round == 0:  # round 1 runs beside the zero-shot evaluation: its calls so far are not left
+        zero_shot = sum((e.kinds for e in plan.zero_shot), Calls()).by_kind()
+        left = {kind: max(0, n - max(0, pace.calls.get(kind, 0) - zero_shot[kind])) for kind, n in left.items()}
+        return left, counts["calls"] / max(1, counts["calls"] + counts["cache_hits"]) if counts else 1.0
+    # The rounds so far tell how much of its plan the run really sends.
+    planned = {kind: n - left[kind] for kind, n in plan.kinds().by_kind().items()}
+    return as_made(left, planned, pace.calls), 1.0

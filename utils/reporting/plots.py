@@ -1,6 +1,11 @@
 """PNG plots of a run, drawn from the round history in results.json, and the drawing both they and the
 report (utils.reporting.report) share.
 
+    python -m utils.reporting.plots RUN_DIR_OR_FOLDER...   # each run's plots into its plots/ folder
+
+A run draws its own plots as it ends only with --plots (matplotlib takes longer to load and draw than
+a small run takes to finish); this command draws them any time after, from results.json.
+
 Readable with any number of lines: the legend sits outside the axes, every line has its own marker,
 lines that would lie exactly on top of each other are shifted sideways a little, and a task keeps one
 colour in every plot (in a heterogeneous run a client is its task).
@@ -8,10 +13,12 @@ colour in every plot (in a heterogeneous run a client is its task).
 
 from __future__ import annotations
 
+import argparse
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import matplotlib
 
@@ -198,3 +205,32 @@ def plot_run(results: dict[str, Any], out_dir: Path) -> list[Path]:
                                                    "ylabel": token_axis_label([results])}}
     return [save_png(draw(series[name], xticks=rounds, **labels[name]), out_dir / name)
             for name in labels if name in series]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .runs import ReportError, load_runs
+
+    parser = _Parser(prog="python -m utils.reporting.plots", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run folders, or folders holding runs")
+    args = parser.parse_args(argv)
+    try:
+        runs, notes = load_runs(args.paths)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(note, file=sys.stderr)
+    for run in runs:
+        drawn = plot_run(run.results, run.path / "plots")
+        print(f"{run.path / 'plots'}: " + ", ".join(p.name for p in drawn))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -157,6 +157,7 @@ def print_summary(results: dict[str, Any], run_dir: Path, args: RunConfig) -> No
         *_defence_lines(results),
         f"wall time      {results['wall_seconds']:.1f} s",
         f"outputs        {run_dir}",
+        *([] if args.plots else [f"plots          python -m utils.reporting.plots {run_dir}"]),
         *filter(None, [verdict(results, args)]),  # last, where the eye lands
     ]
     print("\n".join(lines), flush=True)

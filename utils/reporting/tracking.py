@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from utils.files import TEMP_SUFFIX, naming, write_json_atomic, write_text_atomic
+from utils.files import (
+    TEMP_SUFFIX,
+    json_bytes,
+    naming,
+    write_after_sync,
+    write_text_atomic,
+)
 
 CHECKPOINT = "checkpoint.json"
 PROMPT_WRITERS = 16  # prompt files written at once
@@ -25,11 +29,15 @@ class CometSink:
     """A thin wrapper so the rest of the code never checks which comet mode is on.
 
     A resumed run reopens its experiment (its key is kept in the checkpoint): one experiment, one history.
+    comet_ml takes about a second to import: an offline experiment is set up in a thread of its own while
+    the run sends its first requests (the first thing logged waits for it); an online one before the run
+    starts, so that a rejected key stops it before any LLM call.
     """
 
     def __init__(self, mode: str, project: str, log_path: Path, run_name: str,
                  experiment_key: str | None = None) -> None:
-        self.experiment = None
+        self._experiment: Any = None
+        self._setting_up: Future[Any] | None = None
         if mode == "disabled":
             return
         # comet_ml reports its own crashes to a remote service by default; a research run should not. Its
@@ -37,26 +45,27 @@ class CometSink:
         # errors only. Both are read when comet_ml is first imported.
         os.environ.setdefault("COMET_ERROR_TRACKING_ENABLE", "false")
         os.environ.setdefault("COMET_LOGGING_CONSOLE", "ERROR")
-        import comet_ml  # slow to import: only when used
-
-        options: dict[str, Any] = dict(
-            project_name=project, display_summary_level=0, auto_output_logging=False, auto_param_logging=False,
-            auto_metric_logging=False, parse_args=False, log_code=False, log_git_metadata=False, log_git_patch=False)
         if mode == "offline":
             log_path.mkdir(parents=True, exist_ok=True)
-            options.update(offline_directory=str(log_path), log_env_details=False, log_env_gpu=False,
-                           log_env_host=False)
-            if experiment_key:
-                self.experiment = comet_ml.ExistingOfflineExperiment(experiment_key=experiment_key, **options)
-            else:
-                self.experiment = comet_ml.OfflineExperiment(**options)
-        elif experiment_key:
-            self.experiment = comet_ml.ExistingExperiment(api_key=os.environ["COMET_API_KEY"],
-                                                          experiment_key=experiment_key, **options)
+            self._setting_up = Future()
+            threading.Thread(target=self._set_up, args=(mode, project, log_path, run_name, experiment_key),
+                             name="fedtextgrad-comet", daemon=True).start()
         else:
-            self.experiment = comet_ml.Experiment(api_key=os.environ["COMET_API_KEY"], **options)
-        if not experiment_key:
-            self.experiment.set_name(run_name)
+            self._experiment = _open_experiment(mode, project, log_path, run_name, experiment_key)
+
+    def _set_up(self, *args: Any) -> None:
+        assert self._setting_up is not None
+        try:
+            self._setting_up.set_result(_open_experiment(*args))
+        except BaseException as exc:  # raised where the experiment is first used
+            self._setting_up.set_exception(exc)
+
+    @property
+    def experiment(self) -> Any:
+        """The comet_ml experiment (None with comet disabled, or ended), once it is set up."""
+        if self._setting_up is not None:
+            self._experiment, self._setting_up = self._setting_up.result(), None
+        return self._experiment
 
     @property
     def key(self) -> str | None:
@@ -77,8 +86,31 @@ class CometSink:
 
     def end(self) -> None:
         if self.experiment is not None:
-            self.experiment.end()
-            self.experiment = None
+            self._experiment.end()
+            self._experiment = None
+
+
+def _open_experiment(mode: str, project: str, log_path: Path, run_name: str, experiment_key: str | None) -> Any:
+    import comet_ml  # slow to import: only when used
+
+    options: dict[str, Any] = dict(
+        project_name=project, display_summary_level=0, auto_output_logging=False, auto_param_logging=False,
+        auto_metric_logging=False, parse_args=False, log_code=False, log_git_metadata=False, log_git_patch=False)
+    if mode == "offline":
+        options.update(offline_directory=str(log_path), log_env_details=False, log_env_gpu=False,
+                       log_env_host=False)
+        if experiment_key:
+            experiment = comet_ml.ExistingOfflineExperiment(experiment_key=experiment_key, **options)
+        else:
+            experiment = comet_ml.OfflineExperiment(**options)
+    elif experiment_key:
+        experiment = comet_ml.ExistingExperiment(api_key=os.environ["COMET_API_KEY"], experiment_key=experiment_key,
+                                                 **options)
+    else:
+        experiment = comet_ml.Experiment(api_key=os.environ["COMET_API_KEY"], **options)
+    if not experiment_key:
+        experiment.set_name(run_name)
+    return experiment
 
 
 class RunLog:
@@ -90,6 +122,8 @@ class RunLog:
 
     # -- files ---------------------------------------------------------------------------
     def write_config(self, config: dict[str, Any]) -> None:
+        import yaml  # here: config.yaml is written while the run's first requests are answered
+
         write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=True))
         self.comet.parameters(config)
 
@@ -115,11 +149,13 @@ class RunLog:
         self.save_prompts(round_index, {name: text})
 
     def save_prompts(self, round_index: int, texts: dict[str, str]) -> None:
-        """Several prompts of a round (name -> text): the files written side by side, since each waits for its
-        fsync and a round of 1000 clients writes 1000 of them; comet gets them in order."""
+        """Several prompts of a round (name -> text), made durable by the next checkpoint, which points at
+        them (see save_checkpoint); the files are written side by side, as a round of 1000 clients writes
+        1000 of them. comet gets them in order."""
         folder = self.run_dir / "prompts" / f"round_{round_index:03d}"
         with ThreadPoolExecutor(max_workers=min(PROMPT_WRITERS, max(1, len(texts)))) as writers:
-            list(writers.map(lambda item: write_text_atomic(folder / f"{item[0]}.txt", item[1] + "\n"), texts.items()))
+            list(writers.map(lambda item: write_text_atomic(folder / f"{item[0]}.txt", item[1] + "\n",
+                                                                   durable=False), texts.items()))
         for name, text in texts.items():
             self.comet.text(text, step=round_index, metadata={"round": round_index, "prompt": name})
 
@@ -127,8 +163,10 @@ class RunLog:
         self.comet.metric(name, value, step)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        write_json_atomic(self.run_dir / CHECKPOINT, {**state, "events_size": self.events_size(),
-                                                      "comet_experiment_key": self.comet.key})
+        """The one durable write of a round: the prompts and events written since the last checkpoint reach
+        the disk with this one's content in one sync, before it replaces the last one."""
+        write_after_sync(self.run_dir / CHECKPOINT, json_bytes({**state, "events_size": self.events_size(),
+                                                                "comet_experiment_key": self.comet.key}))
 
     def rewind(self, events_size: int) -> None:
         """On resume, back to the last checkpoint (utils.federated.checkpoint read and checked it): events.jsonl
@@ -143,7 +181,7 @@ class RunLog:
             tmp.unlink(missing_ok=True)
 
     def write_results(self, results: dict[str, Any]) -> None:
-        write_json_atomic(self.run_dir / "results.json", results)
+        write_after_sync(self.run_dir / "results.json", json_bytes(results))
 
 
 def open_run_log(run_dir: Path, comet_mode: str, comet_project: str, comet_log_path: Path,
