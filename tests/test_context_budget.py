@@ -34,7 +34,7 @@ from textgrad.serving.llama_process import find_packaged_model
 from textgrad.serving.runtime import Runtime, current_runtime
 from textgrad.serving.stats import EngineStats
 from textgrad.serving.tokenizers import estimate_tokens
-from textgrad.serving.window import discover_window, is_overflow, overflow_sizes
+from textgrad.serving.window import discover_window, is_overflow, message_overhead, overflow_sizes
 from utils.federated.aggregation import aggregate_prompts
 from utils.federated.client import Engines, LocalSettings, local_step
 from utils.tasks.data import load_task_data
@@ -115,6 +115,16 @@ def test_feedback_items_are_left_out_whole_the_earliest_first_and_one_always_sta
     with pytest.raises(ContextOverflowError, match="no text is cut"):
         budget.fit_request(Windowed(), 300, system=None, user="{feedback}", max_tokens=100,
                            fields={"feedback": budget.Droppable(items=(words(10), words(250)))})
+
+
+def test_a_prompt_that_fits_the_window_but_not_beside_its_reply_gets_a_lower_reply_limit() -> None:
+    # 60 words and the chat overhead fit a window of 200, but not beside a 150-token reply. The budget's first
+    # check must count the reply's room, or the request goes out as written and the server rejects it.
+    request = budget.fit_request(Windowed(), 200, system=words(30), user=words(30, 100), fields={}, max_tokens=150)
+    overhead = message_overhead(request.messages)
+    assert 60 + overhead <= 200 < 60 + overhead + 150
+    assert [m["content"] for m in request.messages] == [words(30), words(30, 100)]  # nothing cut
+    assert request.lowered and request.max_tokens == 200 - 60 - overhead
 
 
 def test_a_text_that_cannot_fit_is_never_cut_the_call_is_skipped_and_counted() -> None:
