@@ -93,7 +93,7 @@ def test_a_bad_run_config_stops_the_launcher_before_anything_starts(tmp_path: Pa
     done = subprocess.run([str(LAUNCHER), "--run-config", run_config(tmp_path, max_epochs=0)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.splitlines() == [
-        "error: argument --max_epochs: must be 1 or more, got 0 (see python main.py --help)"]
+        "error: argument --rounds/--max_epochs: must be 1 or more, got 0 (see python main.py --help)"]
     assert not (tmp_path / "flwr-home").exists()  # no SuperLink, no state
 
 

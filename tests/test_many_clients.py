@@ -336,13 +336,13 @@ def test_a_concatenation_over_the_budget_says_so_before_its_requests_go_out(tmp_
 
     with FakeServer(distinct_edits=True) as server:
         monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
-        logging.getLogger("utils.federated.rounds").addHandler(snapshot := Snapshot())
+        logging.getLogger("utils.federated.aggregation").addHandler(snapshot := Snapshot())
         try:
             results, run_dir = run_homo(tmp_path, "--task", "synthetic_object_counting", "--homo_split_num", "6",
                                         "--split_sizes", "12,4,4", "--aggregate_method", "concat",
                                         "--max_prompt_tokens", "60")
         finally:
-            logging.getLogger("utils.federated.rounds").removeHandler(snapshot)
+            logging.getLogger("utils.federated.aggregation").removeHandler(snapshot)
         everything = server.chat_requests
     tokens_of_global = results["rounds"][0]["aggregate_tokens"]
     assert tokens_of_global > 60 and results["max_prompt_tokens"] == 60 and results["rounds"][0]["merge_tree"] is None
