@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     run("--module", choices=MODULES, help="which experiment to run (required)")
     run("--config", help="YAML file whose keys are flag names; the command line wins (default: none)")
     run("--task", nargs="+", default=["BBH_object_counting"],
-        help="BBH_<subtask>, GSM8K (alias GSM8K_DSPy) or synthetic_{object_counting,word_sorting,"
-             "multistep_arithmetic}; several for train_hetero_fed")
+        help="BBH_<subtask>, GSM8K (alias GSM8K_DSPy) or an offline synthetic_<name> task (docs/method.md lists "
+             "them; the quickstart's is synthetic_first_last_word); several for train_hetero_fed")
     engines("--evaluation_engine", default="local", help="model for feedback, optimizer, merging, judging")
     engines("--test_engine", default="local", help="model whose system prompt is trained")
     run("--batch_size", type=_positive_int, default=3, help="training examples per local step")

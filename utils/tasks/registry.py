@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-AnswerKind = Literal["numeric", "multiple_choice", "binary", "word_sort", "brackets", "free_form"]
-ANSWER_KINDS: tuple[AnswerKind, ...] = ("numeric", "multiple_choice", "binary", "word_sort", "brackets", "free_form")
+AnswerKind = Literal["numeric", "multiple_choice", "binary", "word_sort", "word", "brackets", "free_form"]
+ANSWER_KINDS: tuple[AnswerKind, ...] = ("numeric", "multiple_choice", "binary", "word_sort", "word", "brackets",
+                                        "free_form")
 
 
 class TaskError(ValueError):
@@ -73,6 +74,14 @@ SYNTHETIC_TASKS: dict[str, AnswerKind] = {
     "synthetic_object_counting": "numeric",
     "synthetic_word_sorting": "word_sort",
     "synthetic_multistep_arithmetic": "numeric",
+    # utils.tasks.synthetic_choice: the answer is an option of the question, Yes/No, or one of its words.
+    "synthetic_odd_one_out": "multiple_choice",
+    "synthetic_category_member": "multiple_choice",
+    "synthetic_category_yes_no": "binary",
+    "synthetic_alphabetical_first": "multiple_choice",
+    "synthetic_alphabetical_first_word": "word",
+    "synthetic_next_in_list": "multiple_choice",
+    "synthetic_first_last_word": "word",
 }
 
 # Binary word pairs we recognise when inferring the kind of an unknown BBH subtask.
@@ -124,6 +133,8 @@ def format_instruction_for(kind: AnswerKind, binary_words: tuple[str, str] | Non
             "Finish with a final line of the form 'Answer: <words>' listing the sorted words "
             "separated by single spaces."
         )
+    if kind == "word":
+        return "Finish with a final line of the form 'Answer: <word>' containing only that one word."
     if kind == "brackets":
         return (
             "Finish with a final line of the form 'Answer: <brackets>' giving only the closing brackets "

@@ -213,6 +213,7 @@ _SCORERS: dict[str, Callable[[str, str], int]] = {
     "numeric": score_numeric,
     "binary": score_binary,
     "word_sort": score_word_sort,
+    "word": score_word_sort,  # one word: the same reading, a sequence of one
     "brackets": score_brackets,
     "free_form": score_exact,
 }

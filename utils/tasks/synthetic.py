@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 
 from utils.tasks.registry import Example, TaskError
+from utils.tasks.synthetic_choice import GENERATORS as CHOICE_GENERATORS
 
 # (singular, plural) pairs; each category's items are unambiguous members of it.
 _CATEGORIES: dict[str, list[tuple[str, str]]] = {
@@ -138,6 +139,7 @@ _GENERATORS: dict[str, Callable[[random.Random], Example]] = {
     "synthetic_object_counting": _object_counting,
     "synthetic_word_sorting": _word_sorting,
     "synthetic_multistep_arithmetic": _multistep_arithmetic,
+    **CHOICE_GENERATORS,
 }
 
 
