@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -176,6 +177,7 @@ def report(args: argparse.Namespace) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)  # the runs' folders and caches: nothing is left in /tmp
     print_table(args, concurrent, rerun, sequential, scale)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -204,6 +205,7 @@ def main() -> None:
         for server in (fast_server, slow_server):
             server.terminate()
             server.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)  # the runs' folders and caches: nothing is left in /tmp
     print_table(columns)
     for path in profiles:
         print_hot_spots(path)
