@@ -8,10 +8,9 @@ from collections.abc import Iterable
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from utils.federated.client import ClientUpdate
+from utils.federated.client import ClientUpdate, TrainRound
 from utils.federated.experiment import Experiment
 from utils.federated.plan import Round
-from utils.federated.rounds import TrainRound
 from utils.reporting.tracking import RunLog
 
 from .records import UpdateLimits, short_reason, train_content, update_from_reply

@@ -16,10 +16,9 @@ from flwr.serverapp import Grid, ServerApp
 from textgrad.errors import EngineError
 from textgrad.serving.runtime import current_runtime
 from utils.config import UsageError
-from utils.federated.client import Engines
+from utils.federated.client import Engines, TrainRound
 from utils.federated.experiment import Client, Experiment
 from utils.federated.phases import RoundFailed
-from utils.federated.rounds import TrainRound
 from utils.federated.runner import load_data, run_module
 from utils.reporting.tracking import RunLog
 from utils.run_config import RunConfig

@@ -25,10 +25,9 @@ from utils.config import parse_args
 from utils.estimate.outcomes import Outcomes
 from utils.estimate.prices import listed_price, parse_price_overrides
 from utils.estimate.requests import CHAT_OVERHEAD, PlanSpec, plan_calls
-from utils.federated.client import Engines, LocalSettings
+from utils.federated.client import Engines, LocalSettings, train_in_process
 from utils.federated.experiment import Client, Experiment
 from utils.federated.plan import plan_run
-from utils.federated.rounds import train_in_process
 from utils.federated.runner import experiment_from_args
 from utils.reporting.report import build_report
 from utils.tasks.registry import Example, resolve_task, served_prompt

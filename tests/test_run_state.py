@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from utils.federated.rounds import keep_best
-from utils.federated.run_state import BestPrompt, RoundSummary, RunState, add_counts
+from utils.federated.run_state import BestPrompt, RoundSummary, RunState, add_counts, keep_best
 
 LLM = {"calls": 7, "prompt_tokens": 700, "completion_tokens": 70, "cache_hits": 1, "cache_misses": 7, "retries": 0,
        "failures": 0, "context_overflows": 0, "context_shortened": 0, "context_skipped": 0}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import textgrad as tg
 from textgrad.engine import ChatEngine
@@ -18,11 +19,14 @@ from textgrad.parallel import run_concurrently
 from textgrad.serving.slots import EndpointSlots
 from utils.privacy.attacks import poisoned_prompt
 from utils.privacy.leakage import LeakAudit, guard_prompt, redact_copies
-from utils.privacy.outbound import ClientPolicy
+from utils.privacy.outbound import ClientPolicy, OutboundPlan
 from utils.tasks.evaluation import evaluate_prompt, score_answer
 from utils.tasks.registry import Example, TaskSpec, served_prompt
 
 from .degenerate import DEGENERATE, degenerate_reason
+
+if TYPE_CHECKING:  # the plan is built from clients: it imports this module
+    from .plan import ClientRound, Round
 
 PROMPT_ROLE = "system prompt that steers the model's answers to the task's questions"
 SERVED_ROLE = "system prompt the model answered with (the trained text plus the task's answer-format line)"
@@ -262,3 +266,26 @@ def release_update(update: ClientUpdate, examples: Sequence[Example], policy: Cl
         update.error, spans = redact_copies(update.error, examples, policy.guard.min_words)
         update.leakage.redacted_spans += spans
     return update
+
+
+# (the planned round, the global prompt) -> one update per chosen client, in the plan's order. In-process
+# simulation (train_in_process) and Flower (fedtextgrad_flower.federation) each provide one.
+TrainRound = Callable[["Round", str], list["ClientUpdate"]]
+
+
+def train_in_process(engines: Engines, settings: LocalSettings, outbound: OutboundPlan,
+                     on_step: Callable[[], None] | None = None) -> TrainRound:
+    """The round's clients as threads of this process, each on the batches the plan gives it."""
+    def train_one(planned: ClientRound, prompt: str, round_index: int) -> ClientUpdate:
+        client = planned.client
+        try:
+            update = train_client(client.client_id, client.task, planned.batches, prompt, round_index, engines,
+                                  settings, on_step=on_step)
+        except Exception as exc:  # one failing client must not stop the round
+            update = ClientUpdate(client.client_id, round_index, prompt, prompt, error=f"{type(exc).__name__}: {exc}")
+        return release_update(update, client.examples, outbound.for_client(client.client_id))
+
+    def train_round(planned: Round, prompt: str) -> list[ClientUpdate]:
+        return run_concurrently([lambda c=c: train_one(c, prompt, planned.index) for c in planned.clients])
+
+    return train_round

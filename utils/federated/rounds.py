@@ -30,24 +30,19 @@ from textgrad.parallel import run_concurrently
 from textgrad.serving.runtime import current_runtime
 from textgrad.serving.slots import background
 from textgrad.serving.stats import CallPace, EngineStats, metered, paced
-from utils.privacy.outbound import OutboundPlan
 from utils.reporting import eta, progress
 from utils.reporting.prompt_stats import measure_prompt, measure_prompts
 from utils.reporting.tracking import RunLog
 
 from .aggregation import Aggregate, aggregate_prompts, warn_if_over_budget
 from .checkpoint import read_checkpoint
-from .client import ClientUpdate, Engines, LocalSettings, release_update, train_client
+from .client import ClientUpdate, Engines, TrainRound, train_in_process
 from .experiment import Evaluator, Experiment, starting_prompt
 from .phases import RoundFailed, in_background, lost_endpoint, with_retries
-from .plan import ClientRound, Evaluation, Round, plan_run
+from .plan import Evaluation, Round, plan_run
 from .recording import record_round, record_updates, record_zero_shot, write_results
-from .run_state import BestPrompt, RoundSummary, RunState, Scores, add_counts, add_seconds
+from .run_state import RoundSummary, RunState, Scores, add_counts, add_seconds, keep_best
 from .screening import Screening, screen_updates
-
-# (the planned round, the global prompt) -> one update per chosen client, in the plan's order. In-process
-# simulation (train_in_process) and Flower (fedtextgrad_flower.federation) each provide one.
-TrainRound = Callable[[Round, str], list[ClientUpdate]]
 
 logger = logging.getLogger(__name__)
 
@@ -363,29 +358,3 @@ class RoundLoop:
             return
         self.log.truncate_events(self.saved_events)
         self.keep_cost_of_failed_tries()
-
-
-def keep_best(state: RunState, summary: RoundSummary) -> None:
-    """The round's aggregate is the next global prompt; it becomes the best prompt only if its mean
-    validation accuracy is strictly higher (a tie keeps the earlier prompt)."""
-    state.global_prompt = summary.aggregate
-    if summary.val["mean"] > state.best.val:
-        state.best = BestPrompt(summary.round, summary.val["mean"], summary.aggregate)
-
-
-def train_in_process(engines: Engines, settings: LocalSettings, outbound: OutboundPlan,
-                     on_step: Callable[[], None] | None = None) -> TrainRound:
-    """The round's clients as threads of this process, each on the batches the plan gives it."""
-    def train_one(planned: ClientRound, prompt: str, round_index: int) -> ClientUpdate:
-        client = planned.client
-        try:
-            update = train_client(client.client_id, client.task, planned.batches, prompt, round_index, engines,
-                                  settings, on_step=on_step)
-        except Exception as exc:  # one failing client must not stop the round
-            update = ClientUpdate(client.client_id, round_index, prompt, prompt, error=f"{type(exc).__name__}: {exc}")
-        return release_update(update, client.examples, outbound.for_client(client.client_id))
-
-    def train_round(planned: Round, prompt: str) -> list[ClientUpdate]:
-        return run_concurrently([lambda c=c: train_one(c, prompt, planned.index) for c in planned.clients])
-
-    return train_round

@@ -106,3 +106,11 @@ def add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
 
 def add_seconds(before: dict[str, float], now: dict[str, float]) -> dict[str, float]:
     return {k: before.get(k, 0.0) + now.get(k, 0.0) for k in {**before, **now}}
+
+
+def keep_best(state: RunState, summary: RoundSummary) -> None:
+    """The round's aggregate is the next global prompt; it becomes the best prompt only if its mean
+    validation accuracy is strictly higher (a tie keeps the earlier prompt)."""
+    state.global_prompt = summary.aggregate
+    if summary.val["mean"] > state.best.val:
+        state.best = BestPrompt(summary.round, summary.val["mean"], summary.aggregate)

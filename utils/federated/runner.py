@@ -26,11 +26,11 @@ from utils.tasks.registry import resolve_task
 
 from .aggregation import MERGED_REPLY, merge_limits
 from .checkpoint import read_checkpoint
-from .client import Engines, LocalSettings
+from .client import Engines, LocalSettings, TrainRound
 from .experiment import Client, Experiment, starting_prompt
 from .merge_tree import MergeLimits
 from .phases import storage_failure
-from .rounds import TrainRound, run_experiment
+from .rounds import run_experiment
 from .sampling import role_sampling, sampled
 from .screening import ScreenSettings
 
