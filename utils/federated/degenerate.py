@@ -18,10 +18,11 @@ as its own kind, DEGENERATE. A reply is degenerate when
   - at least ECHOED_SHARE of its words lie in such runs copied from the request it answers
     (RequestTexts.ours: our instructions, template and reply-format line, and the feedback the request
     carried) and not from the prompts it edits (RequestTexts.edited: a rewrite keeps most of its prompt,
-    a merge its inputs). SmolLM2-135M's pieces of its requests on the quickstart were 47% ("The first word
-    of the list is winter. The second sentence contains a question and an answer.", half of it from the
-    feedback), 61% (a merge) and 100% (six others) copied. A rewrite that keeps the 22-word starting prompt
-    reaches 45% only by adding a sentence of 18 words or more copied word for word from the feedback.
+    a merge its inputs). Six replies SmolLM2-135M wrote on the quickstart (tests/test_degenerate.py) were
+    47% ("The first word of the list is winter. The second sentence contains a question and an answer.",
+    its first half from the feedback), 61% (a merge) and four times 100% copied. A rewrite that keeps the
+    22-word starting prompt reaches 45% only by adding a sentence of 18 words or more copied word for word
+    from the feedback. Words, not meaning: a reply that paraphrases its request passes.
 """
 
 from __future__ import annotations
