@@ -47,6 +47,7 @@ from fedtextgrad_flower.run_config import ALLOWED_DIRS_VARIABLE, PATH_KEYS, pars
 from fedtextgrad_flower.server_app import run_server
 from fedtextgrad_flower.simulation import simulate as run_in_simulation
 from main import main as main_cli
+from textgrad import prompts
 from textgrad.engine import get_engine
 from utils.config import UsageError, parse_args
 from utils.federated.client import ClientUpdate, LocalSettings, StepResult, release_update
@@ -489,12 +490,19 @@ def test_flower_simulation_matches_the_in_process_merges(tmp_path, fake_llm, mon
 
 def test_flower_client_messages_never_carry_training_examples(tmp_path, make_fake_server, monkeypatch,
                                                               no_stray_processes):
-    """An LLM server that echoes every request back: feedback and the optimizer copy the private
-    questions into the new prompt, and the clients must strip them before replying."""
+    """An LLM server that echoes every request back, and whose rewrites keep the prompt and quote the
+    question their feedback echoed: the optimizer copies the private questions into the new prompt, and
+    the clients must strip them before replying. (A rewrite that is its whole request is junk, rejected
+    before it could leave: utils.federated.degenerate.)"""
     def echo_request(request: dict) -> tuple[int, dict]:
-        """Every reply is the whole request, as an improved prompt: in the one JSON field a structured
-        request asks for, else between the tags."""
+        """Every reply is the whole request, except a rewrite's (above), as an improved prompt: in the one
+        JSON field a structured request asks for, else between the tags."""
         text = re.sub("</?IMPROVED_VARIABLE>", "", "\n".join(str(m["content"]) for m in request["messages"]))
+        if request["messages"][0]["content"] == prompts.OPTIMIZER_SYSTEM:
+            current = re.search(r"\nCurrent [^\n]*:\n(.*?)\n\n", text, re.DOTALL).group(1)
+            question = re.search(r"<INPUT>\n(.*?)\n</INPUT>", text, re.DOTALL).group(1)
+            text = (f"{current}\nName each object of the kind the question asks about, count it once, add the "
+                    f"counts one by one, and check the total twice before you write it.\nFor example: {question}")
         shape = request.get("response_format")
         if shape:
             schema = shape.get("schema") or shape["json_schema"]["schema"]
@@ -524,8 +532,8 @@ def test_flower_client_messages_never_carry_training_examples(tmp_path, make_fak
     # reached the server as numbers only.
     audits = [e for e in events if e["type"] == "leak_audit"]
     assert len(audits) == 6 and all(e["longest_run"] < 8 for e in audits)
-    # Round 1's echoed prompts copy the questions; round 2's merged prompt is the three echoes, too long
-    # for the fake model's window, so its steps are skipped (context_overflow) and write nothing new.
+    # Round 1's rewrites quote the questions (round 2's quote them again, or were skipped or rejected: not
+    # asserted).
     first = [e for e in audits if e["round"] == 1]
     assert len(first) == 3 and all(e["written_longest_run"] >= 8 and e["redacted_spans"] > 0 for e in first)
 

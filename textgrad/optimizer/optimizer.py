@@ -60,6 +60,8 @@ class TGD:
         self.last_replies: list[str] = [""] * len(self.parameters)
         self.overflowed: list[bool] = [False] * len(self.parameters)
         self.failures: list[str | None] = [None] * len(self.parameters)
+        # What each variable's last request said besides the text under edit (request_texts).
+        self.request_texts: list[tuple[str, ...]] = [()] * len(self.parameters)
 
     def zero_grad(self) -> None:
         for p in self.parameters:
@@ -79,15 +81,27 @@ class TGD:
         return {"role": variable.role_description, "value": variable.value, "feedback": feedback,
                 "constraints": constraints}
 
+    def _reply_format(self) -> str:
+        return self.reply.instruction(structured.request_format(self.engine, self.reply) is not None)
+
     def build_request(self, variable: Variable) -> str:
         """The request as written, before any fitting to the context window."""
         template, fields = self._request(self.parameters.index(variable), variable)
-        reply_format = self.reply.instruction(structured.request_format(self.engine, self.reply) is not None)
-        return template.format(**budget.as_written(fields), reply_format=reply_format)
+        return template.format(**budget.as_written(fields), reply_format=self._reply_format())
+
+    def _request_texts(self, template: str, fields: dict[str, str | budget.Droppable]) -> tuple[str, ...]:
+        """The request's own texts, apart: the system prompt, the template filled in without the text under
+        edit, its earlier versions (momentum) or the feedback, and each feedback item. A reply made of them,
+        rather than of the text it edits, is junk (utils.federated.degenerate)."""
+        feedback = fields["feedback"]
+        items = feedback.items if isinstance(feedback, budget.Droppable) else (feedback,)
+        written = {**budget.as_written(fields), "value": "", "feedback": "", "history": ""}
+        return (prompts.OPTIMIZER_SYSTEM, template.format(**written, reply_format=self._reply_format()), *items)
 
     def _ask(self, index: int, variable: Variable) -> structured.TextAnswer | None:
         """The optimizer's answer, or None when the request cannot fit the context window."""
         template, fields = self._request(index, variable)
+        self.request_texts[index] = self._request_texts(template, fields)
         try:
             # The reply may be as long as the text it gives back needs, whatever max_tokens says.
             with call_kind("optimizer"):

@@ -22,7 +22,7 @@ from textgrad.serving.tokenizers import estimate_tokens
 from textgrad.serving.window import message_overhead
 from utils.tasks.registry import Example, TaskSpec
 
-from .degenerate import DEGENERATE, degenerate_reason
+from .degenerate import DEGENERATE, RequestTexts, degenerate_reason
 from .merge_tree import MergeLimits, MergeTree, fitting_groups
 
 MERGE_SYSTEM = (
@@ -101,12 +101,27 @@ def _limit_note(limit: int | None, over: int | None) -> str:
     return LIMIT_NOTE.format(limit=limit, words=limit * 3 // 4) + (OVER_NOTE.format(tokens=over) if over else "")
 
 
+def _merge_fields(prompts: list[str], tasks: list[TaskSpec], uid: bool, limit: int | None,
+                  over: int | None) -> dict[str, str]:
+    return {"count": str(len(prompts)), "numbered": number_prompts(prompts), "tasks": _tasks_note(tasks),
+            "extra": UID_GUIDANCE if uid else "", "limit": _limit_note(limit, over)}
+
+
 def merge_request(prompts: list[str], tasks: list[TaskSpec], uid: bool, structured_reply: bool = False,
                   limit: int | None = None, over: int | None = None) -> str:
     """The user message of a merge of prompts (as sent: no part is ever cut)."""
-    return MERGE_TEMPLATE.format(count=len(prompts), numbered=number_prompts(prompts), tasks=_tasks_note(tasks),
-                                 extra=UID_GUIDANCE if uid else "", limit=_limit_note(limit, over),
+    return MERGE_TEMPLATE.format(**_merge_fields(prompts, tasks, uid, limit, over),
                                  reply_format=MERGED_REPLY.instruction(structured_reply))
+
+
+def merge_request_texts(prompts: list[str], tasks: list[TaskSpec], uid: bool, structured_reply: bool = False,
+                        limit: int | None = None, over: int | None = None) -> RequestTexts:
+    """A merge request's own texts (system prompt; the user message without the prompts, with its reply-format
+    line) and the prompts it merges, which a merge may keep and must not be made of the rest
+    (utils.federated.degenerate)."""
+    own = MERGE_TEMPLATE.format(**{**_merge_fields(prompts, tasks, uid, limit, over), "numbered": ""},
+                                reply_format=MERGED_REPLY.instruction(structured_reply))
+    return RequestTexts(ours=(MERGE_SYSTEM, own), edited=tuple(prompts))
 
 
 def merge_reply_tokens(max_tokens: int, limit: int, window: int) -> int:
@@ -164,9 +179,12 @@ class _Merger:
         self.questions = questions
         self.count: Callable[[str], int] = getattr(engine, "count_tokens", estimate_tokens)
 
+    def request_texts(self, prompts: list[str], over: int | None) -> RequestTexts:
+        structured_reply = structured.request_format(self.engine, MERGED_REPLY) is not None
+        return merge_request_texts(prompts, self.tasks, self.uid, structured_reply, self.limit, over)
+
     def ask(self, prompts: list[str], over: int | None = None) -> structured.TextAnswer:
-        fields = {"count": str(len(prompts)), "numbered": number_prompts(prompts), "tasks": _tasks_note(self.tasks),
-                  "extra": UID_GUIDANCE if self.uid else "", "limit": _limit_note(self.limit, over)}
+        fields = _merge_fields(prompts, self.tasks, self.uid, self.limit, over)
         room = budget.room_for(self.limit) if self.limit is not None else budget.room_to_return(self.engine, prompts)
         with call_kind("merge"):
             return structured.ask_text(self.engine, MERGED_REPLY, system=MERGE_SYSTEM, user=MERGE_TEMPLATE,
@@ -203,7 +221,8 @@ class _Merger:
             answer = min(usable, key=lambda a: self.count(a.value or "")) if usable else again
             done.over_budget = int(answer.value is not None and self.over(answer) is not None)
         failure = (answer.failure or "empty") if answer.value is None else \
-            DEGENERATE if degenerate_reason(answer.value, *self.questions) else None
+            DEGENERATE if degenerate_reason(answer.value, *self.questions,
+                                            request=self.request_texts(prompts, tokens)) else None
         if failure is not None:
             # Common with small models. A concatenation keeps every client's instructions, which is safer
             # than adopting free-form chatter or junk as the prompt.

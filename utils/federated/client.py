@@ -23,7 +23,7 @@ from utils.privacy.outbound import ClientPolicy, OutboundPlan
 from utils.tasks.evaluation import evaluate_prompt, score_answer
 from utils.tasks.registry import Example, TaskSpec, served_prompt
 
-from .degenerate import DEGENERATE, degenerate_reason
+from .degenerate import DEGENERATE, RequestTexts, degenerate_reason
 
 if TYPE_CHECKING:  # the plan is built from clients: it imports this module
     from .plan import ClientRound, Round
@@ -194,7 +194,9 @@ def local_step(prompt_text: str, batch: list[Example], task: TaskSpec, engines: 
 
     if not optimizer.updated[0]:
         return prompt_text, result(None, False, optimizer.failures[0])
-    if degenerate_reason(prompt.value, batch) is not None:  # parsed, yet junk: rejected like a format failure
+    # Parsed, yet junk (an answer, a copied question, pieces of the request): rejected like a format failure.
+    request = RequestTexts(ours=optimizer.request_texts[0], edited=(prompt_text,))
+    if degenerate_reason(prompt.value, batch, request=request) is not None:
         return prompt_text, result(None, False, DEGENERATE)
     rescored = evaluate_prompt(prompt.value, batch, task, engines.test, max_tokens=settings.answer_max_tokens,
                                judge=engines.judge)

@@ -108,9 +108,15 @@ def _copied_spans(words: Sequence[str], examples: Sequence[Example], min_words: 
 def copied_words(text: str, example: Example, min_words: int) -> tuple[set[int], int]:
     """(the positions of the text's words that lie in runs of min_words or more words copied from the
     example, the text's number of words)."""
+    return copied_from(text, f"{example.question}\n{example.target}", min_words)
+
+
+def copied_from(text: str, source: str, min_words: int) -> tuple[set[int], int]:
+    """copied_words for any source text."""
     words = _words(text).words
-    spans = _copied_spans(words, [example], min_words)
-    return {i for first, last in spans for i in range(first, last + 1)}, len(words)
+    covered = [(end - length + 1, end) for end, length in _common_runs(words, _words(source).words)
+               if length >= min_words]
+    return {i for first, last in covered for i in range(first, last + 1)}, len(words)
 
 
 def redact_copies(text: str, examples: Sequence[Example], min_words: int) -> tuple[str, int]:

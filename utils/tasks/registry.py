@@ -86,6 +86,8 @@ SYNTHETIC_TASKS: dict[str, AnswerKind] = {
 
 # Binary word pairs we recognise when inferring the kind of an unknown BBH subtask.
 _KNOWN_PAIRS: tuple[tuple[str, str], ...] = (("True", "False"), _YES_NO, ("valid", "invalid"))
+# Those words, lower-case: an instruction names them ("Say True or False."), so they are no restated answer.
+BINARY_ANSWERS = frozenset(word.casefold() for pair in _KNOWN_PAIRS for word in pair)
 
 _ACCEPTED_FORMS = (
     "BBH_<subtask> (e.g. BBH_object_counting), GSM8K (alias GSM8K_DSPy), "
