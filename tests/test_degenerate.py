@@ -305,7 +305,14 @@ def test_a_restated_word_answer_is_an_answer_statement_but_letters_and_numbers_a
     lizard = [Example("List: echo, zero, finger, lizard. What is the last word of the list?", "lizard")]
     assert degenerate_reason("The last word is lizard.", lizard) == "no instruction, only an answer"
     assert degenerate_reason("The last word is lizard.") is None  # no batch: nothing says it is an answer
-    assert degenerate_reason("Read the whole list first. The last word is lizard.", lizard) is None
+    # Beside instructions, a sentence giving a batch question's answer away is junk too (seed 42's prompt).
+    winter = [Example("List: winter, salt, amber, cloud. What is the first word of the list?", "winter")]
+    seed_42 = ("The first word of the list is winter. The second sentence contains a question that requires you "
+               "to answer it with your own response.")
+    assert degenerate_reason(seed_42, winter) == "gives a question's answer"
+    assert degenerate_reason(seed_42, lizard) is None  # another batch: winter answers nothing in it
+    assert degenerate_reason("Read the whole list first. The last word is lizard.", lizard) == \
+        "gives a question's answer"
     # Short answers end instructions too: option letters, numbers and a binary task's words stay instructions.
     assert degenerate_reason("Answer with one option, like (A).", [Example("Options: (A) x", "(A)")]) is None
     assert degenerate_reason("Count each item, up to 12.", [Example("How many?", "12")]) is None

@@ -10,6 +10,9 @@ as its own kind, DEGENERATE. A reply is degenerate when
     Answer statements are "Answer: ..." and "the answer is ..." (utils.tasks.answers), and any sentence that
     ends with the answer of one of the questions, when that answer is a word of 3 letters or more that is
     not a binary task's ("The last word is lizard."; never "(A)", "12" or "True");
+  - beside instructions, it has such a sentence giving a question's answer away: a prompt must not carry
+    one question's answer (the optimizer is told so), and a sentence that does is what a small model
+    writes from the feedback, not an instruction;
   - fewer than half of its visible characters are letters: mostly punctuation or digits;
   - at least half of its words lie in runs of COPY_RUN_WORDS or more words copied from one question: of
     the batch a local step's reply was written from, or of the server's validation set for a merge (the
@@ -58,17 +61,21 @@ class RequestTexts:
 
 def degenerate_reason(text: str, *question_sets: Sequence[Example], request: RequestTexts | None = None) -> str | None:
     """Why text cannot be a prompt ("too short", "no instruction, only an answer", "mostly punctuation
-    or digits", "copied from a question", "copied from the request"), or None when it can. question_sets:
+    or digits", "gives a question's answer", "copied from a question", "copied from the request"), or None
+    when it can. question_sets:
     the questions it must not copy or answer, one set per task (a client's batch; the server's validation
     questions of each task). request: the texts of the request the reply answers."""
     visible = "".join(text.split())
     letters = sum(c.isalpha() for c in visible)
-    instructions = without_answer_statements(without_restated_answers(text, question_sets))
+    kept = without_restated_answers(text, question_sets)
+    instructions = without_answer_statements(kept)
     if len(set(w.casefold() for w in _WORD.findall(instructions))) < MIN_WORDS or \
             sum(c.isalpha() for c in instructions) < MIN_LETTERS:
         return "no instruction, only an answer" if instructions.split() != text.split() else "too short"
     if letters < len(visible) / 2:
         return "mostly punctuation or digits"
+    if kept.split() != text.split():  # instructions, and a sentence giving one question's answer away
+        return "gives a question's answer"
     if copied_share(text, question_sets) >= COPIED_SHARE:
         return "copied from a question"
     if request is not None and echoed_share(text, request) >= ECHOED_SHARE:
