@@ -358,3 +358,26 @@ def test_a_concatenation_over_the_budget_says_so_before_its_requests_go_out(tmp_
         return sum(body["messages"][0]["content"].startswith(served) for body in bodies)
 
     assert len(seen_at_warning) == 1 and with_it(seen_at_warning[0]) == 0 and with_it(everything) >= 4
+
+
+def test_a_budget_the_estimates_tokens_refuse_but_the_servers_allow_does_not_stop_the_run(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    # The run's own estimate counts tokens with the estimate, which is never below the server's tokenizer, so
+    # it may refuse a --max_prompt_tokens the real check allowed. That must cost the estimate, not the run.
+    from utils.config import UsageError
+    from utils.federated import runner
+
+    real_fit = runner.fit_merges
+
+    def refuse_without_engines(args: Any, exp: Any, engines: Any) -> Any:
+        if engines is None and not args.estimate:
+            raise UsageError("--max_prompt_tokens 300 is too large for a merge request (estimated)")
+        return real_fit(args, exp, engines)
+
+    monkeypatch.setattr(runner, "fit_merges", refuse_without_engines)
+    with FakeServer() as server:
+        monkeypatch.setenv("VLLM_BASE_URL", server.base_url)
+        results, run_dir = run_homo(tmp_path, "--task", "synthetic_object_counting", "--split_sizes", "6,4,4",
+                                    "--max_prompt_tokens", "300", "--max_context", "4096")
+    assert results["max_prompt_tokens"] == 300 and results["rounds_completed"] == 1
+    assert json.loads((run_dir / "estimate.json").read_text())["total"]["calls"] > 0

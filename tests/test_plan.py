@@ -3,8 +3,9 @@ of it that must agree: --estimate, the progress bars' total, and what a run on t
 
 The spec's local step on a batch of B examples: B answers (forward), B feedbacks (backward), one
 optimizer call, B answers with the new prompt (re-score), so 3B + 1 calls; with --judge llm each
-free-form answer is also judged. An evaluation answers each example of its split once. A round merges
-two or more prompts with one call (summarization, sum_uid; concat calls nothing). The last round tests
+answer, of every task, is also judged. An evaluation answers each example of its split once. A round
+merges two or more prompts with one call when they fit one request, else in a tree of requests
+(summarization, sum_uid; concat calls nothing). The last round tests
 its aggregate beside the validation, and that test is the final test of the last prompt.
 """
 

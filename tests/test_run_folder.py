@@ -152,7 +152,7 @@ def test_a_damaged_checkpoint_is_one_line_and_the_folder_is_left_as_it_was(damag
 
 
 def test_a_checkpoint_past_the_runs_last_round_names_the_flag_to_fix(finished_run: Path) -> None:
-    with pytest.raises(UsageError, match=r"after round 2, past this run's 1 rounds: resume with --max_epochs 2"):
+    with pytest.raises(UsageError, match=r"after round 2, past this run's 1 rounds: resume with --rounds 2"):
         read_checkpoint(finished_run, 1, TASKS)
 
 

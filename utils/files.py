@@ -7,8 +7,8 @@ those on --resume.
 A kill loses nothing a process has written: the kernel keeps it. What can be lost is what had not
 reached the disk when the machine itself went down, so whatever a later file points at must be on disk
 before that file is. write_bytes_atomic syncs the content of the one file it writes before renaming
-it; a run's outputs (prompts, events, results) are written without a sync of their own, and its
-checkpoint is written with write_after_sync: one sync of the filesystem makes everything written so far
+it; a run's prompts and events are written without a sync of their own, and its checkpoint (and
+results.json) is written with write_after_sync: one sync of the filesystem makes everything written so far
 durable at once, and only then does the checkpoint take its name.
 """
 

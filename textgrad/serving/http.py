@@ -145,10 +145,12 @@ def _deadline_transport(trust_env: bool, limits: httpx.Limits, plain: bool) -> h
                         socket_options: Any = None) -> httpcore.NetworkStream:
             return Stream(super().connect_tcp(host, port, _timeout_left(timeout), local_address, socket_options))
 
-    transport = httpx.HTTPTransport(verify=not plain, trust_env=trust_env, limits=limits)
-    # The pool httpx would build, with our backend: the one thing its constructor does not let us choose.
-    # httpcore makes a verifying TLS context itself when it has none and meets https.
+    # One TLS context (its CA bundle loaded once), for the transport and its pool; none for plain loopback:
+    # httpcore makes a verifying one itself when it has none and meets https.
     ssl_context = None if plain else httpx.create_ssl_context(trust_env=trust_env)
+    transport = httpx.HTTPTransport(verify=False if ssl_context is None else ssl_context, trust_env=trust_env,
+                                    limits=limits)
+    # The pool httpx would build, with our backend: the one thing its constructor does not let us choose.
     transport._pool = httpcore.ConnectionPool(
         ssl_context=ssl_context, max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,

@@ -85,7 +85,7 @@ def _check(data: Any, rounds: int, tasks: list[str], events_on_disk: int) -> Che
         raise CheckpointError(f"events_size {events_size} does not fit events.jsonl's {events_on_disk} bytes")
     if state.round > rounds:
         raise PastTheLastRound(f"is after round {state.round}, past this run's {rounds} rounds: resume with "
-                               f"--max_epochs {state.round} or more")
+                               f"--rounds {state.round} or more")
     return Checkpoint(state, events_size)
 
 

@@ -135,9 +135,13 @@ def _run_in_folder(args: RunConfig, experiment: Experiment, engines: Engines, ru
             log.write_config(resolved_config(args))
             from utils.estimate.summary import record_estimate  # a large import, after the first requests
 
-            # What --estimate printed for these flags, which knows a window only from --max_context.
-            record_estimate(args, replace(experiment, merge_limits=fit_merges(args, experiment, None)), run_dir,
-                            cache_before=started)
+            # What --estimate printed for these flags, which knows a window only from --max_context. Its token
+            # estimate may refuse a budget the real tokenizer allowed: the run then records the limits it runs with.
+            try:
+                printed = fit_merges(args, experiment, None)
+            except UsageError:
+                printed = experiment.merge_limits
+            record_estimate(args, replace(experiment, merge_limits=printed), run_dir, cache_before=started)
 
     try:
         train_round = make_train_round(experiment, engines, log) if make_train_round else None
@@ -165,7 +169,7 @@ def fit_merges(args: RunConfig, exp: Experiment, engines: Engines | None) -> Mer
         count = engines.evaluation.count_tokens
         structured_reply = structured.request_format(engines.evaluation, MERGED_REPLY) is not None
     try:
-        return merge_limits(count, *windows, exp.aggregate_method, exp.tasks, starting_prompt(exp.tasks),
+        return merge_limits(count, *windows, exp.aggregate_method, exp.tasks, starting_prompt(exp.tasks, exp.initial_prompt),
                             exp.settings.max_steps, exp.merge_max_tokens, args.max_prompt_tokens, structured_reply)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
