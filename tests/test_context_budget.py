@@ -310,7 +310,8 @@ def test_a_heterogeneous_run_in_an_unreported_small_window_completes(tmp_path: P
     # and every question asked is one of the run's questions word for word.
     questions = {ex.question for task in (resolve_task("BBH_object_counting"), resolve_task("GSM8K"))
                  for split in _splits(task, shared_data) for ex in split}
-    assert len(bodies) > 100 and not any(CUT_MARK.search(m["content"]) for b in bodies for m in b["messages"])
+    # About 100 requests (99 to 105 by when the window is learnt), none of them cut.
+    assert len(bodies) >= 90 and not any(CUT_MARK.search(m["content"]) for b in bodies for m in b["messages"])
     answers = [b["messages"] for b in bodies if request_kind(b["messages"]) == "answer"]
     assert answers and all(messages[-1]["content"] in questions for messages in answers)
     assert results["rounds_completed"] == 3 and set(results["final_test"]["best"]) == {
