@@ -9,6 +9,7 @@ line naming the file, exit code 2, and leaves every file of the folder as it was
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -71,7 +72,9 @@ def test_two_runs_of_one_name_started_together_give_one_run(tmp_path: Path) -> N
         assert codes == [0, 2], outcomes
         loser = next(stderr for code, stderr in outcomes if code == 2)
         assert len(loser.strip().splitlines()) == 1 and "Traceback" not in loser
-        assert "is in use by another run (pid " in loser or "already holds a run" in loser
+        # The holder is named once it has written its pid, a moment after taking the lock.
+        assert re.search(r"is in use by another run \((pid \d+ on |another process\))", loser) or \
+            "already holds a run" in loser
 
         events = read_events(out / "same")
         assert [e["type"] for e in events].count("finished") == 1  # one run's events, not two interleaved
