@@ -7,7 +7,6 @@ figure, and give --price_in / --price_out for any model not listed or priced dif
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 PRICES_DATE = "2025-08-15"
@@ -88,11 +87,3 @@ def engine_price(engine: str, openai_routed: bool, price_in: dict[str | None, fl
                  given_out if given_out is not None else fallback.output_per_million,
                  "--price_in/--price_out")
 
-
-def price_entry(text: str) -> str:
-    """An argparse type for --price_in/--price_out entries: USD, or ENGINE=USD."""
-    try:
-        parse_price_overrides([text], "price")
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected USD per million tokens as 2.5 or ENGINE=2.5, got {text!r}") from None
-    return text
